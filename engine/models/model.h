@@ -1,0 +1,32 @@
+// A model: its forward graph with the loss, and the ids callers need.
+//
+// Builders (mlp.h, ...) return a Model for a fixed batch size; the training
+// graph is derived from it (engine/train). Weights live in a ParameterStore
+// under PyTorch's state_dict names.
+#ifndef FLEETTUNE_ENGINE_MODELS_MODEL_H_
+#define FLEETTUNE_ENGINE_MODELS_MODEL_H_
+
+#include <string>
+#include <vector>
+
+#include "engine/ir/graph.h"
+
+namespace fleettune::engine::models {
+
+struct Layer {
+  std::string name;                  // "fc1"
+  std::vector<std::string> weights;  // "fc1.weight", "fc1.bias"
+};
+
+struct Model {
+  Graph graph;  // forward + loss; logits and loss are marked outputs
+  ValueId input = kNoValue;   // "x"
+  ValueId labels = kNoValue;  // "labels", i32 [batch]
+  ValueId logits = kNoValue;  // [batch, classes]
+  ValueId loss = kNoValue;    // f32 scalar
+  std::vector<Layer> layers;  // input to output order
+};
+
+}  // namespace fleettune::engine::models
+
+#endif  // FLEETTUNE_ENGINE_MODELS_MODEL_H_

@@ -1,0 +1,132 @@
+#include "engine/ops/op_registry.h"
+
+#include <algorithm>
+#include <array>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/base/status_macros.h"
+#include "engine/ops/op_util.h"
+
+namespace fleettune::engine::ops {
+
+// Each op file defines one of these.
+OpDef InputOpDef();
+OpDef ParameterOpDef();
+OpDef FillOpDef();
+OpDef MatMulOpDef();
+OpDef LinearOpDef();
+OpDef AddOpDef();
+OpDef MulOpDef();
+OpDef ScaleOpDef();
+OpDef ReluOpDef();
+OpDef ReshapeOpDef();
+OpDef ReduceSumOpDef();
+OpDef ReduceMeanOpDef();
+OpDef BroadcastToOpDef();
+OpDef SoftmaxCrossEntropyOpDef();
+OpDef ReluGradOpDef();
+OpDef SoftmaxCrossEntropyGradOpDef();
+OpDef SgdUpdateOpDef();
+OpDef AdamWUpdateOpDef();
+
+namespace {
+
+using Table = std::array<OpDef, kNumOpKinds>;
+
+void Register(Table& table, OpKind kind, OpDef def) { table[static_cast<int>(kind)] = def; }
+
+// The one list of ops.
+Table BuildTable() {
+  Table t;
+  Register(t, OpKind::kInput, InputOpDef());
+  Register(t, OpKind::kParameter, ParameterOpDef());
+  Register(t, OpKind::kFill, FillOpDef());
+  Register(t, OpKind::kMatMul, MatMulOpDef());
+  Register(t, OpKind::kLinear, LinearOpDef());
+  Register(t, OpKind::kAdd, AddOpDef());
+  Register(t, OpKind::kMul, MulOpDef());
+  Register(t, OpKind::kScale, ScaleOpDef());
+  Register(t, OpKind::kRelu, ReluOpDef());
+  Register(t, OpKind::kReshape, ReshapeOpDef());
+  Register(t, OpKind::kReduceSum, ReduceSumOpDef());
+  Register(t, OpKind::kReduceMean, ReduceMeanOpDef());
+  Register(t, OpKind::kBroadcastTo, BroadcastToOpDef());
+  Register(t, OpKind::kSoftmaxCrossEntropy, SoftmaxCrossEntropyOpDef());
+  Register(t, OpKind::kReluGrad, ReluGradOpDef());
+  Register(t, OpKind::kSoftmaxCrossEntropyGrad, SoftmaxCrossEntropyGradOpDef());
+  Register(t, OpKind::kSgdUpdate, SgdUpdateOpDef());
+  Register(t, OpKind::kAdamWUpdate, AdamWUpdateOpDef());
+  return t;
+}
+
+}  // namespace
+
+const OpDef& GetOpDef(OpKind op) {
+  static const Table* table = new Table(BuildTable());
+  int index = static_cast<int>(op);
+  if (index < 0 || index >= kNumOpKinds) index = 0;
+  return (*table)[index];
+}
+
+absl::StatusOr<TensorType> InferType(const Node& node,
+                                     absl::Span<const TensorType* const> inputs) {
+  const OpDef& def = GetOpDef(node.op);
+  const int n = static_cast<int>(inputs.size());
+  if (n < def.min_inputs || n > def.max_inputs) {
+    if (def.min_inputs == def.max_inputs) {
+      return OpError(node, "expects ", def.min_inputs, " inputs, got ", n);
+    }
+    return OpError(node, "expects ", def.min_inputs, " to ", def.max_inputs, " inputs, got ", n);
+  }
+  if (def.infer == nullptr) return OpError(node, "has no shape inference");
+  return def.infer(node, inputs);
+}
+
+absl::StatusOr<Shape> BroadcastShapes(const Shape& a, const Shape& b) {
+  const size_t rank = std::max(a.size(), b.size());
+  Shape out(rank, 1);
+  for (size_t i = 0; i < rank; ++i) {
+    int64_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
+    int64_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
+    if (da != db && da != 1 && db != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("shapes ", ShapeToString(a), " and ",
+                                                     ShapeToString(b), " do not broadcast"));
+    }
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+std::vector<int64_t> BroadcastStrides(const Shape& shape, const Shape& out_shape) {
+  const size_t rank = out_shape.size();
+  std::vector<int64_t> strides(rank, 0);
+  int64_t stride = 1;
+  for (size_t k = 0; k < shape.size(); ++k) {
+    const size_t dim = shape.size() - 1 - k;  // dim in `shape`
+    const size_t out_dim = rank - 1 - k;
+    strides[out_dim] = (shape[dim] == 1 && out_shape[out_dim] != 1) ? 0 : stride;
+    stride *= shape[dim];
+  }
+  return strides;
+}
+
+absl::StatusOr<ValueId> ReduceToShape(GradContext& ctx, ValueId grad, const Shape& target) {
+  const Shape& shape = ctx.type(grad).shape;
+  if (shape == target) return grad;
+  const size_t lead = shape.size() - target.size();
+  ReduceAttrs reduce;
+  reduce.keep_dims = false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    bool broadcast = i < lead || (target[i - lead] == 1 && shape[i] != 1);
+    if (broadcast) reduce.axes.push_back(static_cast<int>(i));
+  }
+  ValueId reduced = grad;
+  if (!reduce.axes.empty()) {
+    ASSIGN_OR_RETURN(reduced, ctx.Emit(OpKind::kReduceSum, {grad}, reduce));
+  }
+  if (ctx.type(reduced).shape == target) return reduced;
+  return ctx.Emit(OpKind::kReshape, {reduced}, ShapeAttrs{target});
+}
+
+}  // namespace fleettune::engine::ops

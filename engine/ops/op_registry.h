@@ -1,0 +1,105 @@
+// Op definitions: one OpDef per OpKind, each defined in one file of this
+// directory together with its shape inference, reference kernel, optional fast
+// kernel, gradient rule and conformance test cases.
+//
+//   const OpDef& def = GetOpDef(OpKind::kLinear);
+//   ASSIGN_OR_RETURN(TensorType t, InferType(node, input_types));
+//
+// Adding an op: add its OpKind, write `OpDef XxxOpDef()` in its own file, and
+// list it in op_registry.cc. The conformance test (ops_conformance_test.cc)
+// walks every OpDef, so it needs no edit. Thread-safe: the table is immutable.
+#ifndef FLEETTUNE_ENGINE_OPS_OP_REGISTRY_H_
+#define FLEETTUNE_ENGINE_OPS_OP_REGISTRY_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/ir/node.h"
+
+namespace fleettune::engine::ops {
+
+// Per-step values visible to kernels.
+struct StepInfo {
+  int64_t step = 1;  // 1-based optimizer step (AdamW bias correction)
+};
+
+// What a kernel sees. Shapes were validated when the node was built; kernels
+// do no checking and no allocation.
+struct KernelArgs {
+  const Node* node = nullptr;
+  const TensorView* inputs = nullptr;
+  int num_inputs = 0;
+  TensorView output;
+  const StepInfo* step = nullptr;
+
+  const TensorView& in(int i) const { return inputs[i]; }
+  template <typename T>
+  const T& attrs() const {
+    return std::get<T>(node->attrs);
+  }
+};
+using KernelFn = void (*)(const KernelArgs&);
+
+// Gradient rules talk to autodiff through this interface, so ops do not depend
+// on the graph class. Used only at compile time.
+class GradContext {
+ public:
+  virtual ~GradContext() = default;
+  // The forward node, its id, and the gradient of the loss w.r.t. its output.
+  virtual const Node& node() const = 0;
+  virtual ValueId self() const = 0;
+  virtual ValueId dy() const = 0;
+  ValueId input(int i) const { return node().inputs[i]; }
+  virtual const TensorType& type(ValueId v) const = 0;
+  // Whether the loss gradient w.r.t. input i is needed by some update.
+  virtual bool NeedsGrad(int input) const = 0;
+  // Adds a backward node (type-checked like Graph::AddNode).
+  virtual absl::StatusOr<ValueId> Emit(OpKind op, std::vector<ValueId> inputs,
+                                       Attrs attrs = NoAttrs{}) = 0;
+  // Contributes `grad` (same type as the input) to input i's gradient.
+  virtual void SetGrad(int input, ValueId grad) = 0;
+};
+using GradFn = absl::Status (*)(GradContext&);
+using InferFn = absl::StatusOr<TensorType> (*)(const Node& node,
+                                               absl::Span<const TensorType* const> inputs);
+
+// One instance of an op for the conformance test: input types and attributes.
+// i32 inputs are filled with values in [0, int_upper).
+struct OpTestCase {
+  std::vector<TensorType> inputs;
+  Attrs attrs = NoAttrs{};
+  int32_t int_upper = 1;
+};
+
+struct OpDef {
+  const char* name = "?";
+  int min_inputs = 0;
+  int max_inputs = 0;
+  bool has_output = true;
+  InferFn infer = nullptr;
+  KernelFn reference = nullptr;  // portable, obviously-correct; the test oracle
+  KernelFn fast = nullptr;       // optional optimized kernel, tested against `reference`
+  GradFn gradient = nullptr;     // nullptr: not differentiable (the op file says why)
+  // Which inputs may receive gradients (e.g. not integer labels).
+  std::vector<bool> (*differentiable_inputs)(const Node& node) = nullptr;
+  std::vector<OpTestCase> (*test_cases)() = nullptr;
+};
+
+const OpDef& GetOpDef(OpKind op);
+
+// Checks arity and attribute type, then runs the op's inference.
+absl::StatusOr<TensorType> InferType(const Node& node,
+                                     absl::Span<const TensorType* const> inputs);
+
+// Gradient helper for broadcasting ops: sums `grad` over the axes that were
+// broadcast to go from `target` to grad's shape, then reshapes to `target`.
+absl::StatusOr<ValueId> ReduceToShape(GradContext& ctx, ValueId grad, const Shape& target);
+
+// Numpy-style broadcast of two shapes; InvalidArgument if incompatible.
+absl::StatusOr<Shape> BroadcastShapes(const Shape& a, const Shape& b);
+
+}  // namespace fleettune::engine::ops
+
+#endif  // FLEETTUNE_ENGINE_OPS_OP_REGISTRY_H_

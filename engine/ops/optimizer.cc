@@ -1,0 +1,111 @@
+// Optimizer updates as graph nodes: kSgdUpdate and kAdamWUpdate.
+//
+// They have no output: they overwrite their parameter and state inputs in
+// place, which is what lets the compiler schedule each update right after its
+// gradient is complete. Semantics follow torch.optim (checked by the golden
+// test). Not differentiable: an update is a side effect, not a function the
+// loss depends on.
+#include <cmath>
+
+#include "engine/base/status_macros.h"
+#include "engine/ops/op_registry.h"
+#include "engine/ops/op_util.h"
+
+namespace fleettune::engine::ops {
+namespace {
+
+absl::Status CheckSameType(const Node& node, absl::Span<const TensorType* const> in) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    RETURN_IF_ERROR(ExpectDType(node, *in[i], DType::kF32, "operand"));
+    if (*in[i] != *in[0]) {
+      return OpError(node, "operand ", i, " is ", TypeToString(*in[i]), " but the parameter is ",
+                     TypeToString(*in[0]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorType> InferSgd(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto* attrs = std::get_if<SgdAttrs>(&node.attrs);
+  if (attrs == nullptr) return OpError(node, "needs SgdAttrs");
+  const bool wants_buffer = attrs->momentum != 0.0f;
+  if (wants_buffer != (in.size() == 3)) {
+    return OpError(node, "takes (param, grad, momentum_buffer) with momentum and (param, grad) "
+                         "without, got ", in.size(), " inputs");
+  }
+  RETURN_IF_ERROR(CheckSameType(node, in));
+  return TensorType{DType::kF32, {}};
+}
+
+//   g = grad + wd·p;   buf = momentum·buf + g (when momentum ≠ 0);   p -= lr·buf
+// The buffer starts at zero, so the first step gives buf = g as torch does.
+void SgdKernel(const KernelArgs& args) {
+  const auto& a = args.attrs<SgdAttrs>();
+  float* p = args.in(0).f32();
+  const float* g = args.in(1).f32();
+  const int64_t n = args.in(0).num_elements();
+  if (args.num_inputs == 3) {
+    float* buf = args.in(2).f32();
+    for (int64_t i = 0; i < n; ++i) {
+      const float gi = g[i] + a.weight_decay * p[i];
+      buf[i] = a.momentum * buf[i] + gi;
+      p[i] -= a.lr * buf[i];
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) p[i] -= a.lr * (g[i] + a.weight_decay * p[i]);
+  }
+}
+
+absl::StatusOr<TensorType> InferAdamW(const Node& node, absl::Span<const TensorType* const> in) {
+  if (!std::holds_alternative<AdamWAttrs>(node.attrs)) return OpError(node, "needs AdamWAttrs");
+  RETURN_IF_ERROR(CheckSameType(node, in));
+  return TensorType{DType::kF32, {}};
+}
+
+//   p *= 1 − lr·wd;   m = β1·m + (1−β1)·g;   v = β2·v + (1−β2)·g²
+//   p -= lr · (m / (1−β1ᵗ)) / (√(v / (1−β2ᵗ)) + eps)
+void AdamWKernel(const KernelArgs& args) {
+  const auto& a = args.attrs<AdamWAttrs>();
+  float* p = args.in(0).f32();
+  const float* g = args.in(1).f32();
+  float* m = args.in(2).f32();
+  float* v = args.in(3).f32();
+  const int64_t n = args.in(0).num_elements();
+  const double t = static_cast<double>(args.step->step);
+  const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), t));
+  const float bc2_sqrt =
+      static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(a.beta2), t)));
+  const float step_size = a.lr / bc1;
+  const float decay = 1.0f - a.lr * a.weight_decay;
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] *= decay;
+    m[i] = a.beta1 * m[i] + (1.0f - a.beta1) * g[i];
+    v[i] = a.beta2 * v[i] + (1.0f - a.beta2) * g[i] * g[i];
+    p[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + a.eps);
+  }
+}
+
+}  // namespace
+
+OpDef SgdUpdateOpDef() {
+  OpDef def;
+  def.name = "sgd_update";
+  def.min_inputs = 2;
+  def.max_inputs = 3;
+  def.has_output = false;
+  def.infer = InferSgd;
+  def.reference = SgdKernel;
+  return def;
+}
+
+OpDef AdamWUpdateOpDef() {
+  OpDef def;
+  def.name = "adamw_update";
+  def.min_inputs = def.max_inputs = 4;
+  def.has_output = false;
+  def.infer = InferAdamW;
+  def.reference = AdamWKernel;
+  return def;
+}
+
+}  // namespace fleettune::engine::ops
