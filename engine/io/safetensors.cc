@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <tuple>
@@ -25,11 +26,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "engine/base/status_macros.h"
-// nlohmann/json (Debian's nlohmann-json3-dev): header-only, so it adds no library to link on
-// devices; widely used and fuzzed upstream; and its parser is iterative, so a deeply nested
-// hostile header cannot overflow the stack. It reports parse positions only through
-// exceptions, which this file catches at the two calls that may throw; none escapes.
-#include <nlohmann/json.hpp>
 
 namespace fleettune::engine::io {
 namespace {
@@ -38,6 +34,11 @@ namespace {
 // little-endian like the format.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes little-endian");
 
+// nlohmann/json (Debian's nlohmann-json3-dev) parses the header: it is header-only, so it adds no
+// library to link on devices; it is widely used and fuzzed upstream; and its parser keeps its
+// own stack, so a deeply nested hostile header cannot overflow ours. It reports parse positions
+// only through exceptions, which this file catches at the two calls that may throw (parse and
+// dump of a tensor name); none escapes.
 using Json = nlohmann::json;
 
 // The reference implementation's limit; real headers are kilobytes.
