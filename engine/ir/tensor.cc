@@ -35,6 +35,10 @@ std::string TypeToString(const TensorType& type) {
 }
 
 absl::Status ValidateShape(const Shape& shape, int64_t max_elements) {
+  if (shape.size() > static_cast<size_t>(kMaxRank)) {
+    return absl::InvalidArgumentError(absl::StrCat("shape ", ShapeToString(shape), " has rank ",
+                                                   shape.size(), " > ", kMaxRank));
+  }
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0) {

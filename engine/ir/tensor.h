@@ -31,12 +31,16 @@ constexpr size_t DTypeSize(DType) { return 4; }
 
 using Shape = std::vector<int64_t>;
 
+// Highest tensor rank the engine accepts; kernels keep per-dimension state in
+// fixed arrays of this size so they never allocate.
+inline constexpr int kMaxRank = 8;
+
 // Product of the dimensions; 1 for a scalar (rank 0).
 int64_t NumElements(const Shape& shape);
 // "[2, 3]"; "[]" for a scalar.
 std::string ShapeToString(const Shape& shape);
-// InvalidArgument if a dimension is negative or the element count overflows
-// `max_elements`.
+// InvalidArgument if the rank exceeds kMaxRank, a dimension is negative or the
+// element count overflows `max_elements`.
 absl::Status ValidateShape(const Shape& shape, int64_t max_elements = int64_t{1} << 34);
 
 // The static type of a graph value.

@@ -98,9 +98,9 @@ absl::StatusOr<Shape> BroadcastShapes(const Shape& a, const Shape& b) {
   return out;
 }
 
-std::vector<int64_t> BroadcastStrides(const Shape& shape, const Shape& out_shape) {
+Strides BroadcastStrides(const Shape& shape, const Shape& out_shape) {
   const size_t rank = out_shape.size();
-  std::vector<int64_t> strides(rank, 0);
+  Strides strides{};
   int64_t stride = 1;
   for (size_t k = 0; k < shape.size(); ++k) {
     const size_t dim = shape.size() - 1 - k;  // dim in `shape`

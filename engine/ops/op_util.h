@@ -3,6 +3,7 @@
 #ifndef FLEETTUNE_ENGINE_OPS_OP_UTIL_H_
 #define FLEETTUNE_ENGINE_OPS_OP_UTIL_H_
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -38,23 +39,23 @@ inline absl::Status ExpectRank(const Node& node, const TensorType& t, int rank,
 // Row-major strides of `shape` as seen from an output of rank `out_rank`
 // (right-aligned); broadcast dimensions (size 1 where the output is larger)
 // get stride 0.
-std::vector<int64_t> BroadcastStrides(const Shape& shape, const Shape& out_shape);
+// Shapes are at most kMaxRank (checked when nodes are built), so the strides
+// fit a fixed array and kernels do not allocate.
+using Strides = std::array<int64_t, kMaxRank>;
+Strides BroadcastStrides(const Shape& shape, const Shape& out_shape);
 
-// Calls fn(out_index, a_offset, b_offset) for every output element, where the
-// offsets follow numpy broadcasting of a_shape and b_shape into out_shape.
+// Calls fn(out_index, a_offset, b_offset) for every element of out_shape,
+// where a and b are addressed through per-dimension strides (0 = broadcast).
 template <typename Fn>
-void ForEachBroadcast(const Shape& a_shape, const Shape& b_shape, const Shape& out_shape,
-                      Fn&& fn) {
+void ForEachStrided(const Shape& out_shape, const Strides& sa, const Strides& sb, Fn&& fn) {
   const int rank = static_cast<int>(out_shape.size());
-  const std::vector<int64_t> sa = BroadcastStrides(a_shape, out_shape);
-  const std::vector<int64_t> sb = BroadcastStrides(b_shape, out_shape);
   const int64_t total = NumElements(out_shape);
   if (total == 0) return;
   if (rank == 0) {
     fn(0, 0, 0);
     return;
   }
-  std::vector<int64_t> idx(rank, 0);
+  std::array<int64_t, kMaxRank> idx{};
   const int64_t inner = out_shape[rank - 1];
   const int64_t ia = sa[rank - 1], ib = sb[rank - 1];
   int64_t oa = 0, ob = 0;
@@ -71,6 +72,16 @@ void ForEachBroadcast(const Shape& a_shape, const Shape& b_shape, const Shape& o
       idx[d] = 0;
     }
   }
+}
+
+// Calls fn(out_index, a_offset, b_offset) for every output element, where the
+// offsets follow numpy broadcasting of a_shape and b_shape into out_shape.
+// Does not allocate.
+template <typename Fn>
+void ForEachBroadcast(const Shape& a_shape, const Shape& b_shape, const Shape& out_shape,
+                      Fn&& fn) {
+  ForEachStrided(out_shape, BroadcastStrides(a_shape, out_shape),
+                 BroadcastStrides(b_shape, out_shape), fn);
 }
 
 }  // namespace fleettune::engine::ops

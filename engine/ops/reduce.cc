@@ -41,16 +41,29 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   return TensorType{DType::kF32, out};
 }
 
+// Row-major strides of x's reduction target (x's shape with the reduced axes
+// set to 1), with stride 0 on the reduced axes.
+Strides ReduceTargetStrides(const Shape& xs, const std::vector<int>& axes) {
+  Strides strides{};
+  int64_t stride = 1;
+  for (int d = static_cast<int>(xs.size()) - 1; d >= 0; --d) {
+    if (std::find(axes.begin(), axes.end(), d) != axes.end()) continue;
+    strides[d] = stride;
+    stride *= xs[d];
+  }
+  return strides;
+}
+
 void SumInto(const KernelArgs& args, float scale) {
   const auto& attrs = args.attrs<ReduceAttrs>();
   const Shape& xs = *args.in(0).shape;
-  const Shape kept = KeptShape(xs, attrs.axes);
   const float* x = args.in(0).f32();
   float* y = args.output.f32();
   const int64_t n_out = args.output.num_elements();
   std::fill_n(y, n_out, 0.0f);
-  // Walk x; each element lands at the offset of its position in `kept`.
-  ForEachBroadcast(xs, kept, xs, [&](int64_t ix, int64_t, int64_t iy) { y[iy] += x[ix]; });
+  // Walk x; each element lands at its position in the reduction target.
+  ForEachStrided(xs, BroadcastStrides(xs, xs), ReduceTargetStrides(xs, attrs.axes),
+                 [&](int64_t ix, int64_t, int64_t iy) { y[iy] += x[ix]; });
   if (scale != 1.0f) {
     for (int64_t i = 0; i < n_out; ++i) y[i] *= scale;
   }

@@ -1,0 +1,525 @@
+#include "engine/plan/plan_io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <iterator>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "engine/base/status_macros.h"
+#include "engine/ir/verifier.h"
+#include "engine/ops/op_registry.h"
+
+namespace fleettune::engine::plan {
+namespace {
+
+namespace v1 = ::fleettune::v1;
+
+template <class... Ts>
+struct Overloaded : Ts... {
+  using Ts::operator()...;
+};
+template <class... Ts>
+Overloaded(Ts...) -> Overloaded<Ts...>;
+
+// One row per engine OpKind, in enum order: its wire value and the attrs oneof
+// case it takes (ATTRS_NOT_SET for ops whose attributes are NoAttrs).
+struct OpRow {
+  OpKind engine;
+  v1::OpKind wire;
+  v1::Node::AttrsCase attrs;
+};
+
+constexpr OpRow kOps[] = {
+    {OpKind::kInput, v1::OP_KIND_INPUT, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kParameter, v1::OP_KIND_PARAMETER, v1::Node::kParameter},
+    {OpKind::kFill, v1::OP_KIND_FILL, v1::Node::kFill},
+    {OpKind::kMatMul, v1::OP_KIND_MATMUL, v1::Node::kMatmul},
+    {OpKind::kLinear, v1::OP_KIND_LINEAR, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kAdd, v1::OP_KIND_ADD, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kMul, v1::OP_KIND_MUL, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kScale, v1::OP_KIND_SCALE, v1::Node::kScalar},
+    {OpKind::kRelu, v1::OP_KIND_RELU, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kReshape, v1::OP_KIND_RESHAPE, v1::Node::kShape},
+    {OpKind::kReduceSum, v1::OP_KIND_REDUCE_SUM, v1::Node::kReduce},
+    {OpKind::kReduceMean, v1::OP_KIND_REDUCE_MEAN, v1::Node::kReduce},
+    {OpKind::kBroadcastTo, v1::OP_KIND_BROADCAST_TO, v1::Node::kShape},
+    {OpKind::kSoftmaxCrossEntropy, v1::OP_KIND_SOFTMAX_CROSS_ENTROPY, v1::Node::kCrossEntropy},
+    {OpKind::kReluGrad, v1::OP_KIND_RELU_GRAD, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kSoftmaxCrossEntropyGrad, v1::OP_KIND_SOFTMAX_CROSS_ENTROPY_GRAD,
+     v1::Node::kCrossEntropy},
+    {OpKind::kSgdUpdate, v1::OP_KIND_SGD_UPDATE, v1::Node::kSgd},
+    {OpKind::kAdamWUpdate, v1::OP_KIND_ADAMW_UPDATE, v1::Node::kAdamw},
+};
+static_assert(std::size(kOps) == kNumOpKinds, "every OpKind needs a row in kOps");
+
+constexpr bool RowsFollowEnumOrder() {
+  for (int i = 0; i < kNumOpKinds; ++i) {
+    if (static_cast<int>(kOps[i].engine) != i) return false;
+  }
+  return true;
+}
+static_assert(RowsFollowEnumOrder(), "kOps rows must be in OpKind order");
+
+// The row for a wire value, or nullptr for unknown and unspecified values.
+const OpRow* FindWireOp(int wire) {
+  for (const OpRow& row : kOps) {
+    if (static_cast<int>(row.wire) == wire) return &row;
+  }
+  return nullptr;
+}
+
+// "parameter", "matmul", ...: the oneof field name.
+std::string AttrsName(v1::Node::AttrsCase attrs_case) {
+  const google::protobuf::FieldDescriptor* field =
+      v1::Node::descriptor()->FindFieldByNumber(static_cast<int>(attrs_case));
+  return field == nullptr ? absl::StrCat("field ", static_cast<int>(attrs_case)) : field->name();
+}
+
+// Why `got` is the wrong attrs case for an op that takes `want`.
+std::string AttrsMismatch(v1::Node::AttrsCase want, v1::Node::AttrsCase got) {
+  if (want == v1::Node::ATTRS_NOT_SET) {
+    return absl::StrCat("takes no attributes, got ", AttrsName(got));
+  }
+  if (got == v1::Node::ATTRS_NOT_SET)
+    return absl::StrCat("missing ", AttrsName(want), " attributes");
+  return absl::StrCat("takes ", AttrsName(want), " attributes, got ", AttrsName(got));
+}
+
+template <typename... Args>
+absl::Status NodeError(int id, OpKind op, const Args&... args) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("node ", id, " (", ops::GetOpDef(op).name, "): ", args...));
+}
+
+// Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF):
+// proto3 `string` fields must hold it or the message does not parse.
+bool IsValidUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    int extra;
+    uint32_t min_code_point;
+    uint32_t code_point;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      extra = 1, min_code_point = 0x80, code_point = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      extra = 2, min_code_point = 0x800, code_point = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      extra = 3, min_code_point = 0x10000, code_point = c & 0x07;
+    } else {
+      return false;
+    }
+    if (s.size() - i <= static_cast<size_t>(extra)) return false;
+    for (int k = 1; k <= extra; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      code_point = (code_point << 6) | (cc & 0x3F);
+    }
+    if (code_point < min_code_point || code_point > 0x10FFFF ||
+        (code_point >= 0xD800 && code_point <= 0xDFFF)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
+// --- engine → wire ---------------------------------------------------------
+
+v1::DType DTypeToProto(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return v1::DTYPE_F32;
+    case DType::kI32:
+      return v1::DTYPE_I32;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+void TypeToProto(const TensorType& type, v1::TensorType* out) {
+  out->set_dtype(DTypeToProto(type.dtype));
+  for (int64_t d : type.shape) out->add_dims(d);
+}
+
+// Sets the oneof from `attrs` and returns the case it set.
+v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
+  std::visit(Overloaded{
+                 [](const NoAttrs&) {},
+                 [&](const ParameterAttrs& a) {
+                   out->mutable_parameter()->set_role(a.role == ParamRole::kWeight
+                                                          ? v1::PARAM_ROLE_WEIGHT
+                                                          : v1::PARAM_ROLE_OPTIMIZER_STATE);
+                 },
+                 [&](const MatMulAttrs& a) {
+                   v1::MatMulAttrs* m = out->mutable_matmul();
+                   m->set_transpose_a(a.transpose_a);
+                   m->set_transpose_b(a.transpose_b);
+                 },
+                 [&](const ShapeAttrs& a) {
+                   v1::ShapeAttrs* s = out->mutable_shape();
+                   for (int64_t d : a.shape) s->add_shape(d);
+                 },
+                 [&](const ReduceAttrs& a) {
+                   v1::ReduceAttrs* r = out->mutable_reduce();
+                   for (int axis : a.axes) r->add_axes(axis);
+                   r->set_keep_dims(a.keep_dims);
+                 },
+                 [&](const ScalarAttrs& a) { out->mutable_scalar()->set_value(a.value); },
+                 [&](const FillAttrs& a) {
+                   v1::FillAttrs* f = out->mutable_fill();
+                   f->set_value(a.value);
+                   for (int64_t d : a.shape) f->add_shape(d);
+                 },
+                 [&](const CrossEntropyAttrs& a) {
+                   out->mutable_cross_entropy()->set_ignore_index(a.ignore_index);
+                 },
+                 [&](const SgdAttrs& a) {
+                   v1::SgdAttrs* s = out->mutable_sgd();
+                   s->set_lr(a.lr);
+                   s->set_momentum(a.momentum);
+                   s->set_weight_decay(a.weight_decay);
+                 },
+                 [&](const AdamWAttrs& a) {
+                   v1::AdamWAttrs* w = out->mutable_adamw();
+                   w->set_lr(a.lr);
+                   w->set_beta1(a.beta1);
+                   w->set_beta2(a.beta2);
+                   w->set_eps(a.eps);
+                   w->set_weight_decay(a.weight_decay);
+                 },
+             },
+             attrs);
+  return out->attrs_case();
+}
+
+// --- wire → engine ---------------------------------------------------------
+
+absl::StatusOr<DType> DTypeFromProto(int dtype) {
+  switch (dtype) {
+    case v1::DTYPE_F32:
+      return DType::kF32;
+    case v1::DTYPE_I32:
+      return DType::kI32;
+    case v1::DTYPE_UNSPECIFIED:
+      return absl::InvalidArgumentError("dtype is unspecified");
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype ", dtype));
+}
+
+absl::StatusOr<Shape> ShapeFromProto(const google::protobuf::RepeatedField<int64_t>& dims) {
+  Shape shape(dims.begin(), dims.end());
+  RETURN_IF_ERROR(ValidateShape(shape));
+  return shape;
+}
+
+absl::StatusOr<TensorType> TypeFromProto(const v1::TensorType& type) {
+  TensorType out;
+  ASSIGN_OR_RETURN(out.dtype, DTypeFromProto(type.dtype()));
+  ASSIGN_OR_RETURN(out.shape, ShapeFromProto(type.dims()));
+  return out;
+}
+
+// The caller has checked that the case is the one the op takes.
+absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
+  switch (node.attrs_case()) {
+    case v1::Node::ATTRS_NOT_SET:
+      return NoAttrs{};
+    case v1::Node::kParameter:
+      switch (node.parameter().role()) {
+        case v1::PARAM_ROLE_WEIGHT:
+          return ParameterAttrs{ParamRole::kWeight};
+        case v1::PARAM_ROLE_OPTIMIZER_STATE:
+          return ParameterAttrs{ParamRole::kOptimizerState};
+        case v1::PARAM_ROLE_UNSPECIFIED:
+          return absl::InvalidArgumentError("parameter role is unspecified");
+        default:
+          return absl::InvalidArgumentError(
+              absl::StrCat("unknown parameter role ", static_cast<int>(node.parameter().role())));
+      }
+    case v1::Node::kMatmul:
+      return MatMulAttrs{node.matmul().transpose_a(), node.matmul().transpose_b()};
+    case v1::Node::kShape: {
+      ShapeAttrs attrs;
+      ASSIGN_OR_RETURN(attrs.shape, ShapeFromProto(node.shape().shape()));
+      return attrs;
+    }
+    case v1::Node::kReduce: {
+      const v1::ReduceAttrs& r = node.reduce();
+      return ReduceAttrs{std::vector<int>(r.axes().begin(), r.axes().end()), r.keep_dims()};
+    }
+    case v1::Node::kScalar:
+      return ScalarAttrs{node.scalar().value()};
+    case v1::Node::kFill: {
+      FillAttrs attrs;
+      attrs.value = node.fill().value();
+      ASSIGN_OR_RETURN(attrs.shape, ShapeFromProto(node.fill().shape()));
+      return attrs;
+    }
+    case v1::Node::kCrossEntropy:
+      return CrossEntropyAttrs{node.cross_entropy().ignore_index()};
+    case v1::Node::kSgd: {
+      const v1::SgdAttrs& s = node.sgd();
+      return SgdAttrs{s.lr(), s.momentum(), s.weight_decay()};
+    }
+    case v1::Node::kAdamw: {
+      const v1::AdamWAttrs& a = node.adamw();
+      return AdamWAttrs{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()};
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown attributes case ", static_cast<int>(node.attrs_case())));
+}
+
+absl::Status WithPath(const std::string& path, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat(path, ": ", status.message()));
+}
+
+// Writes `bytes` to a temporary file beside `path`, fsyncs it and renames it
+// over `path`.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes) {
+  std::string temp_path = absl::StrCat(path, ".tmp.XXXXXX");
+  int fd = mkstemp(temp_path.data());
+  if (fd < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot create a temporary file"));
+  }
+  auto remove_temp = absl::MakeCleanup([&] {
+    if (fd >= 0) close(fd);
+    unlink(temp_path.c_str());
+  });
+  const auto error = [&](absl::string_view what) {
+    return absl::ErrnoToStatus(errno, absl::StrCat(temp_path, ": ", what));
+  };
+  // mkstemp creates 0600; a plan holds nothing private (see plan.proto).
+  if (fchmod(fd, 0644) != 0) return error("chmod failed");
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = write(fd, bytes.data() + written, bytes.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return error("write failed");
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (fsync(fd) != 0) return error("fsync failed");
+  const int closed = close(fd);
+  fd = -1;
+  if (closed != 0) return error("close failed");
+  if (rename(temp_path.c_str(), path.c_str()) != 0) {
+    return absl::ErrnoToStatus(errno,
+                               absl::StrCat(path, ": cannot rename ", temp_path, " over it"));
+  }
+  std::move(remove_temp).Cancel();
+  // Make the rename itself durable. Best effort: the new file is complete either way.
+  const size_t slash = path.rfind('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+  const int dir_fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    fsync(dir_fd);
+    close(dir_fd);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::OpKind> OpKindToProto(OpKind op) {
+  const int index = static_cast<int>(op);
+  if (index < 0 || index >= kNumOpKinds) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown engine op kind ", index));
+  }
+  return kOps[index].wire;
+}
+
+absl::StatusOr<OpKind> OpKindFromProto(v1::OpKind op) {
+  if (op == v1::OP_KIND_UNSPECIFIED) return absl::InvalidArgumentError("op is unspecified");
+  const OpRow* row = FindWireOp(static_cast<int>(op));
+  if (row == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown op ", static_cast<int>(op)));
+  }
+  return row->engine;
+}
+
+absl::StatusOr<v1::Graph> GraphToProto(const Graph& graph) {
+  RETURN_IF_ERROR(VerifyGraph(graph));
+  v1::Graph proto;
+  proto.mutable_nodes()->Reserve(graph.num_nodes());
+  for (ValueId id = 0; id < graph.num_nodes(); ++id) {
+    const Node& node = graph.node(id);
+    // VerifyGraph rejected kinds >= kCount.
+    const OpRow& row = kOps[static_cast<int>(node.op)];
+    v1::Node* out = proto.add_nodes();
+    out->set_op(row.wire);
+    out->mutable_inputs()->Reserve(static_cast<int>(node.inputs.size()));
+    for (ValueId in : node.inputs) out->add_inputs(in);
+    const v1::Node::AttrsCase attrs_case = AttrsToProto(node.attrs, out);
+    if (attrs_case != row.attrs) {
+      return NodeError(id, node.op, AttrsMismatch(row.attrs, attrs_case));
+    }
+    TypeToProto(node.type, out->mutable_type());
+    out->set_has_output(node.has_output);
+    if (!IsValidUtf8(node.name)) {
+      return NodeError(id, node.op, "name '", absl::CHexEscape(node.name), "' is not valid UTF-8");
+    }
+    out->set_name(node.name);
+  }
+  for (ValueId out : graph.outputs()) proto.add_outputs(out);
+  return proto;
+}
+
+absl::StatusOr<Graph> GraphFromProto(const v1::Graph& proto) {
+  const int num_nodes = proto.nodes_size();
+  if (num_nodes > kMaxGraphNodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("graph has ", num_nodes, " nodes, more than the limit of ", kMaxGraphNodes));
+  }
+  Graph graph;
+  for (int id = 0; id < num_nodes; ++id) {
+    const v1::Node& in = proto.nodes(id);
+    if (in.op() == v1::OP_KIND_UNSPECIFIED) {
+      return absl::InvalidArgumentError(absl::StrCat("node ", id, ": op is unspecified"));
+    }
+    const OpRow* row = FindWireOp(static_cast<int>(in.op()));
+    if (row == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("node ", id, ": unknown op ", static_cast<int>(in.op())));
+    }
+    Node node;
+    node.op = row->engine;
+    node.inputs.reserve(in.inputs_size());
+    for (int32_t input : in.inputs()) {
+      if (input < 0 || input >= id) {
+        return NodeError(id, node.op, "input %", input, " is not an earlier node");
+      }
+      node.inputs.push_back(input);
+    }
+    if (in.attrs_case() != row->attrs) {
+      return NodeError(id, node.op, AttrsMismatch(row->attrs, in.attrs_case()));
+    }
+    absl::StatusOr<Attrs> attrs = AttrsFromProto(in);
+    if (!attrs.ok()) {
+      return NodeError(id, node.op, AttrsName(row->attrs),
+                       " attributes: ", attrs.status().message());
+    }
+    node.attrs = *std::move(attrs);
+    absl::StatusOr<TensorType> type = TypeFromProto(in.type());
+    if (!type.ok()) return NodeError(id, node.op, "type: ", type.status().message());
+    node.type = *std::move(type);
+    node.has_output = in.has_output();
+    node.name = in.name();
+    graph.AddUncheckedNode(std::move(node));
+  }
+  absl::flat_hash_set<int32_t> outputs;
+  for (int32_t out : proto.outputs()) {
+    if (out < 0 || out >= num_nodes) {
+      return absl::InvalidArgumentError(absl::StrCat("output %", out, " is not a node"));
+    }
+    if (!outputs.insert(out).second) {
+      return absl::InvalidArgumentError(absl::StrCat("output %", out, " is listed twice"));
+    }
+    graph.MarkOutput(out);
+  }
+  RETURN_IF_ERROR(VerifyGraph(graph));
+  return graph;
+}
+
+absl::StatusOr<v1::CompiledPlan> ParsePlan(absl::string_view bytes) {
+  if (bytes.size() > static_cast<size_t>(kMaxPlanBytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("plan is ", bytes.size(), " bytes, over the limit of ", kMaxPlanBytes));
+  }
+  v1::CompiledPlan plan;
+  if (!plan.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError(absl::StrCat("the ", bytes.size(),
+                                            " bytes do not parse as a fleettune.v1.CompiledPlan "
+                                            "(truncated or corrupted)"));
+  }
+  if (plan.format_version() == 0) {
+    return absl::InvalidArgumentError("plan has no format_version");
+  }
+  if (plan.format_version() > kPlanFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("plan format_version ", plan.format_version(),
+                                                      " is newer than this build reads (",
+                                                      kPlanFormatVersion, ")"));
+  }
+  return plan;
+}
+
+absl::Status WritePlan(const std::string& path, const v1::CompiledPlan& plan) {
+  if (plan.format_version() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": plan has no format_version"));
+  }
+  const size_t size = plan.ByteSizeLong();
+  if (size > static_cast<size_t>(kMaxPlanBytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": plan is ", size, " bytes, over the limit of ", kMaxPlanBytes));
+  }
+  std::string bytes;
+  if (!plan.SerializeToString(&bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": plan does not serialize"));
+  }
+  // Refuse to write what ReadPlan would reject (e.g. a string field holding
+  // invalid UTF-8, which proto3 serializes but will not parse).
+  if (absl::Status readable = ParsePlan(bytes).status(); !readable.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": plan would not read back: ", readable.message()));
+  }
+  return WriteFileAtomically(path, bytes);
+}
+
+absl::StatusOr<v1::CompiledPlan> ReadPlan(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+    return absl::ErrnoToStatus(err, absl::StrCat(path, ": cannot open"));
+  }
+  absl::Cleanup closer = [fd] { close(fd); };
+  struct stat st;
+  if (fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot stat"));
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  if (st.st_size > kMaxPlanBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": plan is ", st.st_size, " bytes, over the limit of ", kMaxPlanBytes));
+  }
+  std::string bytes;
+  bytes.reserve(static_cast<size_t>(st.st_size));
+  char buffer[1 << 16];
+  while (true) {
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, absl::StrCat(path, ": read failed"));
+    }
+    if (n == 0) break;
+    bytes.append(buffer, static_cast<size_t>(n));
+    // The file may have grown since fstat.
+    if (bytes.size() > static_cast<size_t>(kMaxPlanBytes)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": plan is over the limit of ", kMaxPlanBytes, " bytes"));
+    }
+  }
+  absl::StatusOr<v1::CompiledPlan> plan = ParsePlan(bytes);
+  if (!plan.ok()) return WithPath(path, plan.status());
+  return plan;
+}
+
+}  // namespace fleettune::engine::plan

@@ -1,0 +1,560 @@
+#include "engine/plan/plan_io.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "engine/autodiff/autodiff.h"
+#include "engine/base/status_matchers.h"
+#include "engine/ir/graph.h"
+#include "engine/ir/printer.h"
+#include "engine/ir/verifier.h"
+#include "engine/models/mlp.h"
+#include "engine/ops/op_registry.h"
+#include "engine/train/trainer.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/stubs/logging.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::plan {
+namespace {
+
+namespace v1 = ::fleettune::v1;
+using ::fleettune::testing::StatusIs;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+std::string TempPath(const std::string& name) { return ::testing::TempDir() + "/" + name; }
+
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+
+models::MlpConfig SmallMlp() {
+  models::MlpConfig config;
+  config.sizes = {20, 16, 12, 4};
+  config.batch = 8;
+  return config;
+}
+
+autodiff::OptimizerConfig SgdMomentum() {
+  return autodiff::OptimizerConfig::Sgd(SgdAttrs{0.1f, 0.9f, 1e-4f});
+}
+
+autodiff::OptimizerConfig AdamW() {
+  return autodiff::OptimizerConfig::AdamW(AdamWAttrs{3e-4f, 0.9f, 0.999f, 1e-8f, 0.01f});
+}
+
+absl::StatusOr<Graph> MlpTrainingGraph(const autodiff::OptimizerConfig& optimizer,
+                                       absl::string_view scheme = "full") {
+  ASSIGN_OR_RETURN(models::Model model, models::BuildMlp(SmallMlp()));
+  ASSIGN_OR_RETURN(std::vector<std::string> trainable, train::SelectTrainable(model, scheme));
+  return train::BuildTrainingGraph(model, trainable, optimizer);
+}
+
+// A plan as the coordinator would fill it (arena_bytes and flops_per_step
+// stay 0 until the compiler computes them).
+absl::StatusOr<v1::CompiledPlan> MakePlan(const Graph& graph, absl::string_view scheme) {
+  v1::CompiledPlan plan;
+  plan.set_format_version(kPlanFormatVersion);
+  ASSIGN_OR_RETURN(*plan.mutable_graph(), GraphToProto(graph));
+  v1::PlanMetadata* meta = plan.mutable_metadata();
+  meta->set_model_name("mlp-20-16-12-4");
+  meta->set_scheme(std::string(scheme));
+  meta->set_device_class("x86-avx2");
+  uint64_t weight_bytes = 0, state_bytes = 0;
+  for (const Node& node : graph.nodes()) {
+    if (node.op == OpKind::kSgdUpdate || node.op == OpKind::kAdamWUpdate) {
+      meta->add_trainable_parameters(graph.node(node.inputs[0]).name);
+    }
+    if (const auto* p = std::get_if<ParameterAttrs>(&node.attrs)) {
+      (p->role == ParamRole::kWeight ? weight_bytes : state_bytes) += node.type.bytes();
+    }
+  }
+  meta->set_weight_bytes(weight_bytes);
+  meta->set_optimizer_state_bytes(state_bytes);
+  return plan;
+}
+
+// Stronger than comparing PrintGraph: attributes compare bit for bit.
+void ExpectSameGraph(const Graph& a, const Graph& b) {
+  EXPECT_EQ(PrintGraph(a), PrintGraph(b));
+  ASSERT_EQ(a.num_nodes(), b.num_nodes());
+  for (ValueId id = 0; id < a.num_nodes(); ++id) {
+    const Node& x = a.node(id);
+    const Node& y = b.node(id);
+    EXPECT_EQ(x.op, y.op) << "node " << id;
+    EXPECT_EQ(x.inputs, y.inputs) << "node " << id;
+    EXPECT_TRUE(x.attrs == y.attrs) << "node " << id;
+    EXPECT_EQ(x.type, y.type) << "node " << id;
+    EXPECT_EQ(x.has_output, y.has_output) << "node " << id;
+    EXPECT_EQ(x.name, y.name) << "node " << id;
+  }
+  EXPECT_EQ(a.outputs(), b.outputs());
+}
+
+// The id of the first node with this op; -1 if none.
+int FindOp(const v1::Graph& graph, v1::OpKind op) {
+  for (int i = 0; i < graph.nodes_size(); ++i) {
+    if (graph.nodes(i).op() == op) return i;
+  }
+  return -1;
+}
+
+TEST(PlanIo, OpKindsMirrorTheEngineOneToOne) {
+  EXPECT_EQ(v1::OpKind_descriptor()->value_count(), kNumOpKinds + 1);  // + UNSPECIFIED
+  for (int k = 0; k < kNumOpKinds; ++k) {
+    const auto op = static_cast<OpKind>(k);
+    ASSERT_OK_AND_ASSIGN(v1::OpKind wire, OpKindToProto(op));
+    EXPECT_EQ(v1::OpKind_Name(wire),
+              absl::StrCat("OP_KIND_", absl::AsciiStrToUpper(ops::GetOpDef(op).name)));
+    ASSERT_OK_AND_ASSIGN(OpKind back, OpKindFromProto(wire));
+    EXPECT_EQ(back, op);
+  }
+  EXPECT_THAT(OpKindToProto(OpKind::kCount),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown engine op")));
+  EXPECT_THAT(OpKindFromProto(v1::OP_KIND_UNSPECIFIED),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unspecified")));
+  EXPECT_THAT(OpKindFromProto(static_cast<v1::OpKind>(1000)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown op 1000")));
+}
+
+struct RoundTripCase {
+  std::string name;
+  autodiff::OptimizerConfig optimizer;
+  std::string scheme;
+  std::string update_op;
+};
+
+class MlpTrainingGraphRoundTrip : public ::testing::TestWithParam<RoundTripCase> {};
+
+TEST_P(MlpTrainingGraphRoundTrip, PrintsIdenticallyAfterProtoRoundTrip) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, MlpTrainingGraph(GetParam().optimizer, GetParam().scheme));
+  ASSERT_THAT(PrintGraph(graph), HasSubstr(GetParam().update_op));
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
+  ExpectSameGraph(graph, back);
+  // Serializing again gives the same bytes.
+  ASSERT_OK_AND_ASSIGN(v1::Graph again, GraphToProto(back));
+  EXPECT_EQ(again.SerializeAsString(), proto.SerializeAsString());
+}
+
+TEST_P(MlpTrainingGraphRoundTrip, WriteThenReadGivesTheSamePlan) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, MlpTrainingGraph(GetParam().optimizer, GetParam().scheme));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan plan, MakePlan(graph, GetParam().scheme));
+  const std::string path = TempPath(GetParam().name + ".plan");
+  ASSERT_OK(WritePlan(path, plan));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan read, ReadPlan(path));
+  EXPECT_EQ(read.SerializeAsString(), plan.SerializeAsString());
+  EXPECT_EQ(read.metadata().model_name(), "mlp-20-16-12-4");
+  EXPECT_GT(read.metadata().weight_bytes(), 0u);
+  EXPECT_EQ(read.metadata().flops_per_step(), 0u);
+  ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(read.graph()));
+  ExpectSameGraph(graph, back);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Optimizers, MlpTrainingGraphRoundTrip,
+    ::testing::Values(RoundTripCase{"SgdMomentumFull", SgdMomentum(), "full", "sgd_update("},
+                      RoundTripCase{"AdamWFull", AdamW(), "full", "adamw_update("},
+                      RoundTripCase{"SgdPlainBiasOnly",
+                                    autodiff::OptimizerConfig::Sgd(SgdAttrs{0.05f, 0.0f, 0.0f}),
+                                    "bias-only", "sgd_update("},
+                      RoundTripCase{"AdamWLastLayer", AdamW(), "last-k:1", "adamw_update("}),
+    [](const ::testing::TestParamInfo<RoundTripCase>& info) { return info.param.name; });
+
+// A graph that holds every attribute kind the MLP does not.
+absl::StatusOr<Graph> EveryAttrsGraph() {
+  Graph g;
+  ASSIGN_OR_RETURN(ValueId x, g.AddInput("x", {DType::kF32, {2, 3}}));
+  ASSIGN_OR_RETURN(ValueId w, g.AddParameter("w", {DType::kF32, {4, 3}}));
+  ASSIGN_OR_RETURN(ValueId mm, g.AddNode(OpKind::kMatMul, {x, w}, MatMulAttrs{false, true}));
+  ASSIGN_OR_RETURN(ValueId s, g.AddNode(OpKind::kScale, {mm}, ScalarAttrs{-0.3f}));
+  ASSIGN_OR_RETURN(ValueId flat, g.AddNode(OpKind::kReshape, {s}, ShapeAttrs{{8}}));
+  ASSIGN_OR_RETURN(ValueId r, g.AddNode(OpKind::kReshape, {flat}, ShapeAttrs{{2, 4}}, "back"));
+  ASSIGN_OR_RETURN(ValueId mean, g.AddNode(OpKind::kReduceMean, {r}, ReduceAttrs{{1}, true}));
+  ASSIGN_OR_RETURN(ValueId bc, g.AddNode(OpKind::kBroadcastTo, {mean}, ShapeAttrs{{2, 4}}));
+  ASSIGN_OR_RETURN(ValueId f, g.AddNode(OpKind::kFill, {}, FillAttrs{1.5f, {2, 4}}));
+  ASSIGN_OR_RETURN(ValueId m, g.AddNode(OpKind::kMul, {bc, f}));
+  ASSIGN_OR_RETURN(ValueId a, g.AddNode(OpKind::kAdd, {m, r}));
+  ASSIGN_OR_RETURN(ValueId relu, g.AddNode(OpKind::kRelu, {a}));
+  ASSIGN_OR_RETURN(ValueId sum, g.AddNode(OpKind::kReduceSum, {relu}, ReduceAttrs{{0, 1}, false}));
+  g.MarkOutput(sum);
+  g.MarkOutput(mm);
+  return g;
+}
+
+TEST(PlanIo, EveryAttributeKindRoundTrips) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, EveryAttrsGraph());
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  EXPECT_EQ(proto.nodes(0).attrs_case(), v1::Node::ATTRS_NOT_SET);  // input: NoAttrs
+  ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
+  ExpectSameGraph(graph, back);
+}
+
+// --- GraphFromProto on bad input -------------------------------------------
+
+class GraphFromProtoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_OK_AND_ASSIGN(Graph graph, MlpTrainingGraph(SgdMomentum()));
+    ASSERT_OK_AND_ASSIGN(proto_, GraphToProto(graph));
+    linear_ = FindOp(proto_, v1::OP_KIND_LINEAR);
+    parameter_ = FindOp(proto_, v1::OP_KIND_PARAMETER);
+    sgd_ = FindOp(proto_, v1::OP_KIND_SGD_UPDATE);
+    ASSERT_GT(linear_, 0);
+    ASSERT_GE(parameter_, 0);
+    ASSERT_GT(sgd_, 0);
+  }
+
+  v1::Graph proto_;
+  int linear_ = -1, parameter_ = -1, sgd_ = -1;
+};
+
+TEST_F(GraphFromProtoTest, RejectsInputIdPointingForward) {
+  proto_.mutable_nodes(linear_)->set_inputs(0, linear_ + 1);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(absl::StrCat("node ", linear_, " (linear): input %", linear_ + 1,
+                                              " is not an earlier node"))));
+}
+
+TEST_F(GraphFromProtoTest, RejectsSelfAndNegativeInputIds) {
+  v1::Graph self = proto_;
+  self.mutable_nodes(linear_)->set_inputs(0, linear_);
+  EXPECT_THAT(GraphFromProto(self),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is not an earlier node")));
+  proto_.mutable_nodes(linear_)->set_inputs(0, -1);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("input %-1 is not")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsUnknownOpEnumValue) {
+  proto_.mutable_nodes(linear_)->set_op(static_cast<v1::OpKind>(99));
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(absl::StrCat("node ", linear_, ": unknown op 99"))));
+}
+
+TEST_F(GraphFromProtoTest, RejectsUnspecifiedOp) {
+  proto_.mutable_nodes(0)->set_op(v1::OP_KIND_UNSPECIFIED);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node 0: op is unspecified")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsMissingAttrs) {
+  v1::Graph no_role = proto_;
+  no_role.mutable_nodes(parameter_)->clear_attrs();
+  EXPECT_THAT(GraphFromProto(no_role),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(absl::StrCat("node ", parameter_,
+                                              " (parameter): missing parameter attributes"))));
+  proto_.mutable_nodes(sgd_)->clear_attrs();
+  EXPECT_THAT(GraphFromProto(proto_), StatusIs(absl::StatusCode::kInvalidArgument,
+                                               HasSubstr("(sgd_update): missing sgd attributes")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsAttrsOfAnotherOp) {
+  v1::Graph on_linear = proto_;
+  on_linear.mutable_nodes(linear_)->mutable_matmul();
+  EXPECT_THAT(GraphFromProto(on_linear),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("(linear): takes no attributes, got matmul")));
+  proto_.mutable_nodes(sgd_)->mutable_adamw();
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("(sgd_update): takes sgd attributes, got adamw")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsUnspecifiedOrUnknownParameterRole) {
+  v1::Graph unspecified = proto_;
+  unspecified.mutable_nodes(parameter_)->mutable_parameter()->set_role(v1::PARAM_ROLE_UNSPECIFIED);
+  EXPECT_THAT(GraphFromProto(unspecified),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("parameter attributes: parameter role is unspecified")));
+  proto_.mutable_nodes(parameter_)->mutable_parameter()->set_role(static_cast<v1::ParamRole>(7));
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown parameter role 7")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsNegativeDimension) {
+  proto_.mutable_nodes(0)->mutable_type()->set_dims(0, -1);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("node 0 (input): type: negative dimension in shape [-1, 20]")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsOverflowingShape) {
+  v1::TensorType* type = proto_.mutable_nodes(0)->mutable_type();
+  type->set_dims(0, int64_t{1} << 40);
+  type->set_dims(1, int64_t{1} << 40);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("elements")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsUnknownAndMissingDType) {
+  v1::Graph unknown = proto_;
+  unknown.mutable_nodes(0)->mutable_type()->set_dtype(static_cast<v1::DType>(7));
+  EXPECT_THAT(GraphFromProto(unknown),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("type: unknown dtype 7")));
+  proto_.mutable_nodes(0)->clear_type();
+  EXPECT_THAT(GraphFromProto(proto_), StatusIs(absl::StatusCode::kInvalidArgument,
+                                               HasSubstr("type: dtype is unspecified")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsNegativeDimensionInShapeAttrs) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, EveryAttrsGraph());
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  const int fill = FindOp(proto, v1::OP_KIND_FILL);
+  ASSERT_GT(fill, 0);
+  proto.mutable_nodes(fill)->mutable_fill()->set_shape(1, -4);
+  EXPECT_THAT(GraphFromProto(proto),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("(fill): fill attributes: negative dimension in shape [2, -4]")));
+}
+
+TEST_F(GraphFromProtoTest, ReturnsTheVerifierErrorForAWrongType) {
+  proto_.mutable_nodes(linear_)->mutable_type()->set_dims(1, 17);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(absl::StrCat("node ", linear_,
+                                              " (linear): type is f32[8, 17] "
+                                              "but inference gives f32[8, 16]"))));
+}
+
+TEST_F(GraphFromProtoTest, ReturnsTheVerifierErrorForWrongArityAndHasOutput) {
+  v1::Graph arity = proto_;
+  arity.mutable_nodes(linear_)->add_inputs(0);
+  EXPECT_THAT(GraphFromProto(arity),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expects 2 to 3 inputs")));
+  proto_.mutable_nodes(sgd_)->set_has_output(true);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("has_output disagrees")));
+}
+
+TEST_F(GraphFromProtoTest, ReturnsTheVerifierErrorForDuplicateNames) {
+  proto_.mutable_nodes(1)->set_name(proto_.nodes(0).name());
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("duplicate name 'x'")));
+}
+
+TEST_F(GraphFromProtoTest, RejectsBadOutputs) {
+  v1::Graph missing = proto_;
+  missing.add_outputs(100000);
+  EXPECT_THAT(GraphFromProto(missing), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                HasSubstr("output %100000 is not a node")));
+  v1::Graph twice = proto_;
+  twice.add_outputs(proto_.outputs(0));
+  EXPECT_THAT(GraphFromProto(twice),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is listed twice")));
+  proto_.add_outputs(sgd_);
+  EXPECT_THAT(GraphFromProto(proto_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is not a value")));
+}
+
+// --- GraphToProto on graphs that would not read back ------------------------
+
+TEST(GraphToProto, RejectsAGraphTheVerifierRejects) {
+  Graph g;
+  ASSERT_OK(g.AddInput("x", {DType::kF32, {2}}).status());
+  Node bad;
+  bad.op = OpKind::kRelu;
+  bad.inputs = {5};
+  g.AddUncheckedNode(bad);
+  EXPECT_THAT(GraphToProto(g), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        HasSubstr("node 1 (relu): input %5 is not an earlier")));
+}
+
+TEST(GraphToProto, RejectsAttrsOnAnAttributelessOp) {
+  Graph g;
+  ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {2}}));
+  // Add's shape inference ignores attributes, so AddNode and the verifier accept this.
+  ASSERT_OK(g.AddNode(OpKind::kAdd, {x, x}, MatMulAttrs{}).status());
+  EXPECT_THAT(GraphToProto(g),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("node 1 (add): takes no attributes, got matmul")));
+}
+
+TEST(GraphToProto, RejectsANameThatIsNotUtf8) {
+  Graph g;
+  ASSERT_OK(g.AddInput("x\xff", {DType::kF32, {2}}).status());
+  EXPECT_THAT(GraphToProto(g),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is not valid UTF-8")));
+}
+
+// --- Plan files -------------------------------------------------------------
+
+class PlanFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_OK_AND_ASSIGN(Graph graph, MlpTrainingGraph(AdamW()));
+    ASSERT_OK_AND_ASSIGN(plan_, MakePlan(graph, "full"));
+  }
+  v1::CompiledPlan plan_;
+};
+
+TEST_F(PlanFileTest, OverwritesAtomicallyAndLeavesNoTemporaryFile) {
+  const std::string dir = TempPath("overwrite");
+  ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
+  const std::string path = dir + "/mlp.plan";
+  v1::CompiledPlan first = plan_;
+  first.mutable_metadata()->set_device_class("rpi4");
+  ASSERT_OK(WritePlan(path, first));
+  ASSERT_OK(WritePlan(path, plan_));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan read, ReadPlan(path));
+  EXPECT_EQ(read.metadata().device_class(), "x86-avx2");
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  // Only the plan remains in the directory.
+  ASSERT_EQ(rmdir(dir.c_str()), -1);  // not empty
+  ASSERT_EQ(unlink(path.c_str()), 0);
+  EXPECT_EQ(rmdir(dir.c_str()), 0) << "a temporary file was left behind";
+}
+
+TEST_F(PlanFileTest, ReadOfMissingFileIsNotFound) {
+  EXPECT_THAT(ReadPlan(TempPath("no_such.plan")),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no_such.plan: no such file")));
+}
+
+TEST_F(PlanFileTest, WriteIntoMissingDirectoryIsNotFound) {
+  EXPECT_THAT(WritePlan(TempPath("no_such_dir/x.plan"), plan_),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("temporary file")));
+}
+
+TEST_F(PlanFileTest, TruncatedFileIsDataLoss) {
+  const std::string path = TempPath("truncated.plan");
+  ASSERT_OK(WritePlan(path, plan_));
+  const std::string bytes = ReadBytes(path);
+  ASSERT_GT(bytes.size(), 100u);
+  WriteBytes(path, bytes.substr(0, bytes.size() / 2));
+  EXPECT_THAT(ReadPlan(path),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("truncated.plan: the " + std::to_string(bytes.size() / 2) +
+                                 " bytes do not parse")));
+}
+
+TEST_F(PlanFileTest, DirectoryIsNotAPlan) {
+  EXPECT_THAT(ReadPlan(::testing::TempDir()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a regular file")));
+}
+
+TEST_F(PlanFileTest, FileOverTheSizeCapIsRejectedBeforeReading) {
+  const std::string path = TempPath("huge.plan");
+  WriteBytes(path, "");
+  ASSERT_EQ(truncate(path.c_str(), kMaxPlanBytes + 1), 0);  // sparse: no disk used
+  EXPECT_THAT(ReadPlan(path),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("over the limit")));
+  unlink(path.c_str());
+}
+
+TEST_F(PlanFileTest, FormatVersionIsChecked) {
+  v1::CompiledPlan unversioned = plan_;
+  unversioned.clear_format_version();
+  EXPECT_THAT(WritePlan(TempPath("unversioned.plan"), unversioned),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no format_version")));
+  EXPECT_THAT(ParsePlan(unversioned.SerializeAsString()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no format_version")));
+  v1::CompiledPlan newer = plan_;
+  newer.set_format_version(kPlanFormatVersion + 1);
+  EXPECT_THAT(ParsePlan(newer.SerializeAsString()),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("newer")));
+}
+
+TEST_F(PlanFileTest, WriteRefusesAPlanThatWouldNotReadBack) {
+  google::protobuf::LogSilencer quiet;  // protobuf logs the bad UTF-8
+  plan_.mutable_metadata()->set_model_name("mlp\xff");
+  EXPECT_THAT(WritePlan(TempPath("bad_utf8.plan"), plan_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("would not read back")));
+}
+
+// --- Mutated bytes ----------------------------------------------------------
+
+// A deterministic stand-in for a fuzzer: bit flips, byte overwrites,
+// truncations and spliced slices of a real plan. Every outcome must be a
+// status; a crash or sanitizer report fails the test.
+TEST(PlanIoMutation, MutatedPlanBytesNeverCrash) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, MlpTrainingGraph(AdamW()));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan plan, MakePlan(graph, "full"));
+  const std::string original = plan.SerializeAsString();
+  ASSERT_FALSE(original.empty());
+  google::protobuf::LogSilencer quiet;  // mutated strings make protobuf log bad UTF-8
+
+  std::mt19937_64 rng(20240601);
+  const auto below = [&](size_t n) { return static_cast<size_t>(rng() % n); };
+  int parsed = 0, accepted = 0;
+  constexpr int kIterations = 4000;
+  for (int i = 0; i < kIterations; ++i) {
+    std::string bytes = original;
+    switch (i % 4) {
+      case 0:  // flip one to four bits
+        for (size_t k = 0, n = 1 + below(4); k < n; ++k) {
+          bytes[below(bytes.size())] ^= static_cast<char>(1u << below(8));
+        }
+        break;
+      case 1:  // overwrite one to three bytes
+        for (size_t k = 0, n = 1 + below(3); k < n; ++k) {
+          bytes[below(bytes.size())] = static_cast<char>(below(256));
+        }
+        break;
+      case 2:  // truncate
+        bytes.resize(below(bytes.size()));
+        break;
+      case 3: {  // splice a slice of the plan into another place
+        const size_t from = below(bytes.size());
+        const size_t len = 1 + below(std::min<size_t>(64, bytes.size() - from));
+        const std::string slice = bytes.substr(from, len);
+        bytes.insert(below(bytes.size() + 1), slice);
+        break;
+      }
+    }
+    absl::StatusOr<v1::CompiledPlan> mutated = ParsePlan(bytes);
+    if (!mutated.ok()) {
+      EXPECT_THAT(mutated.status().code(),
+                  AnyOf(absl::StatusCode::kDataLoss, absl::StatusCode::kInvalidArgument,
+                        absl::StatusCode::kFailedPrecondition))
+          << "iteration " << i << ": " << mutated.status();
+      continue;
+    }
+    ++parsed;
+    absl::StatusOr<Graph> rebuilt = GraphFromProto(mutated->graph());
+    if (!rebuilt.ok()) {
+      EXPECT_EQ(rebuilt.status().code(), absl::StatusCode::kInvalidArgument)
+          << "iteration " << i << ": " << rebuilt.status();
+      EXPECT_FALSE(rebuilt.status().message().empty());
+      continue;
+    }
+    ++accepted;
+    // Whatever is accepted is a well-formed graph that serializes again.
+    EXPECT_OK(VerifyGraph(*rebuilt)) << "iteration " << i;
+    EXPECT_OK(GraphToProto(*rebuilt).status()) << "iteration " << i;
+    EXPECT_FALSE(PrintGraph(*rebuilt).empty());
+  }
+  // The loop reached every layer: some mutations parse, some of those build a
+  // graph (e.g. a flipped hyper-parameter), and most are rejected somewhere.
+  EXPECT_GT(parsed, 0);
+  EXPECT_GT(accepted, 0);
+  EXPECT_LT(accepted, kIterations / 2);
+}
+
+}  // namespace
+}  // namespace fleettune::engine::plan

@@ -1,0 +1,129 @@
+#include "engine/runtime/executable.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "engine/base/status_matchers.h"
+#include "engine/models/mlp.h"
+#include "engine/train/trainer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+// Counts heap allocations while `g_counting` is set, to prove the step loop
+// allocates nothing.
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<int64_t> g_allocations{0};
+}  // namespace
+
+void* operator new(std::size_t size) {
+  if (g_counting.load(std::memory_order_relaxed)) ++g_allocations;
+  void* p = std::malloc(size == 0 ? 1 : size);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace fleettune::engine::runtime {
+namespace {
+
+using ::fleettune::testing::StatusIs;
+using ::testing::HasSubstr;
+
+struct Fixture {
+  models::MlpConfig config{{20, 16, 8, 4}, 8};
+  models::Model model;
+  Graph train_graph;
+  ParameterStore params;
+};
+
+void Build(Fixture* f, autodiff::OptimizerConfig opt) {
+  ASSERT_OK_AND_ASSIGN(f->model, models::BuildMlp(f->config));
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> all, train::SelectTrainable(f->model, "full"));
+  ASSERT_OK_AND_ASSIGN(f->train_graph, train::BuildTrainingGraph(f->model, all, opt));
+  ASSERT_OK(models::InitializeMlp(f->config, 1, &f->params));
+}
+
+TEST(Executable, StepLoopDoesNotAllocate) {
+  for (auto opt : {autodiff::OptimizerConfig::Sgd({0.1f, 0.9f, 1e-4f}),
+                   autodiff::OptimizerConfig::AdamW(AdamWAttrs{})}) {
+    Fixture f;
+    ASSERT_NO_FATAL_FAILURE(Build(&f, opt));
+    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(f.train_graph, &f.params));
+    ASSERT_OK_AND_ASSIGN(TensorView labels, exe->Input("labels"));
+    for (int i = 0; i < 8; ++i) labels.i32()[i] = i % 4;
+    ASSERT_OK(exe->Run());  // warm up OpenBLAS's own buffers
+    g_allocations = 0;
+    g_counting = true;
+    absl::Status status;  // gtest's assertion macros allocate: check after
+    for (int i = 0; i < 20; ++i) status.Update(exe->Run());
+    g_counting = false;
+    ASSERT_OK(status);
+    EXPECT_EQ(g_allocations.load(), 0);
+    EXPECT_EQ(exe->steps_run(), 21);
+  }
+}
+
+TEST(Executable, TrainingIsDeterministicForASeed) {
+  Tensor results[2];
+  for (int run = 0; run < 2; ++run) {
+    Fixture f;
+    ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.9f, 0.0f})));
+    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(f.train_graph, &f.params, {2}));
+    ASSERT_OK_AND_ASSIGN(TensorView x, exe->Input("x"));
+    ASSERT_OK_AND_ASSIGN(TensorView labels, exe->Input("labels"));
+    for (int i = 0; i < 8 * 20; ++i) x.f32()[i] = static_cast<float>((i * 37) % 11) / 11.0f;
+    for (int i = 0; i < 8; ++i) labels.i32()[i] = i % 4;
+    for (int i = 0; i < 10; ++i) ASSERT_OK(exe->Run());
+    results[run] = *f.params.Find("fc1.weight");
+  }
+  for (int64_t i = 0; i < results[0].num_elements(); ++i) {
+    ASSERT_EQ(results[0].f32()[i], results[1].f32()[i]) << i;
+  }
+}
+
+TEST(Executable, ReportsArenaAndStateBytes) {
+  Fixture f;
+  ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.9f, 0.0f})));
+  ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(f.train_graph, &f.params));
+  const size_t weights = (20 * 16 + 16 + 16 * 8 + 8 + 8 * 4 + 4) * 4;
+  EXPECT_EQ(exe->memory().weight_bytes, weights);
+  EXPECT_EQ(exe->memory().optimizer_state_bytes, weights);  // one momentum buffer each
+  EXPECT_GT(exe->memory().arena_bytes, 0u);
+  ASSERT_OK_AND_ASSIGN(ArenaLayout layout, PlanArena(f.train_graph));
+  EXPECT_EQ(layout.plan.arena_bytes, exe->memory().arena_bytes);
+}
+
+TEST(Executable, RejectsMissingWeightAndTypeMismatch) {
+  Fixture f;
+  ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.0f, 0.0f})));
+  ParameterStore empty;
+  EXPECT_THAT(Executable::Compile(f.train_graph, &empty),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("weight 'fc1.weight' (f32[16, 20]) is not in the parameter store")));
+  ParameterStore wrong;
+  ASSERT_OK(wrong.Set("fc1.weight", Tensor(DType::kF32, {20, 16})));
+  EXPECT_THAT(Executable::Compile(f.train_graph, &wrong),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("'fc1.weight' is f32[20, 16] in the store but f32[16, 20]")));
+  EXPECT_THAT(f.params.Set("fc1.weight", Tensor(DType::kF32, {3})),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cannot assign f32[3]")));
+}
+
+TEST(Executable, RejectsBadInputsAndOutputs) {
+  Fixture f;
+  ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.0f, 0.0f})));
+  ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(f.train_graph, &f.params));
+  EXPECT_THAT(exe->Input("images"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no input 'images'")));
+  EXPECT_THAT(exe->SetInput("x", Tensor(DType::kF32, {8, 21})),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("input 'x' expects f32[8, 20], got f32[8, 21]")));
+  EXPECT_THAT(exe->Output(f.model.input),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a marked output")));
+}
+
+}  // namespace
+}  // namespace fleettune::engine::runtime
