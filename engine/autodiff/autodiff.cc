@@ -97,8 +97,8 @@ absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
   // from_trainable[v]: v depends (differentiably) on a trainable parameter.
   std::vector<bool> from_trainable(n, false);
   for (ValueId p : trainable) {
-    const auto* attrs = graph.IsValid(p) ? std::get_if<ParameterAttrs>(&graph.node(p).attrs)
-                                         : nullptr;
+    const auto* attrs =
+        graph.IsValid(p) ? std::get_if<ParameterAttrs>(&graph.node(p).attrs) : nullptr;
     if (attrs == nullptr || graph.node(p).op != OpKind::kParameter ||
         attrs->role != ParamRole::kWeight) {
       return absl::InvalidArgumentError(
@@ -126,15 +126,13 @@ absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
   for (ValueId id = 0; id < n; ++id) needed[id] = from_trainable[id] && to_loss[id];
   for (ValueId p : trainable) {
     if (!needed[p]) {
-      return absl::InvalidArgumentError(absl::StrCat("trainable parameter '",
-                                                     graph.node(p).name,
-                                                     "' does not affect the loss"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("trainable parameter '", graph.node(p).name, "' does not affect the loss"));
     }
   }
 
   Backward backward(graph, needed);
-  ASSIGN_OR_RETURN(ValueId seed,
-                   graph.AddNode(OpKind::kFill, {}, FillAttrs{1.0f, {}}, "d_loss"));
+  ASSIGN_OR_RETURN(ValueId seed, graph.AddNode(OpKind::kFill, {}, FillAttrs{1.0f, {}}, "d_loss"));
   backward.Seed(loss, seed);
   for (ValueId id = loss; id >= 0; --id) {
     if (needed[id]) RETURN_IF_ERROR(backward.Visit(id));
@@ -183,8 +181,8 @@ absl::Status AddOptimizerUpdates(Graph& graph, const GradientMap& grads,
     } else {
       ASSIGN_OR_RETURN(ValueId m,
                        graph.AddParameter(name + ".exp_avg", type, ParamRole::kOptimizerState));
-      ASSIGN_OR_RETURN(ValueId v, graph.AddParameter(name + ".exp_avg_sq", type,
-                                                     ParamRole::kOptimizerState));
+      ASSIGN_OR_RETURN(ValueId v,
+                       graph.AddParameter(name + ".exp_avg_sq", type, ParamRole::kOptimizerState));
       RETURN_IF_ERROR(
           graph.AddNode(OpKind::kAdamWUpdate, {param, grad, m, v}, config.adamw).status());
     }

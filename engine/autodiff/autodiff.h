@@ -50,7 +50,6 @@ struct OptimizerConfig {
 absl::Status AddOptimizerUpdates(Graph& graph, const GradientMap& grads,
                                  const OptimizerConfig& config);
 
-
 }  // namespace fleettune::engine::autodiff
 
 #endif  // FLEETTUNE_ENGINE_AUTODIFF_AUTODIFF_H_

@@ -40,9 +40,9 @@ TEST_P(MlpGradCheck, MatchesCentralDifferences) {
   inputs["x"] = testing::RandomTensor(m.graph.type(m.input), rng);
   inputs["labels"] = testing::RandomTensor(m.graph.type(m.labels), rng, 3);
   ASSERT_OK_AND_ASSIGN(std::vector<std::string> names, train::SelectTrainable(m, GetParam()));
-  ASSERT_OK_AND_ASSIGN(testing::GradCheckResult r,
-                       testing::CheckGradients(m.graph, m.loss, Ids(m.graph, names), params,
-                                               inputs));
+  ASSERT_OK_AND_ASSIGN(
+      testing::GradCheckResult r,
+      testing::CheckGradients(m.graph, m.loss, Ids(m.graph, names), params, inputs));
   EXPECT_GT(r.checked, 0);
   EXPECT_LE(r.kinks, r.checked / 20) << "too many elements sit at a ReLU kink";
   EXPECT_LE(r.worst_excess, 0.0) << r.worst;
@@ -74,13 +74,14 @@ TEST(SparseAutodiff, FreezingFirstLayerRemovesItsBackwardNodes) {
 
   Graph full = m.graph;
   ASSERT_OK_AND_ASSIGN(GradientMap full_grads,
-                       BuildBackward(full, m.loss, Ids(full, {"fc1.weight", "fc1.bias",
-                                                              "fc2.weight", "fc2.bias",
-                                                              "fc3.weight", "fc3.bias"})));
+                       BuildBackward(full, m.loss,
+                                     Ids(full, {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+                                                "fc3.weight", "fc3.bias"})));
   Graph frozen = m.graph;
-  ASSERT_OK_AND_ASSIGN(GradientMap frozen_grads,
-                       BuildBackward(frozen, m.loss, Ids(frozen, {"fc2.weight", "fc2.bias",
-                                                                  "fc3.weight", "fc3.bias"})));
+  ASSERT_OK_AND_ASSIGN(
+      GradientMap frozen_grads,
+      BuildBackward(frozen, m.loss,
+                    Ids(frozen, {"fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"})));
   ASSERT_OK(VerifyGraph(full));
   ASSERT_OK(VerifyGraph(frozen));
   ASSERT_EQ(frozen.node(fc1_out).op, OpKind::kLinear);
@@ -107,8 +108,10 @@ TEST(SparseAutodiff, FreezingFirstLayerRemovesItsBackwardNodes) {
   EXPECT_FALSE(reads(frozen, forward_size, x));
   EXPECT_FALSE(has_grad_of_shape(BackwardLines(frozen, forward_size), "f32[256, 784]"));
   int relu_grads_full = 0, relu_grads_frozen = 0;
-  for (const auto& l : BackwardLines(full, forward_size)) relu_grads_full += absl::StrContains(l, "relu_grad");
-  for (const auto& l : BackwardLines(frozen, forward_size)) relu_grads_frozen += absl::StrContains(l, "relu_grad");
+  for (const auto& l : BackwardLines(full, forward_size))
+    relu_grads_full += absl::StrContains(l, "relu_grad");
+  for (const auto& l : BackwardLines(frozen, forward_size))
+    relu_grads_frozen += absl::StrContains(l, "relu_grad");
   EXPECT_EQ(relu_grads_full, 2);
   EXPECT_EQ(relu_grads_frozen, 1);
   EXPECT_LT(frozen.num_nodes(), full.num_nodes());
@@ -154,9 +157,9 @@ TEST(Autodiff, RejectsTrainableThatDoesNotAffectTheLoss) {
   models::MlpConfig config{{4, 3}, 2};
   ASSERT_OK_AND_ASSIGN(models::Model m, models::BuildMlp(config));
   ASSERT_OK_AND_ASSIGN(ValueId stray, m.graph.AddParameter("stray", {DType::kF32, {3}}));
-  EXPECT_THAT(BuildBackward(m.graph, m.loss, {stray}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("'stray' does not affect the loss")));
+  EXPECT_THAT(
+      BuildBackward(m.graph, m.loss, {stray}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'stray' does not affect the loss")));
 }
 
 TEST(Autodiff, RejectsBadOptimizerHyperParameters) {

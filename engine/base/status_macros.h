@@ -21,10 +21,10 @@
 #define FT_STATUS_CONCAT_(a, b) FT_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define RETURN_IF_ERROR(expr)                                 \
-  do {                                                        \
-    ::absl::Status ft_status_ = (expr);                       \
-    if (!ft_status_.ok()) return ft_status_;                  \
+#define RETURN_IF_ERROR(expr)                \
+  do {                                       \
+    ::absl::Status ft_status_ = (expr);      \
+    if (!ft_status_.ok()) return ft_status_; \
   } while (false)
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); on error returns its status, else

@@ -48,9 +48,7 @@ struct ShapeAttrs {
 struct ReduceAttrs {
   std::vector<int> axes;
   bool keep_dims = false;
-  bool operator==(const ReduceAttrs& o) const {
-    return axes == o.axes && keep_dims == o.keep_dims;
-  }
+  bool operator==(const ReduceAttrs& o) const { return axes == o.axes && keep_dims == o.keep_dims; }
 };
 
 // kScale: y = value * x.

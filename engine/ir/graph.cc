@@ -51,13 +51,13 @@ absl::StatusOr<ValueId> Graph::AddNode(OpKind op, std::vector<ValueId> inputs, A
   std::vector<const TensorType*> input_types;
   for (ValueId in : node.inputs) {
     if (!IsValid(in)) {
-      return absl::InvalidArgumentError(absl::StrCat(ops::GetOpDef(op).name,
-                                                     ": input id ", in, " does not exist"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(ops::GetOpDef(op).name, ": input id ", in, " does not exist"));
     }
     if (!nodes_[in].has_output) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          ops::GetOpDef(op).name, ": input ", in, " (", ops::GetOpDef(nodes_[in].op).name,
-          ") has no output"));
+      return absl::InvalidArgumentError(absl::StrCat(ops::GetOpDef(op).name, ": input ", in, " (",
+                                                     ops::GetOpDef(nodes_[in].op).name,
+                                                     ") has no output"));
     }
     input_types.push_back(&nodes_[in].type);
   }

@@ -1,7 +1,8 @@
+#include "engine/ir/graph.h"
+
 #include <string>
 
 #include "engine/base/status_matchers.h"
-#include "engine/ir/graph.h"
 #include "engine/ir/printer.h"
 #include "engine/ir/verifier.h"
 #include "gmock/gmock.h"
@@ -75,9 +76,10 @@ TEST(VerifyGraph, CatchesForwardReference) {
 TEST(VerifyGraph, CatchesWrongStoredType) {
   Small s = BuildSmall();
   s.g.mutable_node(s.r).type.shape = {2, 5};
-  EXPECT_THAT(VerifyGraph(s.g),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("node 5 (relu): type is f32[2, 5] but inference gives f32[2, 4]")));
+  EXPECT_THAT(
+      VerifyGraph(s.g),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("node 5 (relu): type is f32[2, 5] but inference gives f32[2, 4]")));
 }
 
 TEST(VerifyGraph, CatchesReadAfterUpdate) {
@@ -103,8 +105,8 @@ TEST(VerifyGraph, CatchesDoubleUpdate) {
   ASSERT_OK(s.g.AddNode(OpKind::kSgdUpdate, {s.b, grad}, SgdAttrs{}).status());
   Node again = s.g.node(s.g.num_nodes() - 1);
   s.g.AddUncheckedNode(again);
-  EXPECT_THAT(VerifyGraph(s.g),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("after its optimizer update")));
+  EXPECT_THAT(VerifyGraph(s.g), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("after its optimizer update")));
 }
 
 }  // namespace

@@ -64,10 +64,11 @@ std::string PrintNode(const Graph& graph, ValueId id) {
   if (node.op == OpKind::kInput || node.op == OpKind::kParameter) {
     absl::StrAppend(&line, " \"", node.name, "\"");
   } else {
-    absl::StrAppend(&line, "(",
-                    absl::StrJoin(node.inputs, ", ",
-                                  [](std::string* out, ValueId v) { absl::StrAppend(out, "%", v); }),
-                    ")");
+    absl::StrAppend(
+        &line, "(",
+        absl::StrJoin(node.inputs, ", ",
+                      [](std::string* out, ValueId v) { absl::StrAppend(out, "%", v); }),
+        ")");
   }
   const std::string attrs = PrintAttrs(node.attrs);
   if (!attrs.empty()) absl::StrAppend(&line, " ", attrs);
@@ -81,10 +82,11 @@ std::string PrintGraph(const Graph& graph) {
     absl::StrAppend(&text, PrintNode(graph, id), "\n");
   }
   if (!graph.outputs().empty()) {
-    absl::StrAppend(&text, "outputs: ",
-                    absl::StrJoin(graph.outputs(), ", ",
-                                  [](std::string* out, ValueId v) { absl::StrAppend(out, "%", v); }),
-                    "\n");
+    absl::StrAppend(
+        &text, "outputs: ",
+        absl::StrJoin(graph.outputs(), ", ",
+                      [](std::string* out, ValueId v) { absl::StrAppend(out, "%", v); }),
+        "\n");
   }
   return text;
 }

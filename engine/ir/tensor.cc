@@ -36,8 +36,8 @@ std::string TypeToString(const TensorType& type) {
 
 absl::Status ValidateShape(const Shape& shape, int64_t max_elements) {
   if (shape.size() > static_cast<size_t>(kMaxRank)) {
-    return absl::InvalidArgumentError(absl::StrCat("shape ", ShapeToString(shape), " has rank ",
-                                                   shape.size(), " > ", kMaxRank));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shape ", ShapeToString(shape), " has rank ", shape.size(), " > ", kMaxRank));
   }
   int64_t n = 1;
   for (int64_t d : shape) {
@@ -47,8 +47,7 @@ absl::Status ValidateShape(const Shape& shape, int64_t max_elements) {
     }
     if (d != 0 && n > max_elements / d) {
       return absl::InvalidArgumentError(absl::StrCat("shape ", ShapeToString(shape),
-                                                     " has more than ", max_elements,
-                                                     " elements"));
+                                                     " has more than ", max_elements, " elements"));
     }
     n *= d;
   }
@@ -84,9 +83,8 @@ Tensor& Tensor::operator=(const Tensor& other) {
 absl::StatusOr<Tensor> Tensor::FromF32(Shape shape, absl::Span<const float> values) {
   Tensor t(DType::kF32, std::move(shape));
   if (static_cast<int64_t>(values.size()) != t.num_elements()) {
-    return absl::InvalidArgumentError(absl::StrCat("got ", values.size(),
-                                                   " values for shape ",
-                                                   ShapeToString(t.shape())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", values.size(), " values for shape ", ShapeToString(t.shape())));
   }
   std::memcpy(t.raw(), values.data(), t.bytes());
   return t;
@@ -95,9 +93,8 @@ absl::StatusOr<Tensor> Tensor::FromF32(Shape shape, absl::Span<const float> valu
 absl::StatusOr<Tensor> Tensor::FromI32(Shape shape, absl::Span<const int32_t> values) {
   Tensor t(DType::kI32, std::move(shape));
   if (static_cast<int64_t>(values.size()) != t.num_elements()) {
-    return absl::InvalidArgumentError(absl::StrCat("got ", values.size(),
-                                                   " values for shape ",
-                                                   ShapeToString(t.shape())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", values.size(), " values for shape ", ShapeToString(t.shape())));
   }
   std::memcpy(t.raw(), values.data(), t.bytes());
   return t;

@@ -98,9 +98,7 @@ class Tensor {
   const void* raw() const { return data_.get(); }
 
   absl::Span<float> f32_span() { return {f32(), static_cast<size_t>(num_elements())}; }
-  absl::Span<const float> f32_span() const {
-    return {f32(), static_cast<size_t>(num_elements())};
-  }
+  absl::Span<const float> f32_span() const { return {f32(), static_cast<size_t>(num_elements())}; }
 
   TensorView view() { return TensorView{data_.get(), &type_.shape, type_.dtype}; }
 

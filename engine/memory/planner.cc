@@ -19,8 +19,8 @@ size_t AlignUp(size_t v, size_t alignment) { return (v + alignment - 1) / alignm
 
 absl::StatusOr<MemoryPlan> PlanMemory(absl::Span<const BufferRequest> buffers, size_t alignment) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("alignment ", alignment,
-                                                   " is not a power of two"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("alignment ", alignment, " is not a power of two"));
   }
   for (size_t i = 0; i < buffers.size(); ++i) {
     if (buffers[i].last_use < buffers[i].first_use) {
@@ -50,8 +50,8 @@ absl::StatusOr<MemoryPlan> PlanMemory(absl::Span<const BufferRequest> buffers, s
     // `placed` is sorted by offset, so `live` is too: scan the gaps.
     size_t candidate = 0;
     for (size_t j : live) {
-      const size_t j_end = plan.offsets[j] + AlignUp(std::max<size_t>(buffers[j].bytes, 1),
-                                                     alignment);
+      const size_t j_end =
+          plan.offsets[j] + AlignUp(std::max<size_t>(buffers[j].bytes, 1), alignment);
       if (plan.offsets[j] >= candidate + size) break;  // fits in the gap before j
       candidate = std::max(candidate, j_end);
     }

@@ -26,8 +26,7 @@ absl::StatusOr<Model> BuildMlp(const MlpConfig& config);
 
 // PyTorch's nn.Linear default initialization, U(−1/√fan_in, 1/√fan_in) for
 // weights and biases, from a seeded generator (deterministic per seed).
-absl::Status InitializeMlp(const MlpConfig& config, uint64_t seed,
-                           runtime::ParameterStore* params);
+absl::Status InitializeMlp(const MlpConfig& config, uint64_t seed, runtime::ParameterStore* params);
 
 }  // namespace fleettune::engine::models
 

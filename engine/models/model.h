@@ -19,7 +19,7 @@ struct Layer {
 };
 
 struct Model {
-  Graph graph;  // forward + loss; logits and loss are marked outputs
+  Graph graph;                // forward + loss; logits and loss are marked outputs
   ValueId input = kNoValue;   // "x"
   ValueId labels = kNoValue;  // "labels", i32 [batch]
   ValueId logits = kNoValue;  // [batch, classes]

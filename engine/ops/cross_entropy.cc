@@ -76,8 +76,7 @@ void Kernel(const KernelArgs& args) {
 absl::Status Gradient(GradContext& ctx) {
   if (!ctx.NeedsGrad(0)) return absl::OkStatus();
   ASSIGN_OR_RETURN(ValueId dz, ctx.Emit(OpKind::kSoftmaxCrossEntropyGrad,
-                                        {ctx.input(0), ctx.input(1), ctx.dy()},
-                                        ctx.node().attrs));
+                                        {ctx.input(0), ctx.input(1), ctx.dy()}, ctx.node().attrs));
   ctx.SetGrad(0, dz);
   return absl::OkStatus();
 }

@@ -124,12 +124,10 @@ std::vector<OpTestCase> UnaryTestCases() {
   return {c};
 }
 
-absl::StatusOr<TensorType> InferReluGrad(const Node& node,
-                                         absl::Span<const TensorType* const> in) {
+absl::StatusOr<TensorType> InferReluGrad(const Node& node, absl::Span<const TensorType* const> in) {
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "dy"));
   if (*in[0] != *in[1]) {
-    return OpError(node, "dy ", TypeToString(*in[0]), " and y ", TypeToString(*in[1]),
-                   " differ");
+    return OpError(node, "dy ", TypeToString(*in[0]), " and y ", TypeToString(*in[1]), " differ");
   }
   return *in[0];
 }

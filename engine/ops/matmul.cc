@@ -69,8 +69,8 @@ void Fast(const KernelArgs& args) {
   const Shape& bs = *args.in(1).shape;
   const Dims d = GetDims(as, bs, attrs);
   cblas_sgemm(CblasRowMajor, attrs.transpose_a ? CblasTrans : CblasNoTrans,
-              attrs.transpose_b ? CblasTrans : CblasNoTrans, d.m, d.n, d.k, 1.0f,
-              args.in(0).f32(), as[1], args.in(1).f32(), bs[1], 0.0f, args.output.f32(), d.n);
+              attrs.transpose_b ? CblasTrans : CblasNoTrans, d.m, d.n, d.k, 1.0f, args.in(0).f32(),
+              as[1], args.in(1).f32(), bs[1], 0.0f, args.output.f32(), d.n);
 }
 
 // With Y = op(A)·op(B):

@@ -69,8 +69,7 @@ const OpDef& GetOpDef(OpKind op) {
   return (*table)[index];
 }
 
-absl::StatusOr<TensorType> InferType(const Node& node,
-                                     absl::Span<const TensorType* const> inputs) {
+absl::StatusOr<TensorType> InferType(const Node& node, absl::Span<const TensorType* const> inputs) {
   const OpDef& def = GetOpDef(node.op);
   const int n = static_cast<int>(inputs.size());
   if (n < def.min_inputs || n > def.max_inputs) {

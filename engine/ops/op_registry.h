@@ -90,8 +90,7 @@ struct OpDef {
 const OpDef& GetOpDef(OpKind op);
 
 // Checks arity and attribute type, then runs the op's inference.
-absl::StatusOr<TensorType> InferType(const Node& node,
-                                     absl::Span<const TensorType* const> inputs);
+absl::StatusOr<TensorType> InferType(const Node& node, absl::Span<const TensorType* const> inputs);
 
 // Gradient helper for broadcasting ops: sums `grad` over the axes that were
 // broadcast to go from `target` to grad's shape, then reshapes to `target`.

@@ -28,8 +28,7 @@ inline absl::Status ExpectDType(const Node& node, const TensorType& t, DType dty
   return absl::OkStatus();
 }
 
-inline absl::Status ExpectRank(const Node& node, const TensorType& t, int rank,
-                               const char* what) {
+inline absl::Status ExpectRank(const Node& node, const TensorType& t, int rank, const char* what) {
   if (static_cast<int>(t.shape.size()) != rank) {
     return OpError(node, what, " must have rank ", rank, ", got ", TypeToString(t));
   }
@@ -78,8 +77,7 @@ void ForEachStrided(const Shape& out_shape, const Strides& sa, const Strides& sb
 // offsets follow numpy broadcasting of a_shape and b_shape into out_shape.
 // Does not allocate.
 template <typename Fn>
-void ForEachBroadcast(const Shape& a_shape, const Shape& b_shape, const Shape& out_shape,
-                      Fn&& fn) {
+void ForEachBroadcast(const Shape& a_shape, const Shape& b_shape, const Shape& out_shape, Fn&& fn) {
   ForEachStrided(out_shape, BroadcastStrides(a_shape, out_shape),
                  BroadcastStrides(b_shape, out_shape), fn);
 }

@@ -148,8 +148,7 @@ TEST_P(OpConformance, GradientMatchesCentralDifferences) {
   std::vector<ValueId> trainable = Trainable(og);
   ASSERT_FALSE(trainable.empty());
   ASSERT_OK_AND_ASSIGN(testing::GradCheckResult r,
-                       testing::CheckGradients(og.graph, og.loss, trainable, og.params,
-                                               og.inputs));
+                       testing::CheckGradients(og.graph, og.loss, trainable, og.params, og.inputs));
   EXPECT_GT(r.checked, 0);
   EXPECT_LE(r.worst_excess, 0.0) << r.worst;
 }

@@ -30,8 +30,10 @@ absl::StatusOr<TensorType> InferSgd(const Node& node, absl::Span<const TensorTyp
   if (attrs == nullptr) return OpError(node, "needs SgdAttrs");
   const bool wants_buffer = attrs->momentum != 0.0f;
   if (wants_buffer != (in.size() == 3)) {
-    return OpError(node, "takes (param, grad, momentum_buffer) with momentum and (param, grad) "
-                         "without, got ", in.size(), " inputs");
+    return OpError(node,
+                   "takes (param, grad, momentum_buffer) with momentum and (param, grad) "
+                   "without, got ",
+                   in.size(), " inputs");
   }
   RETURN_IF_ERROR(CheckSameType(node, in));
   return TensorType{DType::kF32, {}};

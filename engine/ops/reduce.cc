@@ -30,8 +30,7 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   }
   Shape out;
   for (int d = 0; d < rank; ++d) {
-    const bool reduced =
-        std::find(attrs->axes.begin(), attrs->axes.end(), d) != attrs->axes.end();
+    const bool reduced = std::find(attrs->axes.begin(), attrs->axes.end(), d) != attrs->axes.end();
     if (!reduced) {
       out.push_back(in[0]->shape[d]);
     } else if (attrs->keep_dims) {

@@ -29,8 +29,8 @@ void ReshapeKernel(const KernelArgs& args) {
 // dx = reshape(dy, shape(x))
 absl::Status ReshapeGradient(GradContext& ctx) {
   if (!ctx.NeedsGrad(0)) return absl::OkStatus();
-  ASSIGN_OR_RETURN(ValueId dx, ctx.Emit(OpKind::kReshape, {ctx.dy()},
-                                        ShapeAttrs{ctx.type(ctx.input(0)).shape}));
+  ASSIGN_OR_RETURN(
+      ValueId dx, ctx.Emit(OpKind::kReshape, {ctx.dy()}, ShapeAttrs{ctx.type(ctx.input(0)).shape}));
   ctx.SetGrad(0, dx);
   return absl::OkStatus();
 }

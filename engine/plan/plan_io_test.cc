@@ -549,6 +549,8 @@ TEST(PlanIoMutation, MutatedPlanBytesNeverCrash) {
     EXPECT_OK(GraphToProto(*rebuilt).status()) << "iteration " << i;
     EXPECT_FALSE(PrintGraph(*rebuilt).empty());
   }
+  RecordProperty("parsed", parsed);
+  RecordProperty("accepted", accepted);
   // The loop reached every layer: some mutations parse, some of those build a
   // graph (e.g. a flipped hyper-parameter), and most are rejected somewhere.
   EXPECT_GT(parsed, 0);

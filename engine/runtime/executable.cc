@@ -29,10 +29,9 @@ absl::Status ParameterStore::Set(const std::string& name, const Tensor& tensor) 
     return absl::OkStatus();
   }
   if (it->second.type() != tensor.type()) {
-    return absl::InvalidArgumentError(absl::StrCat("parameter '", name, "' is ",
-                                                   TypeToString(it->second.type()),
-                                                   ", cannot assign ",
-                                                   TypeToString(tensor.type())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("parameter '", name, "' is ", TypeToString(it->second.type()),
+                     ", cannot assign ", TypeToString(tensor.type())));
   }
   std::memcpy(it->second.raw(), tensor.raw(), tensor.bytes());
   return absl::OkStatus();
@@ -79,8 +78,8 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph) {
 }
 
 absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& graph,
-                                                               ParameterStore* params,
-                                                               const CompileOptions& options) {
+                                                                ParameterStore* params,
+                                                                const CompileOptions& options) {
   RETURN_IF_ERROR(VerifyGraph(graph));
   std::unique_ptr<Executable> exe(new Executable());
   exe->graph_ = graph;
@@ -106,8 +105,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     }
     if (t->type() != node.type) {
       return absl::InvalidArgumentError(absl::StrCat("parameter '", node.name, "' is ",
-                                                     TypeToString(t->type()),
-                                                     " in the store but ",
+                                                     TypeToString(t->type()), " in the store but ",
                                                      TypeToString(node.type), " in the graph"));
     }
     exe->views_[id] = t->view();
@@ -118,7 +116,8 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   exe->memory_.arena_bytes = layout.plan.arena_bytes;
   exe->arena_ = AlignedAllocZeroed(layout.plan.arena_bytes);
   std::vector<size_t> offset(n, 0);
-  for (size_t i = 0; i < layout.values.size(); ++i) offset[layout.values[i]] = layout.plan.offsets[i];
+  for (size_t i = 0; i < layout.values.size(); ++i)
+    offset[layout.values[i]] = layout.plan.offsets[i];
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (!node.has_output || node.op == OpKind::kParameter) continue;
@@ -135,11 +134,10 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     const Node& node = g.node(id);
     if (node.op == OpKind::kInput || node.op == OpKind::kParameter) continue;
     const ops::OpDef& def = ops::GetOpDef(node.op);
-    ops::KernelFn fn = options.use_reference_kernels || def.fast == nullptr ? def.reference
-                                                                             : def.fast;
+    ops::KernelFn fn =
+        options.use_reference_kernels || def.fast == nullptr ? def.reference : def.fast;
     if (fn == nullptr) {
-      return absl::UnimplementedError(absl::StrCat("node ", id, " (", def.name,
-                                                   ") has no kernel"));
+      return absl::UnimplementedError(absl::StrCat("node ", id, " (", def.name, ") has no kernel"));
     }
     Instr instr;
     instr.fn = fn;
@@ -170,9 +168,8 @@ absl::Status Executable::SetInput(const std::string& name, const Tensor& value) 
   ASSIGN_OR_RETURN(TensorView view, Input(name));
   const TensorType& want = graph_.type(inputs_[name]);
   if (value.type() != want) {
-    return absl::InvalidArgumentError(absl::StrCat("input '", name, "' expects ",
-                                                   TypeToString(want), ", got ",
-                                                   TypeToString(value.type())));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input '", name, "' expects ", TypeToString(want), ", got ", TypeToString(value.type())));
   }
   std::memcpy(view.data, value.raw(), value.bytes());
   return absl::OkStatus();

@@ -96,8 +96,8 @@ class Executable {
 
   Graph graph_;
   std::byte* arena_ = nullptr;
-  std::vector<TensorView> views_;      // one per value
-  std::vector<TensorView> operands_;   // flat storage behind every KernelArgs::inputs
+  std::vector<TensorView> views_;     // one per value
+  std::vector<TensorView> operands_;  // flat storage behind every KernelArgs::inputs
   std::vector<Instr> program_;
   std::map<std::string, ValueId> inputs_;
   ops::StepInfo step_;
@@ -108,10 +108,10 @@ class Executable {
 // Plans the arena of `graph` without compiling kernels: per-value buffer
 // requests (aliases folded in), for memory reports and tests.
 struct ArenaLayout {
-  std::vector<ValueId> values;                    // arena-resident values, request order
-  std::vector<memory::BufferRequest> requests;   // parallel to `values`
+  std::vector<ValueId> values;                  // arena-resident values, request order
+  std::vector<memory::BufferRequest> requests;  // parallel to `values`
   memory::MemoryPlan plan;
-  std::vector<ValueId> alias_of;                  // per value: root value or itself
+  std::vector<ValueId> alias_of;  // per value: root value or itself
 };
 absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph);
 

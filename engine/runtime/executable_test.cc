@@ -100,9 +100,10 @@ TEST(Executable, RejectsMissingWeightAndTypeMismatch) {
   Fixture f;
   ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.0f, 0.0f})));
   ParameterStore empty;
-  EXPECT_THAT(Executable::Compile(f.train_graph, &empty),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("weight 'fc1.weight' (f32[16, 20]) is not in the parameter store")));
+  EXPECT_THAT(
+      Executable::Compile(f.train_graph, &empty),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("weight 'fc1.weight' (f32[16, 20]) is not in the parameter store")));
   ParameterStore wrong;
   ASSERT_OK(wrong.Set("fc1.weight", Tensor(DType::kF32, {20, 16})));
   EXPECT_THAT(Executable::Compile(f.train_graph, &wrong),

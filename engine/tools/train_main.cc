@@ -53,8 +53,8 @@ absl::StatusOr<std::vector<int64_t>> ParseSizes(const std::string& text) {
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     int64_t v = 0;
     if (!absl::SimpleAtoi(part, &v) || v <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat("bad layer size '", part, "' in '", text,
-                                                     "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad layer size '", part, "' in '", text, "'"));
     }
     sizes.push_back(v);
   }
@@ -82,9 +82,8 @@ class ProgressBar {
     if (tty_ && !last && step % 20 != 0) return;
     const int width = 30;
     const int filled = static_cast<int>(width * (step + 1) / total);
-    std::fprintf(stderr, "%sepoch %d/%d [%s%s] %3d%%  loss %.4f%s", tty_ ? "\r" : "", epoch,
-                 epochs, std::string(filled, '#').c_str(),
-                 std::string(width - filled, '.').c_str(),
+    std::fprintf(stderr, "%sepoch %d/%d [%s%s] %3d%%  loss %.4f%s", tty_ ? "\r" : "", epoch, epochs,
+                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
                  static_cast<int>(100 * (step + 1) / total), smoothed_, last ? "\n" : "");
     std::fflush(stderr);
   }
@@ -135,8 +134,8 @@ absl::Status Main() {
   const float lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
   const float wd = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
   if (opt == "sgd") {
-    options.optimizer = autodiff::OptimizerConfig::Sgd(
-        {lr, static_cast<float>(absl::GetFlag(FLAGS_momentum)), wd});
+    options.optimizer =
+        autodiff::OptimizerConfig::Sgd({lr, static_cast<float>(absl::GetFlag(FLAGS_momentum)), wd});
   } else if (opt == "adamw") {
     AdamWAttrs a;
     a.lr = lr;
@@ -162,11 +161,11 @@ absl::Status Main() {
   int64_t steps = 0;
   const int epochs = absl::GetFlag(FLAGS_epochs);
   for (int e = 1; e <= epochs; ++e) {
-    ASSIGN_OR_RETURN(train::EpochStats stats,
-                     trainer->TrainEpoch(train_images, train_labels,
-                                         [&](int64_t s, int64_t total, float loss) {
-                                           bar.Update(e, epochs, s, total, loss);
-                                         }));
+    ASSIGN_OR_RETURN(
+        train::EpochStats stats,
+        trainer->TrainEpoch(train_images, train_labels, [&](int64_t s, int64_t total, float loss) {
+          bar.Update(e, epochs, s, total, loss);
+        }));
     seconds += stats.step_seconds;
     steps += stats.steps;
     ASSIGN_OR_RETURN(double acc, trainer->Evaluate(data.test_images, data.test_labels));
@@ -176,9 +175,8 @@ absl::Status Main() {
   }
   ASSIGN_OR_RETURN(double after, trainer->Evaluate(data.test_images, data.test_labels));
   std::printf("test accuracy: %.2f%% (before training %.2f%%)\n", 100.0 * after, 100.0 * before);
-  std::printf("ms/step: %.3f over %lld steps, %d threads\n",
-              steps ? 1000.0 * seconds / steps : 0.0, static_cast<long long>(steps),
-              options.threads);
+  std::printf("ms/step: %.3f over %lld steps, %d threads\n", steps ? 1000.0 * seconds / steps : 0.0,
+              static_cast<long long>(steps), options.threads);
   std::printf("peak arena bytes: %zu (weights %zu, optimizer state %zu)\n", mem.arena_bytes,
               mem.weight_bytes, mem.optimizer_state_bytes);
   return absl::OkStatus();

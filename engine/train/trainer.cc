@@ -36,10 +36,9 @@ absl::StatusOr<std::vector<std::string>> SelectTrainable(const models::Model& mo
     }
   } else if (absl::StartsWith(scheme, "last-k:")) {
     int k = 0;
-    if (!absl::SimpleAtoi(scheme.substr(7), &k) || k <= 0 ||
-        k > static_cast<int>(layers.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("scheme '", scheme, "': k must be in [1, ",
-                                                     layers.size(), "]"));
+    if (!absl::SimpleAtoi(scheme.substr(7), &k) || k <= 0 || k > static_cast<int>(layers.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scheme '", scheme, "': k must be in [1, ", layers.size(), "]"));
     }
     for (size_t i = layers.size() - k; i < layers.size(); ++i) {
       out.insert(out.end(), layers[i].weights.begin(), layers[i].weights.end());
@@ -113,13 +112,13 @@ absl::Status Trainer::CheckData(const Tensor& images, const Tensor& labels) cons
   }
   const int64_t n = images.shape()[0];
   if (n == 0 || images.num_elements() / n != sample_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "images ", TypeToString(images.type()), " do not have ", sample_size_,
-        " values per sample as the model input expects"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("images ", TypeToString(images.type()), " do not have ", sample_size_,
+                     " values per sample as the model input expects"));
   }
   if (labels.type() != TensorType{DType::kI32, {n}}) {
-    return absl::InvalidArgumentError(absl::StrCat("labels must be i32[", n, "], got ",
-                                                   TypeToString(labels.type())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("labels must be i32[", n, "], got ", TypeToString(labels.type())));
   }
   for (int64_t i = 0; i < n; ++i) {
     if (labels.i32()[i] < 0 || labels.i32()[i] >= classes_) {
@@ -176,8 +175,7 @@ absl::StatusOr<double> Trainer::Evaluate(const Tensor& images, const Tensor& lab
   int64_t correct = 0;
   for (int64_t start = 0; start < n; start += batch) {
     const int64_t rows = std::min(batch, n - start);
-    std::memcpy(x.f32(), images.f32() + start * sample_size_,
-                rows * sample_size_ * sizeof(float));
+    std::memcpy(x.f32(), images.f32() + start * sample_size_, rows * sample_size_ * sizeof(float));
     std::memcpy(y.i32(), labels.i32() + start, rows * sizeof(int32_t));
     for (int64_t r = rows; r < batch; ++r) y.i32()[r] = CrossEntropyAttrs{}.ignore_index;
     RETURN_IF_ERROR(eval_->Run());

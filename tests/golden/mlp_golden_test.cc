@@ -23,7 +23,7 @@ namespace fleettune::engine {
 namespace {
 
 constexpr double kTolerance = 1e-4;
-const char* const kParams[] = {"fc1.weight", "fc1.bias", "fc2.weight",
+const char* const kParams[] = {"fc1.weight", "fc1.bias",   "fc2.weight",
                                "fc2.bias",   "fc3.weight", "fc3.bias"};
 
 double RelativeError(const float* ours, const Tensor& golden) {
@@ -104,11 +104,10 @@ TEST_F(MlpGoldenTest, FrozenFirstLayerGradientsMatchPyTorch) {
 }
 
 TEST_F(MlpGoldenTest, TwoSgdMomentumStepsMatchPyTorch) {
-  ASSERT_OK_AND_ASSIGN(
-      Graph g, train::BuildTrainingGraph(
-                   model_, {std::begin(kParams), std::end(kParams)},
-                   autodiff::OptimizerConfig::Sgd({/*lr=*/0.1f, /*momentum=*/0.9f,
-                                                   /*weight_decay=*/1e-4f})));
+  ASSERT_OK_AND_ASSIGN(Graph g, train::BuildTrainingGraph(
+                                    model_, {std::begin(kParams), std::end(kParams)},
+                                    autodiff::OptimizerConfig::Sgd({/*lr=*/0.1f, /*momentum=*/0.9f,
+                                                                    /*weight_decay=*/1e-4f})));
   ASSERT_NE(Run(g, 2), nullptr);
   for (const char* name : kParams) {
     EXPECT_LT(RelativeError(params_.Find(name)->f32(), Golden(std::string("sgd.step2.") + name)),
@@ -124,14 +123,13 @@ TEST_F(MlpGoldenTest, TwoAdamWStepsMatchPyTorch) {
   adamw.beta2 = 0.999f;
   adamw.eps = 1e-8f;
   adamw.weight_decay = 1e-2f;
-  ASSERT_OK_AND_ASSIGN(Graph g, train::BuildTrainingGraph(
-                                    model_, {std::begin(kParams), std::end(kParams)},
-                                    autodiff::OptimizerConfig::AdamW(adamw)));
+  ASSERT_OK_AND_ASSIGN(Graph g,
+                       train::BuildTrainingGraph(model_, {std::begin(kParams), std::end(kParams)},
+                                                 autodiff::OptimizerConfig::AdamW(adamw)));
   ASSERT_NE(Run(g, 2), nullptr);
   for (const char* name : kParams) {
-    EXPECT_LT(
-        RelativeError(params_.Find(name)->f32(), Golden(std::string("adamw.step2.") + name)),
-        kTolerance)
+    EXPECT_LT(RelativeError(params_.Find(name)->f32(), Golden(std::string("adamw.step2.") + name)),
+              kTolerance)
         << name;
   }
 }
