@@ -40,6 +40,13 @@ _LIBRARIES = {
     "nlohmann_json": ["nlohmann_json"],
 }
 
+# Libraries whose Debian -dev package ships no .pc file (only CMake config):
+# target name -> link flags. Keep this list short.
+_WITHOUT_PKG_CONFIG = {
+    # libdnnl-dev 2.6 installs lib/cmake/dnnl but no dnnl.pc.
+    "dnnl": ["-ldnnl"],
+}
+
 def _pkg_config(ctx, args):
     result = ctx.execute(["pkg-config"] + args)
     if result.return_code != 0:
@@ -74,6 +81,8 @@ def _impl(ctx):
         build.append("    linkopts = %r," % linkopts)
         build.append(")")
         build.append("")
+    for name, linkopts in _WITHOUT_PKG_CONFIG.items():
+        build.append("cc_library(name = %r, linkopts = %r)" % (name, linkopts))
     ctx.file("WORKSPACE", 'workspace(name = "%s")\n' % ctx.name)
     ctx.file("BUILD", "\n".join(build))
 

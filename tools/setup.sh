@@ -8,7 +8,7 @@ PACKAGES=(
   bazel-bootstrap bazel-bootstrap-source g++ pkg-config
   # Libraries (see third_party/pkg_config.bzl).
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libssl-dev prometheus-cpp-dev libopenblas-dev zlib1g-dev libsqlite3-dev nlohmann-json3-dev
+  libssl-dev prometheus-cpp-dev libdnnl-dev libopenblas-dev zlib1g-dev libsqlite3-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev
   # Tooling and data.
   clang-format dataset-fashion-mnist

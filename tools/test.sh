@@ -8,7 +8,7 @@ tools/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-bazel test //... --keep_going --test_summary=short 2>&1 | tee "$log"
+bazel test //... --keep_going --test_summary=short --nocache_test_results 2>&1 | tee "$log"
 bazel_rc=${PIPESTATUS[0]}
 
 passed=$(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$log")

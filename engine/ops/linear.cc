@@ -2,11 +2,10 @@
 //
 // Shapes: x [..., in], weight [out, in], bias [out] (optional third input),
 // y [..., out]. Leading dimensions of x are flattened into rows.
-#include <cblas.h>
-
 #include <cstring>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/gemm.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -52,7 +51,7 @@ void Reference(const KernelArgs& args) {
   }
 }
 
-// Bias is copied into every row of y, then sgemm accumulates x·Wᵀ onto it
+// Bias is copied into every row of y, then GEMM accumulates x·Wᵀ onto it
 // (beta = 1), which fuses the bias add into the GEMM's write-back.
 void Fast(const KernelArgs& args) {
   const Shape& ws = *args.in(1).shape;
@@ -65,8 +64,8 @@ void Fast(const KernelArgs& args) {
     for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * out, b, out * sizeof(float));
     beta = 1.0f;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, args.in(0).f32(), in,
-              args.in(1).f32(), in, beta, y, out);
+  kernels::Sgemm(false, true, rows, out, in, 1.0f, args.in(0).f32(), in, args.in(1).f32(), in, beta,
+                 y, out);
 }
 
 // With X2 = x flattened to [rows, in] and dY2 = dy as [rows, out]:

@@ -1,13 +1,10 @@
 // kMatMul: y = op(a) · op(b) with op = identity or transpose. 2-D only.
 //
 // Shapes: a [M, K] (or [K, M] with transpose_a), b [K, N] (or [N, K] with
-// transpose_b), y [M, N]. The fast kernel is OpenBLAS sgemm: chosen over a
-// hand-written GEMM because it is tuned per micro-architecture at run time
-// (Haswell, SkylakeX, Cortex-A53/A72, ...) and packaged by Debian for every
-// architecture we target.
-#include <cblas.h>
-
+// transpose_b), y [M, N]. The fast kernel is kernels::Sgemm (see
+// engine/kernels/gemm.h for why that library).
 #include "engine/base/status_macros.h"
+#include "engine/kernels/gemm.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -68,9 +65,8 @@ void Fast(const KernelArgs& args) {
   const Shape& as = *args.in(0).shape;
   const Shape& bs = *args.in(1).shape;
   const Dims d = GetDims(as, bs, attrs);
-  cblas_sgemm(CblasRowMajor, attrs.transpose_a ? CblasTrans : CblasNoTrans,
-              attrs.transpose_b ? CblasTrans : CblasNoTrans, d.m, d.n, d.k, 1.0f, args.in(0).f32(),
-              as[1], args.in(1).f32(), bs[1], 0.0f, args.output.f32(), d.n);
+  kernels::Sgemm(attrs.transpose_a, attrs.transpose_b, d.m, d.n, d.k, 1.0f, args.in(0).f32(), as[1],
+                 args.in(1).f32(), bs[1], 0.0f, args.output.f32(), d.n);
 }
 
 // With Y = op(A)·op(B):

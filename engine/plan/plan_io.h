@@ -2,14 +2,14 @@
 // (proto/fleettune/v1/plan.proto), and plan files on disk.
 //
 //   // Coordinator: compile, then ship.
-//   v1::CompiledPlan plan;
-//   plan.set_format_version(plan::kPlanFormatVersion);
-//   ASSIGN_OR_RETURN(*plan.mutable_graph(), plan::GraphToProto(training_graph));
-//   RETURN_IF_ERROR(plan::WritePlan("/var/cache/fleettune/mlp.rpi4.plan", plan));
+//   v1::CompiledPlan compiled;
+//   compiled.set_format_version(plan::kPlanFormatVersion);
+//   ASSIGN_OR_RETURN(*compiled.mutable_graph(), plan::GraphToProto(training_graph));
+//   RETURN_IF_ERROR(plan::WritePlan("/var/cache/fleettune/mlp.rpi4.plan", compiled));
 //
 //   // Device: plans are untrusted; both steps validate.
-//   ASSIGN_OR_RETURN(v1::CompiledPlan plan, plan::ReadPlan(path));
-//   ASSIGN_OR_RETURN(Graph graph, plan::GraphFromProto(plan.graph()));
+//   ASSIGN_OR_RETURN(v1::CompiledPlan received, plan::ReadPlan(path));
+//   ASSIGN_OR_RETURN(Graph graph, plan::GraphFromProto(received.graph()));
 //
 // Plans carry structure and sizes only, never training data or weights (see
 // plan.proto); nothing here reads or writes tensor contents.

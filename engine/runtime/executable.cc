@@ -1,7 +1,5 @@
 #include "engine/runtime/executable.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -9,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
 #include "engine/ir/verifier.h"
+#include "engine/kernels/gemm.h"
 
 namespace fleettune::engine::runtime {
 
@@ -150,7 +149,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     exe->program_.push_back(instr);
     if (IsUpdateOp(node.op)) exe->updates_ = true;
   }
-  openblas_set_num_threads(std::max(1, options.threads));
+  kernels::SetGemmThreads(options.threads);
   return exe;
 }
 

@@ -47,7 +47,7 @@ class ParameterStore {
 };
 
 struct CompileOptions {
-  // Threads for GEMM (OpenBLAS is process-wide: the last compile wins).
+  // Threads for GEMM (process-wide: the last compile wins).
   int threads = 1;
   // Use every op's reference kernel (tests and debugging).
   bool use_reference_kernels = false;

@@ -108,9 +108,9 @@ TEST(Trainer, RejectsMismatchedData) {
   Tensor x, y;
   MakeData(64, 1, &x, &y);
   Tensor wide(DType::kF32, {64, 5, 5});
-  EXPECT_THAT(trainer->TrainEpoch(wide, y),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("do not have 16 values per sample")));
+  EXPECT_THAT(
+      trainer->TrainEpoch(wide, y),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("do not have 16 values per sample")));
   Tensor short_labels(DType::kI32, {63});
   EXPECT_THAT(trainer->TrainEpoch(x, short_labels),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("labels must be i32[64]")));

@@ -1,0 +1,23 @@
+#include "engine/kernels/gemm.h"
+
+#include <dnnl.h>
+#include <omp.h>
+
+#include <algorithm>
+
+namespace fleettune::engine::kernels {
+
+void Sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  // dnnl_sgemm is row-major like the engine. Shapes were validated when the
+  // graph was built, so the status can only be OK.
+  dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb,
+             beta, c, ldc);
+}
+
+// Debian's oneDNN runs on OpenMP.
+void SetGemmThreads(int threads) { omp_set_num_threads(std::max(1, threads)); }
+
+}  // namespace fleettune::engine::kernels
