@@ -60,9 +60,8 @@ absl::Status RunMode(const models::MlpConfig& config, const std::string& mode) {
   for (int i = 0; i < absl::GetFlag(FLAGS_steps); ++i) {
     const auto start = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(exe->Run());
-    ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                     .count());
   }
   std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
   const auto& mem = exe->memory();
@@ -70,9 +69,9 @@ absl::Status RunMode(const models::MlpConfig& config, const std::string& mode) {
       "{\"framework\": \"fleettune\", \"mode\": \"%s\", \"ms_per_step\": %.4f, "
       "\"train_bytes\": %zu, \"arena_bytes\": %zu, \"optim_bytes\": %zu, \"threads\": %d, "
       "\"batch\": %d, \"sizes\": [%s]}\n",
-      mode.c_str(), ms[ms.size() / 2], mem.arena_bytes + mem.optimizer_state_bytes,
-      mem.arena_bytes, mem.optimizer_state_bytes, absl::GetFlag(FLAGS_threads),
-      absl::GetFlag(FLAGS_batch), absl::StrJoin(config.sizes, ", ").c_str());
+      mode.c_str(), ms[ms.size() / 2], mem.arena_bytes + mem.optimizer_state_bytes, mem.arena_bytes,
+      mem.optimizer_state_bytes, absl::GetFlag(FLAGS_threads), absl::GetFlag(FLAGS_batch),
+      absl::StrJoin(config.sizes, ", ").c_str());
   std::fflush(stdout);
   return absl::OkStatus();
 }

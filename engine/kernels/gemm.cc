@@ -13,8 +13,8 @@ void Sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
   if (m == 0 || n == 0) return;
   // dnnl_sgemm is row-major like the engine. Shapes were validated when the
   // graph was built, so the status can only be OK.
-  dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb,
-             beta, c, ldc);
+  dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta,
+             c, ldc);
 }
 
 // Debian's oneDNN runs on OpenMP.

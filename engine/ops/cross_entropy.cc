@@ -132,6 +132,7 @@ void GradKernel(const KernelArgs& args) {
 OpDef SoftmaxCrossEntropyOpDef() {
   OpDef def;
   def.name = "softmax_cross_entropy";
+  def.attrs_index = AttrsIndexOf<CrossEntropyAttrs>();
   def.min_inputs = def.max_inputs = 2;
   def.infer = Infer;
   def.reference = Kernel;
@@ -145,6 +146,7 @@ OpDef SoftmaxCrossEntropyOpDef() {
 OpDef SoftmaxCrossEntropyGradOpDef() {
   OpDef def;
   def.name = "softmax_cross_entropy_grad";
+  def.attrs_index = AttrsIndexOf<CrossEntropyAttrs>();
   def.min_inputs = def.max_inputs = 3;
   def.infer = InferGrad;
   def.reference = GradKernel;

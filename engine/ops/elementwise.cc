@@ -167,6 +167,7 @@ OpDef MulOpDef() {
 OpDef ScaleOpDef() {
   OpDef def;
   def.name = "scale";
+  def.attrs_index = AttrsIndexOf<ScalarAttrs>();
   def.min_inputs = def.max_inputs = 1;
   def.infer = InferScale;
   def.reference = ScaleKernel;

@@ -118,6 +118,7 @@ std::vector<OpTestCase> TestCases() {
 OpDef MatMulOpDef() {
   OpDef def;
   def.name = "matmul";
+  def.attrs_index = AttrsIndexOf<MatMulAttrs>();
   def.min_inputs = def.max_inputs = 2;
   def.infer = Infer;
   def.reference = Reference;

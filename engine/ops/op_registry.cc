@@ -78,6 +78,14 @@ absl::StatusOr<TensorType> InferType(const Node& node, absl::Span<const TensorTy
     }
     return OpError(node, "expects ", def.min_inputs, " to ", def.max_inputs, " inputs, got ", n);
   }
+  if (node.attrs.index() != def.attrs_index) {
+    static constexpr const char* kAttrNames[] = {
+        "no attributes", "ParameterAttrs", "MatMulAttrs",       "ShapeAttrs", "ReduceAttrs",
+        "ScalarAttrs",   "FillAttrs",      "CrossEntropyAttrs", "SgdAttrs",   "AdamWAttrs"};
+    static_assert(sizeof(kAttrNames) / sizeof(kAttrNames[0]) == std::variant_size_v<Attrs>);
+    return OpError(node, "takes ", kAttrNames[def.attrs_index], ", got ",
+                   kAttrNames[node.attrs.index()]);
+  }
   if (def.infer == nullptr) return OpError(node, "has no shape inference");
   return def.infer(node, inputs);
 }

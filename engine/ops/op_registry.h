@@ -12,6 +12,8 @@
 #define FLEETTUNE_ENGINE_OPS_OP_REGISTRY_H_
 
 #include <cstdint>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -73,8 +75,20 @@ struct OpTestCase {
   int32_t int_upper = 1;
 };
 
+// Index of attribute struct T in the Attrs variant.
+template <typename T, size_t I = 0>
+constexpr size_t AttrsIndexOf() {
+  if constexpr (std::is_same_v<T, std::variant_alternative_t<I, Attrs>>) {
+    return I;
+  } else {
+    return AttrsIndexOf<T, I + 1>();
+  }
+}
+
 struct OpDef {
   const char* name = "?";
+  // The Attrs alternative this op takes (NoAttrs unless set).
+  size_t attrs_index = AttrsIndexOf<NoAttrs>();
   int min_inputs = 0;
   int max_inputs = 0;
   bool has_output = true;

@@ -218,7 +218,11 @@ TEST(OpRegistry, ShapeErrorsNameTheOpAndTheProblem) {
   EXPECT_THAT(g.AddNode(OpKind::kReshape, {x}, ShapeAttrs{{3, 5}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cannot reshape")));
   EXPECT_THAT(g.AddNode(OpKind::kMatMul, {x, w}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs MatMulAttrs")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("matmul: takes MatMulAttrs, got no attributes")));
+  EXPECT_THAT(g.AddNode(OpKind::kRelu, {x}, MatMulAttrs{}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("relu: takes no attributes, got MatMulAttrs")));
   EXPECT_THAT(g.AddNode(OpKind::kRelu, {99}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("does not exist")));
 }

@@ -92,6 +92,7 @@ void AdamWKernel(const KernelArgs& args) {
 OpDef SgdUpdateOpDef() {
   OpDef def;
   def.name = "sgd_update";
+  def.attrs_index = AttrsIndexOf<SgdAttrs>();
   def.min_inputs = 2;
   def.max_inputs = 3;
   def.has_output = false;
@@ -103,6 +104,7 @@ OpDef SgdUpdateOpDef() {
 OpDef AdamWUpdateOpDef() {
   OpDef def;
   def.name = "adamw_update";
+  def.attrs_index = AttrsIndexOf<AdamWAttrs>();
   def.min_inputs = def.max_inputs = 4;
   def.has_output = false;
   def.infer = InferAdamW;

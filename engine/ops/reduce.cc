@@ -123,6 +123,7 @@ std::vector<OpTestCase> TestCases() {
 OpDef ReduceSumOpDef() {
   OpDef def;
   def.name = "reduce_sum";
+  def.attrs_index = AttrsIndexOf<ReduceAttrs>();
   def.min_inputs = def.max_inputs = 1;
   def.infer = Infer;
   def.reference = SumKernel;
@@ -134,6 +135,7 @@ OpDef ReduceSumOpDef() {
 OpDef ReduceMeanOpDef() {
   OpDef def;
   def.name = "reduce_mean";
+  def.attrs_index = AttrsIndexOf<ReduceAttrs>();
   def.min_inputs = def.max_inputs = 1;
   def.infer = Infer;
   def.reference = MeanKernel;

@@ -88,6 +88,7 @@ std::vector<OpTestCase> BroadcastToTestCases() {
 OpDef ReshapeOpDef() {
   OpDef def;
   def.name = "reshape";
+  def.attrs_index = AttrsIndexOf<ShapeAttrs>();
   def.min_inputs = def.max_inputs = 1;
   def.infer = InferReshape;
   def.reference = ReshapeKernel;
@@ -99,6 +100,7 @@ OpDef ReshapeOpDef() {
 OpDef BroadcastToOpDef() {
   OpDef def;
   def.name = "broadcast_to";
+  def.attrs_index = AttrsIndexOf<ShapeAttrs>();
   def.min_inputs = def.max_inputs = 1;
   def.infer = InferBroadcastTo;
   def.reference = BroadcastToKernel;

@@ -40,6 +40,7 @@ OpDef InputOpDef() {
 OpDef ParameterOpDef() {
   OpDef def;
   def.name = "parameter";
+  def.attrs_index = AttrsIndexOf<ParameterAttrs>();
   def.infer = InferSource;
   return def;
 }
@@ -47,6 +48,7 @@ OpDef ParameterOpDef() {
 OpDef FillOpDef() {
   OpDef def;
   def.name = "fill";
+  def.attrs_index = AttrsIndexOf<FillAttrs>();
   def.infer = InferFill;
   def.reference = FillKernel;
   return def;
