@@ -387,11 +387,19 @@ TEST(GraphToProto, RejectsAGraphTheVerifierRejects) {
 TEST(GraphToProto, RejectsAttrsOnAnAttributelessOp) {
   Graph g;
   ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {2}}));
-  // Add's shape inference ignores attributes, so AddNode and the verifier accept this.
-  ASSERT_OK(g.AddNode(OpKind::kAdd, {x, x}, MatMulAttrs{}).status());
+  // AddNode refuses this; an unchecked node must still not reach the wire.
+  EXPECT_THAT(g.AddNode(OpKind::kAdd, {x, x}, MatMulAttrs{}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("add: takes no attributes, got MatMulAttrs")));
+  Node bad;
+  bad.op = OpKind::kAdd;
+  bad.inputs = {x, x};
+  bad.attrs = MatMulAttrs{};
+  bad.type = {DType::kF32, {2}};
+  g.AddUncheckedNode(bad);
   EXPECT_THAT(GraphToProto(g),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("node 1 (add): takes no attributes, got matmul")));
+                       HasSubstr("node 1 (add): add: takes no attributes, got MatMulAttrs")));
 }
 
 TEST(GraphToProto, RejectsANameThatIsNotUtf8) {
