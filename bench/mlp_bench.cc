@@ -31,6 +31,7 @@ ABSL_FLAG(std::string, sizes, "784,512,512,10", "Layer sizes.");
 ABSL_FLAG(int, steps, 200, "Timed steps per mode.");
 ABSL_FLAG(int, warmup, 20, "Untimed steps per mode.");
 ABSL_FLAG(std::string, modes, "full,frozen1", "Modes to run.");
+ABSL_FLAG(bool, profile, false, "Print time per op kind to stderr (adds timer overhead).");
 
 namespace fleettune::engine {
 namespace {
@@ -46,6 +47,7 @@ absl::Status RunMode(const models::MlpConfig& config, const std::string& mode) {
   RETURN_IF_ERROR(models::InitializeMlp(config, 0, &params));
   runtime::CompileOptions options;
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.profile = absl::GetFlag(FLAGS_profile);
   ASSIGN_OR_RETURN(auto exe, runtime::Executable::Compile(graph, &params, options));
   ASSIGN_OR_RETURN(TensorView x, exe->Input("x"));
   ASSIGN_OR_RETURN(TensorView labels, exe->Input("labels"));
@@ -73,6 +75,7 @@ absl::Status RunMode(const models::MlpConfig& config, const std::string& mode) {
       mem.optimizer_state_bytes, absl::GetFlag(FLAGS_threads), absl::GetFlag(FLAGS_batch),
       absl::StrJoin(config.sizes, ", ").c_str());
   std::fflush(stdout);
+  if (options.profile) std::fprintf(stderr, "%s:\n%s", mode.c_str(), exe->ProfileReport().c_str());
   return absl::OkStatus();
 }
 

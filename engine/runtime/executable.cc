@@ -1,10 +1,12 @@
 #include "engine/runtime/executable.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/base/status_macros.h"
 #include "engine/ir/verifier.h"
 #include "engine/kernels/gemm.h"
@@ -150,10 +152,34 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     if (IsUpdateOp(node.op)) exe->updates_ = true;
   }
   kernels::SetGemmThreads(options.threads);
+  exe->profile_ = options.profile;
+  if (exe->profile_) exe->instr_seconds_.assign(exe->program_.size(), 0.0);
   return exe;
 }
 
 Executable::~Executable() { AlignedFree(arena_); }
+
+std::string Executable::ProfileReport() const {
+  if (!profile_) return "";
+  std::map<std::string, std::pair<double, int>> by_op;  // seconds, instructions
+  double total = 0.0;
+  for (size_t i = 0; i < program_.size(); ++i) {
+    auto& entry = by_op[ops::GetOpDef(program_[i].args.node->op).name];
+    entry.first += instr_seconds_[i];
+    entry.second += 1;
+    total += instr_seconds_[i];
+  }
+  std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_op.begin(), by_op.end());
+  std::sort(rows.begin(), rows.end(),
+            [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  const double steps = std::max<double>(1.0, static_cast<double>(steps_run()));
+  std::string out = absl::StrFormat("%-28s %6s %12s %7s\n", "op", "nodes", "ms/step", "share");
+  for (const auto& [name, entry] : rows) {
+    absl::StrAppendFormat(&out, "%-28s %6d %12.3f %6.1f%%\n", name, entry.second,
+                          1e3 * entry.first / steps, total > 0 ? 100.0 * entry.first / total : 0.0);
+  }
+  return out;
+}
 
 absl::StatusOr<TensorView> Executable::Input(const std::string& name) {
   auto it = inputs_.find(name);
@@ -183,6 +209,16 @@ absl::StatusOr<TensorView> Executable::Output(ValueId id) const {
 }
 
 absl::Status Executable::Run() {
+  if (profile_) {
+    for (size_t i = 0; i < program_.size(); ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      program_[i].fn(program_[i].args);
+      instr_seconds_[i] +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    if (updates_) ++step_.step;
+    return absl::OkStatus();
+  }
   for (const Instr& instr : program_) instr.fn(instr.args);
   if (updates_) ++step_.step;
   return absl::OkStatus();

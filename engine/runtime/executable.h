@@ -51,6 +51,8 @@ struct CompileOptions {
   int threads = 1;
   // Use every op's reference kernel (tests and debugging).
   bool use_reference_kernels = false;
+  // Time every instruction (two clock reads each); see ProfileReport().
+  bool profile = false;
 };
 
 struct MemoryStats {
@@ -80,6 +82,10 @@ class Executable {
   absl::Status Run();
 
   const MemoryStats& memory() const { return memory_; }
+
+  // With CompileOptions::profile: time per op kind summed over the steps run,
+  // most expensive first, as a table. Empty otherwise.
+  std::string ProfileReport() const;
   const Graph& graph() const { return graph_; }
   int64_t steps_run() const { return step_.step - 1; }
 
@@ -102,6 +108,8 @@ class Executable {
   std::map<std::string, ValueId> inputs_;
   ops::StepInfo step_;
   bool updates_ = false;
+  bool profile_ = false;
+  std::vector<double> instr_seconds_;  // per instruction, when profiling
   MemoryStats memory_;
 };
 
