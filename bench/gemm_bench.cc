@@ -33,8 +33,8 @@ struct Shape {
 };
 
 const Shape kShapes[] = {
-    {false, true, 64, 512, 784}, {false, true, 64, 512, 512}, {false, true, 64, 10, 512},
-    {true, false, 10, 512, 64},  {false, false, 64, 512, 10}, {true, false, 512, 512, 64},
+    {false, true, 64, 512, 784},  {false, true, 64, 512, 512}, {false, true, 64, 10, 512},
+    {true, false, 10, 512, 64},   {false, false, 64, 512, 10}, {true, false, 512, 512, 64},
     {false, false, 64, 512, 512}, {true, false, 512, 784, 64},
 };
 
@@ -44,9 +44,9 @@ double BestMs(F&& gemm) {
   for (int r = 0; r < absl::GetFlag(FLAGS_reps); ++r) {
     const auto start = std::chrono::steady_clock::now();
     for (const Shape& s : kShapes) gemm(s);
-    best = std::min(best, std::chrono::duration<double, std::milli>(
-                              std::chrono::steady_clock::now() - start)
-                              .count());
+    best = std::min(
+        best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                  .count());
   }
   return best;
 }
@@ -62,8 +62,8 @@ int main(int argc, char** argv) {
 
   omp_set_num_threads(threads);
   const double dnnl = BestMs([&](const Shape& s) {
-    dnnl_sgemm(s.ta ? 'T' : 'N', s.tb ? 'T' : 'N', s.m, s.n, s.k, 1.0f, a.data(), lda(s),
-               b.data(), ldb(s), 0.0f, c.data(), s.n);
+    dnnl_sgemm(s.ta ? 'T' : 'N', s.tb ? 'T' : 'N', s.m, s.n, s.k, 1.0f, a.data(), lda(s), b.data(),
+               ldb(s), 0.0f, c.data(), s.n);
   });
   openblas_set_num_threads(threads);
   const double openblas = BestMs([&](const Shape& s) {

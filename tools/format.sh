@@ -4,7 +4,7 @@
 #   tools/format.sh --check  report unformatted files and exit non-zero
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files '*.cc' '*.h' '*.proto')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.cc' '*.h' '*.proto')
 [ ${#files[@]} -gt 0 ] || exit 0
 if [ "${1:-}" = "--check" ]; then
   if ! clang-format --dry-run -Werror "${files[@]}" 2>/tmp/fleettune-format.log; then

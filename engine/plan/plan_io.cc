@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "engine/base/file.h"
 #include "engine/base/status_macros.h"
 #include "engine/ir/verifier.h"
 #include "engine/ops/op_registry.h"
@@ -290,53 +291,6 @@ absl::Status WithPath(const std::string& path, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(path, ": ", status.message()));
 }
 
-// Writes `bytes` to a temporary file beside `path`, fsyncs it and renames it
-// over `path`.
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes) {
-  std::string temp_path = absl::StrCat(path, ".tmp.XXXXXX");
-  int fd = mkstemp(temp_path.data());
-  if (fd < 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot create a temporary file"));
-  }
-  auto remove_temp = absl::MakeCleanup([&] {
-    if (fd >= 0) close(fd);
-    unlink(temp_path.c_str());
-  });
-  const auto error = [&](absl::string_view what) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(temp_path, ": ", what));
-  };
-  // mkstemp creates 0600; a plan holds nothing private (see plan.proto).
-  if (fchmod(fd, 0644) != 0) return error("chmod failed");
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return error("write failed");
-    }
-    written += static_cast<size_t>(n);
-  }
-  if (fsync(fd) != 0) return error("fsync failed");
-  const int closed = close(fd);
-  fd = -1;
-  if (closed != 0) return error("close failed");
-  if (rename(temp_path.c_str(), path.c_str()) != 0) {
-    return absl::ErrnoToStatus(errno,
-                               absl::StrCat(path, ": cannot rename ", temp_path, " over it"));
-  }
-  std::move(remove_temp).Cancel();
-  // Make the rename itself durable. Best effort: the new file is complete either way.
-  const size_t slash = path.rfind('/');
-  const std::string dir =
-      slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
-  const int dir_fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    fsync(dir_fd);
-    close(dir_fd);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<v1::OpKind> OpKindToProto(OpKind op) {
@@ -484,39 +438,7 @@ absl::Status WritePlan(const std::string& path, const v1::CompiledPlan& plan) {
 }
 
 absl::StatusOr<v1::CompiledPlan> ReadPlan(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    if (err == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
-    return absl::ErrnoToStatus(err, absl::StrCat(path, ": cannot open"));
-  }
-  absl::Cleanup closer = [fd] { close(fd); };
-  struct stat st;
-  if (fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot stat"));
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  if (st.st_size > kMaxPlanBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": plan is ", st.st_size, " bytes, over the limit of ", kMaxPlanBytes));
-  }
-  std::string bytes;
-  bytes.reserve(static_cast<size_t>(st.st_size));
-  char buffer[1 << 16];
-  while (true) {
-    const ssize_t n = read(fd, buffer, sizeof(buffer));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, absl::StrCat(path, ": read failed"));
-    }
-    if (n == 0) break;
-    bytes.append(buffer, static_cast<size_t>(n));
-    // The file may have grown since fstat.
-    if (bytes.size() > static_cast<size_t>(kMaxPlanBytes)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": plan is over the limit of ", kMaxPlanBytes, " bytes"));
-    }
-  }
+  ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path, kMaxPlanBytes));
   absl::StatusOr<v1::CompiledPlan> plan = ParsePlan(bytes);
   if (!plan.ok()) return WithPath(path, plan.status());
   return plan;

@@ -463,7 +463,7 @@ TEST_F(PlanFileTest, TruncatedFileIsDataLoss) {
 
 TEST_F(PlanFileTest, DirectoryIsNotAPlan) {
   EXPECT_THAT(ReadPlan(::testing::TempDir()),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a regular file")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is a directory")));
 }
 
 TEST_F(PlanFileTest, FileOverTheSizeCapIsRejectedBeforeReading) {
