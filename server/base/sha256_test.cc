@@ -1,0 +1,22 @@
+#include "server/base/sha256.h"
+
+#include "gtest/gtest.h"
+
+namespace fleettune::server {
+namespace {
+
+TEST(Sha256, MatchesKnownVectors) {
+  // FIPS 180-2 test vectors.
+  EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(Sha256, RecognizesHexDigests) {
+  EXPECT_TRUE(IsSha256Hex(Sha256Hex("x")));
+  EXPECT_FALSE(IsSha256Hex("abc"));
+  EXPECT_FALSE(IsSha256Hex(std::string(64, 'G')));
+  EXPECT_FALSE(IsSha256Hex(std::string(64, 'A')));
+}
+
+}  // namespace
+}  // namespace fleettune::server
