@@ -32,6 +32,12 @@ MATCHER_P2(StatusIs, code, message_matcher,
                                        result_listener);
 }
 
+MATCHER_P(StatusIs, code, std::string("has status code ") + absl::StatusCodeToString(code)) {
+  const absl::Status& status = ::fleettune::testing::GetStatus(arg);
+  *result_listener << "whose status is " << status;
+  return status.code() == code;
+}
+
 MATCHER(IsOk, "is OK") {
   const absl::Status& status = ::fleettune::testing::GetStatus(arg);
   *result_listener << "whose status is " << status;
