@@ -12,6 +12,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # Tooling and data.
   clang-format dataset-fashion-mnist
+  # The Python gRPC client check (tests/python).
+  python3-grpcio python3-protobuf
 )
 
 missing=()
