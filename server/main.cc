@@ -24,8 +24,7 @@ ABSL_FLAG(std::string, device_classes, "",
           "Device classes in protobuf text format (deploy/device_classes.textproto); "
           "empty = built-in defaults.");
 ABSL_FLAG(std::string, operator_tokens, "", "File with operator bearer tokens, one per line.");
-ABSL_FLAG(std::string, enrollment_tokens, "",
-          "File with agent enrollment tokens, one per line.");
+ABSL_FLAG(std::string, enrollment_tokens, "", "File with agent enrollment tokens, one per line.");
 ABSL_FLAG(int, lease_seconds, 30, "Device lease: devices must heartbeat this often.");
 
 namespace fleettune::server {
@@ -43,8 +42,7 @@ absl::Status Main() {
         "--operator_tokens and --enrollment_tokens are required (no anonymous access)");
   }
   ASSIGN_OR_RETURN(o.operator_tokens, TokenSet::FromFile(absl::GetFlag(FLAGS_operator_tokens)));
-  ASSIGN_OR_RETURN(o.enrollment_tokens,
-                   TokenSet::FromFile(absl::GetFlag(FLAGS_enrollment_tokens)));
+  ASSIGN_OR_RETURN(o.enrollment_tokens, TokenSet::FromFile(absl::GetFlag(FLAGS_enrollment_tokens)));
   if (absl::GetFlag(FLAGS_lease_seconds) < 1) {
     return absl::InvalidArgumentError("--lease_seconds must be >= 1");
   }

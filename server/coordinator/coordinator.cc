@@ -25,8 +25,7 @@ bool Active(v1::AssignmentState s) {
 }
 
 bool Terminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
-         s == v1::JOB_STATE_CANCELLED;
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
 
 bool ValidName(const std::string& name) {
@@ -62,17 +61,18 @@ absl::Status ValidateProfile(const v1::DeviceProfile& p) {
 
 absl::Status ValidateReport(const v1::MetricsReport& r) {
   if (r.loss_curve_size() > kMaxLossPoints) {
-    return absl::InvalidArgumentError(absl::StrCat("loss_curve has ", r.loss_curve_size(),
-                                                   " points, at most ", kMaxLossPoints));
+    return absl::InvalidArgumentError(
+        absl::StrCat("loss_curve has ", r.loss_curve_size(), " points, at most ", kMaxLossPoints));
   }
-  for (double v : {r.ms_per_step(), r.accuracy_before(), r.accuracy_after(),
-                   r.speedup_vs_dense(), r.memory_saving_vs_dense()}) {
+  for (double v : {r.ms_per_step(), r.accuracy_before(), r.accuracy_after(), r.speedup_vs_dense(),
+                   r.memory_saving_vs_dense()}) {
     if (!std::isfinite(v) || v < 0) {
       return absl::InvalidArgumentError("metrics must be finite and non-negative");
     }
   }
   for (const auto& p : r.loss_curve()) {
-    if (!std::isfinite(p.loss())) return absl::InvalidArgumentError("loss_curve has a non-finite loss");
+    if (!std::isfinite(p.loss()))
+      return absl::InvalidArgumentError("loss_curve has a non-finite loss");
   }
   if (r.accuracy_before() > 1 || r.accuracy_after() > 1) {
     return absl::InvalidArgumentError("accuracies are fractions in [0, 1]");
@@ -115,14 +115,14 @@ absl::Status ValidateSpec(const v1::JobSpec& spec, const DeviceClassRegistry& cl
           absl::StrCat("spec.targets names class '", t.device_class(), "' twice"));
     }
     if (t.devices() < 1 || t.devices() > 100000) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "spec.targets[", t.device_class(), "].devices must be in [1, 100000]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.targets[", t.device_class(), "].devices must be in [1, 100000]"));
     }
     wanted += t.devices();
   }
   if (spec.completion().min_devices() < 0 || spec.completion().min_devices() > wanted) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.completion.min_devices must be in [0, ",
-                                                   wanted, "] (devices wanted)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.completion.min_devices must be in [0, ", wanted, "] (devices wanted)"));
   }
   return absl::OkStatus();
 }
@@ -133,9 +133,10 @@ Coordinator::Coordinator(Store* store, const DeviceClassRegistry* classes, PlanC
                          CoordinatorOptions options)
     : store_(store), classes_(classes), compiler_(compiler), options_(std::move(options)) {}
 
-absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
-    Store* store, const DeviceClassRegistry* classes, PlanCompiler* compiler,
-    CoordinatorOptions options) {
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(Store* store,
+                                                                 const DeviceClassRegistry* classes,
+                                                                 PlanCompiler* compiler,
+                                                                 CoordinatorOptions options) {
   std::unique_ptr<Coordinator> c(new Coordinator(store, classes, compiler, std::move(options)));
   absl::MutexLock lock(&c->mu_);
   RETURN_IF_ERROR(c->Load());
@@ -529,7 +530,8 @@ absl::StatusOr<HeartbeatResult> Coordinator::Heartbeat(const std::string& device
   {
     absl::MutexLock lock(&mu_);
     auto it = devices_.find(device_id);
-    if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device '", device_id, "'"));
+    if (it == devices_.end())
+      return absl::NotFoundError(absl::StrCat("no device '", device_id, "'"));
     DeviceRecord& device = it->second;
     const absl::Time now = options_.clock();
     WriteBatch batch;
@@ -667,8 +669,7 @@ absl::Status Coordinator::FailAssignment(const std::string& device_id,
 
 absl::StatusOr<std::string> Coordinator::ReadBlob(const std::string& device_id,
                                                   const std::string& digest, uint64_t offset,
-                                                  uint64_t max_bytes,
-                                                  uint64_t* total_bytes) const {
+                                                  uint64_t max_bytes, uint64_t* total_bytes) const {
   {
     absl::ReaderMutexLock lock(&mu_);
     bool named = false;
@@ -724,7 +725,8 @@ FleetCounts Coordinator::Counts() const {
   FleetCounts counts;
   for (const auto& cls : classes_->classes()) counts.online_by_class[cls.name()] = 0;
   for (const auto& [id, d] : devices_) {
-    if (d.device.state() == v1::DEVICE_STATE_ONLINE) ++counts.online_by_class[d.device.device_class()];
+    if (d.device.state() == v1::DEVICE_STATE_ONLINE)
+      ++counts.online_by_class[d.device.device_class()];
   }
   for (int s = v1::JOB_STATE_PENDING; s <= v1::JOB_STATE_CANCELLED; ++s) {
     counts.jobs_by_state[static_cast<v1::JobState>(s)] = 0;

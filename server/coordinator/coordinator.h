@@ -162,8 +162,7 @@ class Coordinator {
                                                    const std::string& assignment_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Commit(WriteBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Touch(JobEntry& entry, absl::Time now, WriteBatch& batch)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Touch(JobEntry& entry, absl::Time now, WriteBatch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify();
 
   Store* const store_;

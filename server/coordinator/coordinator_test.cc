@@ -295,8 +295,9 @@ TEST_F(CoordinatorTest, BadRequestsGetClearErrors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("spec.targets is empty")));
   v1::JobSpec bad_min = Spec(1, 0);
   bad_min.mutable_completion()->set_min_devices(5);
-  EXPECT_THAT(coordinator_->CreateJob(bad_min),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("min_devices must be in [0, 1]")));
+  EXPECT_THAT(
+      coordinator_->CreateJob(bad_min),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("min_devices must be in [0, 1]")));
   EXPECT_THAT(coordinator_->GetJob("job-nope"),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("no job 'job-nope'")));
   EXPECT_THAT(coordinator_->Heartbeat("dev-nope"), StatusIs(absl::StatusCode::kNotFound));

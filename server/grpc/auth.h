@@ -7,10 +7,10 @@
 #ifndef FLEETTUNE_SERVER_GRPC_AUTH_H_
 #define FLEETTUNE_SERVER_GRPC_AUTH_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"

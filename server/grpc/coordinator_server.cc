@@ -40,8 +40,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                                                         s->compiler_.get(), copts));
   s->metrics_->Refresh(*s->coordinator_);
 
-  s->fleet_service_ = std::make_unique<FleetServiceImpl>(s->coordinator_.get(),
-                                                         &o.operator_tokens, s->metrics_.get());
+  s->fleet_service_ = std::make_unique<FleetServiceImpl>(s->coordinator_.get(), &o.operator_tokens,
+                                                         s->metrics_.get());
   s->agent_service_ = std::make_unique<AgentServiceImpl>(s->coordinator_.get(),
                                                          &o.enrollment_tokens, s->metrics_.get());
   grpc::ServerBuilder builder;

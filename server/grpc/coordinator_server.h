@@ -11,12 +11,12 @@
 #ifndef FLEETTUNE_SERVER_GRPC_COORDINATOR_SERVER_H_
 #define FLEETTUNE_SERVER_GRPC_COORDINATOR_SERVER_H_
 
+#include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
+
 #include <memory>
 #include <string>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
-#include <prometheus/exposer.h>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
@@ -51,8 +51,7 @@ struct CoordinatorServerOptions {
 
 class CoordinatorServer {
  public:
-  static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(
-      CoordinatorServerOptions options);
+  static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(CoordinatorServerOptions options);
   ~CoordinatorServer();
 
   // The bound gRPC port.

@@ -62,8 +62,7 @@ CoordinatorMetrics::CoordinatorMetrics()
                    .Help("Devices of a job by assignment state")
                    .Register(*registry_)) {}
 
-void CoordinatorMetrics::RecordRpc(const char* service, const char* method,
-                                   grpc::StatusCode code) {
+void CoordinatorMetrics::RecordRpc(const char* service, const char* method, grpc::StatusCode code) {
   rpcs_
       .Add({{"service", service},
             {"method", method},
@@ -71,8 +70,7 @@ void CoordinatorMetrics::RecordRpc(const char* service, const char* method,
       .Increment();
 }
 
-void CoordinatorMetrics::ObserveCompile(const std::string& device_class,
-                                        absl::Duration duration) {
+void CoordinatorMetrics::ObserveCompile(const std::string& device_class, absl::Duration duration) {
   compile_seconds_
       .Add({{"device_class", device_class}},
            prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30})

@@ -16,15 +16,15 @@
 #ifndef FLEETTUNE_SERVER_GRPC_METRICS_H_
 #define FLEETTUNE_SERVER_GRPC_METRICS_H_
 
-#include <memory>
-#include <string>
-
 #include <grpcpp/grpcpp.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"

@@ -12,8 +12,7 @@ namespace fleettune::server {
 namespace {
 
 bool Terminal(v1::JobState s) {
-  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED ||
-         s == v1::JOB_STATE_CANCELLED;
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
 }
 
 }  // namespace
@@ -175,9 +174,8 @@ grpc::Status AgentServiceImpl::FetchBlob(grpc::ServerContext* context,
     uint64_t offset = request->offset();
     while (!context->IsCancelled()) {
       uint64_t total = 0;
-      ASSIGN_OR_RETURN(std::string chunk,
-                       coordinator_->ReadBlob(device_id, request->digest(), offset,
-                                              kBlobChunkBytes, &total));
+      ASSIGN_OR_RETURN(std::string chunk, coordinator_->ReadBlob(device_id, request->digest(),
+                                                                 offset, kBlobChunkBytes, &total));
       v1::FetchBlobResponse response;
       response.set_offset(offset);
       response.set_total_bytes(total);

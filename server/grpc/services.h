@@ -62,8 +62,7 @@ class AgentServiceImpl final : public v1::AgentService::Service {
                          v1::HeartbeatResponse* response) override;
   grpc::Status FetchBlob(grpc::ServerContext* context, const v1::FetchBlobRequest* request,
                          grpc::ServerWriter<v1::FetchBlobResponse>* writer) override;
-  grpc::Status ReportMetrics(grpc::ServerContext* context,
-                             const v1::ReportMetricsRequest* request,
+  grpc::Status ReportMetrics(grpc::ServerContext* context, const v1::ReportMetricsRequest* request,
                              v1::ReportMetricsResponse* response) override;
   grpc::Status CompleteAssignment(grpc::ServerContext* context,
                                   const v1::CompleteAssignmentRequest* request,

@@ -2,10 +2,14 @@
 // coordinator (SQLite in memory, default device classes, real compiler).
 #include <prometheus/text_serializer.h>
 
+#include <cstring>
 #include <memory>
+#include <regex>
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "engine/base/file.h"
 #include "engine/base/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -125,14 +129,12 @@ TEST_F(ServicesTest, OperatorCallsNeedAValidToken) {
   {
     grpc::ClientContext ctx;
     Auth(&ctx, "wrong-token-wrong-token");
-    EXPECT_EQ(fleet_->ListJobs(&ctx, req, &resp).error_code(),
-              grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(fleet_->ListJobs(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   }
   {
     grpc::ClientContext ctx;
     Auth(&ctx, kEnroll);  // an enrollment token is not an operator token
-    EXPECT_EQ(fleet_->ListJobs(&ctx, req, &resp).error_code(),
-              grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(fleet_->ListJobs(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   }
   {
     grpc::ClientContext ctx;
@@ -293,10 +295,27 @@ TEST_F(ServicesTest, AgentRunsAnAssignmentWhileAnOperatorWatches) {
   const std::string text = serializer.Serialize(server_->metrics().registry()->Collect());
   EXPECT_THAT(text, HasSubstr("fleettune_agents_online{device_class=\"x86-avx2\"} 1"));
   EXPECT_THAT(text, HasSubstr("fleettune_jobs{state=\"succeeded\"} 1"));
-  EXPECT_THAT(text, HasSubstr("fleettune_job_accuracy{device_class=\"x86-avx2\",job=\"" +
-                              job_id + "\",when=\"after\"} 0.9"));
+  EXPECT_THAT(text, HasSubstr("fleettune_job_accuracy{device_class=\"x86-avx2\",job=\"" + job_id +
+                              "\",when=\"after\"} 0.9"));
   EXPECT_THAT(text, HasSubstr("fleettune_plan_compile_seconds_count{device_class=\"x86-avx2\"} 1"));
   EXPECT_THAT(text, HasSubstr("method=\"CompleteAssignment\""));
+
+  // The shipped dashboards and alert rules use only metrics that exist.
+  for (const char* path :
+       {"deploy/grafana/fleettune.json", "deploy/prometheus/fleettune_rules.yml"}) {
+    ASSERT_OK_AND_ASSIGN(std::string file, engine::ReadFileToString(path));
+    static const std::regex kMetric("fleettune_[a-z_]+");
+    for (std::sregex_iterator it(file.begin(), file.end(), kMetric), end; it != end; ++it) {
+      std::string name = it->str();
+      for (const char* suffix : {"_bucket", "_count", "_sum"}) {
+        const std::string base = name.substr(0, name.size() - std::strlen(suffix));
+        if (absl::EndsWith(name, suffix) && absl::StrContains(text, "# TYPE " + base + " ")) {
+          name = base;
+        }
+      }
+      EXPECT_THAT(text, HasSubstr("# TYPE " + name + " ")) << path << " uses " << it->str();
+    }
+  }
 }
 
 TEST_F(ServicesTest, EnrollmentNeedsTheEnrollmentToken) {

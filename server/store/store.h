@@ -44,10 +44,10 @@ struct MetricsRecord {
 
 // Upserts, applied atomically: all or nothing.
 struct WriteBatch {
-  std::vector<v1::Job> jobs;                 // keyed by job_id
-  std::vector<DeviceRecord> devices;         // keyed by device.device_id
-  std::vector<v1::Assignment> assignments;   // keyed by assignment_id
-  std::vector<MetricsRecord> metrics;        // keyed by report.assignment_id
+  std::vector<v1::Job> jobs;                // keyed by job_id
+  std::vector<DeviceRecord> devices;        // keyed by device.device_id
+  std::vector<v1::Assignment> assignments;  // keyed by assignment_id
+  std::vector<MetricsRecord> metrics;       // keyed by report.assignment_id
 
   bool empty() const {
     return jobs.empty() && devices.empty() && assignments.empty() && metrics.empty();
@@ -65,18 +65,27 @@ class Store {
  public:
   virtual ~Store() = default;
 
-  // Everything, for start-up. DataLoss if a record does not parse.
+  // Everything, for start-up. DataLoss if a record does not parse (the
+  // message names the table and the record's key).
   virtual absl::StatusOr<StoreSnapshot> LoadAll() = 0;
-  // Applies every upsert in one transaction. InvalidArgument for a record
-  // without its key.
+  // Applies every upsert in one transaction: on any error nothing is written.
+  // InvalidArgument for a record without its key, an assignment without its
+  // job_id or device_id, or a token_sha256 that is neither empty nor a SHA-256
+  // hex digest. FailedPrecondition for a dangling reference: an assignment
+  // whose job or device, or metrics whose assignment, is neither stored nor in
+  // the batch (a batch's jobs and devices are written before its assignments,
+  // and those before its metrics). Metrics replace the stored report of their
+  // assignment only if their sequence is higher.
   virtual absl::Status Write(const WriteBatch& batch) = 0;
 
   // Stores `bytes` under `digest` (SHA-256 hex of the bytes, checked);
-  // idempotent. `kind` is "plan" or "weights".
+  // idempotent. `kind` is "plan" or "weights". InvalidArgument for a digest
+  // that does not match the bytes or another kind.
   virtual absl::Status PutBlob(const std::string& digest, absl::string_view kind,
                                absl::string_view bytes) = 0;
-  // Up to `max_bytes` from `offset`; `total_bytes` gets the blob's size.
-  // NotFound for an unknown digest, OutOfRange for offset > size.
+  // Up to `max_bytes` from `offset`; `total_bytes` (may be null) gets the
+  // blob's size. Empty at offset == size. NotFound for an unknown digest,
+  // OutOfRange for offset > size.
   virtual absl::StatusOr<std::string> ReadBlob(const std::string& digest, uint64_t offset,
                                                uint64_t max_bytes, uint64_t* total_bytes) = 0;
   // NotFound for an unknown digest.

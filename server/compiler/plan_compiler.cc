@@ -1,0 +1,506 @@
+#include "server/compiler/plan_compiler.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/base/casts.h"
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/autodiff/autodiff.h"
+#include "engine/base/status_macros.h"
+#include "engine/io/safetensors.h"
+#include "engine/ir/graph.h"
+#include "engine/models/mlp.h"
+#include "engine/plan/plan_io.h"
+#include "engine/runtime/executable.h"
+#include "engine/train/trainer.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "proto/fleettune/v1/plan.pb.h"
+#include "server/base/sha256.h"
+#include "server/compiler/byte_size.h"
+#include "server/compiler/device_classes.h"
+
+namespace fleettune::server {
+namespace {
+
+using engine::DType;
+using engine::Graph;
+using engine::Node;
+using engine::OpKind;
+using engine::Shape;
+using engine::TensorType;
+
+// Bump whenever the compiler's output for the same inputs changes (new passes, new metadata),
+// so that a cache key computed by an older build never names a newer plan.
+constexpr int kCompilerRevision = 1;
+
+// An MLP with more layers than this is not a model anyone fine-tunes on an edge device; the cap
+// bounds the work a hostile spec can cause before the budget check.
+constexpr int kMaxMlpSizes = 257;
+constexpr int64_t kMaxLayerSize = int64_t{1} << 24;
+
+// ---------------------------------------------------------------------------
+// Request validation (cheap; runs before the cache lookup so a cached plan is never handed
+// out for an invalid request that happens to share its key).
+
+absl::Status ValidateModelSpec(const v1::ModelSpec& model) {
+  if (model.architecture().empty()) {
+    return absl::InvalidArgumentError("base_model.architecture is empty (supported: mlp)");
+  }
+  if (model.architecture() != "mlp") {
+    return absl::InvalidArgumentError(absl::StrCat("base_model.architecture '",
+                                                   absl::CEscape(model.architecture()),
+                                                   "' is not supported (supported: mlp)"));
+  }
+  if (!model.registered_model().empty()) {
+    return absl::UnimplementedError(
+        "base_model.registered_model is not supported yet; upload safetensors_weights or use a "
+        "seeded initialization");
+  }
+  const int n = model.layer_sizes_size();
+  if (n < 2 || n > kMaxMlpSizes) {
+    return absl::InvalidArgumentError(absl::StrCat("base_model.layer_sizes has ", n,
+                                                   " entries; an mlp needs 2 to ", kMaxMlpSizes,
+                                                   " (input, hidden..., classes)"));
+  }
+  for (int i = 0; i < n; ++i) {
+    const int64_t s = model.layer_sizes(i);
+    if (s < 1 || s > kMaxLayerSize) {
+      return absl::InvalidArgumentError(absl::StrCat("base_model.layer_sizes[", i, "] is ", s,
+                                                     ", outside [1, ", kMaxLayerSize, "]"));
+    }
+  }
+  if (static_cast<int64_t>(model.safetensors_weights().size()) > kMaxBaseWeightsBytes) {
+    // InvalidArgument rather than ResourceExhausted: the limit is fixed, so retrying the same
+    // request cannot succeed.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "base_model.safetensors_weights is ", FormatBytes(model.safetensors_weights().size()), " (",
+        model.safetensors_weights().size(), " bytes), over the ", FormatBytes(kMaxBaseWeightsBytes),
+        " limit"));
+  }
+  return absl::OkStatus();
+}
+
+bool FiniteNonNegative(float v) { return std::isfinite(v) && v >= 0.0f; }
+
+absl::Status ValidateHyperParameters(const v1::HyperParameters& h) {
+  if (h.optimizer() == v1::OPTIMIZER_KIND_UNSPECIFIED) {
+    return absl::InvalidArgumentError(
+        "hyper_parameters.optimizer is unset (OPTIMIZER_KIND_SGD or OPTIMIZER_KIND_ADAMW)");
+  }
+  if (h.optimizer() != v1::OPTIMIZER_KIND_SGD && h.optimizer() != v1::OPTIMIZER_KIND_ADAMW) {
+    return absl::InvalidArgumentError(absl::StrCat("hyper_parameters.optimizer ",
+                                                   static_cast<int>(h.optimizer()),
+                                                   " is not a known OptimizerKind"));
+  }
+  if (!std::isfinite(h.learning_rate()) || !(h.learning_rate() > 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hyper_parameters.learning_rate must be finite and > 0, got ", h.learning_rate()));
+  }
+  if (h.optimizer() == v1::OPTIMIZER_KIND_SGD) {
+    if (!FiniteNonNegative(h.momentum()) || h.momentum() >= 1.0f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("hyper_parameters.momentum must be in [0, 1) for SGD, got ", h.momentum()));
+    }
+  } else if (h.momentum() != 0.0f) {
+    // AdamW's moment decay rates are its betas, not a momentum; a non-zero value here is a
+    // mistake the operator should hear about rather than have ignored.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hyper_parameters.momentum applies to SGD only; got ", h.momentum(), " with AdamW"));
+  }
+  if (!FiniteNonNegative(h.weight_decay())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hyper_parameters.weight_decay must be finite and >= 0, got ", h.weight_decay()));
+  }
+  if (h.batch_size() < 1 || h.batch_size() > kMaxBatchSize) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hyper_parameters.batch_size is ", h.batch_size(), ", outside [1, ", kMaxBatchSize, "]"));
+  }
+  if (h.epochs() < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hyper_parameters.epochs must be >= 1, got ", h.epochs()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateScheme(const v1::SchemeSpec& scheme) {
+  switch (scheme.kind_case()) {
+    case v1::SchemeSpec::kPreset:
+      if (scheme.preset().empty()) {
+        return absl::InvalidArgumentError(
+            "scheme.preset is empty (full, bias-only, last-k:N or freeze:LAYER[,LAYER...])");
+      }
+      return absl::OkStatus();
+    case v1::SchemeSpec::kFitClassBudget:
+      if (!scheme.fit_class_budget()) {
+        return absl::InvalidArgumentError(
+            "scheme.fit_class_budget is false; set it to true or give scheme.preset");
+      }
+      return absl::OkStatus();
+    case v1::SchemeSpec::KIND_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError("scheme is unset: give scheme.preset or fit_class_budget");
+}
+
+// PyTorch's defaults for what HyperParameters does not carry (AdamW betas and eps).
+engine::autodiff::OptimizerConfig ToOptimizer(const v1::HyperParameters& h) {
+  if (h.optimizer() == v1::OPTIMIZER_KIND_ADAMW) {
+    engine::AdamWAttrs a;
+    a.lr = h.learning_rate();
+    a.weight_decay = h.weight_decay();
+    return engine::autodiff::OptimizerConfig::AdamW(a);
+  }
+  engine::SgdAttrs s;
+  s.lr = h.learning_rate();
+  s.momentum = h.momentum();
+  s.weight_decay = h.weight_decay();
+  return engine::autodiff::OptimizerConfig::Sgd(s);
+}
+
+// ---------------------------------------------------------------------------
+// Cache key: every field length-prefixed under a fixed tag, so that no two different requests
+// encode to the same bytes. Floats are keyed by their bit patterns.
+
+class KeyBuilder {
+ public:
+  void Add(absl::string_view tag, absl::string_view value) {
+    absl::StrAppend(&text_, tag, "=", value.size(), ":", value, "\n");
+  }
+  void Add(absl::string_view tag, int64_t value) { Add(tag, absl::StrCat(value)); }
+  void AddFloat(absl::string_view tag, float value) {
+    Add(tag, absl::StrCat(absl::bit_cast<uint32_t>(value)));
+  }
+  std::string Digest() const { return Sha256Hex(text_); }
+
+ private:
+  std::string text_;
+};
+
+std::string CacheKey(const v1::JobSpec& spec, const v1::DeviceClass& device_class,
+                     const std::string& weights_digest) {
+  KeyBuilder key;
+  key.Add("key", "fleettune.plan-cache-key");
+  key.Add("compiler_revision", kCompilerRevision);
+  key.Add("plan_format_version", engine::plan::kPlanFormatVersion);
+  const v1::ModelSpec& model = spec.base_model();
+  key.Add("model.architecture", model.architecture());
+  key.Add("model.layer_sizes", model.layer_sizes_size());
+  for (int64_t s : model.layer_sizes()) key.Add("model.layer_size", s);
+  key.Add("model.weights_sha256", weights_digest);
+  const v1::HyperParameters& h = spec.hyper_parameters();
+  key.Add("hyper.optimizer", h.optimizer());
+  key.AddFloat("hyper.learning_rate", h.learning_rate());
+  key.AddFloat("hyper.momentum", h.momentum());
+  key.AddFloat("hyper.weight_decay", h.weight_decay());
+  key.Add("hyper.batch_size", h.batch_size());
+  if (spec.scheme().kind_case() == v1::SchemeSpec::kPreset) {
+    key.Add("scheme.preset", spec.scheme().preset());
+  } else {
+    key.Add("scheme.fit_class_budget", 1);
+  }
+  key.Add("class.name", device_class.name());
+  key.Add("class.arch", device_class.arch());
+  key.Add("class.required_isa", device_class.required_isa_size());
+  for (const std::string& isa : device_class.required_isa()) key.Add("class.isa", isa);
+  key.Add("class.accelerator", device_class.accelerator());
+  key.Add("class.threads", device_class.threads());
+  key.Add("class.training_memory_budget_bytes", device_class.training_memory_budget_bytes());
+  return key.Digest();
+}
+
+// ---------------------------------------------------------------------------
+// Base weights: exactly the tensors the model binds, with its shapes, f32 and finite.
+
+absl::Status CheckWeights(absl::string_view bytes, const engine::models::Model& model) {
+  constexpr absl::string_view kField = "base_model.safetensors_weights";
+  absl::StatusOr<std::map<std::string, engine::Tensor>> parsed =
+      engine::io::ParseSafetensors(bytes);
+  if (!parsed.ok()) {
+    // DataLoss (truncation) included: to the caller it is a malformed request.
+    return absl::InvalidArgumentError(absl::StrCat(kField, ": ", parsed.status().message()));
+  }
+  std::set<std::string> expected;
+  for (const engine::models::Layer& layer : model.layers) {
+    for (const std::string& name : layer.weights) {
+      expected.insert(name);
+      const std::optional<engine::ValueId> id = model.graph.FindByName(name);
+      if (!id.has_value()) {
+        return absl::InternalError(absl::StrCat("model has no parameter '", name, "'"));
+      }
+      const TensorType& want = model.graph.type(*id);
+      auto it = parsed->find(name);
+      if (it == parsed->end()) {
+        return absl::InvalidArgumentError(absl::StrCat(kField, ": tensor '", name,
+                                                       "' is missing (expected ",
+                                                       engine::TypeToString(want), ")"));
+      }
+      const engine::Tensor& t = it->second;
+      if (t.type() != want) {
+        return absl::InvalidArgumentError(absl::StrCat(kField, ": tensor '", name, "' is ",
+                                                       engine::TypeToString(t.type()),
+                                                       ", expected ", engine::TypeToString(want)));
+      }
+      const float* v = t.f32();
+      for (int64_t i = 0; i < t.num_elements(); ++i) {
+        if (!std::isfinite(v[i])) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(kField, ": tensor '", name, "' element ", i, " is ", v[i]));
+        }
+      }
+    }
+  }
+  for (const auto& [name, tensor] : *parsed) {
+    if (!expected.count(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kField, ": unexpected tensor '", absl::CEscape(name),
+                       "' (the model's tensors are ", absl::StrJoin(expected, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// One candidate plan and its memory.
+
+struct Candidate {
+  std::string scheme;
+  std::vector<std::string> trainable;
+  Graph graph;
+  uint64_t arena_bytes = 0;
+  uint64_t weight_bytes = 0;
+  uint64_t optimizer_state_bytes = 0;
+  uint64_t total_bytes() const { return arena_bytes + weight_bytes + optimizer_state_bytes; }
+};
+
+absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
+                                         const std::string& scheme,
+                                         const engine::autodiff::OptimizerConfig& optimizer) {
+  Candidate c;
+  c.scheme = scheme;
+  ASSIGN_OR_RETURN(c.trainable, engine::train::SelectTrainable(model, scheme));
+  ASSIGN_OR_RETURN(c.graph, engine::train::BuildTrainingGraph(model, c.trainable, optimizer));
+  ASSIGN_OR_RETURN(engine::runtime::ArenaLayout layout, engine::runtime::PlanArena(c.graph));
+  c.arena_bytes = layout.plan.arena_bytes;
+  for (const Node& node : c.graph.nodes()) {
+    if (node.op != OpKind::kParameter) continue;
+    const auto* attrs = std::get_if<engine::ParameterAttrs>(&node.attrs);
+    const bool state = attrs != nullptr && attrs->role == engine::ParamRole::kOptimizerState;
+    (state ? c.optimizer_state_bytes : c.weight_bytes) += node.type.bytes();
+  }
+  return c;
+}
+
+std::string Bytes(uint64_t bytes) {
+  return absl::StrCat(FormatBytes(bytes), " (", bytes, " bytes)");
+}
+
+std::string Breakdown(const Candidate& c) {
+  return absl::StrCat("arena ", FormatBytes(c.arena_bytes), " + weights ",
+                      FormatBytes(c.weight_bytes), " + optimizer state ",
+                      FormatBytes(c.optimizer_state_bytes));
+}
+
+// Floating-point operations of the GEMMs (matmul and linear nodes, forward and backward):
+// 2·M·N·K each. Elementwise ops, reductions and the optimizer are O(size) and left out.
+uint64_t GemmFlops(const Graph& graph) {
+  uint64_t flops = 0;
+  for (const Node& node : graph.nodes()) {
+    if (node.op == OpKind::kLinear) {
+      // x [..., K] · weight[N, K]ᵀ: M = rows of x.
+      const Shape& w = graph.type(node.inputs[1]).shape;
+      const int64_t n = w[0], k = w[1];
+      if (k == 0) continue;
+      const int64_t m = graph.type(node.inputs[0]).num_elements() / k;
+      flops += 2 * static_cast<uint64_t>(m) * n * k;
+    } else if (node.op == OpKind::kMatMul) {
+      // y [M, N] = op(a) · op(b), K the contracted dimension of op(a).
+      const auto& attrs = std::get<engine::MatMulAttrs>(node.attrs);
+      const Shape& a = graph.type(node.inputs[0]).shape;
+      const int64_t k = attrs.transpose_a ? a[0] : a[1];
+      flops += 2 * static_cast<uint64_t>(node.type.num_elements()) * k;
+    }
+  }
+  return flops;
+}
+
+std::string ModelName(const v1::ModelSpec& model) {
+  return absl::StrCat(model.architecture(), "-", absl::StrJoin(model.layer_sizes(), "-"));
+}
+
+absl::StatusOr<std::string> SerializeDeterministic(const v1::CompiledPlan& plan) {
+  const size_t size = plan.ByteSizeLong();
+  if (size > static_cast<size_t>(engine::plan::kMaxPlanBytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the compiled plan would be ", Bytes(size), ", over the ",
+                     FormatBytes(engine::plan::kMaxPlanBytes), " devices accept"));
+  }
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    if (!plan.SerializeToCodedStream(&coded) || coded.HadError()) {
+      return absl::InternalError("serializing the compiled plan failed");
+    }
+  }
+  return bytes;
+}
+
+absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
+                                                  const v1::DeviceClass& device_class) {
+  const v1::ModelSpec& model_spec = spec.base_model();
+  engine::models::MlpConfig config;
+  config.sizes.assign(model_spec.layer_sizes().begin(), model_spec.layer_sizes().end());
+  config.batch = spec.hyper_parameters().batch_size();
+  ASSIGN_OR_RETURN(engine::models::Model model, engine::models::BuildMlp(config));
+  if (!model_spec.safetensors_weights().empty()) {
+    RETURN_IF_ERROR(CheckWeights(model_spec.safetensors_weights(), model));
+  }
+  const engine::autodiff::OptimizerConfig optimizer = ToOptimizer(spec.hyper_parameters());
+  const uint64_t budget = static_cast<uint64_t>(device_class.training_memory_budget_bytes());
+
+  // The dense plan comes first in every case: it is the baseline the summary reports, and the
+  // first choice of fit_class_budget.
+  ASSIGN_OR_RETURN(Candidate dense, BuildCandidate(model, "full", optimizer));
+  const uint64_t dense_total = dense.total_bytes();
+  std::optional<Candidate> chosen;
+  if (spec.scheme().kind_case() == v1::SchemeSpec::kPreset) {
+    const std::string& preset = spec.scheme().preset();
+    if (preset == "full") {
+      chosen = std::move(dense);
+    } else {
+      absl::StatusOr<Candidate> c = BuildCandidate(model, preset, optimizer);
+      if (!c.ok()) {
+        return absl::Status(c.status().code(),
+                            absl::StrCat("scheme.preset: ", c.status().message()));
+      }
+      chosen = *std::move(c);
+    }
+    if (chosen->total_bytes() > budget) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("scheme '", preset, "' needs ", Bytes(chosen->total_bytes()), " on class ",
+                       device_class.name(), ", ", Bytes(chosen->total_bytes() - budget),
+                       " over its ", Bytes(budget), " budget (", Breakdown(*chosen),
+                       "); choose a sparser preset or scheme.fit_class_budget"));
+    }
+  } else {
+    std::vector<std::string> order = {"full"};
+    for (size_t k = model.layers.size() - 1; k >= 1; --k) {
+      order.push_back(absl::StrCat("last-k:", k));
+    }
+    order.push_back("bias-only");
+    std::optional<Candidate> smallest;
+    for (const std::string& scheme : order) {
+      Candidate c;
+      if (scheme == "full") {
+        c = std::move(dense);
+      } else {
+        ASSIGN_OR_RETURN(c, BuildCandidate(model, scheme, optimizer));
+      }
+      if (c.total_bytes() <= budget) {
+        chosen = std::move(c);
+        break;
+      }
+      if (!smallest.has_value() || c.total_bytes() < smallest->total_bytes()) {
+        smallest = std::move(c);
+      }
+    }
+    if (!chosen.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no update scheme fits class ", device_class.name(), "'s ", Bytes(budget),
+          " budget: the smallest, '", smallest->scheme, "', needs ", Bytes(smallest->total_bytes()),
+          " (", Breakdown(*smallest), ") with ", absl::StrJoin(order, ", "), " tried"));
+    }
+  }
+
+  v1::CompiledPlan plan;
+  plan.set_format_version(engine::plan::kPlanFormatVersion);
+  ASSIGN_OR_RETURN(*plan.mutable_graph(), engine::plan::GraphToProto(chosen->graph));
+  v1::PlanMetadata* meta = plan.mutable_metadata();
+  meta->set_model_name(ModelName(model_spec));
+  meta->set_scheme(chosen->scheme);
+  meta->set_device_class(device_class.name());
+  int64_t trainable_elements = 0;
+  for (const std::string& name : chosen->trainable) {
+    meta->add_trainable_parameters(name);
+    trainable_elements += chosen->graph.type(*chosen->graph.FindByName(name)).num_elements();
+  }
+  meta->set_arena_bytes(chosen->arena_bytes);
+  meta->set_weight_bytes(chosen->weight_bytes);
+  meta->set_optimizer_state_bytes(chosen->optimizer_state_bytes);
+  meta->set_flops_per_step(GemmFlops(chosen->graph));
+
+  CompiledClassPlan out;
+  ASSIGN_OR_RETURN(out.plan_bytes, SerializeDeterministic(plan));
+  v1::PlanSummary& s = out.summary;
+  s.set_plan_digest(Sha256Hex(out.plan_bytes));
+  s.set_scheme(chosen->scheme);
+  s.set_trainable_parameters(trainable_elements);
+  s.set_arena_bytes(chosen->arena_bytes);
+  s.set_weight_bytes(chosen->weight_bytes);
+  s.set_optimizer_state_bytes(chosen->optimizer_state_bytes);
+  s.set_total_bytes(chosen->total_bytes());
+  s.set_budget_bytes(budget);
+  s.set_dense_total_bytes(dense_total);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<CompiledClassPlan> PlanCompiler::Compile(const v1::JobSpec& spec,
+                                                        const v1::DeviceClass& device_class) {
+  RETURN_IF_ERROR(ValidateModelSpec(spec.base_model()));
+  RETURN_IF_ERROR(ValidateHyperParameters(spec.hyper_parameters()));
+  RETURN_IF_ERROR(ValidateScheme(spec.scheme()));
+  RETURN_IF_ERROR(ValidateDeviceClass(device_class));
+  const std::string& weights = spec.base_model().safetensors_weights();
+  const std::string key =
+      CacheKey(spec, device_class, weights.empty() ? std::string() : Sha256Hex(weights));
+
+  std::shared_ptr<Entry> entry;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) {
+      // Cached, or being compiled by another thread: wait for that result.
+      std::shared_ptr<Entry> found = it->second;
+      mu_.Await(absl::Condition(&found->done));
+      return found->result;
+    }
+    entry = std::make_shared<Entry>();
+    cache_.emplace(key, entry);
+    ++compilations_;
+  }
+
+  absl::StatusOr<CompiledClassPlan> result = CompileUncached(spec, device_class);
+
+  absl::MutexLock lock(&mu_);
+  entry->result = result;
+  entry->done = true;
+  if (!result.ok() || options_.max_cached_plans == 0) {
+    cache_.erase(key);
+  } else {
+    order_.push_back(key);
+    while (order_.size() > options_.max_cached_plans) {
+      cache_.erase(order_.front());
+      order_.pop_front();
+    }
+  }
+  return result;
+}
+
+int PlanCompiler::compilations() const {
+  absl::MutexLock lock(&mu_);
+  return compilations_;
+}
+
+}  // namespace fleettune::server
