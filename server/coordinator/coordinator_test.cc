@@ -185,6 +185,10 @@ TEST_F(CoordinatorTest, RestartKeepsJobsDevicesAssignmentsAndMetrics) {
   for (size_t i = 0; i < devices_after.size(); ++i) {
     EXPECT_EQ(devices_after[i].SerializeAsString(), devices_before[i].SerializeAsString());
   }
+  // The running device's last report survived too: resending it is a duplicate.
+  ASSERT_OK_AND_ASSIGN(ReportResult resent,
+                       coordinator_->ReportMetrics(a, Report(ha.assignment->assignment_id(), 1)));
+  EXPECT_FALSE(resent.accepted);
   // The running device carries on where it was, with its old assignment.
   ASSERT_OK_AND_ASSIGN(HeartbeatResult again, coordinator_->Heartbeat(a));
   ASSERT_TRUE(again.assignment.has_value());
