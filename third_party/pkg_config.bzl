@@ -38,6 +38,8 @@ _LIBRARIES = {
     "zlib": ["zlib"],
     "sqlite3": ["sqlite3"],
     "nlohmann_json": ["nlohmann_json"],
+    "png": ["libpng"],
+    "cpuinfo": ["libcpuinfo"],
 }
 
 # Libraries whose Debian -dev package ships no .pc file (only CMake config):

