@@ -8,9 +8,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/data/local_dataset.h"
+#include "agent/inference/mlp_classifier.h"
 #include "agent/runner/plan_runner.h"
 #include "engine/base/file.h"
 #include "engine/base/status_macros.h"
+#include "engine/io/safetensors.h"
 #include "server/base/sha256.h"
 #include "server/grpc/status.h"
 
@@ -114,6 +116,7 @@ absl::Status Agent::Run(const std::atomic<bool>& stop) {
         "cannot create the state directory ", options_.config.state_dir(), ": ", ec.message()));
   }
   RETURN_IF_ERROR(LoadRegistration());
+  RETURN_IF_ERROR(StartInference());
   absl::Duration backoff = absl::Milliseconds(200);
   absl::Duration interval = absl::Seconds(
       options_.config.heartbeat_seconds() > 0 ? options_.config.heartbeat_seconds() : 2);
@@ -179,7 +182,64 @@ absl::Status Agent::Run(const std::atomic<bool>& stop) {
   }
   cancel_work_ = true;
   if (worker_.joinable()) worker_.join();
+  if (inference_ != nullptr) inference_->Stop();
   return absl::OkStatus();
+}
+
+absl::Status Agent::StartInference() {
+  if (options_.config.inference_socket().empty()) return absl::OkStatus();
+  // The newest personalized model from an earlier run, if any.
+  std::error_code ec;
+  std::filesystem::file_time_type newest;
+  std::string newest_job;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(options_.config.state_dir() + "/personalized", ec)) {
+    if (entry.path().extension() == ".safetensors" &&
+        (newest_job.empty() || entry.last_write_time() > newest)) {
+      newest = entry.last_write_time();
+      newest_job = entry.path().stem().string();
+    }
+  }
+  if (!newest_job.empty()) UsePersonalizedModel(newest_job);
+  InferenceServer::Options o;
+  o.socket_path = options_.config.inference_socket();
+  o.classifier = [this](absl::Span<const float> sample) -> absl::StatusOr<std::vector<float>> {
+    std::shared_ptr<const Classifier> current;
+    {
+      absl::MutexLock lock(&mu_);
+      current = classifier_;
+    }
+    if (current == nullptr) {
+      return absl::FailedPreconditionError("no personalized model on this device yet");
+    }
+    return (*current)(sample);
+  };
+  inference_ = std::make_unique<InferenceServer>(std::move(o));
+  return inference_->Start();
+}
+
+void Agent::UsePersonalizedModel(const std::string& job_id) {
+  const std::string path = PersonalizedWeightsPath(options_.config.state_dir(), job_id);
+  // Layer sizes from the weights: fc1.weight [h1, in], fc2.weight [h2, h1], ...
+  absl::StatusOr<std::map<std::string, engine::Tensor>> weights = engine::io::ReadSafetensors(path);
+  if (!weights.ok()) {
+    Log(absl::StrCat("local inference: ", weights.status().ToString()));
+    return;
+  }
+  std::vector<int64_t> sizes;
+  for (int i = 1;; ++i) {
+    auto it = weights->find(absl::StrCat("fc", i, ".weight"));
+    if (it == weights->end() || it->second.shape().size() != 2) break;
+    if (sizes.empty()) sizes.push_back(it->second.shape()[1]);
+    sizes.push_back(it->second.shape()[0]);
+  }
+  absl::StatusOr<Classifier> classifier = MakeMlpClassifier(path, sizes);
+  if (!classifier.ok()) {
+    Log(absl::StrCat("local inference: ", classifier.status().ToString()));
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  classifier_ = std::make_shared<const Classifier>(*std::move(classifier));
 }
 
 void Agent::StartWork(const v1::Assignment& assignment) {
@@ -377,6 +437,7 @@ void Agent::Work(v1::Assignment a) {
     Fail(a, kind, std::string(result.status().message()));
     return;
   }
+  if (inference_ != nullptr) UsePersonalizedModel(a.job_id());
   // Keep the result until the coordinator confirms it.
   (void)engine::WriteFileAtomically(result_path, result->SerializeAsString());
   Finish(a, *result);

@@ -13,7 +13,9 @@
 // calls are retried with capped exponential backoff and training carries on;
 // a finished result is kept on disk until the coordinator has it.
 // A failing assignment (missing or bad data, a plan over budget) is reported
-// with its reason and the agent stays up.
+// with its reason and the agent stays up. With `inference_socket` set, the
+// newest personalized model answers local requests on that Unix socket
+// (agent/inference); it never leaves the device.
 #ifndef FLEETTUNE_AGENT_CORE_AGENT_H_
 #define FLEETTUNE_AGENT_CORE_AGENT_H_
 
@@ -29,6 +31,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/inference/classifier.h"
+#include "agent/inference/inference_server.h"
 #include "proto/fleettune/v1/agent_config.pb.h"
 #include "proto/fleettune/v1/agent_service.grpc.pb.h"
 
@@ -75,6 +79,10 @@ class Agent {
   // Sleeps `d` unless stop is requested first.
   void Sleep(absl::Duration d);
   void Log(const std::string& line) const;
+  // Serves local inference with the newest personalized model, if configured.
+  absl::Status StartInference();
+  // Loads the personalized weights of `job_id` as the model local inference uses.
+  void UsePersonalizedModel(const std::string& job_id);
 
   const AgentOptions options_;
   std::unique_ptr<v1::AgentService::Stub> stub_;
@@ -86,6 +94,8 @@ class Agent {
   std::atomic<bool> cancel_work_{false};
   std::atomic<bool> work_done_{true};
   std::thread worker_;
+  std::unique_ptr<InferenceServer> inference_;
+  std::shared_ptr<const Classifier> classifier_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace fleettune::agent

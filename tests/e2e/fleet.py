@@ -76,8 +76,33 @@ class Fleet:
             f.write('state_dir: "%s"\n' % state)
             f.write('profile_override { class_override: "%s" }\n' % device_class)
             f.write("checkpoint_every_steps: 10\n")
+            f.write('inference_socket: "%s"\n' % self.socket(name))
             f.write("datasets { %s }\n" % dataset)
         return cfg
+
+    def socket(self, name):
+        # Unix socket paths are limited to 107 bytes; test dirs can be longer.
+        return "/tmp/fleettune-%d-%s.sock" % (os.getpid(), name)
+
+    def classify(self, name, sample):
+        """Asks the agent's local inference socket; returns class probabilities."""
+        import socket as so
+        with so.socket(so.AF_UNIX, so.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(self.socket(name))
+            s.sendall(struct.pack("<I", len(sample)) + struct.pack("<%df" % len(sample), *sample))
+            def read(n):
+                buf = b""
+                while len(buf) < n:
+                    chunk = s.recv(n - len(buf))
+                    if not chunk:
+                        raise RuntimeError("inference socket closed")
+                    buf += chunk
+                return buf
+            status, k = struct.unpack("<II", read(8))
+            if status != 0:
+                raise RuntimeError("inference error %d: %s" % (status, read(k).decode()))
+            return list(struct.unpack("<%df" % k, read(4 * k)))
 
     def start_agent(self, name, device_class, dataset):
         cfg = self.agent_config(name, device_class, dataset)
@@ -260,6 +285,16 @@ def data_windows(png_path, count=300):
     return windows
 
 
+def digit_sample(data_dir, digit):
+    """The first OpenCV tile of `digit`, centred in 28x28 like the agent's data."""
+    width, height, rows = png_gray(os.path.join(data_dir, "opencv/digits.png"))
+    sample = [0.0] * 784
+    for y in range(20):
+        for x in range(20):
+            sample[(y + 4) * 28 + x + 4] = rows[digit * 100 + y][x] / 255.0
+    return sample
+
+
 def weight_windows(path, count=200):
     raw = open(path, "rb").read()
     (hlen,) = struct.unpack_from("<Q", raw, 0)
@@ -293,6 +328,11 @@ def main():
         return (demo if args.mode == "demo" else test)(fleet, args)
     finally:
         fleet.stop_all()
+        for name in fleet.agents:
+            try:
+                os.unlink(fleet.socket(name))
+            except OSError:
+                pass
         if args.mode == "demo":
             shutil.rmtree(work, ignore_errors=True)
 
@@ -367,6 +407,9 @@ def test(fleet, args):
         check(not leaks, "%s sent no personalized weight bytes (%d windows checked)" % (cls, len(weight_windows(personalized)) if os.path.exists(personalized) else 0))
         leaked = [w for w in windows if w in blob]
         check(not leaked, "%s sent no local data bytes (%d windows checked)" % (cls, len(windows)))
+        probs = fleet.classify(name, digit_sample(args.data_dir, 3))
+        check(len(probs) == 10 and abs(sum(probs) - 1) < 1e-3,
+              "%s answers local inference with its personalized model (P[3] = %.2f)" % (cls, probs[3]))
         check(max((len(m) for _, m in sent), default=0) < 16384,
               "%s: largest message %d bytes" % (cls, max((len(m) for _, m in sent), default=0)))
 
