@@ -424,8 +424,11 @@ void Agent::Work(v1::Assignment a) {
   in.checkpoint_every_steps =
       options_.config.checkpoint_every_steps() > 0 ? options_.config.checkpoint_every_steps() : 20;
   in.threads = options_.threads;
-  Log(absl::StrCat("running assignment ", a.assignment_id(), " of job ", a.job_id(), " on ",
-                   data->train.labels.num_elements(), " local samples"));
+  const bool resuming = std::filesystem::exists(
+      absl::StrCat(in.state_dir, "/checkpoints/", a.assignment_id(), ".safetensors"));
+  Log(absl::StrCat(resuming ? "resuming assignment " : "running assignment ", a.assignment_id(),
+                   " of job ", a.job_id(), " on ", data->train.labels.num_elements(),
+                   " local samples", resuming ? " from its last checkpoint" : ""));
   absl::StatusOr<v1::MetricsReport> result = RunPlan(
       in, [this](const v1::MetricsReport& r) { Report(r); }, &cancel_work_);
   if (!result.ok()) {

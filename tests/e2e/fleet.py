@@ -384,6 +384,9 @@ def test(fleet, args):
     fleet.start_agent(names["rpi4"], "rpi4", digits_dataset(args.data_dir, 0, 3))
     job = fleet.wait_job(job_id)
     check(job["state"] == "JOB_STATE_SUCCEEDED", "job succeeded after both faults (%s)" % job["state"])
+    rpi4_log = open(os.path.join(fleet.work, names["rpi4"] + ".log")).read()
+    check("from its last checkpoint" in rpi4_log,
+          "the restarted rpi4 agent resumed from its checkpoint")
     for p in job["progress"]:
         check(p.get("completed", 0) == 1, "%s completed" % p["deviceClass"])
         check(p.get("accuracyAfter", 0) > p.get("accuracyBefore", 1),
