@@ -53,7 +53,8 @@ void Agent::Sleep(absl::Duration d) {
   }
 }
 
-void Agent::Authorize(grpc::ClientContext* ctx) const {
+void Agent::Prepare(grpc::ClientContext* ctx) const {
+  ctx->set_deadline(Deadline(options_.rpc_timeout));
   absl::MutexLock lock(&mu_);
   if (registration_.has_value()) {
     ctx->AddMetadata("authorization", "Bearer " + registration_->token);
@@ -137,8 +138,7 @@ absl::Status Agent::Run(const std::atomic<bool>& stop) {
       registered = true;
     }
     grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(options_.rpc_timeout));
-    Authorize(&ctx);
+    Prepare(&ctx);
     v1::HeartbeatRequest req;
     req.set_device_id(device_id());
     v1::HeartbeatResponse resp;
@@ -271,8 +271,8 @@ absl::StatusOr<std::string> Agent::FetchBlob(const std::string& digest) {
     const uint64_t offset =
         std::filesystem::exists(part) ? std::filesystem::file_size(part, ec) : 0;
     grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(absl::Minutes(5)));
-    Authorize(&ctx);
+    Prepare(&ctx);
+    ctx.set_deadline(Deadline(absl::Minutes(5)));  // a large blob takes a while
     v1::FetchBlobRequest req;
     req.set_digest(digest);
     req.set_offset(offset);
@@ -313,8 +313,7 @@ absl::StatusOr<std::string> Agent::FetchBlob(const std::string& digest) {
 void Agent::Report(const v1::MetricsReport& report) {
   // Best effort: a later report supersedes a lost one.
   grpc::ClientContext ctx;
-  ctx.set_deadline(Deadline(options_.rpc_timeout));
-  Authorize(&ctx);
+  Prepare(&ctx);
   v1::ReportMetricsRequest req;
   req.set_device_id(device_id());
   *req.mutable_report() = report;
@@ -323,50 +322,53 @@ void Agent::Report(const v1::MetricsReport& report) {
   if (s.ok() && resp.cancelled()) cancel_work_ = true;
 }
 
-void Agent::Finish(const v1::Assignment& assignment, const v1::MetricsReport& report) {
+void Agent::RetryWhileUnavailable(const std::function<grpc::Status()>& call) {
   absl::Duration backoff = absl::Milliseconds(200);
   while (!stop_->load()) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(options_.rpc_timeout));
-    Authorize(&ctx);
-    v1::CompleteAssignmentRequest req;
-    req.set_device_id(device_id());
-    *req.mutable_final_report() = report;
-    v1::CompleteAssignmentResponse resp;
-    grpc::Status s = stub_->CompleteAssignment(&ctx, req, &resp);
-    if (s.ok() || s.error_code() == grpc::StatusCode::NOT_FOUND ||
-        s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
-      std::filesystem::remove(
-          absl::StrCat(options_.config.state_dir(), "/results/", assignment.assignment_id()));
-      Log(absl::StrCat("assignment ", assignment.assignment_id(), " complete: accuracy ",
-                       report.accuracy_before(), " -> ", report.accuracy_after()));
+    grpc::Status s = call();
+    // Only a coordinator that cannot be reached is worth retrying; any answer,
+    // even an error, settles the matter.
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
       return;
     }
-    Log(absl::StrCat("complete: ", s.error_message(), "; retrying"));
+    Log(absl::StrCat("coordinator unreachable (", s.error_message(), "); retrying"));
     Sleep(backoff);
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
 
+void Agent::Finish(const v1::Assignment& assignment, const v1::MetricsReport& report) {
+  RetryWhileUnavailable([&] {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::CompleteAssignmentRequest req;
+    req.set_device_id(device_id());
+    *req.mutable_final_report() = report;
+    v1::CompleteAssignmentResponse resp;
+    return stub_->CompleteAssignment(&ctx, req, &resp);
+  });
+  if (stop_->load()) return;  // the result stays on disk for the next run
+  std::filesystem::remove(
+      absl::StrCat(options_.config.state_dir(), "/results/", assignment.assignment_id()));
+  Log(absl::StrCat("assignment ", assignment.assignment_id(), " complete: accuracy ",
+                   report.accuracy_before(), " -> ", report.accuracy_after()));
+}
+
 void Agent::Fail(const v1::Assignment& assignment, v1::FailureKind kind,
                  const std::string& detail) {
   Log(absl::StrCat("assignment ", assignment.assignment_id(), " failed: ", detail));
-  absl::Duration backoff = absl::Milliseconds(200);
-  while (!stop_->load()) {
+  RetryWhileUnavailable([&] {
     grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(options_.rpc_timeout));
-    Authorize(&ctx);
+    Prepare(&ctx);
     v1::FailAssignmentRequest req;
     req.set_device_id(device_id());
     req.set_assignment_id(assignment.assignment_id());
     req.set_kind(kind);
     req.set_detail(detail.substr(0, 512));
     v1::FailAssignmentResponse resp;
-    grpc::Status s = stub_->FailAssignment(&ctx, req, &resp);
-    if (s.ok() || s.error_code() != grpc::StatusCode::UNAVAILABLE) return;
-    Sleep(backoff);
-    backoff = std::min(backoff * 2, options_.max_backoff);
-  }
+    return stub_->FailAssignment(&ctx, req, &resp);
+  });
 }
 
 void Agent::Work(v1::Assignment a) {

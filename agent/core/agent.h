@@ -22,6 +22,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,7 +68,10 @@ class Agent {
 
   absl::Status LoadRegistration();
   absl::Status Register();
-  void Authorize(grpc::ClientContext* ctx) const;
+  // Sets the RPC deadline and the device's bearer token.
+  void Prepare(grpc::ClientContext* ctx) const;
+  // Repeats `call` with capped backoff while the coordinator is unreachable.
+  void RetryWhileUnavailable(const std::function<grpc::Status()>& call);
   void StartWork(const v1::Assignment& assignment);
   void Work(v1::Assignment assignment);
   // Downloads a blob into the state directory (resuming a partial file) and
