@@ -22,6 +22,8 @@ struct NoAttrs {
 enum class ParamRole : uint8_t {
   kWeight,          // model weight, loaded from / saved to checkpoints
   kOptimizerState,  // momentum buffer, Adam moments
+  kBuffer,          // model state that is saved with the weights but never trained
+                    // (BatchNorm running statistics; PyTorch's module buffers)
 };
 
 struct ParameterAttrs {
@@ -38,7 +40,8 @@ struct MatMulAttrs {
   }
 };
 
-// Target shape for kReshape and kBroadcastTo.
+// Target shape for kReshape and kBroadcastTo; the table's shape for
+// kEmbeddingGrad.
 struct ShapeAttrs {
   Shape shape;
   bool operator==(const ShapeAttrs& o) const { return shape == o.shape; }
@@ -93,8 +96,155 @@ struct AdamWAttrs {
   }
 };
 
+// kConv2d (and, inside Conv2dGradAttrs, its backward ops): PyTorch's
+// nn.Conv2d hyper-parameters. All strides and dilations >= 1, paddings >= 0
+// (zero padding on both sides), groups >= 1 dividing both channel counts.
+struct Conv2dAttrs {
+  int32_t stride_h = 1;
+  int32_t stride_w = 1;
+  int32_t pad_h = 0;
+  int32_t pad_w = 0;
+  int32_t dilation_h = 1;
+  int32_t dilation_w = 1;
+  int32_t groups = 1;
+  bool operator==(const Conv2dAttrs& o) const {
+    return stride_h == o.stride_h && stride_w == o.stride_w && pad_h == o.pad_h &&
+           pad_w == o.pad_w && dilation_h == o.dilation_h && dilation_w == o.dilation_w &&
+           groups == o.groups;
+  }
+};
+
+// kConv2dBackwardInput / kConv2dBackwardWeight: the forward convolution and
+// the shape of the gradient the op computes (x's or the weight's), which its
+// inputs do not determine (strided output sizes round down).
+struct Conv2dGradAttrs {
+  Conv2dAttrs conv;
+  Shape shape;
+  bool operator==(const Conv2dGradAttrs& o) const { return conv == o.conv && shape == o.shape; }
+};
+
+// kMaxPool2d, kMaxPool2dGrad, kAvgPool2d: PyTorch's nn.MaxPool2d /
+// nn.AvgPool2d (floor mode, dilation 1). Padding is at most half the kernel.
+// count_include_pad (average pooling only) divides by the full window size as
+// PyTorch does by default; false divides by the in-bounds element count.
+struct Pool2dAttrs {
+  int32_t kernel_h = 1;
+  int32_t kernel_w = 1;
+  int32_t stride_h = 1;
+  int32_t stride_w = 1;
+  int32_t pad_h = 0;
+  int32_t pad_w = 0;
+  bool count_include_pad = true;
+  bool operator==(const Pool2dAttrs& o) const {
+    return kernel_h == o.kernel_h && kernel_w == o.kernel_w && stride_h == o.stride_h &&
+           stride_w == o.stride_w && pad_h == o.pad_h && pad_w == o.pad_w &&
+           count_include_pad == o.count_include_pad;
+  }
+};
+
+// kAvgPool2dGrad: the forward pooling and the shape of its input.
+struct Pool2dGradAttrs {
+  Pool2dAttrs pool;
+  Shape input_shape;
+  bool operator==(const Pool2dGradAttrs& o) const {
+    return pool == o.pool && input_shape == o.input_shape;
+  }
+};
+
+// kBatchNorm, kBatchNormInference and their backward and update ops (PyTorch's
+// nn.BatchNorm2d): eps is added to the variance; momentum weighs the batch
+// statistics in the running-statistics update (only kBatchNormStatsUpdate
+// reads it).
+struct BatchNormAttrs {
+  float eps = 1e-5f;
+  float momentum = 0.1f;
+  bool operator==(const BatchNormAttrs& o) const { return eps == o.eps && momentum == o.momentum; }
+};
+
+// Elementwise activation functions of kActivation / kActivationGrad.
+enum class ActivationFn : uint8_t {
+  kRelu6,     // min(max(x, 0), 6)
+  kSilu,      // x·σ(x)
+  kGeluTanh,  // 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))), PyTorch's approximate="tanh"
+  kGeluErf,   // 0.5x(1 + erf(x/√2)), PyTorch's default GELU
+  kSigmoid,   // σ(x) = 1 / (1 + e⁻ˣ)
+  kTanh,
+};
+
+struct ActivationAttrs {
+  ActivationFn fn = ActivationFn::kSigmoid;
+  bool operator==(const ActivationAttrs& o) const { return fn == o.fn; }
+};
+
+// kDropout: zeroes each element with probability p and scales the rest by
+// 1/(1−p). The mask is a pure function of (seed, optimizer step, element
+// index), so the backward pass recomputes the forward's mask (engine/ops/dropout.cc).
+struct DropoutAttrs {
+  float p = 0.5f;
+  uint64_t seed = 0;
+  bool operator==(const DropoutAttrs& o) const { return p == o.p && seed == o.seed; }
+};
+
+// kLayerNorm, kRmsNorm and their backward ops: eps is added to the variance
+// (layer_norm) or the mean square (rms_norm) before the square root.
+struct NormAttrs {
+  float eps = 1e-5f;
+  bool operator==(const NormAttrs& o) const { return eps == o.eps; }
+};
+
+// kSoftmax over the last dimension; causal masks column j of row i (dim −2)
+// when j > i + (columns − rows), the bottom-right-aligned causal mask.
+struct SoftmaxAttrs {
+  bool causal = false;
+  bool operator==(const SoftmaxAttrs& o) const { return causal == o.causal; }
+};
+
+// kTranspose: y.shape[i] = x.shape[perm[i]]; perm is a permutation of [0, rank).
+struct PermuteAttrs {
+  std::vector<int> perm;
+  bool operator==(const PermuteAttrs& o) const { return perm == o.perm; }
+};
+
+// kConcat: the axis, in [0, rank).
+struct AxisAttrs {
+  int axis = 0;
+  bool operator==(const AxisAttrs& o) const { return axis == o.axis; }
+};
+
+// kSlice: y = x[begin[d] : end[d] : step[d]] on every axis d; one entry per
+// axis with 0 <= begin <= end <= dim and step >= 1.
+struct SliceAttrs {
+  std::vector<int64_t> begin;
+  std::vector<int64_t> end;
+  std::vector<int64_t> step;
+  bool operator==(const SliceAttrs& o) const {
+    return begin == o.begin && end == o.end && step == o.step;
+  }
+};
+
+// kSliceGrad: the forward slice and the shape of the sliced input (the
+// gradient's shape, which dy does not determine).
+struct SliceGradAttrs {
+  SliceAttrs slice;
+  Shape input_shape;
+  bool operator==(const SliceGradAttrs& o) const {
+    return slice == o.slice && input_shape == o.input_shape;
+  }
+};
+
+// kRope: rotary position embedding with θ_j = position · base^(−2j/D);
+// inverse rotates by −θ (the gradient).
+struct RopeAttrs {
+  float base = 10000.0f;
+  bool inverse = false;
+  bool operator==(const RopeAttrs& o) const { return base == o.base && inverse == o.inverse; }
+};
+
 using Attrs = std::variant<NoAttrs, ParameterAttrs, MatMulAttrs, ShapeAttrs, ReduceAttrs,
-                           ScalarAttrs, FillAttrs, CrossEntropyAttrs, SgdAttrs, AdamWAttrs>;
+                           ScalarAttrs, FillAttrs, CrossEntropyAttrs, SgdAttrs, AdamWAttrs,
+                           Conv2dAttrs, Conv2dGradAttrs, Pool2dAttrs, Pool2dGradAttrs,
+                           BatchNormAttrs, ActivationAttrs, DropoutAttrs, NormAttrs, SoftmaxAttrs,
+                           PermuteAttrs, AxisAttrs, SliceAttrs, SliceGradAttrs, RopeAttrs>;
 
 }  // namespace fleettune::engine
 

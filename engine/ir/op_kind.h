@@ -32,6 +32,43 @@ enum class OpKind : uint8_t {
   // Optimizer updates: no output, they write their parameter and state inputs.
   kSgdUpdate,
   kAdamWUpdate,
+  // CNN ops (engine/ops/conv.cc, batch_norm.cc, pool.cc, activation.cc,
+  // dropout.cc, mse_loss.cc).
+  kConv2d,
+  kConv2dBackwardInput,
+  kConv2dBackwardWeight,
+  kBatchNorm,           // training mode: batch statistics
+  kBatchNormInference,  // frozen running statistics
+  kBatchNormGrad,
+  kBatchNormInferenceGrad,
+  kBatchNormWeightGrad,
+  kBatchNormStatsUpdate,  // no output: updates the running statistics in place
+  kMaxPool2d,
+  kMaxPool2dGrad,
+  kAvgPool2d,
+  kAvgPool2dGrad,
+  kActivation,
+  kActivationGrad,
+  kDropout,
+  kMseLoss,
+  kMseLossGrad,
+  // Transformer ops (engine/ops/elementwise.cc, layer_norm.cc, embedding.cc,
+  // softmax.cc, transpose.cc, concat_slice.cc, rope.cc).
+  kSub,
+  kDiv,
+  kLayerNorm,
+  kLayerNormGrad,
+  kRmsNorm,
+  kRmsNormGrad,
+  kEmbedding,
+  kEmbeddingGrad,
+  kSoftmax,
+  kSoftmaxGrad,
+  kTranspose,
+  kConcat,
+  kSlice,
+  kSliceGrad,
+  kRope,
   kCount,
 };
 

@@ -18,16 +18,63 @@ Overloaded(Ts...) -> Overloaded<Ts...>;
 
 const char* Bool(bool b) { return b ? "true" : "false"; }
 
+const char* RoleName(ParamRole role) {
+  switch (role) {
+    case ParamRole::kWeight:
+      return "weight";
+    case ParamRole::kOptimizerState:
+      return "optimizer_state";
+    case ParamRole::kBuffer:
+      return "buffer";
+  }
+  return "?";
+}
+
+const char* ActivationName(ActivationFn fn) {
+  switch (fn) {
+    case ActivationFn::kRelu6:
+      return "relu6";
+    case ActivationFn::kSilu:
+      return "silu";
+    case ActivationFn::kGeluTanh:
+      return "gelu_tanh";
+    case ActivationFn::kGeluErf:
+      return "gelu_erf";
+    case ActivationFn::kSigmoid:
+      return "sigmoid";
+    case ActivationFn::kTanh:
+      return "tanh";
+  }
+  return "?";
+}
+
+// "stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1"
+std::string ConvFields(const Conv2dAttrs& a) {
+  return absl::StrCat("stride=[", a.stride_h, ", ", a.stride_w, "], padding=[", a.pad_h, ", ",
+                      a.pad_w, "], dilation=[", a.dilation_h, ", ", a.dilation_w,
+                      "], groups=", a.groups);
+}
+
+// "kernel=[2, 2], stride=[2, 2], padding=[0, 0], count_include_pad=true"
+std::string PoolFields(const Pool2dAttrs& a) {
+  return absl::StrCat("kernel=[", a.kernel_h, ", ", a.kernel_w, "], stride=[", a.stride_h, ", ",
+                      a.stride_w, "], padding=[", a.pad_h, ", ", a.pad_w,
+                      "], count_include_pad=", Bool(a.count_include_pad));
+}
+
+// "begin=[0, 1], end=[2, 4], step=[1, 2]"
+std::string SliceFields(const SliceAttrs& a) {
+  return absl::StrCat("begin=[", absl::StrJoin(a.begin, ", "), "], end=[",
+                      absl::StrJoin(a.end, ", "), "], step=[", absl::StrJoin(a.step, ", "), "]");
+}
+
 }  // namespace
 
 std::string PrintAttrs(const Attrs& attrs) {
   return std::visit(
       Overloaded{
           [](const NoAttrs&) { return std::string(); },
-          [](const ParameterAttrs& a) {
-            return std::string(a.role == ParamRole::kWeight ? "{role=weight}"
-                                                            : "{role=optimizer_state}");
-          },
+          [](const ParameterAttrs& a) { return absl::StrCat("{role=", RoleName(a.role), "}"); },
           [](const MatMulAttrs& a) {
             return absl::StrCat("{transpose_a=", Bool(a.transpose_a),
                                 ", transpose_b=", Bool(a.transpose_b), "}");
@@ -51,6 +98,34 @@ std::string PrintAttrs(const Attrs& attrs) {
           [](const AdamWAttrs& a) {
             return absl::StrCat("{lr=", a.lr, ", beta1=", a.beta1, ", beta2=", a.beta2,
                                 ", eps=", a.eps, ", weight_decay=", a.weight_decay, "}");
+          },
+          [](const Conv2dAttrs& a) { return absl::StrCat("{", ConvFields(a), "}"); },
+          [](const Conv2dGradAttrs& a) {
+            return absl::StrCat("{", ConvFields(a.conv), ", shape=", ShapeToString(a.shape), "}");
+          },
+          [](const Pool2dAttrs& a) { return absl::StrCat("{", PoolFields(a), "}"); },
+          [](const Pool2dGradAttrs& a) {
+            return absl::StrCat("{", PoolFields(a.pool),
+                                ", input_shape=", ShapeToString(a.input_shape), "}");
+          },
+          [](const BatchNormAttrs& a) {
+            return absl::StrCat("{eps=", a.eps, ", momentum=", a.momentum, "}");
+          },
+          [](const ActivationAttrs& a) { return absl::StrCat("{fn=", ActivationName(a.fn), "}"); },
+          [](const DropoutAttrs& a) { return absl::StrCat("{p=", a.p, ", seed=", a.seed, "}"); },
+          [](const NormAttrs& a) { return absl::StrCat("{eps=", a.eps, "}"); },
+          [](const SoftmaxAttrs& a) { return absl::StrCat("{causal=", Bool(a.causal), "}"); },
+          [](const PermuteAttrs& a) {
+            return absl::StrCat("{perm=[", absl::StrJoin(a.perm, ", "), "]}");
+          },
+          [](const AxisAttrs& a) { return absl::StrCat("{axis=", a.axis, "}"); },
+          [](const SliceAttrs& a) { return absl::StrCat("{", SliceFields(a), "}"); },
+          [](const SliceGradAttrs& a) {
+            return absl::StrCat("{", SliceFields(a.slice),
+                                ", input_shape=", ShapeToString(a.input_shape), "}");
+          },
+          [](const RopeAttrs& a) {
+            return absl::StrCat("{base=", a.base, ", inverse=", Bool(a.inverse), "}");
           },
       },
       attrs);

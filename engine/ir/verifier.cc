@@ -1,5 +1,6 @@
 #include "engine/ir/verifier.h"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,9 +18,35 @@ absl::Status NodeError(const Graph& g, ValueId id, const Args&... args) {
       absl::StrCat("node ", id, " (", ops::GetOpDef(g.node(id).op).name, "): ", args...));
 }
 
+// The role operand i of update op `op` must have as the parameter it writes,
+// or nullopt for an operand it only reads (a gradient, a batch).
+std::optional<ParamRole> WrittenRole(OpKind op, size_t i) {
+  if (op == OpKind::kBatchNormStatsUpdate) {
+    if (i == 0) return std::nullopt;  // the batch
+    return ParamRole::kBuffer;        // running mean, running var, num_batches_tracked
+  }
+  if (i == 1) return std::nullopt;  // the gradient
+  return i == 0 ? ParamRole::kWeight : ParamRole::kOptimizerState;
+}
+
+const char* RoleName(ParamRole role) {
+  switch (role) {
+    case ParamRole::kWeight:
+      return "weight";
+    case ParamRole::kOptimizerState:
+      return "optimizer-state";
+    case ParamRole::kBuffer:
+      return "buffer";
+  }
+  return "?";
+}
+
 }  // namespace
 
-bool IsUpdateOp(OpKind op) { return op == OpKind::kSgdUpdate || op == OpKind::kAdamWUpdate; }
+bool IsUpdateOp(OpKind op) {
+  return op == OpKind::kSgdUpdate || op == OpKind::kAdamWUpdate ||
+         op == OpKind::kBatchNormStatsUpdate;
+}
 
 absl::Status VerifyGraph(const Graph& g) {
   absl::flat_hash_set<std::string> names;
@@ -64,13 +91,13 @@ absl::Status VerifyGraph(const Graph& g) {
     }
     if (IsUpdateOp(node.op)) {
       for (size_t i = 0; i < node.inputs.size(); ++i) {
-        if (i == 1) continue;  // the gradient
+        const std::optional<ParamRole> want = WrittenRole(node.op, i);
+        if (!want.has_value()) continue;
         const Node& target = g.node(node.inputs[i]);
-        const ParamRole want = i == 0 ? ParamRole::kWeight : ParamRole::kOptimizerState;
         const auto* attrs = std::get_if<ParameterAttrs>(&target.attrs);
-        if (target.op != OpKind::kParameter || attrs == nullptr || attrs->role != want) {
+        if (target.op != OpKind::kParameter || attrs == nullptr || attrs->role != *want) {
           return NodeError(g, id, "operand ", i, " (%", node.inputs[i], ") must be a ",
-                           i == 0 ? "weight" : "optimizer-state", " parameter");
+                           RoleName(*want), " parameter");
         }
         if (!updated.insert(node.inputs[i]).second) {
           return NodeError(g, id, "%", node.inputs[i], " is updated twice");

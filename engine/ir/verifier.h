@@ -5,9 +5,10 @@
 // Checks, for every node: inputs exist, come earlier, and produce a value;
 // arity and types agree with the op's shape inference; input and parameter
 // names are non-empty and unique. For optimizer updates: the first operand is a
-// weight parameter, state operands are optimizer-state parameters, each
-// parameter is updated at most once, and nothing reads an updated tensor after
-// its update. Marked outputs must exist and produce values.
+// weight parameter, state operands are optimizer-state parameters; for
+// BatchNorm statistics updates the written operands are buffer parameters;
+// each parameter is updated at most once, and nothing reads an updated tensor
+// after its update. Marked outputs must exist and produce values.
 //
 // Returns InvalidArgument naming the first offending node ("node 12 (matmul):
 // ...").
@@ -21,7 +22,8 @@ namespace fleettune::engine {
 
 absl::Status VerifyGraph(const Graph& graph);
 
-// True for the ops that write their inputs instead of producing a value.
+// True for the ops that write their inputs instead of producing a value
+// (optimizer updates, BatchNorm running-statistics updates).
 bool IsUpdateOp(OpKind op);
 
 }  // namespace fleettune::engine

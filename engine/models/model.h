@@ -13,6 +13,12 @@
 
 namespace fleettune::engine::models {
 
+// Which graph a builder makes. Training graphs normalize with batch
+// statistics (and update the running ones) and apply dropout; evaluation graphs
+// use the running statistics and skip dropout, like torch's train() / eval().
+// Models without such layers build the same graph in both modes.
+enum class Mode { kTrain, kEval };
+
 struct Layer {
   std::string name;                  // "fc1"
   std::vector<std::string> weights;  // "fc1.weight", "fc1.bias"
@@ -25,6 +31,10 @@ struct Model {
   ValueId logits = kNoValue;  // [batch, classes]
   ValueId loss = kNoValue;    // f32 scalar
   std::vector<Layer> layers;  // input to output order
+  // Persistent state saved with the weights but never trained (BatchNorm
+  // running statistics), in layer order: the names of kBuffer parameters. An
+  // evaluation graph need not read all of them (num_batches_tracked).
+  std::vector<std::string> buffers;
 };
 
 }  // namespace fleettune::engine::models

@@ -1,5 +1,5 @@
-// Elementwise ops: kAdd and kMul (numpy broadcasting), kScale, kRelu and the
-// backward-only kReluGrad.
+// Elementwise ops: kAdd, kMul, kSub and kDiv (numpy broadcasting), kScale,
+// kRelu and the backward-only kReluGrad.
 #include <algorithm>
 
 #include "engine/base/status_macros.h"
@@ -44,6 +44,13 @@ void AddKernel(const KernelArgs& args) {
 void MulKernel(const KernelArgs& args) {
   BinaryKernel(args, [](float a, float b) { return a * b; });
 }
+void SubKernel(const KernelArgs& args) {
+  BinaryKernel(args, [](float a, float b) { return a - b; });
+}
+// IEEE division: b == 0 gives ±inf or NaN, as in PyTorch.
+void DivKernel(const KernelArgs& args) {
+  BinaryKernel(args, [](float a, float b) { return a / b; });
+}
 
 // y = a + b:  da = reduce(dy),  db = reduce(dy)   (reduce = sum over broadcast axes)
 absl::Status AddGradient(GradContext& ctx) {
@@ -62,6 +69,37 @@ absl::Status MulGradient(GradContext& ctx) {
     ASSIGN_OR_RETURN(ValueId prod, ctx.Emit(OpKind::kMul, {ctx.dy(), ctx.input(1 - i)}));
     ASSIGN_OR_RETURN(ValueId g, ReduceToShape(ctx, prod, ctx.type(ctx.input(i)).shape));
     ctx.SetGrad(i, g);
+  }
+  return absl::OkStatus();
+}
+
+// y = a − b:  da = reduce(dy),  db = −reduce(dy)
+absl::Status SubGradient(GradContext& ctx) {
+  if (ctx.NeedsGrad(0)) {
+    ASSIGN_OR_RETURN(ValueId g, ReduceToShape(ctx, ctx.dy(), ctx.type(ctx.input(0)).shape));
+    ctx.SetGrad(0, g);
+  }
+  if (ctx.NeedsGrad(1)) {
+    ASSIGN_OR_RETURN(ValueId g, ReduceToShape(ctx, ctx.dy(), ctx.type(ctx.input(1)).shape));
+    ASSIGN_OR_RETURN(g, ctx.Emit(OpKind::kScale, {g}, ScalarAttrs{-1.0f}));
+    ctx.SetGrad(1, g);
+  }
+  return absl::OkStatus();
+}
+
+// y = a / b:  da = reduce(dy / b),  db = −reduce(dy ⊙ y / b)   (y / b = a / b²)
+absl::Status DivGradient(GradContext& ctx) {
+  const ValueId b = ctx.input(1);
+  ASSIGN_OR_RETURN(ValueId dy_over_b, ctx.Emit(OpKind::kDiv, {ctx.dy(), b}));
+  if (ctx.NeedsGrad(0)) {
+    ASSIGN_OR_RETURN(ValueId g, ReduceToShape(ctx, dy_over_b, ctx.type(ctx.input(0)).shape));
+    ctx.SetGrad(0, g);
+  }
+  if (ctx.NeedsGrad(1)) {
+    ASSIGN_OR_RETURN(ValueId prod, ctx.Emit(OpKind::kMul, {dy_over_b, ctx.self()}));
+    ASSIGN_OR_RETURN(ValueId g, ReduceToShape(ctx, prod, ctx.type(b).shape));
+    ASSIGN_OR_RETURN(g, ctx.Emit(OpKind::kScale, {g}, ScalarAttrs{-1.0f}));
+    ctx.SetGrad(1, g);
   }
   return absl::OkStatus();
 }
@@ -165,6 +203,28 @@ OpDef MulOpDef() {
   def.infer = InferBinary;
   def.reference = MulKernel;
   def.gradient = MulGradient;
+  def.test_cases = BinaryTestCases;
+  return def;
+}
+
+OpDef SubOpDef() {
+  OpDef def;
+  def.name = "sub";
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = InferBinary;
+  def.reference = SubKernel;
+  def.gradient = SubGradient;
+  def.test_cases = BinaryTestCases;
+  return def;
+}
+
+OpDef DivOpDef() {
+  OpDef def;
+  def.name = "div";
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = InferBinary;
+  def.reference = DivKernel;
+  def.gradient = DivGradient;
   def.test_cases = BinaryTestCases;
   return def;
 }

@@ -1,8 +1,16 @@
-// kMatMul: y = op(a) · op(b) with op = identity or transpose. 2-D only.
+// kMatMul: y = op(a) · op(b) with op = identity or transpose of the last two
+// dimensions, batched like torch.matmul.
 //
-// Shapes: a [M, K] (or [K, M] with transpose_a), b [K, N] (or [N, K] with
-// transpose_b), y [M, N]. The fast kernel is kernels::Sgemm (see
-// engine/kernels/gemm.h for why that library).
+// Shapes: a [..., M, K] (or [..., K, M] with transpose_a), b [..., K, N] (or
+// [..., N, K] with transpose_b), y [..., M, N]; both operands have rank >= 2.
+// The leading (batch) dimensions broadcast numpy-style, so attention can
+// multiply q [B, Hkv, R, T, D] by k [B, Hkv, 1, S, D] without copying k R
+// times (grouped-query attention), and x [B, T, K] by a weight [K, N].
+// The fast kernel is kernels::Sgemm (see engine/kernels/gemm.h for why that
+// library), one call per block of matrices that share their b matrix
+// (FoldableBatchDims), else one call per matrix.
+#include <array>
+
 #include "engine/base/status_macros.h"
 #include "engine/kernels/gemm.h"
 #include "engine/ops/op_registry.h"
@@ -16,10 +24,11 @@ struct Dims {
 };
 
 Dims GetDims(const Shape& a, const Shape& b, const MatMulAttrs& attrs) {
+  const size_t ra = a.size(), rb = b.size();
   Dims d;
-  d.m = attrs.transpose_a ? a[1] : a[0];
-  d.k = attrs.transpose_a ? a[0] : a[1];
-  d.n = attrs.transpose_b ? b[0] : b[1];
+  d.m = attrs.transpose_a ? a[ra - 1] : a[ra - 2];
+  d.k = attrs.transpose_a ? a[ra - 2] : a[ra - 1];
+  d.n = attrs.transpose_b ? b[rb - 2] : b[rb - 1];
   return d;
 }
 
@@ -28,15 +37,81 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   if (attrs == nullptr) return OpError(node, "needs MatMulAttrs");
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "a"));
   RETURN_IF_ERROR(ExpectDType(node, *in[1], DType::kF32, "b"));
-  RETURN_IF_ERROR(ExpectRank(node, *in[0], 2, "a"));
-  RETURN_IF_ERROR(ExpectRank(node, *in[1], 2, "b"));
-  Dims d = GetDims(in[0]->shape, in[1]->shape, *attrs);
-  const int64_t kb = attrs->transpose_b ? in[1]->shape[1] : in[1]->shape[0];
+  const Shape& as = in[0]->shape;
+  const Shape& bs = in[1]->shape;
+  if (as.size() < 2) return OpError(node, "a must have rank >= 2, got ", TypeToString(*in[0]));
+  if (bs.size() < 2) return OpError(node, "b must have rank >= 2, got ", TypeToString(*in[1]));
+  const Dims d = GetDims(as, bs, *attrs);
+  const int64_t kb = attrs->transpose_b ? bs[bs.size() - 1] : bs[bs.size() - 2];
   if (d.k != kb) {
     return OpError(node, "inner dims ", d.k, " vs ", kb, " (a ", TypeToString(*in[0]), ", b ",
                    TypeToString(*in[1]), ")");
   }
-  return TensorType{DType::kF32, {d.m, d.n}};
+  absl::StatusOr<Shape> batch =
+      BroadcastShapes(Shape(as.begin(), as.end() - 2), Shape(bs.begin(), bs.end() - 2));
+  if (!batch.ok()) return OpError(node, "batch dimensions: ", batch.status().message());
+  Shape out = *std::move(batch);
+  out.push_back(d.m);
+  out.push_back(d.n);
+  if (absl::Status s = ValidateShape(out); !s.ok()) return OpError(node, s.message());
+  return TensorType{DType::kF32, out};
+}
+
+// Calls fn(y_matrix, a_matrix, b_matrix) for every matrix of y, with the
+// indices of the a and b matrices it reads under numpy broadcasting of the
+// batch dimensions. The last `folded` batch dimensions are not walked: fn is
+// called once per block of y matrices along them, with the indices of the
+// block's first matrices. Fixed-size state: does not allocate.
+template <typename Fn>
+void ForEachMatrix(const Shape& as, const Shape& bs, const Shape& ys, int folded, Fn&& fn) {
+  const int rank = static_cast<int>(ys.size()) - 2;
+  std::array<int64_t, kMaxRank> sa{}, sb{}, idx{};
+  int64_t stride_a = 1, stride_b = 1, count = 1, block = 1;
+  for (int k = 0; k < rank; ++k) {
+    const int d = rank - 1 - k;
+    const int da = static_cast<int>(as.size()) - 3 - k;
+    const int db = static_cast<int>(bs.size()) - 3 - k;
+    const int64_t na = da >= 0 ? as[da] : 1;
+    const int64_t nb = db >= 0 ? bs[db] : 1;
+    sa[d] = na == 1 ? 0 : stride_a;
+    sb[d] = nb == 1 ? 0 : stride_b;
+    stride_a *= na;
+    stride_b *= nb;
+    (k < folded ? block : count) *= ys[d];
+  }
+  const int outer = rank - folded;
+  int64_t ia = 0, ib = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    fn(i * block, ia, ib);
+    for (int d = outer - 1; d >= 0; --d) {
+      ++idx[d];
+      ia += sa[d];
+      ib += sb[d];
+      if (idx[d] < ys[d]) break;
+      ia -= sa[d] * idx[d];
+      ib -= sb[d] * idx[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+// How many trailing batch dimensions of y can join the GEMM's rows: those
+// along which b is broadcast while a is not (nor transposed), so the a (and
+// y) matrices along them are consecutive rows multiplying the same b. Covers
+// x [B, T, K] · W [K, N] and grouped-query attention's q [.., R, T, D] against
+// k [.., 1, S, D].
+int FoldableBatchDims(const Shape& as, const Shape& bs, const Shape& ys, bool transpose_a) {
+  if (transpose_a) return 0;
+  const int rank = static_cast<int>(ys.size()) - 2;
+  int folded = 0;
+  for (int k = 0; k < rank; ++k) {
+    const int da = static_cast<int>(as.size()) - 3 - k;
+    const int db = static_cast<int>(bs.size()) - 3 - k;
+    const int64_t nb = db >= 0 ? bs[db] : 1;
+    if (da < 0 || as[da] != ys[rank - 1 - k] || nb != 1) break;
+    ++folded;
+  }
+  return folded;
 }
 
 void Reference(const KernelArgs& args) {
@@ -44,36 +119,53 @@ void Reference(const KernelArgs& args) {
   const Shape& as = *args.in(0).shape;
   const Shape& bs = *args.in(1).shape;
   const Dims d = GetDims(as, bs, attrs);
-  const float* a = args.in(0).f32();
-  const float* b = args.in(1).f32();
-  float* y = args.output.f32();
-  for (int64_t i = 0; i < d.m; ++i) {
-    for (int64_t j = 0; j < d.n; ++j) {
-      double acc = 0.0;
-      for (int64_t p = 0; p < d.k; ++p) {
-        const float av = attrs.transpose_a ? a[p * as[1] + i] : a[i * as[1] + p];
-        const float bv = attrs.transpose_b ? b[j * bs[1] + p] : b[p * bs[1] + j];
-        acc += static_cast<double>(av) * bv;
+  const int64_t lda = as.back(), ldb = bs.back();
+  const float* a0 = args.in(0).f32();
+  const float* b0 = args.in(1).f32();
+  float* y0 = args.output.f32();
+  ForEachMatrix(as, bs, *args.output.shape, 0, [&](int64_t iy, int64_t ia, int64_t ib) {
+    const float* a = a0 + ia * d.m * d.k;
+    const float* b = b0 + ib * d.k * d.n;
+    float* y = y0 + iy * d.m * d.n;
+    for (int64_t i = 0; i < d.m; ++i) {
+      for (int64_t j = 0; j < d.n; ++j) {
+        double acc = 0.0;
+        for (int64_t p = 0; p < d.k; ++p) {
+          const float av = attrs.transpose_a ? a[p * lda + i] : a[i * lda + p];
+          const float bv = attrs.transpose_b ? b[j * ldb + p] : b[p * ldb + j];
+          acc += static_cast<double>(av) * bv;
+        }
+        y[i * d.n + j] = static_cast<float>(acc);
       }
-      y[i * d.n + j] = static_cast<float>(acc);
     }
-  }
+  });
 }
 
 void Fast(const KernelArgs& args) {
   const auto& attrs = args.attrs<MatMulAttrs>();
   const Shape& as = *args.in(0).shape;
   const Shape& bs = *args.in(1).shape;
+  const Shape& ys = *args.output.shape;
   const Dims d = GetDims(as, bs, attrs);
-  kernels::Sgemm(attrs.transpose_a, attrs.transpose_b, d.m, d.n, d.k, 1.0f, args.in(0).f32(), as[1],
-                 args.in(1).f32(), bs[1], 0.0f, args.output.f32(), d.n);
+  const int64_t lda = as.back(), ldb = bs.back();
+  const float* a = args.in(0).f32();
+  const float* b = args.in(1).f32();
+  float* y = args.output.f32();
+  const int folded = FoldableBatchDims(as, bs, ys, attrs.transpose_a);
+  int64_t rows = d.m;
+  for (int k = 0; k < folded; ++k) rows *= ys[ys.size() - 3 - k];
+  ForEachMatrix(as, bs, ys, folded, [&](int64_t iy, int64_t ia, int64_t ib) {
+    kernels::Sgemm(attrs.transpose_a, attrs.transpose_b, rows, d.n, d.k, 1.0f, a + ia * d.m * d.k,
+                   lda, b + ib * d.k * d.n, ldb, 0.0f, y + iy * d.m * d.n, d.n);
+  });
 }
 
-// With Y = op(A)·op(B):
+// With Y = op(A)·op(B), per matrix of the batch:
 //   plain:   dA = dY·Bᵀ      dB = Aᵀ·dY
 //   ta:      dA = B·dYᵀ      dB = A·dY
 //   tb:      dA = dY·B       dB = dYᵀ·A
 //   ta, tb:  dA = Bᵀ·dYᵀ     dB = dYᵀ·Aᵀ
+// then summed over the batch dimensions an operand was broadcast along.
 absl::Status Gradient(GradContext& ctx) {
   const auto& attrs = std::get<MatMulAttrs>(ctx.node().attrs);
   const ValueId a = ctx.input(0), b = ctx.input(1), dy = ctx.dy();
@@ -85,6 +177,7 @@ absl::Status Gradient(GradContext& ctx) {
     } else {
       ASSIGN_OR_RETURN(da, ctx.Emit(OpKind::kMatMul, {b, dy}, MatMulAttrs{tb, true}));
     }
+    ASSIGN_OR_RETURN(da, ReduceToShape(ctx, da, ctx.type(a).shape));
     ctx.SetGrad(0, da);
   }
   if (ctx.NeedsGrad(1)) {
@@ -94,22 +187,36 @@ absl::Status Gradient(GradContext& ctx) {
     } else {
       ASSIGN_OR_RETURN(db, ctx.Emit(OpKind::kMatMul, {dy, a}, MatMulAttrs{true, ta}));
     }
+    ASSIGN_OR_RETURN(db, ReduceToShape(ctx, db, ctx.type(b).shape));
     ctx.SetGrad(1, db);
   }
   return absl::OkStatus();
 }
 
 std::vector<OpTestCase> TestCases() {
+  // a's logical [..., 3, 4], b's logical [..., 4, 5], stored transposed when flagged.
+  auto make = [](Shape a_batch, Shape b_batch, bool ta, bool tb) {
+    Shape a = a_batch, b = b_batch;
+    a.insert(a.end(), {ta ? 4 : 3, ta ? 3 : 4});
+    b.insert(b.end(), {tb ? 5 : 4, tb ? 4 : 5});
+    OpTestCase c;
+    c.inputs = {{DType::kF32, a}, {DType::kF32, b}};
+    c.attrs = MatMulAttrs{ta, tb};
+    return c;
+  };
   std::vector<OpTestCase> cases;
   for (bool ta : {false, true}) {
     for (bool tb : {false, true}) {
-      OpTestCase c;
-      c.inputs = {{DType::kF32, ta ? Shape{4, 3} : Shape{3, 4}},
-                  {DType::kF32, tb ? Shape{5, 4} : Shape{4, 5}}};
-      c.attrs = MatMulAttrs{ta, tb};
-      cases.push_back(c);
+      cases.push_back(make({}, {}, ta, tb));
+      cases.push_back(make({2, 1}, {3}, ta, tb));  // both broadcast: batch [2, 3]
     }
   }
+  cases.push_back(make({2, 3}, {}, false, true));  // x [..., K] · Wᵀ: one GEMM
+  cases.push_back(make({2}, {2}, false, false));
+  cases.push_back(make({}, {2}, true, false));  // a shared by every matrix of b
+  // b broadcast along the inner batch dim (grouped-query attention): blocks of 3.
+  cases.push_back(make({2, 3}, {2, 1}, false, true));
+  cases.push_back(make({2, 2, 3}, {2, 1, 1}, false, false));  // two dims folded
   return cases;
 }
 

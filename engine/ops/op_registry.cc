@@ -29,6 +29,39 @@ OpDef ReluGradOpDef();
 OpDef SoftmaxCrossEntropyGradOpDef();
 OpDef SgdUpdateOpDef();
 OpDef AdamWUpdateOpDef();
+OpDef Conv2dOpDef();
+OpDef Conv2dBackwardInputOpDef();
+OpDef Conv2dBackwardWeightOpDef();
+OpDef BatchNormOpDef();
+OpDef BatchNormInferenceOpDef();
+OpDef BatchNormGradOpDef();
+OpDef BatchNormInferenceGradOpDef();
+OpDef BatchNormWeightGradOpDef();
+OpDef BatchNormStatsUpdateOpDef();
+OpDef MaxPool2dOpDef();
+OpDef MaxPool2dGradOpDef();
+OpDef AvgPool2dOpDef();
+OpDef AvgPool2dGradOpDef();
+OpDef ActivationOpDef();
+OpDef ActivationGradOpDef();
+OpDef DropoutOpDef();
+OpDef MseLossOpDef();
+OpDef MseLossGradOpDef();
+OpDef SubOpDef();
+OpDef DivOpDef();
+OpDef LayerNormOpDef();
+OpDef LayerNormGradOpDef();
+OpDef RmsNormOpDef();
+OpDef RmsNormGradOpDef();
+OpDef EmbeddingOpDef();
+OpDef EmbeddingGradOpDef();
+OpDef SoftmaxOpDef();
+OpDef SoftmaxGradOpDef();
+OpDef TransposeOpDef();
+OpDef ConcatOpDef();
+OpDef SliceOpDef();
+OpDef SliceGradOpDef();
+OpDef RopeOpDef();
 
 namespace {
 
@@ -57,6 +90,39 @@ Table BuildTable() {
   Register(t, OpKind::kSoftmaxCrossEntropyGrad, SoftmaxCrossEntropyGradOpDef());
   Register(t, OpKind::kSgdUpdate, SgdUpdateOpDef());
   Register(t, OpKind::kAdamWUpdate, AdamWUpdateOpDef());
+  Register(t, OpKind::kConv2d, Conv2dOpDef());
+  Register(t, OpKind::kConv2dBackwardInput, Conv2dBackwardInputOpDef());
+  Register(t, OpKind::kConv2dBackwardWeight, Conv2dBackwardWeightOpDef());
+  Register(t, OpKind::kBatchNorm, BatchNormOpDef());
+  Register(t, OpKind::kBatchNormInference, BatchNormInferenceOpDef());
+  Register(t, OpKind::kBatchNormGrad, BatchNormGradOpDef());
+  Register(t, OpKind::kBatchNormInferenceGrad, BatchNormInferenceGradOpDef());
+  Register(t, OpKind::kBatchNormWeightGrad, BatchNormWeightGradOpDef());
+  Register(t, OpKind::kBatchNormStatsUpdate, BatchNormStatsUpdateOpDef());
+  Register(t, OpKind::kMaxPool2d, MaxPool2dOpDef());
+  Register(t, OpKind::kMaxPool2dGrad, MaxPool2dGradOpDef());
+  Register(t, OpKind::kAvgPool2d, AvgPool2dOpDef());
+  Register(t, OpKind::kAvgPool2dGrad, AvgPool2dGradOpDef());
+  Register(t, OpKind::kActivation, ActivationOpDef());
+  Register(t, OpKind::kActivationGrad, ActivationGradOpDef());
+  Register(t, OpKind::kDropout, DropoutOpDef());
+  Register(t, OpKind::kMseLoss, MseLossOpDef());
+  Register(t, OpKind::kMseLossGrad, MseLossGradOpDef());
+  Register(t, OpKind::kSub, SubOpDef());
+  Register(t, OpKind::kDiv, DivOpDef());
+  Register(t, OpKind::kLayerNorm, LayerNormOpDef());
+  Register(t, OpKind::kLayerNormGrad, LayerNormGradOpDef());
+  Register(t, OpKind::kRmsNorm, RmsNormOpDef());
+  Register(t, OpKind::kRmsNormGrad, RmsNormGradOpDef());
+  Register(t, OpKind::kEmbedding, EmbeddingOpDef());
+  Register(t, OpKind::kEmbeddingGrad, EmbeddingGradOpDef());
+  Register(t, OpKind::kSoftmax, SoftmaxOpDef());
+  Register(t, OpKind::kSoftmaxGrad, SoftmaxGradOpDef());
+  Register(t, OpKind::kTranspose, TransposeOpDef());
+  Register(t, OpKind::kConcat, ConcatOpDef());
+  Register(t, OpKind::kSlice, SliceOpDef());
+  Register(t, OpKind::kSliceGrad, SliceGradOpDef());
+  Register(t, OpKind::kRope, RopeOpDef());
   return t;
 }
 
@@ -80,8 +146,12 @@ absl::StatusOr<TensorType> InferType(const Node& node, absl::Span<const TensorTy
   }
   if (node.attrs.index() != def.attrs_index) {
     static constexpr const char* kAttrNames[] = {
-        "no attributes", "ParameterAttrs", "MatMulAttrs",       "ShapeAttrs", "ReduceAttrs",
-        "ScalarAttrs",   "FillAttrs",      "CrossEntropyAttrs", "SgdAttrs",   "AdamWAttrs"};
+        "no attributes", "ParameterAttrs",  "MatMulAttrs",    "ShapeAttrs",
+        "ReduceAttrs",   "ScalarAttrs",     "FillAttrs",      "CrossEntropyAttrs",
+        "SgdAttrs",      "AdamWAttrs",      "Conv2dAttrs",    "Conv2dGradAttrs",
+        "Pool2dAttrs",   "Pool2dGradAttrs", "BatchNormAttrs", "ActivationAttrs",
+        "DropoutAttrs",  "NormAttrs",       "SoftmaxAttrs",   "PermuteAttrs",
+        "AxisAttrs",     "SliceAttrs",      "SliceGradAttrs", "RopeAttrs"};
     static_assert(sizeof(kAttrNames) / sizeof(kAttrNames[0]) == std::variant_size_v<Attrs>);
     return OpError(node, "takes ", kAttrNames[def.attrs_index], ", got ",
                    kAttrNames[node.attrs.index()]);

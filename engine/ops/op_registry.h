@@ -35,6 +35,9 @@ struct KernelArgs {
   int num_inputs = 0;
   TensorView output;
   const StepInfo* step = nullptr;
+  // Workspace of at least OpDef::scratch_bytes, shared by all kernels of an
+  // executable (they run one at a time); null when the op asks for none.
+  float* scratch = nullptr;
 
   const TensorView& in(int i) const { return inputs[i]; }
   template <typename T>
@@ -73,6 +76,8 @@ struct OpTestCase {
   std::vector<TensorType> inputs;
   Attrs attrs = NoAttrs{};
   int32_t int_upper = 1;
+  // Indices of f32 inputs drawn positive, from [0.1, 1] (variances).
+  std::vector<int> positive_inputs;
 };
 
 // Index of attribute struct T in the Attrs variant.
@@ -99,6 +104,9 @@ struct OpDef {
   // Which inputs may receive gradients (e.g. not integer labels).
   std::vector<bool> (*differentiable_inputs)(const Node& node) = nullptr;
   std::vector<OpTestCase> (*test_cases)() = nullptr;
+  // Bytes of workspace the op's kernels need (im2col buffers), from its input
+  // types; nullptr = none. Compile() sizes it once, so kernels never allocate.
+  size_t (*scratch_bytes)(const Node& node, absl::Span<const TensorType* const> inputs) = nullptr;
 };
 
 const OpDef& GetOpDef(OpKind op);

@@ -64,6 +64,10 @@ void BuildOpGraph(const Instance& inst, uint64_t seed, OpGraph* og) {
     const TensorType& t = inst.test_case.inputs[i];
     const std::string name = absl::StrCat("in", i);
     Tensor value = testing::RandomTensor(t, rng, inst.test_case.int_upper);
+    const std::vector<int>& positive = inst.test_case.positive_inputs;
+    if (std::count(positive.begin(), positive.end(), static_cast<int>(i)) > 0) {
+      for (float& v : value.f32_span()) v = std::abs(v);
+    }
     if (t.dtype == DType::kF32) {
       ASSERT_OK_AND_ASSIGN(ValueId id, g.AddParameter(name, t));
       og->operands.push_back(id);

@@ -63,6 +63,39 @@ constexpr OpRow kOps[] = {
      v1::Node::kCrossEntropy},
     {OpKind::kSgdUpdate, v1::OP_KIND_SGD_UPDATE, v1::Node::kSgd},
     {OpKind::kAdamWUpdate, v1::OP_KIND_ADAMW_UPDATE, v1::Node::kAdamw},
+    {OpKind::kConv2d, v1::OP_KIND_CONV2D, v1::Node::kConv2D},
+    {OpKind::kConv2dBackwardInput, v1::OP_KIND_CONV2D_BACKWARD_INPUT, v1::Node::kConv2DGrad},
+    {OpKind::kConv2dBackwardWeight, v1::OP_KIND_CONV2D_BACKWARD_WEIGHT, v1::Node::kConv2DGrad},
+    {OpKind::kBatchNorm, v1::OP_KIND_BATCH_NORM, v1::Node::kBatchNorm},
+    {OpKind::kBatchNormInference, v1::OP_KIND_BATCH_NORM_INFERENCE, v1::Node::kBatchNorm},
+    {OpKind::kBatchNormGrad, v1::OP_KIND_BATCH_NORM_GRAD, v1::Node::kBatchNorm},
+    {OpKind::kBatchNormInferenceGrad, v1::OP_KIND_BATCH_NORM_INFERENCE_GRAD, v1::Node::kBatchNorm},
+    {OpKind::kBatchNormWeightGrad, v1::OP_KIND_BATCH_NORM_WEIGHT_GRAD, v1::Node::kBatchNorm},
+    {OpKind::kBatchNormStatsUpdate, v1::OP_KIND_BATCH_NORM_STATS_UPDATE, v1::Node::kBatchNorm},
+    {OpKind::kMaxPool2d, v1::OP_KIND_MAX_POOL2D, v1::Node::kPool2D},
+    {OpKind::kMaxPool2dGrad, v1::OP_KIND_MAX_POOL2D_GRAD, v1::Node::kPool2D},
+    {OpKind::kAvgPool2d, v1::OP_KIND_AVG_POOL2D, v1::Node::kPool2D},
+    {OpKind::kAvgPool2dGrad, v1::OP_KIND_AVG_POOL2D_GRAD, v1::Node::kPool2DGrad},
+    {OpKind::kActivation, v1::OP_KIND_ACTIVATION, v1::Node::kActivation},
+    {OpKind::kActivationGrad, v1::OP_KIND_ACTIVATION_GRAD, v1::Node::kActivation},
+    {OpKind::kDropout, v1::OP_KIND_DROPOUT, v1::Node::kDropout},
+    {OpKind::kMseLoss, v1::OP_KIND_MSE_LOSS, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kMseLossGrad, v1::OP_KIND_MSE_LOSS_GRAD, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kSub, v1::OP_KIND_SUB, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kDiv, v1::OP_KIND_DIV, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kLayerNorm, v1::OP_KIND_LAYER_NORM, v1::Node::kNorm},
+    {OpKind::kLayerNormGrad, v1::OP_KIND_LAYER_NORM_GRAD, v1::Node::kNorm},
+    {OpKind::kRmsNorm, v1::OP_KIND_RMS_NORM, v1::Node::kNorm},
+    {OpKind::kRmsNormGrad, v1::OP_KIND_RMS_NORM_GRAD, v1::Node::kNorm},
+    {OpKind::kEmbedding, v1::OP_KIND_EMBEDDING, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kEmbeddingGrad, v1::OP_KIND_EMBEDDING_GRAD, v1::Node::kShape},
+    {OpKind::kSoftmax, v1::OP_KIND_SOFTMAX, v1::Node::kSoftmax},
+    {OpKind::kSoftmaxGrad, v1::OP_KIND_SOFTMAX_GRAD, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kTranspose, v1::OP_KIND_TRANSPOSE, v1::Node::kPermute},
+    {OpKind::kConcat, v1::OP_KIND_CONCAT, v1::Node::kAxis},
+    {OpKind::kSlice, v1::OP_KIND_SLICE, v1::Node::kSlice},
+    {OpKind::kSliceGrad, v1::OP_KIND_SLICE_GRAD, v1::Node::kSliceGrad},
+    {OpKind::kRope, v1::OP_KIND_ROPE, v1::Node::kRope},
 };
 static_assert(std::size(kOps) == kNumOpKinds, "every OpKind needs a row in kOps");
 
@@ -158,54 +191,149 @@ void TypeToProto(const TensorType& type, v1::TensorType* out) {
   for (int64_t d : type.shape) out->add_dims(d);
 }
 
+void SliceToProto(const SliceAttrs& a, v1::SliceAttrs* out) {
+  for (int64_t v : a.begin) out->add_begin(v);
+  for (int64_t v : a.end) out->add_end(v);
+  for (int64_t v : a.step) out->add_step(v);
+}
+
+v1::ParamRole RoleToProto(ParamRole role) {
+  switch (role) {
+    case ParamRole::kWeight:
+      return v1::PARAM_ROLE_WEIGHT;
+    case ParamRole::kOptimizerState:
+      return v1::PARAM_ROLE_OPTIMIZER_STATE;
+    case ParamRole::kBuffer:
+      return v1::PARAM_ROLE_BUFFER;
+  }
+  return v1::PARAM_ROLE_UNSPECIFIED;
+}
+
+// Engine ActivationFn ↔ wire, in enum order.
+constexpr std::pair<ActivationFn, v1::ActivationFn> kActivationFns[] = {
+    {ActivationFn::kRelu6, v1::ACTIVATION_FN_RELU6},
+    {ActivationFn::kSilu, v1::ACTIVATION_FN_SILU},
+    {ActivationFn::kGeluTanh, v1::ACTIVATION_FN_GELU_TANH},
+    {ActivationFn::kGeluErf, v1::ACTIVATION_FN_GELU_ERF},
+    {ActivationFn::kSigmoid, v1::ACTIVATION_FN_SIGMOID},
+    {ActivationFn::kTanh, v1::ACTIVATION_FN_TANH},
+};
+
+constexpr bool ActivationFnsFollowEnumOrder() {
+  for (size_t i = 0; i < std::size(kActivationFns); ++i) {
+    if (static_cast<size_t>(kActivationFns[i].first) != i) return false;
+  }
+  return std::size(kActivationFns) == static_cast<size_t>(ActivationFn::kTanh) + 1;
+}
+static_assert(ActivationFnsFollowEnumOrder(), "one kActivationFns row per ActivationFn, in order");
+
+void ConvToProto(const Conv2dAttrs& a, v1::Conv2dAttrs* out) {
+  out->set_stride_h(a.stride_h);
+  out->set_stride_w(a.stride_w);
+  out->set_pad_h(a.pad_h);
+  out->set_pad_w(a.pad_w);
+  out->set_dilation_h(a.dilation_h);
+  out->set_dilation_w(a.dilation_w);
+  out->set_groups(a.groups);
+}
+
+void PoolToProto(const Pool2dAttrs& a, v1::Pool2dAttrs* out) {
+  out->set_kernel_h(a.kernel_h);
+  out->set_kernel_w(a.kernel_w);
+  out->set_stride_h(a.stride_h);
+  out->set_stride_w(a.stride_w);
+  out->set_pad_h(a.pad_h);
+  out->set_pad_w(a.pad_w);
+  out->set_count_include_pad(a.count_include_pad);
+}
+
 // Sets the oneof from `attrs` and returns the case it set.
 v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
-  std::visit(Overloaded{
-                 [](const NoAttrs&) {},
-                 [&](const ParameterAttrs& a) {
-                   out->mutable_parameter()->set_role(a.role == ParamRole::kWeight
-                                                          ? v1::PARAM_ROLE_WEIGHT
-                                                          : v1::PARAM_ROLE_OPTIMIZER_STATE);
-                 },
-                 [&](const MatMulAttrs& a) {
-                   v1::MatMulAttrs* m = out->mutable_matmul();
-                   m->set_transpose_a(a.transpose_a);
-                   m->set_transpose_b(a.transpose_b);
-                 },
-                 [&](const ShapeAttrs& a) {
-                   v1::ShapeAttrs* s = out->mutable_shape();
-                   for (int64_t d : a.shape) s->add_shape(d);
-                 },
-                 [&](const ReduceAttrs& a) {
-                   v1::ReduceAttrs* r = out->mutable_reduce();
-                   for (int axis : a.axes) r->add_axes(axis);
-                   r->set_keep_dims(a.keep_dims);
-                 },
-                 [&](const ScalarAttrs& a) { out->mutable_scalar()->set_value(a.value); },
-                 [&](const FillAttrs& a) {
-                   v1::FillAttrs* f = out->mutable_fill();
-                   f->set_value(a.value);
-                   for (int64_t d : a.shape) f->add_shape(d);
-                 },
-                 [&](const CrossEntropyAttrs& a) {
-                   out->mutable_cross_entropy()->set_ignore_index(a.ignore_index);
-                 },
-                 [&](const SgdAttrs& a) {
-                   v1::SgdAttrs* s = out->mutable_sgd();
-                   s->set_lr(a.lr);
-                   s->set_momentum(a.momentum);
-                   s->set_weight_decay(a.weight_decay);
-                 },
-                 [&](const AdamWAttrs& a) {
-                   v1::AdamWAttrs* w = out->mutable_adamw();
-                   w->set_lr(a.lr);
-                   w->set_beta1(a.beta1);
-                   w->set_beta2(a.beta2);
-                   w->set_eps(a.eps);
-                   w->set_weight_decay(a.weight_decay);
-                 },
-             },
-             attrs);
+  std::visit(
+      Overloaded{
+          [](const NoAttrs&) {},
+          [&](const ParameterAttrs& a) { out->mutable_parameter()->set_role(RoleToProto(a.role)); },
+          [&](const MatMulAttrs& a) {
+            v1::MatMulAttrs* m = out->mutable_matmul();
+            m->set_transpose_a(a.transpose_a);
+            m->set_transpose_b(a.transpose_b);
+          },
+          [&](const ShapeAttrs& a) {
+            v1::ShapeAttrs* s = out->mutable_shape();
+            for (int64_t d : a.shape) s->add_shape(d);
+          },
+          [&](const ReduceAttrs& a) {
+            v1::ReduceAttrs* r = out->mutable_reduce();
+            for (int axis : a.axes) r->add_axes(axis);
+            r->set_keep_dims(a.keep_dims);
+          },
+          [&](const ScalarAttrs& a) { out->mutable_scalar()->set_value(a.value); },
+          [&](const FillAttrs& a) {
+            v1::FillAttrs* f = out->mutable_fill();
+            f->set_value(a.value);
+            for (int64_t d : a.shape) f->add_shape(d);
+          },
+          [&](const CrossEntropyAttrs& a) {
+            out->mutable_cross_entropy()->set_ignore_index(a.ignore_index);
+          },
+          [&](const SgdAttrs& a) {
+            v1::SgdAttrs* s = out->mutable_sgd();
+            s->set_lr(a.lr);
+            s->set_momentum(a.momentum);
+            s->set_weight_decay(a.weight_decay);
+          },
+          [&](const AdamWAttrs& a) {
+            v1::AdamWAttrs* w = out->mutable_adamw();
+            w->set_lr(a.lr);
+            w->set_beta1(a.beta1);
+            w->set_beta2(a.beta2);
+            w->set_eps(a.eps);
+            w->set_weight_decay(a.weight_decay);
+          },
+          [&](const NormAttrs& a) { out->mutable_norm()->set_eps(a.eps); },
+          [&](const SoftmaxAttrs& a) { out->mutable_softmax()->set_causal(a.causal); },
+          [&](const PermuteAttrs& a) {
+            for (int p : a.perm) out->mutable_permute()->add_perm(p);
+          },
+          [&](const AxisAttrs& a) { out->mutable_axis()->set_axis(a.axis); },
+          [&](const SliceAttrs& a) { SliceToProto(a, out->mutable_slice()); },
+          [&](const SliceGradAttrs& a) {
+            v1::SliceGradAttrs* g = out->mutable_slice_grad();
+            SliceToProto(a.slice, g->mutable_slice());
+            for (int64_t d : a.input_shape) g->add_input_shape(d);
+          },
+          [&](const RopeAttrs& a) {
+            v1::RopeAttrs* r = out->mutable_rope();
+            r->set_base(a.base);
+            r->set_inverse(a.inverse);
+          },
+          [&](const Conv2dAttrs& a) { ConvToProto(a, out->mutable_conv2d()); },
+          [&](const Conv2dGradAttrs& a) {
+            v1::Conv2dGradAttrs* g = out->mutable_conv2d_grad();
+            ConvToProto(a.conv, g->mutable_conv());
+            for (int64_t d : a.shape) g->add_shape(d);
+          },
+          [&](const Pool2dAttrs& a) { PoolToProto(a, out->mutable_pool2d()); },
+          [&](const Pool2dGradAttrs& a) {
+            v1::Pool2dGradAttrs* g = out->mutable_pool2d_grad();
+            PoolToProto(a.pool, g->mutable_pool());
+            for (int64_t d : a.input_shape) g->add_input_shape(d);
+          },
+          [&](const BatchNormAttrs& a) {
+            v1::BatchNormAttrs* b = out->mutable_batch_norm();
+            b->set_eps(a.eps);
+            b->set_momentum(a.momentum);
+          },
+          [&](const ActivationAttrs& a) {
+            out->mutable_activation()->set_fn(kActivationFns[static_cast<int>(a.fn)].second);
+          },
+          [&](const DropoutAttrs& a) {
+            v1::DropoutAttrs* d = out->mutable_dropout();
+            d->set_p(a.p);
+            d->set_seed(a.seed);
+          },
+      },
+      attrs);
   return out->attrs_case();
 }
 
@@ -236,6 +364,24 @@ absl::StatusOr<TensorType> TypeFromProto(const v1::TensorType& type) {
   return out;
 }
 
+// Bounds are checked by the op's shape inference when the graph verifies.
+SliceAttrs SliceFromProto(const v1::SliceAttrs& s) {
+  return SliceAttrs{{s.begin().begin(), s.begin().end()},
+                    {s.end().begin(), s.end().end()},
+                    {s.step().begin(), s.step().end()}};
+}
+
+// Field ranges are checked by the op's shape inference when the graph verifies.
+Conv2dAttrs ConvFromProto(const v1::Conv2dAttrs& c) {
+  return Conv2dAttrs{c.stride_h(),   c.stride_w(),   c.pad_h(), c.pad_w(),
+                     c.dilation_h(), c.dilation_w(), c.groups()};
+}
+
+Pool2dAttrs PoolFromProto(const v1::Pool2dAttrs& p) {
+  return Pool2dAttrs{p.kernel_h(), p.kernel_w(), p.stride_h(),         p.stride_w(),
+                     p.pad_h(),    p.pad_w(),    p.count_include_pad()};
+}
+
 // The caller has checked that the case is the one the op takes.
 absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
   switch (node.attrs_case()) {
@@ -247,6 +393,8 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
           return ParameterAttrs{ParamRole::kWeight};
         case v1::PARAM_ROLE_OPTIMIZER_STATE:
           return ParameterAttrs{ParamRole::kOptimizerState};
+        case v1::PARAM_ROLE_BUFFER:
+          return ParameterAttrs{ParamRole::kBuffer};
         case v1::PARAM_ROLE_UNSPECIFIED:
           return absl::InvalidArgumentError("parameter role is unspecified");
         default:
@@ -282,6 +430,54 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
       const v1::AdamWAttrs& a = node.adamw();
       return AdamWAttrs{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()};
     }
+    case v1::Node::kNorm:
+      return NormAttrs{node.norm().eps()};
+    case v1::Node::kSoftmax:
+      return SoftmaxAttrs{node.softmax().causal()};
+    case v1::Node::kPermute:
+      return PermuteAttrs{
+          std::vector<int>(node.permute().perm().begin(), node.permute().perm().end())};
+    case v1::Node::kAxis:
+      return AxisAttrs{node.axis().axis()};
+    case v1::Node::kSlice:
+      return SliceFromProto(node.slice());
+    case v1::Node::kSliceGrad: {
+      SliceGradAttrs attrs;
+      attrs.slice = SliceFromProto(node.slice_grad().slice());
+      ASSIGN_OR_RETURN(attrs.input_shape, ShapeFromProto(node.slice_grad().input_shape()));
+      return attrs;
+    }
+    case v1::Node::kRope:
+      return RopeAttrs{node.rope().base(), node.rope().inverse()};
+    case v1::Node::kConv2D:
+      return ConvFromProto(node.conv2d());
+    case v1::Node::kConv2DGrad: {
+      Conv2dGradAttrs attrs;
+      attrs.conv = ConvFromProto(node.conv2d_grad().conv());
+      ASSIGN_OR_RETURN(attrs.shape, ShapeFromProto(node.conv2d_grad().shape()));
+      return attrs;
+    }
+    case v1::Node::kPool2D:
+      return PoolFromProto(node.pool2d());
+    case v1::Node::kPool2DGrad: {
+      Pool2dGradAttrs attrs;
+      attrs.pool = PoolFromProto(node.pool2d_grad().pool());
+      ASSIGN_OR_RETURN(attrs.input_shape, ShapeFromProto(node.pool2d_grad().input_shape()));
+      return attrs;
+    }
+    case v1::Node::kBatchNorm:
+      return BatchNormAttrs{node.batch_norm().eps(), node.batch_norm().momentum()};
+    case v1::Node::kActivation: {
+      const int fn = static_cast<int>(node.activation().fn());
+      for (const auto& [engine, wire] : kActivationFns) {
+        if (static_cast<int>(wire) == fn) return ActivationAttrs{engine};
+      }
+      return absl::InvalidArgumentError(fn == v1::ACTIVATION_FN_UNSPECIFIED
+                                            ? std::string("activation fn is unspecified")
+                                            : absl::StrCat("unknown activation fn ", fn));
+    }
+    case v1::Node::kDropout:
+      return DropoutAttrs{node.dropout().p(), node.dropout().seed()};
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown attributes case ", static_cast<int>(node.attrs_case())));

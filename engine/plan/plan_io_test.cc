@@ -20,6 +20,7 @@
 #include "engine/ir/printer.h"
 #include "engine/ir/verifier.h"
 #include "engine/models/mlp.h"
+#include "engine/models/transformer.h"
 #include "engine/ops/op_registry.h"
 #include "engine/train/trainer.h"
 #include "gmock/gmock.h"
@@ -209,6 +210,255 @@ TEST(PlanIo, EveryAttributeKindRoundTrips) {
   EXPECT_EQ(proto.nodes(0).attrs_case(), v1::Node::ATTRS_NOT_SET);  // input: NoAttrs
   ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
   ExpectSameGraph(graph, back);
+}
+
+// The AdamW training graph of a tiny Llama-style LM (embedding, one decoder
+// layer, RMSNorm, head, sequence cross-entropy), plus layer_norm, split
+// (slices), concat, sub and div, which the layer does not use: every
+// transformer op and every backward op they emit.
+absl::StatusOr<Graph> TransformerTrainingGraph() {
+  Graph g;
+  ASSIGN_OR_RETURN(ValueId ids, g.AddInput("ids", {DType::kI32, {2, 5}}));
+  ASSIGN_OR_RETURN(ValueId targets, g.AddInput("targets", {DType::kI32, {2, 5}}));
+  ASSIGN_OR_RETURN(ValueId positions, g.AddInput("positions", {DType::kI32, {2, 1, 5}}));
+  ASSIGN_OR_RETURN(ValueId embed,
+                   g.AddParameter("model.embed_tokens.weight", {DType::kF32, {11, 8}}));
+  ASSIGN_OR_RETURN(ValueId x, g.AddNode(OpKind::kEmbedding, {ids, embed}));
+  models::DecoderLayerConfig config;
+  config.hidden = 8;
+  config.heads = 2;
+  config.kv_heads = 1;
+  config.intermediate = 16;
+  ASSIGN_OR_RETURN(ValueId h,
+                   models::AddLlamaDecoderLayer(g, "model.layers.0.", config, x, positions));
+  ASSIGN_OR_RETURN(ValueId ln_w, g.AddParameter("ln.weight", {DType::kF32, {8}}));
+  ASSIGN_OR_RETURN(ValueId ln_b, g.AddParameter("ln.bias", {DType::kF32, {8}}));
+  ASSIGN_OR_RETURN(ValueId ln, g.AddNode(OpKind::kLayerNorm, {h, ln_w, ln_b}, NormAttrs{1e-5f}));
+  ASSIGN_OR_RETURN(std::vector<ValueId> halves, models::Split(g, ln, 2, {3, 5}));
+  ASSIGN_OR_RETURN(ValueId swapped,
+                   g.AddNode(OpKind::kConcat, {halves[1], halves[0]}, AxisAttrs{2}));
+  ASSIGN_OR_RETURN(ValueId diff, g.AddNode(OpKind::kSub, {swapped, ln}));
+  ASSIGN_OR_RETURN(ValueId two, g.AddNode(OpKind::kFill, {}, FillAttrs{2.0f, {8}}));
+  ASSIGN_OR_RETURN(ValueId halved, g.AddNode(OpKind::kDiv, {diff, two}));
+  ASSIGN_OR_RETURN(ValueId norm_w, g.AddParameter("model.norm.weight", {DType::kF32, {8}}));
+  ASSIGN_OR_RETURN(ValueId n, g.AddNode(OpKind::kRmsNorm, {halved, norm_w}, NormAttrs{1e-6f}));
+  ASSIGN_OR_RETURN(ValueId head, g.AddParameter("lm_head.weight", {DType::kF32, {11, 8}}));
+  ASSIGN_OR_RETURN(ValueId logits, g.AddNode(OpKind::kLinear, {n, head}));
+  ASSIGN_OR_RETURN(ValueId loss, models::SequenceCrossEntropy(g, logits, targets));
+  g.MarkOutput(loss);
+  std::vector<ValueId> trainable;
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    if (g.node(id).op == OpKind::kParameter) trainable.push_back(id);
+  }
+  ASSIGN_OR_RETURN(autodiff::GradientMap grads, autodiff::BuildBackward(g, loss, trainable));
+  RETURN_IF_ERROR(autodiff::AddOptimizerUpdates(g, grads, AdamW()));
+  return g;
+}
+
+TEST(PlanIo, TransformerTrainingGraphRoundTrips) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, TransformerTrainingGraph());
+  for (OpKind op :
+       {OpKind::kSub, OpKind::kDiv, OpKind::kLayerNorm, OpKind::kLayerNormGrad, OpKind::kRmsNorm,
+        OpKind::kRmsNormGrad, OpKind::kEmbedding, OpKind::kEmbeddingGrad, OpKind::kSoftmax,
+        OpKind::kSoftmaxGrad, OpKind::kTranspose, OpKind::kConcat, OpKind::kSlice,
+        OpKind::kSliceGrad, OpKind::kRope, OpKind::kMatMul}) {
+    EXPECT_THAT(PrintGraph(graph), HasSubstr(absl::StrCat(" = ", ops::GetOpDef(op).name, "(")))
+        << ops::GetOpDef(op).name << " is missing from the graph";
+  }
+  EXPECT_THAT(PrintGraph(graph), HasSubstr("{base=10000, inverse=true}"));
+  EXPECT_THAT(PrintGraph(graph), HasSubstr("{causal=true}"));
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
+  ExpectSameGraph(graph, back);
+  ASSERT_OK_AND_ASSIGN(v1::Graph again, GraphToProto(back));
+  EXPECT_EQ(again.SerializeAsString(), proto.SerializeAsString());
+
+  v1::CompiledPlan plan;
+  plan.set_format_version(kPlanFormatVersion);
+  *plan.mutable_graph() = proto;
+  const std::string path = TempPath("transformer.plan");
+  ASSERT_OK(WritePlan(path, plan));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan read, ReadPlan(path));
+  ASSERT_OK_AND_ASSIGN(Graph from_file, GraphFromProto(read.graph()));
+  ExpectSameGraph(graph, from_file);
+}
+
+TEST(PlanIo, RejectsTransformerAttrsOutOfRange) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, TransformerTrainingGraph());
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  {
+    v1::Graph bad = proto;
+    v1::Node* slice = bad.mutable_nodes(FindOp(bad, v1::OP_KIND_SLICE));
+    slice->mutable_slice()->set_end(2, 9);  // the axis has 8
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("need 0 <= begin <= end <= 8")));
+  }
+  {
+    v1::Graph bad = proto;
+    v1::Node* t = bad.mutable_nodes(FindOp(bad, v1::OP_KIND_TRANSPOSE));
+    t->mutable_permute()->set_perm(0, 2);  // {2, 2, 1, 3}
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("perm must be a permutation")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_ROPE))->mutable_rope()->set_base(0.5f);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("base must be finite and > 1")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_CONCAT))->mutable_axis()->set_axis(-1);
+    EXPECT_THAT(GraphFromProto(bad),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("axis -1 out of range")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_RMS_NORM))->mutable_norm()->set_eps(-1.0f);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("eps must be finite and >= 0")));
+  }
+}
+
+// The SGD training graph of a small CNN that uses every CNN op: convolution
+// (plain and depthwise), BatchNorm in training mode with its statistics update
+// and with frozen statistics (buffer parameters), max and average pooling,
+// activations, dropout and the MSE loss, plus every backward op they emit.
+absl::StatusOr<Graph> CnnTrainingGraph() {
+  Graph g;
+  ASSIGN_OR_RETURN(ValueId x, g.AddInput("x", {DType::kF32, {2, 3, 8, 8}}));
+  ASSIGN_OR_RETURN(ValueId target, g.AddInput("target", {DType::kF32, {2, 4}}));
+  const TensorType per_channel{DType::kF32, {4}};
+  ASSIGN_OR_RETURN(ValueId w1, g.AddParameter("conv1.weight", {DType::kF32, {4, 3, 3, 3}}));
+  ASSIGN_OR_RETURN(ValueId b1, g.AddParameter("conv1.bias", per_channel));
+  ASSIGN_OR_RETURN(ValueId h,
+                   g.AddNode(OpKind::kConv2d, {x, w1, b1}, Conv2dAttrs{1, 1, 1, 1, 1, 1, 1}));
+  ASSIGN_OR_RETURN(ValueId gamma1, g.AddParameter("bn1.weight", per_channel));
+  ASSIGN_OR_RETURN(ValueId beta1, g.AddParameter("bn1.bias", per_channel));
+  ASSIGN_OR_RETURN(ValueId mean1,
+                   g.AddParameter("bn1.running_mean", per_channel, ParamRole::kBuffer));
+  ASSIGN_OR_RETURN(ValueId var1,
+                   g.AddParameter("bn1.running_var", per_channel, ParamRole::kBuffer));
+  ASSIGN_OR_RETURN(ValueId count1, g.AddParameter("bn1.num_batches_tracked", {DType::kI32, {}},
+                                                  ParamRole::kBuffer));
+  RETURN_IF_ERROR(g.AddNode(OpKind::kBatchNormStatsUpdate, {h, mean1, var1, count1},
+                            BatchNormAttrs{1e-5f, 0.1f})
+                      .status());
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kBatchNorm, {h, gamma1, beta1}, BatchNormAttrs{}));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kActivation, {h}, ActivationAttrs{ActivationFn::kSilu}));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kMaxPool2d, {h}, Pool2dAttrs{2, 2, 2, 2, 0, 0, true}));
+  ASSIGN_OR_RETURN(ValueId w2, g.AddParameter("conv2.weight", {DType::kF32, {4, 1, 3, 3}}));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kConv2d, {h, w2}, Conv2dAttrs{1, 1, 2, 2, 2, 2, 4}));
+  ASSIGN_OR_RETURN(ValueId gamma2, g.AddParameter("bn2.weight", per_channel));
+  ASSIGN_OR_RETURN(ValueId beta2, g.AddParameter("bn2.bias", per_channel));
+  ASSIGN_OR_RETURN(ValueId mean2,
+                   g.AddParameter("bn2.running_mean", per_channel, ParamRole::kBuffer));
+  ASSIGN_OR_RETURN(ValueId var2,
+                   g.AddParameter("bn2.running_var", per_channel, ParamRole::kBuffer));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kBatchNormInference, {h, mean2, var2, gamma2, beta2},
+                                BatchNormAttrs{1e-3f, 0.01f}));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kActivation, {h}, ActivationAttrs{ActivationFn::kGeluErf}));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kAvgPool2d, {h}, Pool2dAttrs{3, 3, 1, 1, 1, 1, false}));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kDropout, {h}, DropoutAttrs{0.25f, 1234567890123ULL}));
+  ASSIGN_OR_RETURN(h, g.AddNode(OpKind::kReduceMean, {h}, ReduceAttrs{{2, 3}, false}));
+  ASSIGN_OR_RETURN(ValueId loss, g.AddNode(OpKind::kMseLoss, {h, target}));
+  g.MarkOutput(loss);
+  std::vector<ValueId> trainable;
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    const auto* p = std::get_if<ParameterAttrs>(&g.node(id).attrs);
+    if (p != nullptr && p->role == ParamRole::kWeight) trainable.push_back(id);
+  }
+  ASSIGN_OR_RETURN(autodiff::GradientMap grads, autodiff::BuildBackward(g, loss, trainable));
+  RETURN_IF_ERROR(autodiff::AddOptimizerUpdates(g, grads, SgdMomentum()));
+  return g;
+}
+
+TEST(PlanIo, CnnTrainingGraphRoundTrips) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, CnnTrainingGraph());
+  const std::string text = PrintGraph(graph);
+  for (OpKind op :
+       {OpKind::kConv2d, OpKind::kConv2dBackwardInput, OpKind::kConv2dBackwardWeight,
+        OpKind::kBatchNorm, OpKind::kBatchNormInference, OpKind::kBatchNormGrad,
+        OpKind::kBatchNormInferenceGrad, OpKind::kBatchNormWeightGrad,
+        OpKind::kBatchNormStatsUpdate, OpKind::kMaxPool2d, OpKind::kMaxPool2dGrad,
+        OpKind::kAvgPool2d, OpKind::kAvgPool2dGrad, OpKind::kActivation, OpKind::kActivationGrad,
+        OpKind::kDropout, OpKind::kMseLoss, OpKind::kMseLossGrad}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(ops::GetOpDef(op).name, "(")))
+        << ops::GetOpDef(op).name << " is missing from the graph";
+  }
+  EXPECT_THAT(text, HasSubstr("parameter \"bn2.running_var\" {role=buffer}"));
+  EXPECT_THAT(text, HasSubstr("{stride=[1, 1], padding=[2, 2], dilation=[2, 2], groups=4}"));
+  EXPECT_THAT(text, HasSubstr("{fn=gelu_erf}"));
+  EXPECT_THAT(text, HasSubstr("{p=0.25, seed=1234567890123}"));
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
+  ExpectSameGraph(graph, back);
+  ASSERT_OK_AND_ASSIGN(v1::Graph again, GraphToProto(back));
+  EXPECT_EQ(again.SerializeAsString(), proto.SerializeAsString());
+
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan plan, MakePlan(graph, "full"));
+  const std::string path = TempPath("cnn.plan");
+  ASSERT_OK(WritePlan(path, plan));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan read, ReadPlan(path));
+  ASSERT_OK_AND_ASSIGN(Graph from_file, GraphFromProto(read.graph()));
+  ExpectSameGraph(graph, from_file);
+}
+
+TEST(PlanIo, CnnAttributesAreValidatedWhenRead) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, CnnTrainingGraph());
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_CONV2D))->mutable_conv2d()->set_groups(0);
+    EXPECT_THAT(GraphFromProto(bad),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("groups >= 1")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_CONV2D))->mutable_conv2d()->set_groups(2);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("groups 2 must divide the 3 input")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_MAX_POOL2D))->mutable_pool2d()->set_pad_h(2);
+    EXPECT_THAT(GraphFromProto(bad),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("exceeds half the kernel")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_ACTIVATION))
+        ->mutable_activation()
+        ->set_fn(v1::ACTIVATION_FN_UNSPECIFIED);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("activation fn is unspecified")));
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_ACTIVATION))
+        ->mutable_activation()
+        ->set_fn(static_cast<v1::ActivationFn>(99));
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("unknown activation fn 99")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_DROPOUT))->mutable_dropout()->set_p(1.5f);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("p must be in [0, 1], got 1.5")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(FindOp(bad, v1::OP_KIND_BATCH_NORM))->mutable_batch_norm()->set_eps(0.0f);
+    EXPECT_THAT(GraphFromProto(bad),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs eps > 0")));
+  }
+  {
+    // The statistics update may only write buffers, not weights.
+    v1::Graph bad = proto;
+    const int update = FindOp(bad, v1::OP_KIND_BATCH_NORM_STATS_UPDATE);
+    const int mean = bad.nodes(update).inputs(1);
+    bad.mutable_nodes(mean)->mutable_parameter()->set_role(v1::PARAM_ROLE_WEIGHT);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("must be a buffer parameter")));
+  }
 }
 
 // --- GraphFromProto on bad input -------------------------------------------

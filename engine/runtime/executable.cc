@@ -93,13 +93,16 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (node.op != OpKind::kParameter) continue;
-    const bool weight = std::get<ParameterAttrs>(node.attrs).role == ParamRole::kWeight;
+    // Weights and buffers (BatchNorm statistics) are model state the caller
+    // provides; optimizer state starts at zero.
+    const ParamRole role = std::get<ParameterAttrs>(node.attrs).role;
+    const bool weight = role != ParamRole::kOptimizerState;
     Tensor* t = params->Find(node.name);
     if (t == nullptr) {
       if (weight) {
-        return absl::InvalidArgumentError(absl::StrCat("weight '", node.name, "' (",
-                                                       TypeToString(node.type),
-                                                       ") is not in the parameter store"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(role == ParamRole::kBuffer ? "buffer '" : "weight '", node.name, "' (",
+                         TypeToString(node.type), ") is not in the parameter store"));
       }
       RETURN_IF_ERROR(params->Set(node.name, Tensor(node.type.dtype, node.type.shape)));
       t = params->Find(node.name);
@@ -127,6 +130,20 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     if (node.op == OpKind::kInput) exe->inputs_[node.name] = id;
   }
 
+  // Kernel workspace: ops run one at a time, so one buffer of the largest
+  // request serves them all.
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = g.node(id);
+    const ops::OpDef& def = ops::GetOpDef(node.op);
+    if (def.scratch_bytes == nullptr) continue;
+    std::vector<const TensorType*> types;
+    for (ValueId in : node.inputs) types.push_back(&g.type(in));
+    exe->memory_.scratch_bytes =
+        std::max(exe->memory_.scratch_bytes, def.scratch_bytes(node, types));
+  }
+  if (exe->memory_.scratch_bytes > 0)
+    exe->scratch_ = AlignedAllocZeroed(exe->memory_.scratch_bytes);
+
   // Program.
   size_t total_operands = 0;
   for (const Node& node : g.nodes()) total_operands += node.inputs.size();
@@ -148,8 +165,11 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     for (ValueId in : node.inputs) exe->operands_.push_back(exe->views_[in]);
     if (node.has_output) instr.args.output = exe->views_[id];
     instr.args.step = &exe->step_;
+    if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
     exe->program_.push_back(instr);
-    if (IsUpdateOp(node.op)) exe->updates_ = true;
+    // The step counter counts optimizer steps (AdamW bias correction, dropout
+    // masks); a BatchNorm statistics update alone does not advance it.
+    if (IsUpdateOp(node.op) && node.op != OpKind::kBatchNormStatsUpdate) exe->updates_ = true;
   }
   kernels::SetGemmThreads(options.threads);
   exe->profile_ = options.profile;
@@ -157,7 +177,10 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   return exe;
 }
 
-Executable::~Executable() { AlignedFree(arena_); }
+Executable::~Executable() {
+  AlignedFree(arena_);
+  AlignedFree(scratch_);
+}
 
 std::string Executable::ProfileReport() const {
   if (!profile_) return "";

@@ -8,7 +8,8 @@
 //   ASSIGN_OR_RETURN(TensorView loss, exe->Output(loss_id));
 //
 // Compile() verifies the graph, binds parameters (creating zero tensors for
-// missing optimizer state; weights must be present), plans one static arena for
+// missing optimizer state; weights and buffers must be present), sizes one
+// kernel workspace (OpDef::scratch_bytes), plans one static arena for
 // every other value (liveness + greedy offsets, checked for overlap), and lays
 // out an instruction list of plain function pointers. Run() only calls
 // kernels. Reshapes alias their input instead of copying.
@@ -57,8 +58,9 @@ struct CompileOptions {
 
 struct MemoryStats {
   size_t arena_bytes = 0;            // activations, gradients, inputs: the static arena
-  size_t weight_bytes = 0;           // parameters bound by this executable
+  size_t weight_bytes = 0;           // weights and buffers bound by this executable
   size_t optimizer_state_bytes = 0;  // momentum / Adam moments bound by this executable
+  size_t scratch_bytes = 0;          // kernel workspace (im2col), one buffer shared by all ops
 };
 
 class Executable {
@@ -105,6 +107,7 @@ class Executable {
 
   Graph graph_;
   std::byte* arena_ = nullptr;
+  std::byte* scratch_ = nullptr;      // kernel workspace, MemoryStats::scratch_bytes
   std::vector<TensorView> views_;     // one per value
   std::vector<TensorView> operands_;  // flat storage behind every KernelArgs::inputs
   std::vector<Instr> program_;

@@ -63,6 +63,22 @@ grep -qF "(before training ${saved_acc}%)" <<<"$out" || {
 expect_error "the model's is f32[32, 784]" "${small[@]}" --hidden=32 --init_weights="$weights"
 expect_error "no such file" "${small[@]}" --init_weights=/nonexistent.safetensors
 
+# The CNN on the same tiny set: its saved state includes the BatchNorm buffers, so the
+# reloaded model evaluates (with the running statistics) exactly as the saved one did.
+expect_error "unknown model 'resnet' (want mlp or cnn)" --model=resnet
+cnn_weights="${TEST_TMPDIR:-/tmp}/cnn.safetensors"
+rm -f "$cnn_weights"
+cnn=("${small[@]}" --model=cnn --channels=4,8 --lr=0.02)
+out=$("$BIN" "${cnn[@]}" --epochs=2 --save_weights="$cnn_weights" 2>&1) || { echo "FAIL: cnn save run: $out"; fail=1; }
+grep -q "CNN cnn-4-8-flatten-10 on 1x28x28" <<<"$out" || { echo "FAIL: no CNN banner"; echo "$out"; fail=1; }
+grep -q "bn2.weight, bn2.bias, fc.weight" <<<"$out" || { echo "FAIL: CNN trainables"; echo "$out"; fail=1; }
+cnn_acc=$(grep -oE 'test accuracy: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+out=$("$BIN" "${cnn[@]}" --epochs=1 --init_weights="$cnn_weights" 2>&1) || { echo "FAIL: cnn init run: $out"; fail=1; }
+grep -qF "(before training ${cnn_acc}%)" <<<"$out" || {
+  echo "FAIL: --init_weights did not restore the CNN (${cnn_acc}%)"; echo "$out"; fail=1; }
+expect_error "'conv2.weight' is f32[8, 4, 3, 3], the model's is f32[6, 4, 3, 3]" "${cnn[@]}" \
+  --channels=4,6 --init_weights="$cnn_weights"
+
 # The real data from tools/setup.sh (git-ignored, so no Bazel rule can list it): found through
 # FLEETTUNE_DATA_DIR or the workspace this script's runfiles symlink resolves into.
 data="${FLEETTUNE_DATA_DIR:-$(dirname "$(readlink -f "$0")")/../../third_party/data}"
@@ -97,5 +113,11 @@ if [ -d /usr/share/datasets/fashion-mnist ]; then
     echo "FAIL: accuracy '$acc' after one epoch on 6000 samples"; echo "$out"; fail=1
   fi
   grep -q "peak arena bytes:" <<<"$out" || { echo "FAIL: no arena report"; fail=1; }
+  out=$("$BIN" --model=cnn --channels=8,16 --epochs=1 --train_limit=3200 2>&1) ||
+    { echo "FAIL: cnn run: $out"; fail=1; }
+  acc=$(grep -oE 'test accuracy: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+  if [ -z "$acc" ] || awk "BEGIN{exit !($acc < 65)}"; then
+    echo "FAIL: CNN accuracy '$acc' after one epoch on 3200 samples"; echo "$out"; fail=1
+  fi
 fi
 exit $fail

@@ -90,8 +90,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelBuilder& bui
                                                          const TrainerOptions& options) {
   std::unique_ptr<Trainer> t(new Trainer());
   t->options_ = options;
-  ASSIGN_OR_RETURN(t->train_model_, build(options.batch));
-  ASSIGN_OR_RETURN(t->eval_model_, build(options.eval_batch));
+  ASSIGN_OR_RETURN(t->train_model_, build(options.batch, models::Mode::kTrain));
+  ASSIGN_OR_RETURN(t->eval_model_, build(options.eval_batch, models::Mode::kEval));
   ASSIGN_OR_RETURN(Graph train_graph,
                    BuildTrainingGraph(t->train_model_, options.trainable, options.optimizer));
   runtime::CompileOptions compile;

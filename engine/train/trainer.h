@@ -59,7 +59,9 @@ struct EpochStats {
   double step_seconds = 0.0;  // time inside Executable::Run, summed
 };
 
-using ModelBuilder = std::function<absl::StatusOr<models::Model>(int64_t batch)>;
+// Builds the model for a batch size: Mode::kTrain for the training graph,
+// Mode::kEval for the evaluation graph.
+using ModelBuilder = std::function<absl::StatusOr<models::Model>(int64_t batch, models::Mode mode)>;
 // step (0-based), steps in the epoch, this step's loss.
 using ProgressFn = std::function<void(int64_t step, int64_t total, float loss)>;
 

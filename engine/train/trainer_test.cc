@@ -28,7 +28,7 @@ void MakeData(int64_t n, uint64_t seed, Tensor* images, Tensor* labels) {
 }
 
 ModelBuilder Builder() {
-  return [](int64_t batch) { return models::BuildMlp({{16, 32, 4}, batch}); };
+  return [](int64_t batch, models::Mode) { return models::BuildMlp({{16, 32, 4}, batch}); };
 }
 
 TrainerOptions Options(const models::Model& probe, const std::string& scheme) {
@@ -45,7 +45,7 @@ TEST(Trainer, LearnsASyntheticTaskAndIsDeterministic) {
   Tensor train_x, train_y, test_x, test_y;
   MakeData(2048, 1, &train_x, &train_y);
   MakeData(500, 2, &test_x, &test_y);
-  ASSERT_OK_AND_ASSIGN(models::Model probe, Builder()(1));
+  ASSERT_OK_AND_ASSIGN(models::Model probe, Builder()(1, models::Mode::kTrain));
   double accuracy[2];
   float weight[2];
   for (int run = 0; run < 2; ++run) {
@@ -73,7 +73,7 @@ TEST(Trainer, LearnsASyntheticTaskAndIsDeterministic) {
 TEST(Trainer, FrozenLayerKeepsItsWeights) {
   Tensor x, y;
   MakeData(256, 1, &x, &y);
-  ASSERT_OK_AND_ASSIGN(models::Model probe, Builder()(1));
+  ASSERT_OK_AND_ASSIGN(models::Model probe, Builder()(1, models::Mode::kTrain));
   runtime::ParameterStore params;
   ASSERT_OK(models::InitializeMlp({{16, 32, 4}, 1}, 3, &params));
   const Tensor fc1 = *params.Find("fc1.weight");
@@ -101,7 +101,7 @@ TEST(SelectTrainable, SchemesAndErrors) {
 }
 
 TEST(Trainer, RejectsMismatchedData) {
-  ASSERT_OK_AND_ASSIGN(models::Model probe, Builder()(1));
+  ASSERT_OK_AND_ASSIGN(models::Model probe, Builder()(1, models::Mode::kTrain));
   runtime::ParameterStore params;
   ASSERT_OK(models::InitializeMlp({{16, 32, 4}, 1}, 3, &params));
   ASSERT_OK_AND_ASSIGN(auto trainer, Trainer::Create(Builder(), &params, Options(probe, "full")));

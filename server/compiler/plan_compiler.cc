@@ -322,10 +322,10 @@ uint64_t GemmFlops(const Graph& graph) {
       const int64_t m = graph.type(node.inputs[0]).num_elements() / k;
       flops += 2 * static_cast<uint64_t>(m) * n * k;
     } else if (node.op == OpKind::kMatMul) {
-      // y [M, N] = op(a) · op(b), K the contracted dimension of op(a).
+      // y [..., M, N] = op(a) · op(b), K the contracted dimension of op(a).
       const auto& attrs = std::get<engine::MatMulAttrs>(node.attrs);
       const Shape& a = graph.type(node.inputs[0]).shape;
-      const int64_t k = attrs.transpose_a ? a[0] : a[1];
+      const int64_t k = attrs.transpose_a ? a[a.size() - 2] : a.back();
       flops += 2 * static_cast<uint64_t>(node.type.num_elements()) * k;
     }
   }

@@ -1,0 +1,216 @@
+// kActivation: elementwise activation functions chosen by ActivationAttrs::fn
+// (ReLU6, SiLU, GELU with the tanh or erf formula, sigmoid, tanh), PyTorch's
+// definitions; and the backward-only kActivationGrad.
+//
+// kActivationGrad takes (dy, v) with the same attributes, where v is the
+// forward's output y for the functions whose derivative y determines (ReLU6,
+// sigmoid, tanh) and its input x for the others (SiLU, GELU). Reading y where
+// possible lets x die right after the forward op: the next layer usually keeps
+// y alive for its own gradient anyway.
+#include <algorithm>
+#include <cmath>
+
+#include "engine/base/status_macros.h"
+#include "engine/ops/op_registry.h"
+#include "engine/ops/op_util.h"
+
+namespace fleettune::engine::ops {
+namespace {
+
+constexpr float kSqrt2OverPi = 0.7978845608f;  // √(2/π)
+constexpr float kGeluCubic = 0.044715f;
+constexpr float kInvSqrt2 = 0.7071067812f;
+constexpr float kInvSqrt2Pi = 0.3989422804f;  // 1/√(2π)
+
+bool DerivativeFromOutput(ActivationFn fn) {
+  return fn == ActivationFn::kRelu6 || fn == ActivationFn::kSigmoid || fn == ActivationFn::kTanh;
+}
+
+absl::Status CheckFn(const Node& node) {
+  const auto fn = std::get<ActivationAttrs>(node.attrs).fn;
+  if (static_cast<int>(fn) > static_cast<int>(ActivationFn::kTanh)) {
+    return OpError(node, "unknown activation function ", static_cast<int>(fn));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* const> in) {
+  RETURN_IF_ERROR(CheckFn(node));
+  RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "x"));
+  return *in[0];
+}
+
+float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+template <ActivationFn kFn>
+float Apply(float x) {
+  switch (kFn) {
+    case ActivationFn::kRelu6:
+      return std::min(std::max(x, 0.0f), 6.0f);
+    case ActivationFn::kSilu:
+      return x * Sigmoid(x);
+    case ActivationFn::kGeluTanh:
+      return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + kGeluCubic * x * x * x)));
+    case ActivationFn::kGeluErf:
+      return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2));
+    case ActivationFn::kSigmoid:
+      return Sigmoid(x);
+    case ActivationFn::kTanh:
+      return std::tanh(x);
+  }
+  return x;
+}
+
+// dy · f'(x), with v = y or x as the file comment says.
+template <ActivationFn kFn>
+float Derivative(float dy, float v) {
+  switch (kFn) {
+    case ActivationFn::kRelu6:  // v = y
+      return v > 0.0f && v < 6.0f ? dy : 0.0f;
+    case ActivationFn::kSilu: {  // v = x: σ(x)·(1 + x·(1 − σ(x)))
+      const float s = Sigmoid(v);
+      return dy * s * (1.0f + v * (1.0f - s));
+    }
+    case ActivationFn::kGeluTanh: {  // v = x
+      const float t = std::tanh(kSqrt2OverPi * (v + kGeluCubic * v * v * v));
+      const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * v * v);
+      return dy * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    }
+    case ActivationFn::kGeluErf: {  // v = x: Φ(x) + x·φ(x)
+      const float cdf = 0.5f * (1.0f + std::erf(v * kInvSqrt2));
+      const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+      return dy * (cdf + v * pdf);
+    }
+    case ActivationFn::kSigmoid:  // v = y: y·(1 − y)
+      return dy * v * (1.0f - v);
+    case ActivationFn::kTanh:  // v = y: 1 − y²
+      return dy * (1.0f - v * v);
+  }
+  return dy;
+}
+
+template <ActivationFn kFn>
+void ApplyAll(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = Apply<kFn>(x[i]);
+}
+
+template <ActivationFn kFn>
+void DerivativeAll(const float* dy, const float* v, float* dx, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dx[i] = Derivative<kFn>(dy[i], v[i]);
+}
+
+// One switch per call, outside the element loop.
+void Kernel(const KernelArgs& args) {
+  const float* x = args.in(0).f32();
+  float* y = args.output.f32();
+  const int64_t n = args.output.num_elements();
+  switch (args.attrs<ActivationAttrs>().fn) {
+    case ActivationFn::kRelu6:
+      return ApplyAll<ActivationFn::kRelu6>(x, y, n);
+    case ActivationFn::kSilu:
+      return ApplyAll<ActivationFn::kSilu>(x, y, n);
+    case ActivationFn::kGeluTanh:
+      return ApplyAll<ActivationFn::kGeluTanh>(x, y, n);
+    case ActivationFn::kGeluErf:
+      return ApplyAll<ActivationFn::kGeluErf>(x, y, n);
+    case ActivationFn::kSigmoid:
+      return ApplyAll<ActivationFn::kSigmoid>(x, y, n);
+    case ActivationFn::kTanh:
+      return ApplyAll<ActivationFn::kTanh>(x, y, n);
+  }
+}
+
+void GradKernel(const KernelArgs& args) {
+  const float* dy = args.in(0).f32();
+  const float* v = args.in(1).f32();
+  float* dx = args.output.f32();
+  const int64_t n = args.output.num_elements();
+  switch (args.attrs<ActivationAttrs>().fn) {
+    case ActivationFn::kRelu6:
+      return DerivativeAll<ActivationFn::kRelu6>(dy, v, dx, n);
+    case ActivationFn::kSilu:
+      return DerivativeAll<ActivationFn::kSilu>(dy, v, dx, n);
+    case ActivationFn::kGeluTanh:
+      return DerivativeAll<ActivationFn::kGeluTanh>(dy, v, dx, n);
+    case ActivationFn::kGeluErf:
+      return DerivativeAll<ActivationFn::kGeluErf>(dy, v, dx, n);
+    case ActivationFn::kSigmoid:
+      return DerivativeAll<ActivationFn::kSigmoid>(dy, v, dx, n);
+    case ActivationFn::kTanh:
+      return DerivativeAll<ActivationFn::kTanh>(dy, v, dx, n);
+  }
+}
+
+// y = f(x):  dx = dy ⊙ f'(x), f' computed from y (ReLU6, sigmoid, tanh) or x.
+absl::Status Gradient(GradContext& ctx) {
+  if (!ctx.NeedsGrad(0)) return absl::OkStatus();
+  const auto fn = std::get<ActivationAttrs>(ctx.node().attrs).fn;
+  const ValueId v = DerivativeFromOutput(fn) ? ctx.self() : ctx.input(0);
+  ASSIGN_OR_RETURN(ValueId dx, ctx.Emit(OpKind::kActivationGrad, {ctx.dy(), v}, ctx.node().attrs));
+  ctx.SetGrad(0, dx);
+  return absl::OkStatus();
+}
+
+constexpr ActivationFn kAllFns[] = {ActivationFn::kRelu6,    ActivationFn::kSilu,
+                                    ActivationFn::kGeluTanh, ActivationFn::kGeluErf,
+                                    ActivationFn::kSigmoid,  ActivationFn::kTanh};
+
+std::vector<OpTestCase> TestCases() {
+  std::vector<OpTestCase> out;
+  for (ActivationFn fn : kAllFns) {
+    OpTestCase t;
+    t.inputs = {{DType::kF32, {3, 4}}};
+    t.attrs = ActivationAttrs{fn};
+    out.push_back(t);
+  }
+  return out;
+}
+
+absl::StatusOr<TensorType> InferGrad(const Node& node, absl::Span<const TensorType* const> in) {
+  RETURN_IF_ERROR(CheckFn(node));
+  RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "dy"));
+  if (*in[0] != *in[1]) {
+    return OpError(node, "dy ", TypeToString(*in[0]), " and its forward value ",
+                   TypeToString(*in[1]), " differ");
+  }
+  return *in[0];
+}
+
+std::vector<OpTestCase> GradTestCases() {
+  std::vector<OpTestCase> out;
+  for (ActivationFn fn : kAllFns) {
+    OpTestCase t;
+    t.inputs = {{DType::kF32, {3, 4}}, {DType::kF32, {3, 4}}};
+    t.attrs = ActivationAttrs{fn};
+    out.push_back(t);
+  }
+  return out;
+}
+
+}  // namespace
+
+OpDef ActivationOpDef() {
+  OpDef def;
+  def.name = "activation";
+  def.attrs_index = AttrsIndexOf<ActivationAttrs>();
+  def.min_inputs = def.max_inputs = 1;
+  def.infer = Infer;
+  def.reference = Kernel;
+  def.gradient = Gradient;
+  def.test_cases = TestCases;
+  return def;
+}
+
+// Not differentiable: emitted only by Activation's gradient rule (no second order).
+OpDef ActivationGradOpDef() {
+  OpDef def;
+  def.name = "activation_grad";
+  def.attrs_index = AttrsIndexOf<ActivationAttrs>();
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = InferGrad;
+  def.reference = GradKernel;
+  def.test_cases = GradTestCases;
+  return def;
+}
+
+}  // namespace fleettune::engine::ops

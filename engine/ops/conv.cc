@@ -1,0 +1,631 @@
+// kConv2d and its backward-only companions kConv2dBackwardInput and
+// kConv2dBackwardWeight: PyTorch's nn.Conv2d (a cross-correlation, NCHW).
+//
+// Shapes: x [N, C, H, W], weight [O, C/groups, KH, KW], bias [O] (optional
+// third input), y [N, O, HO, WO] with
+//   HO = ⌊(H + 2·pad_h − dilation_h·(KH − 1) − 1) / stride_h⌋ + 1   (WO alike).
+// Group g maps input channels [g·C/groups, (g+1)·C/groups) to output channels
+// [g·O/groups, (g+1)·O/groups); groups = C = O is a depthwise convolution.
+//
+// Kernels: the reference kernels are direct loops accumulating in double. The
+// fast kernels lower each (sample, group) to one GEMM on an im2col buffer
+// (kernels::Sgemm; a 1×1, stride-1, unpadded convolution reads x directly),
+// except when a group has one input channel (depthwise), where a GEMM with one
+// inner dimension would waste the library: those run direct loops over
+// contiguous output rows. The im2col buffer is the op's scratch workspace.
+#include <algorithm>
+#include <cstring>
+
+#include "engine/base/status_macros.h"
+#include "engine/kernels/gemm.h"
+#include "engine/ops/op_registry.h"
+#include "engine/ops/op_util.h"
+
+namespace fleettune::engine::ops {
+namespace {
+
+// Everything a kernel needs to know about one convolution.
+struct Geometry {
+  int64_t n, c, h, w;      // input
+  int64_t o, kh, kw;       // weight: [o, c / groups, kh, kw]
+  int64_t ho, wo;          // output spatial size
+  int64_t groups, cg, og;  // groups, input and output channels per group
+  int64_t sh, sw, ph, pw, dh, dw;
+
+  int64_t k() const { return cg * kh * kw; }  // GEMM inner dimension
+  int64_t out_plane() const { return ho * wo; }
+  bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  bool depthwise() const { return cg == 1; }
+};
+
+Geometry MakeGeometry(const Shape& x, const Shape& weight, const Conv2dAttrs& a) {
+  Geometry g;
+  g.n = x[0], g.c = x[1], g.h = x[2], g.w = x[3];
+  g.o = weight[0], g.kh = weight[2], g.kw = weight[3];
+  g.groups = a.groups;
+  g.cg = g.c / a.groups;
+  g.og = g.o / a.groups;
+  g.sh = a.stride_h, g.sw = a.stride_w, g.ph = a.pad_h, g.pw = a.pad_w;
+  g.dh = a.dilation_h, g.dw = a.dilation_w;
+  g.ho = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.wo = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  return g;
+}
+
+absl::Status CheckAttrs(const Node& node, const Conv2dAttrs& a) {
+  if (a.stride_h < 1 || a.stride_w < 1 || a.dilation_h < 1 || a.dilation_w < 1 || a.pad_h < 0 ||
+      a.pad_w < 0 || a.groups < 1) {
+    return OpError(node,
+                   "needs strides and dilations >= 1, paddings >= 0 and groups >= 1, got "
+                   "stride ",
+                   a.stride_h, "x", a.stride_w, ", padding ", a.pad_h, "x", a.pad_w, ", dilation ",
+                   a.dilation_h, "x", a.dilation_w, ", groups ", a.groups);
+  }
+  // Keeps every index computation far from int64 overflow.
+  constexpr int32_t kLimit = 1 << 16;
+  if (a.stride_h > kLimit || a.stride_w > kLimit || a.dilation_h > kLimit ||
+      a.dilation_w > kLimit || a.pad_h > kLimit || a.pad_w > kLimit) {
+    return OpError(node, "stride, padding and dilation must be at most ", kLimit);
+  }
+  return absl::OkStatus();
+}
+
+// Checks x and weight against each other and the attributes; returns y's type.
+absl::StatusOr<TensorType> InferConv(const Node& node, const TensorType& x, const TensorType& w,
+                                     const Conv2dAttrs& a) {
+  RETURN_IF_ERROR(CheckAttrs(node, a));
+  RETURN_IF_ERROR(ExpectDType(node, x, DType::kF32, "x"));
+  RETURN_IF_ERROR(ExpectDType(node, w, DType::kF32, "weight"));
+  RETURN_IF_ERROR(ExpectRank(node, x, 4, "x"));
+  RETURN_IF_ERROR(ExpectRank(node, w, 4, "weight"));
+  if (x.shape[1] % a.groups != 0 || w.shape[0] % a.groups != 0) {
+    return OpError(node, "groups ", a.groups, " must divide the ", x.shape[1], " input and the ",
+                   w.shape[0], " output channels");
+  }
+  if (w.shape[1] != x.shape[1] / a.groups) {
+    return OpError(node, "weight ", TypeToString(w), " needs ", x.shape[1] / a.groups,
+                   " input channels per group for x ", TypeToString(x), " and groups ", a.groups);
+  }
+  if (w.shape[2] < 1 || w.shape[3] < 1) {
+    return OpError(node, "kernel ", TypeToString(w), " is empty");
+  }
+  const Geometry g = MakeGeometry(x.shape, w.shape, a);
+  if (g.h + 2 * g.ph < g.dh * (g.kh - 1) + 1 || g.w + 2 * g.pw < g.dw * (g.kw - 1) + 1) {
+    return OpError(node, "kernel ", g.kh, "x", g.kw, " with dilation ", g.dh, "x", g.dw,
+                   " does not fit the padded ", g.h, "x", g.w, " input");
+  }
+  return TensorType{DType::kF32, {g.n, g.o, g.ho, g.wo}};
+}
+
+absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto& a = std::get<Conv2dAttrs>(node.attrs);
+  ASSIGN_OR_RETURN(TensorType y, InferConv(node, *in[0], *in[1], a));
+  if (in.size() == 3) {
+    RETURN_IF_ERROR(ExpectDType(node, *in[2], DType::kF32, "bias"));
+    if (in[2]->shape != Shape{in[1]->shape[0]}) {
+      return OpError(node, "bias must be f32[", in[1]->shape[0], "], got ", TypeToString(*in[2]));
+    }
+  }
+  return y;
+}
+
+// The output columns ow whose input column ow·s − p + k·d lies in [0, size):
+// [lo, hi). Lets the inner loops run without bounds checks.
+void ValidRange(int64_t size, int64_t out, int64_t s, int64_t offset, int64_t* lo, int64_t* hi) {
+  // offset = v·dw − pw; need 0 <= ow·s + offset < size.
+  int64_t l = offset >= 0 ? 0 : (-offset + s - 1) / s;
+  int64_t h = size - offset <= 0 ? 0 : (size - offset - 1) / s + 1;
+  *lo = std::min(l, out);
+  *hi = std::max(*lo, std::min(h, out));
+}
+
+// --- reference kernels -------------------------------------------------------
+
+// y[n,o,i,j] = b[o] + Σ_{ci,u,v} x[n, g·cg+ci, i·sh−ph+u·dh, j·sw−pw+v·dw] · w[o,ci,u,v]
+void Reference(const KernelArgs& args) {
+  const Geometry g = MakeGeometry(*args.in(0).shape, *args.in(1).shape, args.attrs<Conv2dAttrs>());
+  const float* x = args.in(0).f32();
+  const float* w = args.in(1).f32();
+  const float* b = args.num_inputs == 3 ? args.in(2).f32() : nullptr;
+  float* y = args.output.f32();
+  for (int64_t n = 0; n < g.n; ++n) {
+    for (int64_t o = 0; o < g.o; ++o) {
+      const int64_t group = o / g.og;
+      for (int64_t i = 0; i < g.ho; ++i) {
+        for (int64_t j = 0; j < g.wo; ++j) {
+          double acc = b ? b[o] : 0.0;
+          for (int64_t ci = 0; ci < g.cg; ++ci) {
+            const int64_t c = group * g.cg + ci;
+            for (int64_t u = 0; u < g.kh; ++u) {
+              const int64_t ih = i * g.sh - g.ph + u * g.dh;
+              if (ih < 0 || ih >= g.h) continue;
+              for (int64_t v = 0; v < g.kw; ++v) {
+                const int64_t iw = j * g.sw - g.pw + v * g.dw;
+                if (iw < 0 || iw >= g.w) continue;
+                acc += static_cast<double>(x[((n * g.c + c) * g.h + ih) * g.w + iw]) *
+                       w[((o * g.cg + ci) * g.kh + u) * g.kw + v];
+              }
+            }
+          }
+          y[((n * g.o + o) * g.ho + i) * g.wo + j] = static_cast<float>(acc);
+        }
+      }
+    }
+  }
+}
+
+// dx[n,c,ih,iw] = Σ dy[n,o,i,j] · w[o,ci,u,v] over the (o, u, v, i, j) with
+// i·sh − ph + u·dh = ih and j·sw − pw + v·dw = iw, o in c's group.
+void BackwardInputReference(const KernelArgs& args) {
+  const auto& a = args.attrs<Conv2dGradAttrs>();
+  const Geometry g = MakeGeometry(a.shape, *args.in(1).shape, a.conv);
+  const float* dy = args.in(0).f32();
+  const float* w = args.in(1).f32();
+  float* dx = args.output.f32();
+  for (int64_t n = 0; n < g.n; ++n) {
+    for (int64_t c = 0; c < g.c; ++c) {
+      const int64_t group = c / g.cg, ci = c % g.cg;
+      for (int64_t ih = 0; ih < g.h; ++ih) {
+        for (int64_t iw = 0; iw < g.w; ++iw) {
+          double acc = 0.0;
+          for (int64_t o = group * g.og; o < (group + 1) * g.og; ++o) {
+            for (int64_t u = 0; u < g.kh; ++u) {
+              const int64_t ti = ih + g.ph - u * g.dh;
+              if (ti < 0 || ti % g.sh != 0 || ti / g.sh >= g.ho) continue;
+              for (int64_t v = 0; v < g.kw; ++v) {
+                const int64_t tj = iw + g.pw - v * g.dw;
+                if (tj < 0 || tj % g.sw != 0 || tj / g.sw >= g.wo) continue;
+                acc +=
+                    static_cast<double>(dy[((n * g.o + o) * g.ho + ti / g.sh) * g.wo + tj / g.sw]) *
+                    w[((o * g.cg + ci) * g.kh + u) * g.kw + v];
+              }
+            }
+          }
+          dx[((n * g.c + c) * g.h + ih) * g.w + iw] = static_cast<float>(acc);
+        }
+      }
+    }
+  }
+}
+
+// dw[o,ci,u,v] = Σ_{n,i,j} dy[n,o,i,j] · x[n, g·cg+ci, i·sh−ph+u·dh, j·sw−pw+v·dw]
+void BackwardWeightReference(const KernelArgs& args) {
+  const auto& a = args.attrs<Conv2dGradAttrs>();
+  const Geometry g = MakeGeometry(*args.in(0).shape, a.shape, a.conv);
+  const float* x = args.in(0).f32();
+  const float* dy = args.in(1).f32();
+  float* dw = args.output.f32();
+  for (int64_t o = 0; o < g.o; ++o) {
+    const int64_t group = o / g.og;
+    for (int64_t ci = 0; ci < g.cg; ++ci) {
+      const int64_t c = group * g.cg + ci;
+      for (int64_t u = 0; u < g.kh; ++u) {
+        for (int64_t v = 0; v < g.kw; ++v) {
+          double acc = 0.0;
+          for (int64_t n = 0; n < g.n; ++n) {
+            for (int64_t i = 0; i < g.ho; ++i) {
+              const int64_t ih = i * g.sh - g.ph + u * g.dh;
+              if (ih < 0 || ih >= g.h) continue;
+              for (int64_t j = 0; j < g.wo; ++j) {
+                const int64_t iw = j * g.sw - g.pw + v * g.dw;
+                if (iw < 0 || iw >= g.w) continue;
+                acc += static_cast<double>(dy[((n * g.o + o) * g.ho + i) * g.wo + j]) *
+                       x[((n * g.c + c) * g.h + ih) * g.w + iw];
+              }
+            }
+          }
+          dw[((o * g.cg + ci) * g.kh + u) * g.kw + v] = static_cast<float>(acc);
+        }
+      }
+    }
+  }
+}
+
+// --- fast kernels --------------------------------------------------------------
+
+// col[(ci·KH + u)·KW + v, i·WO + j] = x[ci, i·sh − ph + u·dh, j·sw − pw + v·dw]
+// (0 outside the input), for the cg channels of one (sample, group) at x.
+void Im2Col(const Geometry& g, const float* x, float* col) {
+  for (int64_t ci = 0; ci < g.cg; ++ci) {
+    const float* xc = x + ci * g.h * g.w;
+    for (int64_t u = 0; u < g.kh; ++u) {
+      for (int64_t v = 0; v < g.kw; ++v) {
+        float* row = col + ((ci * g.kh + u) * g.kw + v) * g.out_plane();
+        const int64_t off_w = v * g.dw - g.pw;
+        int64_t lo, hi;
+        ValidRange(g.w, g.wo, g.sw, off_w, &lo, &hi);
+        for (int64_t i = 0; i < g.ho; ++i) {
+          float* out = row + i * g.wo;
+          const int64_t ih = i * g.sh - g.ph + u * g.dh;
+          if (ih < 0 || ih >= g.h) {
+            std::fill_n(out, g.wo, 0.0f);
+            continue;
+          }
+          const float* in = xc + ih * g.w;
+          std::fill_n(out, lo, 0.0f);
+          if (g.sw == 1) {
+            if (hi > lo) std::memcpy(out + lo, in + lo + off_w, (hi - lo) * sizeof(float));
+          } else {
+            for (int64_t j = lo; j < hi; ++j) out[j] = in[j * g.sw + off_w];
+          }
+          std::fill(out + hi, out + g.wo, 0.0f);
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of Im2Col: dx[ci, ...] += col[...] for one (sample, group).
+void Col2ImAdd(const Geometry& g, const float* col, float* dx) {
+  for (int64_t ci = 0; ci < g.cg; ++ci) {
+    float* dxc = dx + ci * g.h * g.w;
+    for (int64_t u = 0; u < g.kh; ++u) {
+      for (int64_t v = 0; v < g.kw; ++v) {
+        const float* row = col + ((ci * g.kh + u) * g.kw + v) * g.out_plane();
+        const int64_t off_w = v * g.dw - g.pw;
+        int64_t lo, hi;
+        ValidRange(g.w, g.wo, g.sw, off_w, &lo, &hi);
+        for (int64_t i = 0; i < g.ho; ++i) {
+          const int64_t ih = i * g.sh - g.ph + u * g.dh;
+          if (ih < 0 || ih >= g.h) continue;
+          const float* in = row + i * g.wo;
+          float* out = dxc + ih * g.w;
+          for (int64_t j = lo; j < hi; ++j) out[j * g.sw + off_w] += in[j];
+        }
+      }
+    }
+  }
+}
+
+// Depthwise (one input channel per group): plane o of y from plane o / og of
+// x, accumulated row by row so the inner loop is a contiguous multiply-add.
+void DepthwiseForward(const Geometry& g, const float* x, const float* w, const float* b, float* y) {
+  for (int64_t n = 0; n < g.n; ++n) {
+    for (int64_t o = 0; o < g.o; ++o) {
+      const float* xc = x + (n * g.c + o / g.og) * g.h * g.w;
+      const float* wo = w + o * g.kh * g.kw;
+      float* yo = y + (n * g.o + o) * g.out_plane();
+      std::fill_n(yo, g.out_plane(), b ? b[o] : 0.0f);
+      for (int64_t u = 0; u < g.kh; ++u) {
+        for (int64_t v = 0; v < g.kw; ++v) {
+          const float wv = wo[u * g.kw + v];
+          const int64_t off_w = v * g.dw - g.pw;
+          int64_t lo, hi;
+          ValidRange(g.w, g.wo, g.sw, off_w, &lo, &hi);
+          for (int64_t i = 0; i < g.ho; ++i) {
+            const int64_t ih = i * g.sh - g.ph + u * g.dh;
+            if (ih < 0 || ih >= g.h) continue;
+            const float* in = xc + ih * g.w;
+            float* out = yo + i * g.wo;
+            if (g.sw == 1) {
+              for (int64_t j = lo; j < hi; ++j) out[j] += wv * in[j + off_w];
+            } else {
+              for (int64_t j = lo; j < hi; ++j) out[j] += wv * in[j * g.sw + off_w];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+void Fast(const KernelArgs& args) {
+  const Geometry g = MakeGeometry(*args.in(0).shape, *args.in(1).shape, args.attrs<Conv2dAttrs>());
+  const float* x = args.in(0).f32();
+  const float* w = args.in(1).f32();
+  const float* b = args.num_inputs == 3 ? args.in(2).f32() : nullptr;
+  float* y = args.output.f32();
+  if (g.depthwise()) {
+    DepthwiseForward(g, x, w, b, y);
+    return;
+  }
+  const int64_t k = g.k(), plane = g.out_plane();
+  for (int64_t n = 0; n < g.n; ++n) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      const float* xg = x + (n * g.c + group * g.cg) * g.h * g.w;
+      const float* col = xg;
+      if (!g.pointwise()) {
+        Im2Col(g, xg, args.scratch);
+        col = args.scratch;
+      }
+      float* yg = y + (n * g.o + group * g.og) * plane;
+      float beta = 0.0f;
+      if (b != nullptr) {
+        for (int64_t o = 0; o < g.og; ++o) std::fill_n(yg + o * plane, plane, b[group * g.og + o]);
+        beta = 1.0f;
+      }
+      // Y_g [og, plane] = W_g [og, k] · col [k, plane]
+      kernels::Sgemm(false, false, g.og, plane, k, 1.0f, w + group * g.og * k, k, col, plane, beta,
+                     yg, plane);
+    }
+  }
+}
+
+void BackwardInputFast(const KernelArgs& args) {
+  const auto& a = args.attrs<Conv2dGradAttrs>();
+  const Geometry g = MakeGeometry(a.shape, *args.in(1).shape, a.conv);
+  const float* dy = args.in(0).f32();
+  const float* w = args.in(1).f32();
+  float* dx = args.output.f32();
+  const int64_t k = g.k(), plane = g.out_plane();
+  if (g.depthwise()) {
+    // Scatter each output row back along the rows it read.
+    std::fill_n(dx, g.n * g.c * g.h * g.w, 0.0f);
+    for (int64_t n = 0; n < g.n; ++n) {
+      for (int64_t o = 0; o < g.o; ++o) {
+        float* dxc = dx + (n * g.c + o / g.og) * g.h * g.w;
+        const float* wo = w + o * g.kh * g.kw;
+        const float* dyo = dy + (n * g.o + o) * plane;
+        for (int64_t u = 0; u < g.kh; ++u) {
+          for (int64_t v = 0; v < g.kw; ++v) {
+            const float wv = wo[u * g.kw + v];
+            const int64_t off_w = v * g.dw - g.pw;
+            int64_t lo, hi;
+            ValidRange(g.w, g.wo, g.sw, off_w, &lo, &hi);
+            for (int64_t i = 0; i < g.ho; ++i) {
+              const int64_t ih = i * g.sh - g.ph + u * g.dh;
+              if (ih < 0 || ih >= g.h) continue;
+              float* out = dxc + ih * g.w;
+              const float* in = dyo + i * g.wo;
+              for (int64_t j = lo; j < hi; ++j) out[j * g.sw + off_w] += wv * in[j];
+            }
+          }
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t n = 0; n < g.n; ++n) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      const float* dyg = dy + (n * g.o + group * g.og) * plane;
+      const float* wg = w + group * g.og * k;
+      float* dxg = dx + (n * g.c + group * g.cg) * g.h * g.w;
+      if (g.pointwise()) {
+        // dX_g [cg, plane] = W_gᵀ [cg, og] · dY_g [og, plane]
+        kernels::Sgemm(true, false, k, plane, g.og, 1.0f, wg, k, dyg, plane, 0.0f, dxg, plane);
+        continue;
+      }
+      // dcol [k, plane] = W_gᵀ · dY_g, then fold the columns back onto dx.
+      kernels::Sgemm(true, false, k, plane, g.og, 1.0f, wg, k, dyg, plane, 0.0f, args.scratch,
+                     plane);
+      std::fill_n(dxg, g.cg * g.h * g.w, 0.0f);
+      Col2ImAdd(g, args.scratch, dxg);
+    }
+  }
+}
+
+void BackwardWeightFast(const KernelArgs& args) {
+  const auto& a = args.attrs<Conv2dGradAttrs>();
+  const Geometry g = MakeGeometry(*args.in(0).shape, a.shape, a.conv);
+  const float* x = args.in(0).f32();
+  const float* dy = args.in(1).f32();
+  float* dw = args.output.f32();
+  const int64_t k = g.k(), plane = g.out_plane();
+  std::fill_n(dw, g.o * k, 0.0f);
+  if (g.depthwise()) {
+    for (int64_t n = 0; n < g.n; ++n) {
+      for (int64_t o = 0; o < g.o; ++o) {
+        const float* xc = x + (n * g.c + o / g.og) * g.h * g.w;
+        const float* dyo = dy + (n * g.o + o) * plane;
+        for (int64_t u = 0; u < g.kh; ++u) {
+          for (int64_t v = 0; v < g.kw; ++v) {
+            const int64_t off_w = v * g.dw - g.pw;
+            int64_t lo, hi;
+            ValidRange(g.w, g.wo, g.sw, off_w, &lo, &hi);
+            float acc = 0.0f;
+            for (int64_t i = 0; i < g.ho; ++i) {
+              const int64_t ih = i * g.sh - g.ph + u * g.dh;
+              if (ih < 0 || ih >= g.h) continue;
+              const float* in = xc + ih * g.w;
+              const float* d = dyo + i * g.wo;
+              for (int64_t j = lo; j < hi; ++j) acc += d[j] * in[j * g.sw + off_w];
+            }
+            dw[o * k + u * g.kw + v] += acc;
+          }
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t n = 0; n < g.n; ++n) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      const float* xg = x + (n * g.c + group * g.cg) * g.h * g.w;
+      const float* col = xg;
+      if (!g.pointwise()) {
+        Im2Col(g, xg, args.scratch);
+        col = args.scratch;
+      }
+      // dW_g [og, k] += dY_g [og, plane] · colᵀ [plane, k]
+      kernels::Sgemm(false, true, g.og, k, plane, 1.0f, dy + (n * g.o + group * g.og) * plane,
+                     plane, col, plane, 1.0f, dw + group * g.og * k, k);
+    }
+  }
+}
+
+// The im2col buffer of one (sample, group); none for pointwise or depthwise.
+size_t ColumnBytes(const Geometry& g) {
+  if (g.pointwise() || g.depthwise()) return 0;
+  return static_cast<size_t>(g.k() * g.out_plane()) * sizeof(float);
+}
+
+size_t ScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
+  return ColumnBytes(MakeGeometry(in[0]->shape, in[1]->shape, std::get<Conv2dAttrs>(node.attrs)));
+}
+
+size_t BackwardInputScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
+  return ColumnBytes(MakeGeometry(a.shape, in[1]->shape, a.conv));
+}
+
+size_t BackwardWeightScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
+  return ColumnBytes(MakeGeometry(in[0]->shape, a.shape, a.conv));
+}
+
+// --- gradient ------------------------------------------------------------------
+
+// y = conv(x, W) + b:
+//   dx = conv_backward_input(dy, W)    (the transposed convolution of dy)
+//   dW = conv_backward_weight(x, dy)   dW[o,ci,u,v] = Σ_{n,i,j} dy[n,o,i,j]·x[n,c,i·s−p+u·d,…]
+//   db = Σ_{n,i,j} dy[n,:,i,j]
+absl::Status Gradient(GradContext& ctx) {
+  const auto& a = std::get<Conv2dAttrs>(ctx.node().attrs);
+  if (ctx.NeedsGrad(0)) {
+    ASSIGN_OR_RETURN(ValueId dx, ctx.Emit(OpKind::kConv2dBackwardInput, {ctx.dy(), ctx.input(1)},
+                                          Conv2dGradAttrs{a, ctx.type(ctx.input(0)).shape}));
+    ctx.SetGrad(0, dx);
+  }
+  if (ctx.NeedsGrad(1)) {
+    ASSIGN_OR_RETURN(ValueId dw, ctx.Emit(OpKind::kConv2dBackwardWeight, {ctx.input(0), ctx.dy()},
+                                          Conv2dGradAttrs{a, ctx.type(ctx.input(1)).shape}));
+    ctx.SetGrad(1, dw);
+  }
+  if (ctx.node().inputs.size() == 3 && ctx.NeedsGrad(2)) {
+    ASSIGN_OR_RETURN(ValueId db,
+                     ctx.Emit(OpKind::kReduceSum, {ctx.dy()}, ReduceAttrs{{0, 2, 3}, false}));
+    ctx.SetGrad(2, db);
+  }
+  return absl::OkStatus();
+}
+
+// --- backward ops: shape inference ---------------------------------------------
+
+absl::StatusOr<TensorType> InferBackwardInput(const Node& node,
+                                              absl::Span<const TensorType* const> in) {
+  const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
+  absl::Status valid = ValidateShape(a.shape);
+  if (!valid.ok()) return OpError(node, "x shape: ", valid.message());
+  const TensorType x{DType::kF32, a.shape};
+  ASSIGN_OR_RETURN(TensorType y, InferConv(node, x, *in[1], a.conv));
+  if (*in[0] != y) {
+    return OpError(node, "dy must be ", TypeToString(y), ", got ", TypeToString(*in[0]));
+  }
+  return x;
+}
+
+absl::StatusOr<TensorType> InferBackwardWeight(const Node& node,
+                                               absl::Span<const TensorType* const> in) {
+  const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
+  absl::Status valid = ValidateShape(a.shape);
+  if (!valid.ok()) return OpError(node, "weight shape: ", valid.message());
+  const TensorType w{DType::kF32, a.shape};
+  ASSIGN_OR_RETURN(TensorType y, InferConv(node, *in[0], w, a.conv));
+  if (*in[1] != y) {
+    return OpError(node, "dy must be ", TypeToString(y), ", got ", TypeToString(*in[1]));
+  }
+  return w;
+}
+
+// --- test cases ----------------------------------------------------------------
+
+struct ConvCase {
+  Shape x, w;
+  Conv2dAttrs attrs;
+  bool bias;
+};
+
+// Plain, strided, dilated, grouped, depthwise (multiplier 1 and 2) and
+// pointwise convolutions: every kernel path, each small enough for the
+// element-by-element gradient check.
+std::vector<ConvCase> ConvCases() {
+  auto attrs = [](int sh, int sw, int ph, int pw, int dh, int dw, int groups) {
+    return Conv2dAttrs{sh, sw, ph, pw, dh, dw, groups};
+  };
+  return {
+      {{2, 3, 4, 4}, {4, 3, 3, 3}, attrs(1, 1, 1, 1, 1, 1, 1), true},
+      {{1, 2, 7, 6}, {3, 2, 3, 2}, attrs(2, 2, 1, 0, 1, 1, 1), false},
+      {{1, 2, 6, 6}, {3, 2, 3, 3}, attrs(1, 1, 2, 2, 2, 2, 1), true},
+      {{2, 4, 4, 5}, {4, 2, 3, 3}, attrs(1, 2, 1, 1, 1, 1, 2), true},
+      {{2, 3, 5, 5}, {3, 1, 3, 3}, attrs(1, 1, 1, 1, 1, 1, 3), true},
+      {{1, 2, 7, 7}, {4, 1, 3, 3}, attrs(2, 2, 1, 1, 1, 1, 2), false},
+      {{2, 4, 3, 3}, {3, 4, 1, 1}, attrs(1, 1, 0, 0, 1, 1, 1), true},
+  };
+}
+
+Shape OutputShape(const ConvCase& c) {
+  const Geometry g = MakeGeometry(c.x, c.w, c.attrs);
+  return {g.n, g.o, g.ho, g.wo};
+}
+
+std::vector<OpTestCase> TestCases() {
+  std::vector<OpTestCase> out;
+  for (const ConvCase& c : ConvCases()) {
+    OpTestCase t;
+    t.inputs = {{DType::kF32, c.x}, {DType::kF32, c.w}};
+    if (c.bias) t.inputs.push_back({DType::kF32, {c.w[0]}});
+    t.attrs = c.attrs;
+    out.push_back(t);
+  }
+  return out;
+}
+
+std::vector<OpTestCase> BackwardInputTestCases() {
+  std::vector<OpTestCase> out;
+  for (const ConvCase& c : ConvCases()) {
+    OpTestCase t;
+    t.inputs = {{DType::kF32, OutputShape(c)}, {DType::kF32, c.w}};
+    t.attrs = Conv2dGradAttrs{c.attrs, c.x};
+    out.push_back(t);
+  }
+  return out;
+}
+
+std::vector<OpTestCase> BackwardWeightTestCases() {
+  std::vector<OpTestCase> out;
+  for (const ConvCase& c : ConvCases()) {
+    OpTestCase t;
+    t.inputs = {{DType::kF32, c.x}, {DType::kF32, OutputShape(c)}};
+    t.attrs = Conv2dGradAttrs{c.attrs, c.w};
+    out.push_back(t);
+  }
+  return out;
+}
+
+}  // namespace
+
+OpDef Conv2dOpDef() {
+  OpDef def;
+  def.name = "conv2d";
+  def.attrs_index = AttrsIndexOf<Conv2dAttrs>();
+  def.min_inputs = 2;
+  def.max_inputs = 3;
+  def.infer = Infer;
+  def.reference = Reference;
+  def.fast = Fast;
+  def.gradient = Gradient;
+  def.test_cases = TestCases;
+  def.scratch_bytes = ScratchBytes;
+  return def;
+}
+
+// Not differentiable: emitted only by Conv2d's gradient rule (no second
+// order). Inputs (dy, weight); attrs carry x's shape.
+OpDef Conv2dBackwardInputOpDef() {
+  OpDef def;
+  def.name = "conv2d_backward_input";
+  def.attrs_index = AttrsIndexOf<Conv2dGradAttrs>();
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = InferBackwardInput;
+  def.reference = BackwardInputReference;
+  def.fast = BackwardInputFast;
+  def.test_cases = BackwardInputTestCases;
+  def.scratch_bytes = BackwardInputScratchBytes;
+  return def;
+}
+
+// Not differentiable: emitted only by Conv2d's gradient rule. Inputs (x, dy);
+// attrs carry the weight's shape.
+OpDef Conv2dBackwardWeightOpDef() {
+  OpDef def;
+  def.name = "conv2d_backward_weight";
+  def.attrs_index = AttrsIndexOf<Conv2dGradAttrs>();
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = InferBackwardWeight;
+  def.reference = BackwardWeightReference;
+  def.fast = BackwardWeightFast;
+  def.test_cases = BackwardWeightTestCases;
+  def.scratch_bytes = BackwardWeightScratchBytes;
+  return def;
+}
+
+}  // namespace fleettune::engine::ops

@@ -1,0 +1,146 @@
+// kRope: rotary position embedding, in the Llama / Hugging Face convention.
+//
+// x f32 [..., D] (D even), positions i32 broadcastable to x's shape without
+// its last dimension (e.g. [T] for x [B, H, T, D], or [B, 1, T] for
+// per-sequence positions) → y, same shape as x. With h = D/2, for j < h:
+//   θ_j = p · base^(−2j/D)
+//   y_j     = x_j · cos θ_j − x_{j+h} · sin θ_j
+//   y_{j+h} = x_{j+h} · cos θ_j + x_j · sin θ_j
+// i.e. y = x ⊙ cos + rotate_half(x) ⊙ sin with rotate_half(x) = [−x₂, x₁]
+// and cos/sin repeated over both halves (HF's apply_rotary_pos_emb).
+// RopeAttrs::inverse rotates by −θ: the inverse map, and the transpose, which
+// is what the gradient needs. θ is computed like HF in float32
+// (inv_freq = 1 / base^(2j/D), then p · inv_freq) so that large positions
+// round the same way. Any i32 position is valid; positions are not
+// differentiable.
+#include <array>
+#include <cmath>
+
+#include "engine/base/status_macros.h"
+#include "engine/ops/op_registry.h"
+#include "engine/ops/op_util.h"
+
+namespace fleettune::engine::ops {
+namespace {
+
+absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto& attrs = std::get<RopeAttrs>(node.attrs);
+  if (!(attrs.base > 1.0f) || !std::isfinite(attrs.base)) {
+    return OpError(node, "base must be finite and > 1, got ", attrs.base);
+  }
+  const TensorType& x = *in[0];
+  const TensorType& pos = *in[1];
+  RETURN_IF_ERROR(ExpectDType(node, x, DType::kF32, "x"));
+  RETURN_IF_ERROR(ExpectDType(node, pos, DType::kI32, "positions"));
+  if (x.shape.empty() || x.shape.back() % 2 != 0) {
+    return OpError(node, "x needs an even last dimension, got ", TypeToString(x));
+  }
+  const Shape rows(x.shape.begin(), x.shape.end() - 1);
+  absl::StatusOr<Shape> b = BroadcastShapes(pos.shape, rows);
+  if (!b.ok() || *b != rows) {
+    return OpError(node, "positions ", TypeToString(pos), " do not broadcast to ",
+                   ShapeToString(rows), " (x ", TypeToString(x), " without its last dimension)");
+  }
+  return x;
+}
+
+void Kernel(const KernelArgs& args) {
+  const auto& attrs = args.attrs<RopeAttrs>();
+  const Shape& xs = *args.in(0).shape;
+  const Shape& ps = *args.in(1).shape;
+  const int rank = static_cast<int>(xs.size());
+  const int64_t d = xs.back(), h = d / 2;
+  const float* x = args.in(0).f32();
+  const int32_t* pos = args.in(1).i32();
+  float* y = args.output.f32();
+  const float sign = attrs.inverse ? -1.0f : 1.0f;
+  // Rows (x without its last dim) are contiguous; positions are read through
+  // their broadcast strides over the row dims. Computed by hand: forming the
+  // row shape as a Shape would allocate.
+  Strides pos_stride{};
+  int64_t pstride = 1, num_rows = 1;
+  for (int k = 0; k < rank - 1; ++k) {
+    const int dim = rank - 2 - k;
+    const int pdim = static_cast<int>(ps.size()) - 1 - k;
+    const int64_t np = pdim >= 0 ? ps[pdim] : 1;
+    pos_stride[dim] = (np == 1) ? 0 : pstride;
+    pstride *= np;
+    num_rows *= xs[dim];
+  }
+  // inv_freq depends on j only: computed once when it fits the stack buffer
+  // (head dims up to 512; larger ones recompute it per element).
+  constexpr int64_t kMaxHalf = 256;
+  std::array<float, kMaxHalf> inv_freq_table;
+  auto inv_freq = [&](int64_t j) {
+    const float exponent = static_cast<float>(2 * j) / static_cast<float>(d);
+    return 1.0f / std::pow(attrs.base, exponent);
+  };
+  const bool tabled = h <= kMaxHalf;
+  if (tabled) {
+    for (int64_t j = 0; j < h; ++j) inv_freq_table[j] = inv_freq(j);
+  }
+  // Odometer over the row dims.
+  std::array<int64_t, kMaxRank> idx{};
+  int64_t p_off = 0;
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const float p = static_cast<float>(pos[p_off]);
+    const float* xr = x + r * d;
+    float* yr = y + r * d;
+    for (int64_t j = 0; j < h; ++j) {
+      const float theta = p * (tabled ? inv_freq_table[j] : inv_freq(j));
+      const float c = std::cos(theta), s = sign * std::sin(theta);
+      const float a = xr[j], b = xr[j + h];
+      yr[j] = a * c - b * s;
+      yr[j + h] = b * c + a * s;
+    }
+    for (int dim = rank - 2; dim >= 0; --dim) {
+      ++idx[dim];
+      p_off += pos_stride[dim];
+      if (idx[dim] < xs[dim]) break;
+      p_off -= pos_stride[dim] * idx[dim];
+      idx[dim] = 0;
+    }
+  }
+}
+
+// y = R(θ)·x per pair (x_j, x_{j+h}), R a rotation: dx = R(θ)ᵀ·dy = R(−θ)·dy,
+// the same op with `inverse` flipped.
+absl::Status Gradient(GradContext& ctx) {
+  if (!ctx.NeedsGrad(0)) return absl::OkStatus();
+  RopeAttrs attrs = std::get<RopeAttrs>(ctx.node().attrs);
+  attrs.inverse = !attrs.inverse;
+  ASSIGN_OR_RETURN(ValueId dx, ctx.Emit(OpKind::kRope, {ctx.dy(), ctx.input(1)}, attrs));
+  ctx.SetGrad(0, dx);
+  return absl::OkStatus();
+}
+
+std::vector<bool> DifferentiableInputs(const Node&) { return {true, false}; }
+
+std::vector<OpTestCase> TestCases() {
+  auto make = [](Shape x, Shape pos, bool inverse) {
+    OpTestCase c;
+    c.inputs = {{DType::kF32, std::move(x)}, {DType::kI32, std::move(pos)}};
+    c.attrs = RopeAttrs{10000.0f, inverse};
+    c.int_upper = 50;
+    return c;
+  };
+  return {make({2, 3, 4}, {3}, false), make({2, 2, 3, 6}, {2, 1, 3}, false),
+          make({3, 8}, {3}, true), make({4, 2}, {1}, false)};
+}
+
+}  // namespace
+
+OpDef RopeOpDef() {
+  OpDef def;
+  def.name = "rope";
+  def.attrs_index = AttrsIndexOf<RopeAttrs>();
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = Infer;
+  def.reference = Kernel;
+  def.gradient = Gradient;
+  def.differentiable_inputs = DifferentiableInputs;
+  def.test_cases = TestCases;
+  return def;
+}
+
+}  // namespace fleettune::engine::ops

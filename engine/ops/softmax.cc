@@ -1,0 +1,128 @@
+// kSoftmax over the last dimension, optionally causal, and the backward-only
+// kSoftmaxGrad.
+//
+// x [..., L, S] → y, same shape: y[..., i, j] = exp(x_ij) / Σ_k exp(x_ik).
+// With SoftmaxAttrs::causal (rank >= 2), row i (index along dim -2) sees only
+// columns j <= i + (S − L), the bottom-right-aligned causal mask (for L == S
+// the usual lower triangle; with L < S the queries are the last L positions of
+// S, as with a key/value cache). Masked entries are exactly 0, and a row that
+// sees no column (only possible when L > S) is all zeros. Fusing the mask into
+// the softmax saves attention a pass over its [..., L, S] scores and the −inf
+// arithmetic of an additive mask.
+#include <algorithm>
+#include <cmath>
+
+#include "engine/base/status_macros.h"
+#include "engine/ops/op_registry.h"
+#include "engine/ops/op_util.h"
+
+namespace fleettune::engine::ops {
+namespace {
+
+absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto& attrs = std::get<SoftmaxAttrs>(node.attrs);
+  RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "x"));
+  const size_t min_rank = attrs.causal ? 2 : 1;
+  if (in[0]->shape.size() < min_rank) {
+    return OpError(node, "x must have rank >= ", min_rank, attrs.causal ? " when causal" : "",
+                   ", got ", TypeToString(*in[0]));
+  }
+  return *in[0];
+}
+
+void Kernel(const KernelArgs& args) {
+  const bool causal = args.attrs<SoftmaxAttrs>().causal;
+  const Shape& xs = *args.in(0).shape;
+  const int64_t s = xs.back();
+  const int64_t l = causal ? xs[xs.size() - 2] : 1;
+  const int64_t rows = s == 0 ? 0 : args.in(0).num_elements() / s;
+  const float* x = args.in(0).f32();
+  float* y = args.output.f32();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * s;
+    float* yr = y + r * s;
+    // Visible columns [0, n).
+    const int64_t n = causal ? std::clamp<int64_t>(r % l + 1 + (s - l), 0, s) : s;
+    std::fill(yr + n, yr + s, 0.0f);
+    if (n == 0) continue;
+    float m = xr[0];
+    for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      yr[j] = std::exp(xr[j] - m);
+      sum += yr[j];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
+  }
+}
+
+// dx = y ⊙ (dy − Σ_j dy_j·y_j) per row. Uses the output only; masked entries
+// have y = 0, so their dx is 0 without knowing the mask.
+absl::Status Gradient(GradContext& ctx) {
+  if (!ctx.NeedsGrad(0)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(ValueId dx, ctx.Emit(OpKind::kSoftmaxGrad, {ctx.dy(), ctx.self()}));
+  ctx.SetGrad(0, dx);
+  return absl::OkStatus();
+}
+
+std::vector<OpTestCase> TestCases() {
+  auto make = [](Shape s, bool causal) {
+    OpTestCase c;
+    c.inputs = {{DType::kF32, std::move(s)}};
+    c.attrs = SoftmaxAttrs{causal};
+    return c;
+  };
+  return {make({3, 5}, false), make({7}, false), make({2, 4, 4}, true), make({2, 3, 5}, true),
+          make({5, 3}, true)};
+}
+
+absl::StatusOr<TensorType> InferGrad(const Node& node, absl::Span<const TensorType* const> in) {
+  RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "dy"));
+  if (*in[0] != *in[1]) {
+    return OpError(node, "dy ", TypeToString(*in[0]), " and y ", TypeToString(*in[1]), " differ");
+  }
+  if (in[0]->shape.empty()) return OpError(node, "dy must have rank >= 1");
+  return *in[0];
+}
+
+void GradKernel(const KernelArgs& args) {
+  const int64_t s = args.in(0).shape->back();
+  const int64_t rows = s == 0 ? 0 : args.in(0).num_elements() / s;
+  const float* dy = args.in(0).f32();
+  const float* y = args.in(1).f32();
+  float* dx = args.output.f32();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * s;
+    double dot = 0.0;
+    for (int64_t j = 0; j < s; ++j) dot += static_cast<double>(dy[o + j]) * y[o + j];
+    const float d = static_cast<float>(dot);
+    for (int64_t j = 0; j < s; ++j) dx[o + j] = y[o + j] * (dy[o + j] - d);
+  }
+}
+
+}  // namespace
+
+OpDef SoftmaxOpDef() {
+  OpDef def;
+  def.name = "softmax";
+  def.attrs_index = AttrsIndexOf<SoftmaxAttrs>();
+  def.min_inputs = def.max_inputs = 1;
+  def.infer = Infer;
+  def.reference = Kernel;
+  def.gradient = Gradient;
+  def.test_cases = TestCases;
+  return def;
+}
+
+// Not differentiable: emitted only by softmax's gradient rule (no second order).
+OpDef SoftmaxGradOpDef() {
+  OpDef def;
+  def.name = "softmax_grad";
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = InferGrad;
+  def.reference = GradKernel;
+  return def;
+}
+
+}  // namespace fleettune::engine::ops
