@@ -20,33 +20,9 @@ bench/pytorch_bert.py).
 """
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-MODE = "full"
-
-
-def run(cmd, env_extra=None, show_stderr=False):
-    env = dict(os.environ)
-    env.update(env_extra or {})
-    p = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    if show_stderr:
-        sys.stderr.write(p.stderr)
-    return {r["mode"]: r for r in (json.loads(l) for l in p.stdout.splitlines()
-                                   if l.startswith("{"))}
-
-
-def has_avx512():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512f" in f.read()
-    except OSError:
-        return False
+from side_by_side import HERE, ROOT, compare
 
 
 def main():
@@ -68,33 +44,10 @@ def main():
                   "--threads", str(args.threads), "--steps", str(args.steps),
                   "--warmup", str(args.warmup)]
                  + [x for k, v in pairs for x in ("--" + k, v)])
-    contenders = [("fleettune", ours_cmd, {}), ("pytorch", torch_cmd, {})]
-    if has_avx512():
-        contenders.append(("pytorch+skx", torch_cmd, {"OPENBLAS_CORETYPE": "SkylakeX"}))
-
-    samples = {name: [] for name, _, _ in contenders}
-    memory = {}
-    for r in range(args.rounds):
-        last = r == args.rounds - 1
-        for name, cmd, env in contenders:
-            profiled = args.profile and last and name == "fleettune"
-            row = run(cmd + (["--profile"] if profiled else []), env, show_stderr=profiled)[MODE]
-            if not profiled or args.rounds == 1:
-                samples[name].append(row["ms_per_step"])
-            memory[name] = row["train_bytes"]
-        print("round %d/%d done" % (r + 1, args.rounds), file=sys.stderr)
-
-    ms = {n: statistics.median(v) for n, v in samples.items()}
-    print("BERT-mini (4 layers, hidden 256, 4 heads, FFN 1024), seq 128, batch 8, 2 labels, "
-          "full fine-tuning, SGD momentum, %d threads, median of %d rounds x %d steps "
-          "(%d warm-up)" % (args.threads, args.rounds, args.steps, args.warmup))
-    print("%-10s %-12s %10s %14s" % ("mode", "framework", "ms/step", "train bytes"))
-    for name, _, _ in contenders:
-        print("%-10s %-12s %10.3f %14d" % (MODE, name, ms[name], memory[name]))
-    print()
-    for name, _, _ in contenders[1:]:
-        print("%-10s fleettune/%-12s time %.2fx  memory %.2fx" % (
-            MODE, name, ms["fleettune"] / ms[name], memory["fleettune"] / memory[name]))
+    compare("BERT-mini (4 layers, hidden 256, 4 heads, FFN 1024), seq 128, batch 8, 2 labels, "
+            "full fine-tuning, SGD momentum, %d threads, median of %d rounds x %d steps "
+            "(%d warm-up)" % (args.threads, args.rounds, args.steps, args.warmup),
+            ours_cmd, torch_cmd, ("full",), args.rounds, args.profile)
 
 
 if __name__ == "__main__":

@@ -19,33 +19,9 @@ bench/pytorch_vision.py).
 """
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-MODES = ("full", "frozen-bn")
-
-
-def run(cmd, env_extra=None, show_stderr=False):
-    env = dict(os.environ)
-    env.update(env_extra or {})
-    p = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    if show_stderr:
-        sys.stderr.write(p.stderr)
-    return {r["mode"]: r for r in (json.loads(l) for l in p.stdout.splitlines()
-                                   if l.startswith("{"))}
-
-
-def has_avx512():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512f" in f.read()
-    except OSError:
-        return False
+from side_by_side import HERE, ROOT, compare
 
 
 def main():
@@ -63,38 +39,10 @@ def main():
     torch_cmd = ["/usr/bin/python3", os.path.join(HERE, "pytorch_vision.py"), "--json",
                  "--threads", str(args.threads), "--batch", "8", "--resolution", "128",
                  "--classes", "10", "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    contenders = [("fleettune", ours_cmd, {}), ("pytorch", torch_cmd, {})]
-    if has_avx512():
-        contenders.append(("pytorch+skx", torch_cmd, {"OPENBLAS_CORETYPE": "SkylakeX"}))
-
-    samples = {name: {m: [] for m in MODES} for name, _, _ in contenders}
-    memory = {}
-    for r in range(args.rounds):
-        last = r == args.rounds - 1
-        for name, cmd, env in contenders:
-            profiled = args.profile and last and name == "fleettune"
-            res = run(cmd + (["--profile"] if profiled else []), env, show_stderr=profiled)
-            for mode, row in res.items():
-                if not profiled or args.rounds == 1:
-                    samples[name][mode].append(row["ms_per_step"])
-                memory[(name, mode)] = row["train_bytes"]
-        print("round %d/%d done" % (r + 1, args.rounds), file=sys.stderr)
-
-    ms = {(n, m): statistics.median(v) for n, d in samples.items() for m, v in d.items()}
-    print("MobileNetV2 1.0, 128x128, batch 8, 10 classes, SGD momentum, %d threads, "
-          "median of %d rounds x %d steps (%d warm-up)"
-          % (args.threads, args.rounds, args.steps, args.warmup))
-    print("%-10s %-12s %10s %14s" % ("mode", "framework", "ms/step", "train bytes"))
-    for mode in MODES:
-        for name, _, _ in contenders:
-            print("%-10s %-12s %10.3f %14d" % (mode, name, ms[(name, mode)],
-                                               memory[(name, mode)]))
-    print()
-    for mode in MODES:
-        for name, _, _ in contenders[1:]:
-            print("%-10s fleettune/%-12s time %.2fx  memory %.2fx" % (
-                mode, name, ms[("fleettune", mode)] / ms[(name, mode)],
-                memory[("fleettune", mode)] / memory[(name, mode)]))
+    compare("MobileNetV2 1.0, 128x128, batch 8, 10 classes, SGD momentum, %d threads, "
+            "median of %d rounds x %d steps (%d warm-up)"
+            % (args.threads, args.rounds, args.steps, args.warmup),
+            ours_cmd, torch_cmd, ("full", "frozen-bn"), args.rounds, args.profile)
 
 
 if __name__ == "__main__":
