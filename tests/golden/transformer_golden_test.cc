@@ -27,6 +27,7 @@
 #include "engine/base/status_macros.h"
 #include "engine/base/status_matchers.h"
 #include "engine/io/safetensors.h"
+#include "engine/models/llama.h"
 #include "engine/models/transformer.h"
 #include "engine/runtime/executable.h"
 #include "gtest/gtest.h"
@@ -237,6 +238,53 @@ TEST(TinyLmGolden, LogitsLossAndEveryParameterGradientMatchPyTorch) {
   ASSERT_OK_AND_ASSIGN(TensorView logits, exe->Output(m.logits));
   ExpectMatches(logits, "model.logits");
   ASSERT_OK_AND_ASSIGN(TensorView loss, exe->Output(m.loss));
+  ExpectMatches(loss, "model.loss");
+  for (const auto& [p, grad] : grads) {
+    ASSERT_OK_AND_ASSIGN(TensorView v, exe->Output(grad));
+    ExpectMatches(v, "model.grad." + g.node(p).name);
+  }
+}
+
+// The model builder (engine/models/llama.h), not a hand-assembled graph: a
+// one-layer BuildLlama with the generator's configuration loads the HF-named
+// weights unchanged and gives PyTorch's logits, loss and every gradient.
+TEST(TinyLmGolden, BuildLlamaMatchesPyTorch) {
+  models::LlamaConfig config;
+  config.vocab = kVocab;
+  config.dim = kHidden;
+  config.layers = 1;
+  config.heads = kHeads;
+  config.kv_heads = kKvHeads;
+  config.ffn_dim = kInter;
+  config.seq_len = kSeq;
+  config.batch = kBatch;
+  config.eps = kRmsEps;
+  ASSERT_OK_AND_ASSIGN(models::LlamaModel lm, models::BuildLlama(config));
+  Graph& g = lm.model.graph;
+  runtime::ParameterStore params;
+  std::vector<ValueId> trainable;
+  for (const models::Layer& layer : lm.model.layers) {
+    for (const std::string& name : layer.weights) {
+      auto it = Golden().find("model.param." + name);
+      ASSERT_NE(it, Golden().end()) << "no golden weight for " << name;
+      ASSERT_OK(params.Set(name, it->second));
+      trainable.push_back(*g.FindByName(name));
+    }
+  }
+  EXPECT_EQ(trainable.size(), 12u);
+  ASSERT_OK_AND_ASSIGN(autodiff::GradientMap grads,
+                       autodiff::BuildBackward(g, lm.model.loss, trainable));
+  for (const auto& [p, grad] : grads) g.MarkOutput(grad);
+  ASSERT_OK_AND_ASSIGN(auto exe, runtime::Executable::Compile(g, &params));
+  ASSERT_OK(exe->SetInput("tokens", Golden().at("model.ids")));
+  ASSERT_OK(exe->SetInput("targets", Golden().at("model.targets")));
+  ASSERT_OK_AND_ASSIGN(TensorView positions, exe->Input(models::kLlamaPositionsInput));
+  models::FillLlamaPositions(positions.i32(), kSeq);
+  ASSERT_OK(exe->Run());
+
+  ASSERT_OK_AND_ASSIGN(TensorView logits, exe->Output(lm.model.logits));
+  ExpectMatches(logits, "model.logits");
+  ASSERT_OK_AND_ASSIGN(TensorView loss, exe->Output(lm.model.loss));
   ExpectMatches(loss, "model.loss");
   for (const auto& [p, grad] : grads) {
     ASSERT_OK_AND_ASSIGN(TensorView v, exe->Output(grad));
