@@ -7,7 +7,8 @@ the report is the median of the per-round medians and the ratios. PyTorch also
 runs with OPENBLAS_CORETYPE=SkylakeX on CPUs with AVX-512: Debian's OpenBLAS
 0.3.21 does not know newer Intel models and falls back to its Prescott
 kernels, which would flatter fleettune, so the forced core type is the fair
-baseline. With `profile`, fleettune's last round runs with --profile (its
+baseline. Where both sides report "trainable_elements", they must agree (the
+same scheme on both sides), or the comparison stops. With `profile`, fleettune's last round runs with --profile (its
 per-op table goes to stderr) and is left out of the medians.
 """
 
@@ -46,6 +47,7 @@ def compare(title, ours_cmd, torch_cmd, modes, rounds, profile=False):
         contenders.append(("pytorch+skx", torch_cmd, {"OPENBLAS_CORETYPE": "SkylakeX"}))
     samples = {name: {m: [] for m in modes} for name, _, _ in contenders}
     memory = {}
+    trained = {}  # trainable parameter elements, where a side reports them
     for r in range(rounds):
         last = r == rounds - 1
         for name, cmd, env in contenders:
@@ -56,8 +58,14 @@ def compare(title, ours_cmd, torch_cmd, modes, rounds, profile=False):
                 if not profiled or rounds == 1:
                     samples[name][mode].append(row["ms_per_step"])
                 memory[(name, mode)] = row["train_bytes"]
+                trained[(name, mode)] = row.get("trainable_elements")
         print("round %d/%d done" % (r + 1, rounds), file=sys.stderr)
 
+    for mode in modes:
+        counts = {trained[(n, mode)] for n, _, _ in contenders}
+        if len(counts) > 1:
+            sys.exit("%s: the frameworks train different parameters (%s elements)"
+                     % (mode, sorted(counts, key=str)))
     ms = {(n, m): statistics.median(v) for n, d in samples.items() for m, v in d.items()}
     print(title)
     print("%-10s %-12s %10s %14s" % ("mode", "framework", "ms/step", "train bytes"))

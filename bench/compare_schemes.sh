@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds the fleettune update-scheme benchmark (issue #6) and runs it side by side with
+# PyTorch (bench/compare_schemes.py; pass --profile for fleettune's per-op table).
+# Needs Debian's python3-torch and python3-torchvision (installed here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+if ! /usr/bin/python3 -c "import torch, torchvision" 2>/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    python3-torch python3-torchvision
+fi
+bazel build //bench:scheme_bench >&2
+exec /usr/bin/python3 bench/compare_schemes.py "$@"
