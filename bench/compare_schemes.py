@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Update-scheme benchmark (issue #6): fleettune vs PyTorch, ratios printed.
 
-    bench/compare_schemes.sh [--models mobilenet_v2,bert_mini,llama] [--rounds 3]
+    bench/compare_schemes.sh [--models mobilenet_v2,bert_mini,llama_mini] [--rounds 3]
                              [--steps 10] [--warmup 3] [--profile]
 
 For each model, runs bench/scheme_bench (fleettune) and bench/pytorch_schemes.py
@@ -22,10 +22,10 @@ from side_by_side import HERE, ROOT, compare
 
 SCHEMES = {"mobilenet_v2": ("full", "bias-only", "sparse"),
            "bert_mini": ("full", "bias-only", "sparse"),
-           "llama": ("full", "sparse")}  # Llama has no biases
+           "llama_mini": ("full", "sparse")}  # Llama has no biases
 TITLES = {"mobilenet_v2": "MobileNetV2 width 1.0, 128x128, batch 8, frozen BatchNorm statistics",
           "bert_mini": "BERT-mini (4 layers, hidden 256, 4 heads, FFN 1024), seq 128, batch 8",
-          "llama": "Llama-style decoder (4 layers, dim 256, 4 heads / 2 KV heads, FFN 704, "
+          "llama_mini": "Llama-style decoder (4 layers, dim 256, 4 heads / 2 KV heads, FFN 704, "
                    "vocab 8192), seq 128, batch 8"}
 
 

@@ -13,7 +13,7 @@ Models (the shapes of bench/scheme_bench.cc):
   bert_mini     BertForSequenceClassification of bench/pytorch_bert.py: 4 layers,
                 hidden 256, 4 heads, FFN 1024, vocab 30522, sequence 128, batch 8,
                 2 labels, no dropout.
-  llama         LlamaForCausalLM written below with Hugging Face's module and
+  llama_mini       LlamaForCausalLM written below with Hugging Face's module and
                 parameter names (RMSNorm, RoPE, grouped-query causal attention,
                 SwiGLU): 4 layers, hidden 256, 4 heads, 2 key/value heads,
                 FFN 704, vocab 8192, sequence 128, batch 8: about the size of
@@ -61,7 +61,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pytorch_bert  # noqa: E402  (BERT modules shared with the BERT benchmark)
 
-MODELS = ("mobilenet_v2", "bert_mini", "llama")
+MODELS = ("mobilenet_v2", "bert_mini", "llama_mini")
 SCHEMES = ("full", "bias-only", "sparse")
 LR = 0.01
 MOMENTUM = 0.9
@@ -194,7 +194,7 @@ def build(model_name):
         return (model, (ids, types_, pos), lambda out: F.cross_entropy(out, labels), labels,
                 ("bert.encoder.layer.2.", "bert.encoder.layer.3."),
                 ("bert.pooler.", "classifier."))
-    if model_name == "llama":
+    if model_name == "llama_mini":
         model = LlamaForCausalLM(LLAMA)
         ids = torch.randint(0, LLAMA.vocab, (BATCH, LLAMA.seq_len))
         targets = torch.randint(0, LLAMA.vocab, (BATCH, LLAMA.seq_len))
