@@ -17,6 +17,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "cli/compile.h"
 #include "cli/format.h"
 #include "engine/base/file.h"
 #include "engine/base/status_macros.h"
@@ -102,6 +103,23 @@ const std::vector<CommandInfo>& Commands() {
        "list registered devices",
        {{"class", "CLASS", "only devices of this class"}}},
       {Command::kClasses, "classes", nullptr, "list device classes", {}},
+      {Command::kCompile,
+       "compile",
+       nullptr,
+       "compile a training plan locally and print its cost\n(no coordinator needed)",
+       {
+           {"model", "NAME",
+            "zoo model: mlp, cnn, mobilenet_v2, resnet18,\nbert_mini, llama_mini (required)"},
+           {"scheme", "SCHEME", "full, bias-only, last-k:N, freeze:LAYER,...\n(default full)"},
+           {"device-class", "CLASS", "device class (default x86-avx2)"},
+           {"device-classes", "PATH", "class config, text proto (default built-in classes)"},
+           {"batch", "N", "examples per step (default 8)"},
+           {"batchnorm", "frozen|train", "BatchNorm statistics (default frozen)"},
+           {"optimizer", "sgd|adamw", "(default sgd)"},
+           {"lr", "RATE", "learning rate > 0 (default 0.01)"},
+           {"momentum", "M", "SGD momentum in [0, 1) (default 0.9)"},
+           {"out", "PATH", "write the compiled plan here"},
+       }},
       {Command::kHelp, "help", nullptr, "show this text", {}},
   };
   return *commands;
@@ -711,6 +729,9 @@ absl::StatusOr<Invocation> BuildInvocation(const CommandLine& line, absl::string
       }
       break;
     }
+    case Command::kCompile:
+      invocation.compile_flags = line.flags;
+      break;
     case Command::kClasses:
     case Command::kHelp:
       break;
@@ -766,6 +787,8 @@ absl::Status Cli::Run(const Invocation& invocation) {
       return Devices(invocation.device_class);
     case Command::kClasses:
       return Classes();
+    case Command::kCompile:
+      return RunCompile(invocation.compile_flags, options_.global.json, out_);
     case Command::kHelp:
       *out_ << Usage();
       return absl::OkStatus();

@@ -45,7 +45,7 @@ inline constexpr int kMaxResponseBytes = 64 << 20;
 // ---------------------------------------------------------------------------
 // Step 1: syntax.
 
-enum class Command { kHelp, kSubmit, kList, kGet, kWatch, kCancel, kDevices, kClasses };
+enum class Command { kHelp, kSubmit, kList, kGet, kWatch, kCancel, kDevices, kClasses, kCompile };
 
 struct CommandLine {
   Command command = Command::kHelp;
@@ -82,10 +82,11 @@ struct GlobalOptions {
 struct Invocation {
   Command command = Command::kHelp;
   GlobalOptions global;
-  v1::JobSpec spec;                  // submit
-  std::vector<v1::JobState> states;  // list (empty = all)
-  std::string job_id;                // get, watch, cancel
-  std::string device_class;          // devices (empty = all)
+  v1::JobSpec spec;                                  // submit
+  std::vector<v1::JobState> states;                  // list (empty = all)
+  std::string job_id;                                // get, watch, cancel
+  std::string device_class;                          // devices (empty = all)
+  std::map<std::string, std::string> compile_flags;  // compile (checked by RunCompile)
 };
 
 // Checks and converts the flag values of `line`. `env_token` is

@@ -1,0 +1,114 @@
+#include "cli/compile.h"
+
+#include <cstdint>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cli/format.h"
+#include "engine/base/status_macros.h"
+#include "engine/compile/compiler.h"
+#include "engine/models/zoo.h"
+#include "engine/plan/plan_io.h"
+#include "engine/train/trainer.h"
+#include "server/compiler/device_classes.h"
+
+namespace fleettune::cli {
+namespace {
+
+std::string Flag(const std::map<std::string, std::string>& flags, const std::string& name,
+                 const std::string& fallback) {
+  auto it = flags.find(name);
+  return it == flags.end() ? fallback : it->second;
+}
+
+absl::Status FlagError(const std::string& flag, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", why));
+}
+
+absl::StatusOr<double> PositiveNumber(const std::map<std::string, std::string>& flags,
+                                      const std::string& name, const std::string& fallback,
+                                      bool zero_ok) {
+  double v = 0;
+  const std::string text = Flag(flags, name, fallback);
+  if (!absl::SimpleAtod(text, &v) || !(zero_ok ? v >= 0 : v > 0) || v > 1e9) {
+    return FlagError(name, absl::StrCat("'", text, "' is not a number ", zero_ok ? ">= 0" : "> 0"));
+  }
+  return v;
+}
+
+}  // namespace
+
+absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool json,
+                        std::ostream* out) {
+  const std::string model_name = Flag(flags, "model", "");
+  if (model_name.empty()) return FlagError("model", "required (a zoo model, e.g. mobilenet_v2)");
+  ASSIGN_OR_RETURN(const engine::models::ZooEntry* zoo, engine::models::FindZooModel(model_name));
+
+  ASSIGN_OR_RETURN(double batch, PositiveNumber(flags, "batch", "8", false));
+  if (batch != static_cast<int64_t>(batch) || batch > 65536) {
+    return FlagError("batch", "must be an integer in [1, 65536]");
+  }
+  const std::string bn = Flag(flags, "batchnorm", "frozen");
+  if (bn != "frozen" && bn != "train") return FlagError("batchnorm", "must be frozen or train");
+  ASSIGN_OR_RETURN(
+      engine::models::Model model,
+      zoo->build(static_cast<int64_t>(batch),
+                 bn == "train" ? engine::models::Mode::kTrain : engine::models::Mode::kEval));
+
+  engine::compile::CompileOptions options;
+  options.model_name = model_name;
+  options.scheme_name = Flag(flags, "scheme", "full");
+  auto trainable = engine::train::SelectTrainable(model, options.scheme_name);
+  if (!trainable.ok()) return FlagError("scheme", std::string(trainable.status().message()));
+  options.trainable = *std::move(trainable);
+
+  ASSIGN_OR_RETURN(double lr, PositiveNumber(flags, "lr", "0.01", false));
+  const std::string optimizer = Flag(flags, "optimizer", "sgd");
+  if (optimizer == "sgd") {
+    ASSIGN_OR_RETURN(double momentum, PositiveNumber(flags, "momentum", "0.9", true));
+    if (momentum >= 1) return FlagError("momentum", "must be in [0, 1)");
+    options.optimizer = engine::autodiff::OptimizerConfig::Sgd(
+        {static_cast<float>(lr), static_cast<float>(momentum), 0.0f});
+  } else if (optimizer == "adamw") {
+    engine::AdamWAttrs adamw;
+    adamw.lr = static_cast<float>(lr);
+    options.optimizer = engine::autodiff::OptimizerConfig::AdamW(adamw);
+  } else {
+    return FlagError("optimizer", "must be sgd or adamw");
+  }
+
+  server::DeviceClassRegistry registry = server::DeviceClassRegistry::Defaults();
+  if (auto it = flags.find("device-classes"); it != flags.end()) {
+    auto loaded = server::DeviceClassRegistry::FromFile(it->second);
+    if (!loaded.ok()) return FlagError("device-classes", std::string(loaded.status().message()));
+    registry = *std::move(loaded);
+  }
+  ASSIGN_OR_RETURN(const v1::DeviceClass* device_class,
+                   registry.Find(Flag(flags, "device-class", "x86-avx2")));
+  options.device_class = device_class->name();
+  options.threads = std::max(1, device_class->threads());
+
+  ASSIGN_OR_RETURN(engine::compile::CompiledTraining compiled,
+                   engine::compile::CompileTraining(model, options));
+  const v1::PlanMetadata& meta = compiled.plan.metadata();
+  if (auto it = flags.find("out"); it != flags.end()) {
+    RETURN_IF_ERROR(engine::plan::WritePlan(it->second, compiled.plan));
+  }
+  if (json) {
+    ASSIGN_OR_RETURN(std::string line, FormatJson(meta));
+    *out << line << "\n";
+    return absl::OkStatus();
+  }
+  *out << engine::compile::FormatPlanSummary(meta);
+  const uint64_t need = meta.arena_bytes() + meta.scratch_bytes() + meta.weight_bytes() +
+                        meta.optimizer_state_bytes();
+  const int64_t budget = device_class->training_memory_budget_bytes();
+  *out << absl::StrFormat("class budget     %.2f MiB: %s\n", budget / 1048576.0,
+                          static_cast<int64_t>(need) <= budget ? "fits" : "DOES NOT FIT");
+  if (auto it = flags.find("out"); it != flags.end())
+    *out << "plan written to  " << it->second << "\n";
+  return absl::OkStatus();
+}
+
+}  // namespace fleettune::cli

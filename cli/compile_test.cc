@@ -1,0 +1,64 @@
+#include "cli/compile.h"
+
+#include <cstdlib>
+#include <sstream>
+#include <string>
+
+#include "engine/base/status_matchers.h"
+#include "engine/plan/plan_io.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::cli {
+namespace {
+
+using ::fleettune::testing::StatusIs;
+using ::testing::HasSubstr;
+
+TEST(Compile, PrintsTheSummaryAndWritesALoadablePlan) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/mlp.plan";
+  std::ostringstream out;
+  ASSERT_OK(RunCompile({{"model", "mlp"},
+                        {"scheme", "last-k:2"},
+                        {"device-class", "rpi4"},
+                        {"batch", "64"},
+                        {"out", path}},
+                       /*json=*/false, &out));
+  EXPECT_THAT(out.str(), HasSubstr("scheme           last-k:2"));
+  EXPECT_THAT(out.str(), HasSubstr("rpi4 (4 threads)"));
+  EXPECT_THAT(out.str(), HasSubstr("GFLOP"));
+  EXPECT_THAT(out.str(), HasSubstr("fits"));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan plan, engine::plan::ReadPlan(path));
+  EXPECT_EQ(plan.metadata().device_class(), "rpi4");
+  EXPECT_EQ(plan.metadata().trainable_parameters_size(), 4);
+  ASSERT_OK(engine::plan::GraphFromProto(plan.graph()).status());
+}
+
+TEST(Compile, JsonIsTheMetadata) {
+  std::ostringstream out;
+  ASSERT_OK(RunCompile({{"model", "mlp"}, {"optimizer", "adamw"}}, /*json=*/true, &out));
+  EXPECT_THAT(out.str(), HasSubstr("\"flopsPerStep\""));
+  EXPECT_THAT(out.str(), HasSubstr("\"deviceClass\":\"x86-avx2\""));
+}
+
+TEST(Compile, BadFlagsAreNamed) {
+  std::ostringstream out;
+  EXPECT_THAT(RunCompile({}, false, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--model")));
+  EXPECT_THAT(RunCompile({{"model", "alexnet"}}, false, &out),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("known: mlp")));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"scheme", "most"}}, false, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--scheme")));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"batch", "2.5"}}, false, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--batch")));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"momentum", "1"}}, false, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--momentum")));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"device-class", "toaster"}}, false, &out),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"device-classes", "/no/such/file"}}, false, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--device-classes")));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"out", "/no/such/dir/x.plan"}}, false, &out),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+}  // namespace
+}  // namespace fleettune::cli

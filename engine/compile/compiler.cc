@@ -1,0 +1,152 @@
+#include "engine/compile/compiler.h"
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <utility>
+#include <variant>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/base/status_macros.h"
+#include "engine/compile/cost.h"
+#include "engine/ir/verifier.h"
+#include "engine/ops/op_registry.h"
+#include "engine/plan/plan_io.h"
+#include "engine/runtime/executable.h"
+
+namespace fleettune::engine::compile {
+namespace {
+
+bool IsUpdate(OpKind op) { return op == OpKind::kSgdUpdate || op == OpKind::kAdamWUpdate; }
+
+uint64_t Bytes(const TensorType& type) {
+  return static_cast<uint64_t>(type.num_elements()) * DTypeSize(type.dtype);
+}
+
+// Largest kernel workspace any op asks for; the runtime allocates one buffer
+// of this size (Executable::Compile).
+uint64_t ScratchBytes(const Graph& graph) {
+  size_t scratch = 0;
+  for (const Node& node : graph.nodes()) {
+    const ops::OpDef& def = ops::GetOpDef(node.op);
+    if (def.scratch_bytes == nullptr) continue;
+    std::vector<const TensorType*> types;
+    for (ValueId in : node.inputs) types.push_back(&graph.type(in));
+    scratch = std::max(scratch, def.scratch_bytes(node, types));
+  }
+  return scratch;
+}
+
+std::string Mib(uint64_t bytes) {
+  return absl::StrFormat("%.2f MiB (%d bytes)", bytes / 1048576.0, bytes);
+}
+
+}  // namespace
+
+absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
+                                                 const CompileOptions& options) {
+  if (options.threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
+  }
+  if (options.trainable.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scheme '", options.scheme_name, "' trains nothing"));
+  }
+  CompiledTraining out;
+  Graph& graph = out.graph;
+  graph = model.graph;
+  std::vector<ValueId> trainable;
+  for (const std::string& name : options.trainable) {
+    std::optional<ValueId> id = graph.FindByName(name);
+    if (!id.has_value() || graph.node(*id).op != OpKind::kParameter) {
+      return absl::InvalidArgumentError(absl::StrCat("the model has no weight '", name, "'"));
+    }
+    trainable.push_back(*id);
+  }
+  const int forward_nodes = graph.num_nodes();
+  ASSIGN_OR_RETURN(autodiff::GradientMap grads,
+                   autodiff::BuildBackward(graph, model.loss, trainable));
+  RETURN_IF_ERROR(autodiff::AddOptimizerUpdates(graph, grads, options.optimizer));
+  RETURN_IF_ERROR(VerifyGraph(graph));
+
+  v1::PlanMetadata& meta = *out.plan.mutable_metadata();
+  meta.set_model_name(options.model_name);
+  meta.set_scheme(options.scheme_name);
+  meta.set_device_class(options.device_class);
+  meta.set_threads(options.threads);
+  uint64_t trainable_elements = 0, gradient_bytes = 0;
+  for (const auto& [param, grad] : grads) {
+    meta.add_trainable_parameters(graph.node(param).name);
+    trainable_elements += graph.type(param).num_elements();
+    gradient_bytes += Bytes(graph.type(grad));
+  }
+  meta.set_trainable_elements(trainable_elements);
+  meta.set_gradient_bytes(gradient_bytes);
+  uint64_t weight_bytes = 0, state_bytes = 0;
+  int update_nodes = 0;
+  std::map<std::pair<std::string, std::string>, int> kernels;
+  for (const Node& node : graph.nodes()) {
+    if (IsUpdate(node.op)) ++update_nodes;
+    if (node.op == OpKind::kParameter) {
+      const auto& role = std::get<ParameterAttrs>(node.attrs).role;
+      (role == ParamRole::kOptimizerState ? state_bytes : weight_bytes) += Bytes(node.type);
+      continue;
+    }
+    if (node.op == OpKind::kInput || node.op == OpKind::kReshape) continue;
+    const ops::OpDef& def = ops::GetOpDef(node.op);
+    ++kernels[{def.name, def.fast != nullptr ? "fast" : "reference"}];
+  }
+  meta.set_weight_bytes(weight_bytes);
+  meta.set_optimizer_state_bytes(state_bytes);
+  ASSIGN_OR_RETURN(runtime::ArenaLayout layout, runtime::PlanArena(graph));
+  meta.set_arena_bytes(layout.plan.arena_bytes);
+  meta.set_scratch_bytes(ScratchBytes(graph));
+  meta.set_flops_per_step(StepFlops(graph));
+  meta.set_forward_nodes(forward_nodes);
+  meta.set_update_nodes(update_nodes);
+  meta.set_backward_nodes(graph.num_nodes() - forward_nodes - update_nodes);
+  for (const auto& [key, nodes] : kernels) {
+    v1::KernelUse* k = meta.add_kernels();
+    k->set_op(key.first);
+    k->set_kernel(key.second);
+    k->set_nodes(nodes);
+  }
+
+  out.plan.set_format_version(plan::kPlanFormatVersion);
+  ASSIGN_OR_RETURN(*out.plan.mutable_graph(), plan::GraphToProto(graph));
+  return out;
+}
+
+std::string FormatPlanSummary(const v1::PlanMetadata& m) {
+  std::string s;
+  absl::StrAppendFormat(&s, "model            %s\n", m.model_name());
+  absl::StrAppendFormat(&s, "scheme           %s (%d tensors, %d elements trained)\n", m.scheme(),
+                        m.trainable_parameters_size(), m.trainable_elements());
+  absl::StrAppendFormat(&s, "device class     %s (%d threads)\n", m.device_class(), m.threads());
+  absl::StrAppendFormat(&s, "FLOPs per step   %.3f GFLOP\n", m.flops_per_step() / 1e9);
+  absl::StrAppendFormat(&s, "nodes            %d forward, %d backward, %d updates\n",
+                        m.forward_nodes(), m.backward_nodes(), m.update_nodes());
+  absl::StrAppendFormat(&s, "arena            %s\n", Mib(m.arena_bytes()));
+  absl::StrAppendFormat(&s, "  of it gradients %s\n", Mib(m.gradient_bytes()));
+  absl::StrAppendFormat(&s, "kernel scratch   %s\n", Mib(m.scratch_bytes()));
+  absl::StrAppendFormat(&s, "weights          %s\n", Mib(m.weight_bytes()));
+  absl::StrAppendFormat(&s, "optimizer state  %s\n", Mib(m.optimizer_state_bytes()));
+  absl::StrAppendFormat(
+      &s, "training memory  %s (arena + scratch + weights + optimizer state)\n",
+      Mib(m.arena_bytes() + m.scratch_bytes() + m.weight_bytes() + m.optimizer_state_bytes()));
+  // Kernels, wrapped at 100 columns under their heading.
+  std::string line = "kernels         ";
+  for (const v1::KernelUse& k : m.kernels()) {
+    const std::string item = absl::StrFormat(" %s/%s×%d", k.op(), k.kernel(), k.nodes());
+    if (line.size() + item.size() > 100) {
+      absl::StrAppend(&s, line, "\n");
+      line = std::string(16, ' ');
+    }
+    line += item;
+  }
+  absl::StrAppend(&s, line, "\n");
+  return s;
+}
+
+}  // namespace fleettune::engine::compile

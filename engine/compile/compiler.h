@@ -1,0 +1,62 @@
+// The training-plan compiler driver: a model and an update scheme in, a
+// CompiledPlan (proto/fleettune/v1/plan.proto) with its cost metadata out.
+//
+//   CompileOptions options;
+//   options.model_name = "mobilenet_v2";  options.scheme_name = "sparse";
+//   options.trainable = ...;  options.optimizer = OptimizerConfig::Sgd({0.01f, 0.9f});
+//   options.device_class = "rpi4";  options.threads = 4;
+//   ASSIGN_OR_RETURN(CompiledTraining compiled, CompileTraining(model, options));
+//   std::cout << FormatPlanSummary(compiled.plan.metadata());
+//   RETURN_IF_ERROR(plan::WritePlan(path, compiled.plan));
+//
+// CompileTraining derives the whole training graph at compile time: forward,
+// the backward pruned to what the trained parameters need, and the optimizer
+// updates; then measures it without weights: the static arena (the runtime's
+// own planner), kernel scratch, weight / gradient / optimizer-state bytes,
+// FLOPs per step (cost.h), and the kernel each op runs. A device rebuilds the
+// graph from the plan (plan::GraphFromProto), binds its weights and runs it;
+// Executable::memory() then reports exactly the arena and scratch bytes the
+// metadata promised.
+//
+// Errors: InvalidArgument for an unknown trainable name, a scheme that trains
+// nothing, threads < 1, or a graph the verifier rejects. Thread-safe (pure).
+#ifndef FLEETTUNE_ENGINE_COMPILE_COMPILER_H_
+#define FLEETTUNE_ENGINE_COMPILE_COMPILER_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/autodiff/autodiff.h"
+#include "engine/ir/graph.h"
+#include "engine/models/model.h"
+#include "proto/fleettune/v1/plan.pb.h"
+
+namespace fleettune::engine::compile {
+
+struct CompileOptions {
+  std::string model_name;   // recorded in the metadata
+  std::string scheme_name;  // recorded in the metadata
+  // The weight parameters to update, by name.
+  std::vector<std::string> trainable;
+  autodiff::OptimizerConfig optimizer;
+  std::string device_class;  // recorded in the metadata
+  int threads = 1;           // the class's kernel threads
+};
+
+struct CompiledTraining {
+  Graph graph;            // the training graph (what plan.graph() encodes)
+  v1::CompiledPlan plan;  // format version, graph and metadata
+};
+
+absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
+                                                 const CompileOptions& options);
+
+// A human-readable summary of a plan's metadata: sizes in MiB and bytes,
+// GFLOPs per step, node counts per phase and the kernels used, one fact per
+// line.
+std::string FormatPlanSummary(const v1::PlanMetadata& metadata);
+
+}  // namespace fleettune::engine::compile
+
+#endif  // FLEETTUNE_ENGINE_COMPILE_COMPILER_H_

@@ -1,0 +1,121 @@
+#include "engine/compile/compiler.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "engine/base/status_matchers.h"
+#include "engine/compile/cost.h"
+#include "engine/models/zoo.h"
+#include "engine/plan/plan_io.h"
+#include "engine/runtime/executable.h"
+#include "engine/train/trainer.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::compile {
+namespace {
+
+using ::fleettune::testing::StatusIs;
+using ::testing::HasSubstr;
+
+CompileOptions Options(const models::Model& model, const std::string& scheme) {
+  CompileOptions o;
+  o.model_name = "test";
+  o.scheme_name = scheme;
+  o.trainable = *train::SelectTrainable(model, scheme);
+  o.optimizer = autodiff::OptimizerConfig::Sgd({0.05f, 0.9f, 0.0f});
+  o.device_class = "x86-avx2";
+  o.threads = 1;
+  return o;
+}
+
+TEST(Cost, GemmOpsAreCountedFromTheirShapes) {
+  Graph g;
+  ValueId x = *g.AddInput("x", {DType::kF32, {2, 3, 8, 8}});
+  ValueId w = *g.AddParameter("w", {DType::kF32, {4, 3, 3, 3}});
+  ValueId y = *g.AddNode(OpKind::kConv2d, {x, w}, Conv2dAttrs{1, 1, 1, 1, 1, 1, 1});
+  // 2·(2·4·8·8 outputs)·(3·3·3 taps).
+  EXPECT_EQ(NodeFlops(g, y), 2u * 512 * 27);
+  ValueId flat = *g.AddNode(OpKind::kReshape, {y}, ShapeAttrs{{2, 256}});
+  EXPECT_EQ(NodeFlops(g, flat), 0u);
+  ValueId fw = *g.AddParameter("fw", {DType::kF32, {10, 256}});
+  ValueId fb = *g.AddParameter("fb", {DType::kF32, {10}});
+  ValueId logits = *g.AddNode(OpKind::kLinear, {flat, fw, fb});
+  EXPECT_EQ(NodeFlops(g, logits), 20u * (2 * 256 + 1));
+  ValueId r = *g.AddNode(OpKind::kRelu, {logits});
+  EXPECT_EQ(NodeFlops(g, r), 20u);
+  EXPECT_EQ(StepFlops(g), 2u * 512 * 27 + 20u * 513 + 20u);
+}
+
+// A plan written to a file and loaded back runs with exactly the arena and
+// scratch the metadata promised, and gives the same losses as the graph the
+// compiler built.
+TEST(CompileTraining, PlanFromFileRunsAsCompiledAndMatchesTheMetadata) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* cnn, models::FindZooModel("cnn"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, cnn->build(4, models::Mode::kTrain));
+  ASSERT_OK_AND_ASSIGN(CompiledTraining compiled, CompileTraining(model, Options(model, "full")));
+  const v1::PlanMetadata& meta = compiled.plan.metadata();
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/cnn.plan";
+  ASSERT_OK(plan::WritePlan(path, compiled.plan));
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan read, plan::ReadPlan(path));
+  ASSERT_OK_AND_ASSIGN(Graph loaded, plan::GraphFromProto(read.graph()));
+
+  std::vector<float> losses[2];
+  runtime::MemoryStats memory;
+  for (int i = 0; i < 2; ++i) {
+    runtime::ParameterStore params;
+    ASSERT_OK(cnn->initialize(model, 0, &params));
+    ASSERT_OK_AND_ASSIGN(auto exe,
+                         runtime::Executable::Compile(i == 0 ? compiled.graph : loaded, &params));
+    ASSERT_OK(cnn->fill_batch(*exe, 0));
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_OK(exe->Run());
+      ASSERT_OK_AND_ASSIGN(TensorView loss, exe->Output(model.loss));
+      losses[i].push_back(loss.f32()[0]);
+    }
+    memory = exe->memory();
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_LT(losses[0].back(), losses[0].front());
+  EXPECT_EQ(memory.arena_bytes, meta.arena_bytes());
+  EXPECT_EQ(memory.scratch_bytes, meta.scratch_bytes());
+  EXPECT_EQ(memory.optimizer_state_bytes, meta.optimizer_state_bytes());
+  EXPECT_GT(meta.flops_per_step(), 0u);
+  EXPECT_GT(meta.backward_nodes(), 0);
+  EXPECT_EQ(meta.update_nodes(), meta.trainable_parameters_size());
+  EXPECT_EQ(meta.gradient_bytes(), meta.trainable_elements() * 4);
+}
+
+TEST(CompileTraining, SparserSchemesCostLess) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* entry, models::FindZooModel("mobilenet_v2"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, entry->build(2, models::Mode::kEval));
+  ASSERT_OK_AND_ASSIGN(CompiledTraining full, CompileTraining(model, Options(model, "full")));
+  ASSERT_OK_AND_ASSIGN(CompiledTraining bias, CompileTraining(model, Options(model, "bias-only")));
+  const v1::PlanMetadata &f = full.plan.metadata(), &b = bias.plan.metadata();
+  EXPECT_LT(b.trainable_elements(), f.trainable_elements() / 50);
+  EXPECT_LT(b.arena_bytes(), f.arena_bytes());
+  EXPECT_LT(b.flops_per_step(), f.flops_per_step());
+  EXPECT_LT(b.optimizer_state_bytes(), f.optimizer_state_bytes() / 50);
+  const std::string summary = FormatPlanSummary(f);
+  EXPECT_THAT(summary, HasSubstr("GFLOP"));
+  EXPECT_THAT(summary, HasSubstr("conv2d/fast"));
+}
+
+TEST(CompileTraining, RejectsBadRequestsNamingTheProblem) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* mlp, models::FindZooModel("mlp"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, mlp->build(4, models::Mode::kTrain));
+  CompileOptions o = Options(model, "full");
+  o.trainable.push_back("fc9.weight");
+  EXPECT_THAT(CompileTraining(model, o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'fc9.weight'")));
+  o = Options(model, "full");
+  o.trainable.clear();
+  EXPECT_THAT(CompileTraining(model, o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("trains nothing")));
+  o = Options(model, "full");
+  o.threads = 0;
+  EXPECT_THAT(CompileTraining(model, o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("threads")));
+}
+
+}  // namespace
+}  // namespace fleettune::engine::compile
