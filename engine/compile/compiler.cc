@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/base/status_macros.h"
+#include "engine/compile/activation_cache.h"
 #include "engine/compile/cost.h"
 #include "engine/ir/verifier.h"
 #include "engine/ops/op_registry.h"
@@ -113,6 +114,15 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
     k->set_nodes(nodes);
   }
 
+  if (model.input != kNoValue) {
+    ASSIGN_OR_RETURN(std::optional<PrefixCut> cut, CutFrozenPrefix(graph, model.input));
+    if (cut.has_value()) {
+      meta.set_activation_cache_bytes_per_example(cut->bytes_per_example);
+      meta.set_activation_cache_flops_saved(cut->prefix_flops);
+      meta.set_activation_cache_nodes(cut->prefix_nodes);
+    }
+  }
+
   out.plan.set_format_version(plan::kPlanFormatVersion);
   ASSIGN_OR_RETURN(*out.plan.mutable_graph(), plan::GraphToProto(graph));
   return out;
@@ -135,6 +145,15 @@ std::string FormatPlanSummary(const v1::PlanMetadata& m) {
   absl::StrAppendFormat(
       &s, "training memory  %s (arena + scratch + weights + optimizer state)\n",
       Mib(m.arena_bytes() + m.scratch_bytes() + m.weight_bytes() + m.optimizer_state_bytes()));
+  if (m.activation_cache_nodes() > 0) {
+    absl::StrAppendFormat(
+        &s, "activation cache %.1f KiB per example; skips %d nodes, %.3f GFLOP (%.0f%%) per step\n",
+        m.activation_cache_bytes_per_example() / 1024.0, m.activation_cache_nodes(),
+        m.activation_cache_flops_saved() / 1e9,
+        100.0 * m.activation_cache_flops_saved() / std::max<uint64_t>(1, m.flops_per_step()));
+  } else {
+    s += "activation cache none (a layer on the input trains)\n";
+  }
   // Kernels, wrapped at 100 columns under their heading.
   std::string line = "kernels         ";
   for (const v1::KernelUse& k : m.kernels()) {

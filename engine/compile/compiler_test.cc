@@ -83,6 +83,19 @@ TEST(CompileTraining, PlanFromFileRunsAsCompiledAndMatchesTheMetadata) {
   EXPECT_GT(meta.backward_nodes(), 0);
   EXPECT_EQ(meta.update_nodes(), meta.trainable_parameters_size());
   EXPECT_EQ(meta.gradient_bytes(), meta.trainable_elements() * 4);
+  EXPECT_EQ(meta.activation_cache_nodes(), 0);  // full: the first layer trains
+}
+
+TEST(CompileTraining, ReportsTheActivationCacheOfAFrozenPrefix) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* mlp, models::FindZooModel("mlp"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, mlp->build(64, models::Mode::kTrain));
+  ASSERT_OK_AND_ASSIGN(CompiledTraining compiled,
+                       CompileTraining(model, Options(model, "last-k:1")));
+  const v1::PlanMetadata& meta = compiled.plan.metadata();
+  EXPECT_EQ(meta.activation_cache_bytes_per_example(), 128u * 4);
+  EXPECT_EQ(meta.activation_cache_nodes(), 4);
+  EXPECT_GT(meta.activation_cache_flops_saved(), meta.flops_per_step() / 2);
+  EXPECT_THAT(FormatPlanSummary(meta), HasSubstr("activation cache 0.5 KiB per example"));
 }
 
 TEST(CompileTraining, SparserSchemesCostLess) {

@@ -129,9 +129,10 @@ MlpConfig MlpZooConfig(int64_t batch) {
   return c;
 }
 
-CnnConfig CnnZooConfig(int64_t batch) {
+CnnConfig CnnZooConfig(int64_t batch, Mode mode = Mode::kTrain) {
   CnnConfig c;
   c.batch = batch;
+  c.mode = mode;
   return c;
 }
 
@@ -146,7 +147,7 @@ std::vector<ZooEntry> MakeZoo() {
                    return FillInputs(exe, seed, {{"labels", 10}});
                  }});
   zoo.push_back({"cnn", "Fashion-MNIST CNN (3 conv+BN+ReLU blocks, linear head)",
-                 [](int64_t batch, Mode) { return BuildCnn(CnnZooConfig(batch)); },
+                 [](int64_t batch, Mode mode) { return BuildCnn(CnnZooConfig(batch, mode)); },
                  [](const Model&, uint64_t seed, runtime::ParameterStore* p) {
                    return InitializeCnn(CnnZooConfig(1), seed, p);
                  },
