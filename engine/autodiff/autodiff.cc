@@ -164,11 +164,11 @@ absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
   std::vector<TrainableParam> params;
   params.reserve(trainable.size());
   for (ValueId p : trainable) params.push_back({p, 0});
-  return BuildBackward(graph, loss, params);
+  return BuildPartialBackward(graph, loss, params);
 }
 
-absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
-                                          absl::Span<const TrainableParam> trainable) {
+absl::StatusOr<GradientMap> BuildPartialBackward(Graph& graph, ValueId loss,
+                                                 absl::Span<const TrainableParam> trainable) {
   if (!graph.IsValid(loss) || graph.type(loss) != TensorType{DType::kF32, {}}) {
     return absl::InvalidArgumentError(
         absl::StrCat("loss %", loss, " must be an f32 scalar",

@@ -2,6 +2,7 @@
 // updates as graph nodes.
 //
 //   ASSIGN_OR_RETURN(GradientMap grads, BuildBackward(graph, loss, trainable));
+//   // or BuildPartialBackward(graph, loss, {{w, /*rows=*/8}, {b, 0}})
 //   RETURN_IF_ERROR(AddOptimizerUpdates(graph, grads, OptimizerConfig::Sgd(...)));
 //
 // BuildBackward appends backward nodes only where a gradient is needed: a
@@ -54,13 +55,14 @@ struct TrainableParam {
 absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
                                           absl::Span<const ValueId> trainable);
 
-// As above, with partial-channel parameters. Additional errors:
+// As BuildBackward, with partial-channel parameters (a separate name, so
+// brace-initialized calls of BuildBackward stay unambiguous). Additional errors:
 // InvalidArgument if rows is outside [0, dim 0] or the parameter has rank 0,
 // or a parameter is listed twice; Unimplemented if a partial parameter feeds
 // anything on the path to the loss other than the weight input of kLinear or
 // kConv2d (messages name the parameter).
-absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
-                                          absl::Span<const TrainableParam> trainable);
+absl::StatusOr<GradientMap> BuildPartialBackward(Graph& graph, ValueId loss,
+                                                 absl::Span<const TrainableParam> trainable);
 
 struct OptimizerConfig {
   enum class Kind { kSgd, kAdamW };

@@ -56,7 +56,7 @@ Net MakeNet(OpKind op, const TensorType& x_type, const TensorType& w_type, Attrs
 // Runs the backward graph for `trainable` and returns the gradients by name.
 std::map<std::string, Tensor> Gradients(Net& n, const std::vector<TrainableParam>& trainable) {
   Graph g = n.graph;
-  absl::StatusOr<GradientMap> grads = BuildBackward(g, n.loss, trainable);
+  absl::StatusOr<GradientMap> grads = BuildPartialBackward(g, n.loss, trainable);
   EXPECT_OK(grads.status());
   EXPECT_OK(VerifyGraph(g));
   for (const auto& [p, d] : *grads) g.MarkOutput(d);
@@ -128,7 +128,7 @@ TEST(PartialChannels, DepthwiseConvGradientIsTheFullGradientsFirstRows) {
       MakeNet(OpKind::kConv2d, {DType::kF32, {2, 8, 5, 5}}, {DType::kF32, {8, 1, 3, 3}}, a, false);
   ExpectFirstRows(n, 2);
   Graph g = n.graph;
-  ASSERT_OK(BuildBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 2}}).status());
+  ASSERT_OK(BuildPartialBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 2}}).status());
   // The weight gradient reads 2 input channels and 2 output-gradient channels.
   bool found = false;
   for (ValueId id = n.graph.num_nodes(); id < g.num_nodes(); ++id) {
@@ -149,8 +149,9 @@ TEST(PartialChannels, EmitsNothingNoUpdateNeeds) {
   const int forward = g.num_nodes();
   const ValueId fc1 = *g.FindByName("fc1.weight");
   const ValueId fc3 = *g.FindByName("fc3.weight");
-  ASSERT_OK_AND_ASSIGN(GradientMap grads,
-                       BuildBackward(g, m.loss, std::vector<TrainableParam>{{fc1, 4}, {fc3, 1}}));
+  ASSERT_OK_AND_ASSIGN(
+      GradientMap grads,
+      BuildPartialBackward(g, m.loss, std::vector<TrainableParam>{{fc1, 4}, {fc3, 1}}));
   ASSERT_OK(AddOptimizerUpdates(g, grads, OptimizerConfig::Sgd({0.1f, 0.9f, 0.0f})));
   ASSERT_OK(VerifyGraph(g));
   std::vector<int> consumers(g.num_nodes(), 0);
@@ -179,8 +180,9 @@ TEST(PartialChannels, AdamWStepsLeaveTheOtherRowsAndSizeStateForKRows) {
   Net n =
       MakeNet(OpKind::kConv2d, {DType::kF32, {2, 3, 4, 4}}, {DType::kF32, {8, 3, 1, 1}}, a, true);
   Graph g = n.graph;
-  ASSERT_OK_AND_ASSIGN(GradientMap grads,
-                       BuildBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 2}, {n.b, 0}}));
+  ASSERT_OK_AND_ASSIGN(
+      GradientMap grads,
+      BuildPartialBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 2}, {n.b, 0}}));
   ASSERT_OK(AddOptimizerUpdates(g, grads, OptimizerConfig::AdamW({})));
   ASSERT_OK(VerifyGraph(g));
   const Tensor before = *n.params.Find("w");
@@ -200,14 +202,14 @@ TEST(PartialChannels, AdamWStepsLeaveTheOtherRowsAndSizeStateForKRows) {
 TEST(PartialChannels, RejectsBadRowsAndUnsupportedConsumers) {
   Net n = MakeNet(OpKind::kLinear, {DType::kF32, {3, 5}}, {DType::kF32, {8, 5}}, NoAttrs{}, true);
   Graph g = n.graph;
-  EXPECT_THAT(BuildBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 9}}),
+  EXPECT_THAT(BuildPartialBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 9}}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("parameter 'w' f32[8, 5]: rows 9 is outside [0, dim 0]")));
-  EXPECT_THAT(BuildBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 2}, {n.w, 0}}),
+  EXPECT_THAT(BuildPartialBackward(g, n.loss, std::vector<TrainableParam>{{n.w, 2}, {n.w, 0}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'w' is listed twice")));
   // The bias feeds the linear's third input, which has no partial rule.
   EXPECT_THAT(
-      BuildBackward(g, n.loss, std::vector<TrainableParam>{{n.b, 2}}),
+      BuildPartialBackward(g, n.loss, std::vector<TrainableParam>{{n.b, 2}}),
       StatusIs(absl::StatusCode::kUnimplemented,
                HasSubstr("parameter 'b' trains 2 of its output channels but feeds input 2")));
 }

@@ -412,7 +412,7 @@ TEST(PlanIo, PartialChannelUpdatesRoundTripWithTheirRows) {
                           {"fc3.*", scheme::UpdateMode::kFull, 0.0}}};
   ASSERT_OK_AND_ASSIGN(scheme::ResolvedScheme resolved, scheme::ResolveScheme(model, s));
   for (const auto& optimizer : {SgdMomentum(), AdamW()}) {
-    ASSERT_OK_AND_ASSIGN(Graph graph, train::BuildTrainingGraph(model, resolved, optimizer));
+    ASSERT_OK_AND_ASSIGN(Graph graph, train::BuildSchemeTrainingGraph(model, resolved, optimizer));
     EXPECT_THAT(PrintGraph(graph), HasSubstr(", rows=4}"));
     ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
     ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));

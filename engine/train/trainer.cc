@@ -44,16 +44,16 @@ absl::StatusOr<Graph> BuildFromParams(const models::Model& model,
     trainable.push_back({*id, rows});
   }
   ASSIGN_OR_RETURN(autodiff::GradientMap grads,
-                   autodiff::BuildBackward(graph, model.loss, trainable));
+                   autodiff::BuildPartialBackward(graph, model.loss, trainable));
   RETURN_IF_ERROR(autodiff::AddOptimizerUpdates(graph, grads, optimizer));
   return graph;
 }
 
 }  // namespace
 
-absl::StatusOr<Graph> BuildTrainingGraph(const models::Model& model,
-                                         const scheme::ResolvedScheme& scheme,
-                                         const autodiff::OptimizerConfig& optimizer) {
+absl::StatusOr<Graph> BuildSchemeTrainingGraph(const models::Model& model,
+                                               const scheme::ResolvedScheme& scheme,
+                                               const autodiff::OptimizerConfig& optimizer) {
   std::vector<std::pair<std::string, int64_t>> params;
   for (const scheme::ParamPlan& p : scheme.params) {
     if (p.mode == scheme::UpdateMode::kFull) params.push_back({p.name, 0});
@@ -83,7 +83,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelBuilder& bui
   Graph train_graph;
   if (options.scheme.has_value()) {
     ASSIGN_OR_RETURN(train_graph,
-                     BuildTrainingGraph(t->train_model_, *options.scheme, options.optimizer));
+                     BuildSchemeTrainingGraph(t->train_model_, *options.scheme, options.optimizer));
   } else {
     ASSIGN_OR_RETURN(train_graph,
                      BuildTrainingGraph(t->train_model_, options.trainable, options.optimizer));

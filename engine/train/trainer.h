@@ -37,9 +37,8 @@ namespace fleettune::engine::train {
 // in layer order: a thin wrapper over scheme::PresetScheme + ResolveScheme
 // (engine/scheme/scheme.h lists the presets: full, bias-only, last-k:N,
 // freeze:A,B, sparse, pockengine). The names alone lose partial channels; use
-// ResolvePreset and the ResolvedScheme overload of BuildTrainingGraph to keep
-// them. InvalidArgument for an unknown scheme or layer, or a scheme that
-// trains nothing.
+// ResolvePreset and BuildSchemeTrainingGraph to keep them. InvalidArgument for an unknown scheme or
+// layer, or a scheme that trains nothing.
 absl::StatusOr<std::vector<std::string>> SelectTrainable(const models::Model& model,
                                                          absl::string_view scheme);
 
@@ -56,10 +55,10 @@ absl::StatusOr<Graph> BuildTrainingGraph(const models::Model& model,
 // ones computing and updating only their first `rows` rows (the update ops get
 // attrs.rows, their optimizer state has `rows` rows). InvalidArgument if the
 // model lacks a tensor of the scheme or a hyper-parameter is out of domain;
-// Unimplemented as autodiff::BuildBackward.
-absl::StatusOr<Graph> BuildTrainingGraph(const models::Model& model,
-                                         const scheme::ResolvedScheme& scheme,
-                                         const autodiff::OptimizerConfig& optimizer);
+// Unimplemented as autodiff::BuildPartialBackward.
+absl::StatusOr<Graph> BuildSchemeTrainingGraph(const models::Model& model,
+                                               const scheme::ResolvedScheme& scheme,
+                                               const autodiff::OptimizerConfig& optimizer);
 
 struct TrainerOptions {
   int64_t batch = 64;

@@ -314,7 +314,7 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
   Candidate c;
   c.scheme = resolved.name;
   c.resolved = std::move(resolved);
-  ASSIGN_OR_RETURN(c.graph, engine::train::BuildTrainingGraph(model, c.resolved, optimizer));
+  ASSIGN_OR_RETURN(c.graph, engine::train::BuildSchemeTrainingGraph(model, c.resolved, optimizer));
   ASSIGN_OR_RETURN(engine::runtime::ArenaLayout layout, engine::runtime::PlanArena(c.graph));
   c.arena_bytes = layout.plan.arena_bytes;
   for (const Node& node : c.graph.nodes()) {
