@@ -1,5 +1,8 @@
 #include "engine/plan/scheme_io.h"
 
+#include <random>
+#include <string>
+
 #include "engine/base/status_matchers.h"
 #include "engine/models/mlp.h"
 #include "gmock/gmock.h"
@@ -55,6 +58,49 @@ TEST(SchemeIo, RejectsBadTextAndUnsetModes) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("more than")));
   EXPECT_THAT(ParseSchemeText("\xff\xfe garbage {"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("scheme text")));
+}
+
+// Untrusted text: random byte mutations of a valid scheme either parse and
+// resolve (or fail to) with a Status, never a crash.
+TEST(SchemeIoMutation, MutatedTextNeverCrashes) {
+  const std::string valid = R"pb(
+    name: "m"
+    rules { pattern: "*.bias" mode: UPDATE_MODE_FULL }
+    rules { pattern: "fc2.weight" mode: UPDATE_MODE_CHANNELS channel_fraction: 0.25 }
+    rules { pattern: "fc?.w*" mode: UPDATE_MODE_FROZEN }
+  )pb";
+  models::MlpConfig c;
+  c.sizes = {4, 8, 8, 2};
+  ASSERT_OK_AND_ASSIGN(models::Model m, models::BuildMlp(c));
+  std::mt19937_64 rng(17);
+  int parsed = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::string text = valid;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits; ++e) {
+      const size_t at = rng() % text.size();
+      switch (rng() % 3) {
+        case 0:
+          text[at] = static_cast<char>(rng() % 256);
+          break;
+        case 1:
+          text.erase(at, 1 + rng() % 8);
+          break;
+        default:
+          text.insert(at, 1, "*?.{}:\"0123"[rng() % 13]);
+      }
+      if (text.empty()) text = "x";
+    }
+    absl::StatusOr<scheme::UpdateScheme> s = ParseSchemeText(text);
+    if (!s.ok()) {
+      EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
+      continue;
+    }
+    ++parsed;
+    absl::StatusOr<scheme::ResolvedScheme> r = scheme::ResolveScheme(m, *s);
+    if (!r.ok()) EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  }
+  EXPECT_GT(parsed, 0);
 }
 
 }  // namespace

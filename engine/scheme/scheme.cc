@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <unordered_map>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -160,8 +161,21 @@ absl::StatusOr<ResolvedScheme> ResolveScheme(const models::Model& model,
   // Per weight: the deciding rule's mode and fraction.
   std::vector<UpdateMode> mode(weights.size(), UpdateMode::kFrozen);
   std::vector<double> fraction(weights.size(), 0.0);
+  std::unordered_map<std::string, size_t> index;
+  for (size_t i = 0; i < weights.size(); ++i) index[weights[i].name] = i;
+  size_t globs = 0;
+  for (const Rule& rule : scheme.rules) globs += IsGlob(rule.pattern);
+  if (globs > kMaxGlobRules) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, " has ", globs, " glob rules, more than ", kMaxGlobRules));
+  }
   for (size_t r = 0; r < scheme.rules.size(); ++r) {
     const Rule& rule = scheme.rules[r];
+    if (rule.pattern.size() > kMaxPatternBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(label, ", rule ", r, ": pattern of ",
+                                                     rule.pattern.size(), " bytes, more than ",
+                                                     kMaxPatternBytes));
+    }
     const std::string where = absl::StrCat(label, ", rule ", r, " (", RuleToString(rule), ")");
     if (rule.pattern.empty()) return absl::InvalidArgumentError(where + ": empty pattern");
     if (rule.mode == UpdateMode::kChannels && !ValidFraction(rule.channel_fraction)) {
@@ -181,9 +195,16 @@ absl::StatusOr<ResolvedScheme> ResolveScheme(const models::Model& model,
                        "' is a buffer (running statistics), which is never trained"));
     }
     int matched = 0, applied = 0;
-    for (size_t i = 0; i < weights.size(); ++i) {
+    std::vector<size_t> candidates;
+    if (glob) {
+      for (size_t i = 0; i < weights.size(); ++i) {
+        if (MatchPattern(rule.pattern, weights[i].name)) candidates.push_back(i);
+      }
+    } else if (auto it = index.find(rule.pattern); it != index.end()) {
+      candidates.push_back(it->second);
+    }
+    for (size_t i : candidates) {
       const WeightInfo& w = weights[i];
-      if (!MatchPattern(rule.pattern, w.name)) continue;
       ++matched;
       if (rule.mode == UpdateMode::kChannels && (w.bias || !w.channel_weight)) {
         if (glob) continue;  // globs skip tensors that have no output channels

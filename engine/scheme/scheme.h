@@ -24,7 +24,8 @@
 // 1-D, a bias, or not the weight of a linear/conv2d layer (a glob CHANNELS rule
 // skips such tensors, keeping what earlier rules decided, and must apply to at
 // least one tensor); a fraction outside {1/8, 1/4, 1/2, 1}; a fraction on a
-// non-CHANNELS rule; an empty pattern; a scheme that trains nothing.
+// non-CHANNELS rule; an empty pattern or one over kMaxPatternBytes; more than
+// kMaxGlobRules glob rules; a scheme that trains nothing.
 //
 // Presets (PresetScheme) build exact-name rules from a model's layers; see
 // PresetScheme for each one's rule. Functions only; thread-safe.
@@ -40,6 +41,12 @@
 #include "engine/models/model.h"
 
 namespace fleettune::engine::scheme {
+
+// Bounds that keep resolving an untrusted scheme cheap: exact names are
+// looked up in a hash map, and glob matching costs at most
+// kMaxGlobRules · weights · kMaxPatternBytes · name length steps.
+inline constexpr size_t kMaxPatternBytes = 256;
+inline constexpr size_t kMaxGlobRules = 256;
 
 enum class UpdateMode { kFrozen, kFull, kChannels };
 

@@ -227,6 +227,11 @@ TEST(ResolveScheme, RejectsInvalidRulesNamingTheTensor) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("scheme 'x' trains nothing")));
   EXPECT_THAT(resolve({"", UpdateMode::kFull, 0}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty pattern")));
+  EXPECT_THAT(resolve({std::string(kMaxPatternBytes + 1, 'a'), UpdateMode::kFull, 0}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("more than 256")));
+  UpdateScheme many{"many", std::vector<Rule>(kMaxGlobRules + 1, {"*", UpdateMode::kFull, 0})};
+  EXPECT_THAT(ResolveScheme(m, many),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("257 glob rules")));
   // Globs never touch buffers.
   ASSERT_OK_AND_ASSIGN(ResolvedScheme r, resolve({"features.0.*", UpdateMode::kFull, 0}));
   EXPECT_THAT(r.TrainableNames(), Not(Contains("features.0.1.running_mean")));
