@@ -111,6 +111,11 @@ expect_error "nosuch: no such file" --model=llama --dataset=fortunes --data_dir=
 out=$("$BIN" --model=llama --dataset=fortunes --data_dir="$fortunes" --topic=tiny --dim=16 \
   --layers=1 --heads=2 --kv_heads=1 --seq_len=16 --batch=4 --epochs=3 --lr=0.01 2>&1) ||
   { echo "FAIL: llama run: $out"; fail=1; }
+# Llama has no biases: bias-only trains nothing; pockengine trains part of its last layers.
+llama=(--model=llama --dataset=fortunes --data_dir="$fortunes" --topic=tiny --dim=16 --layers=2
+  --heads=2 --kv_heads=1 --seq_len=16 --batch=4 --epochs=1)
+expect_error "scheme 'bias-only' trains nothing" "${llama[@]}" --scheme=bias-only
+"$BIN" "${llama[@]}" --scheme=pockengine >/dev/null 2>&1 || { echo "FAIL: llama pockengine run"; fail=1; }
 after=$(grep -oE '^validation loss: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
 before=$(grep -oE 'before training [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
 if [ -z "$after" ] || [ -z "$before" ] || awk "BEGIN{exit !($after > $before - 1)}"; then

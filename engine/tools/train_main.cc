@@ -114,7 +114,7 @@ ABSL_FLAG(bool, global_pool, false,
 ABSL_FLAG(double, dropout, 0.0, "CNN: dropout probability before the classifier.");
 ABSL_FLAG(std::string, scheme, "full",
           "Update scheme preset: full, bias-only, last-k:N, freeze:LAYER[,LAYER...], sparse or "
-          "pockengine (engine/scheme/scheme.h). Not for --model=llama, which trains fully.");
+          "pockengine (engine/scheme/scheme.h).");
 ABSL_FLAG(std::string, scheme_file, "",
           "A text-format fleettune.v1.UpdateScheme (per-tensor FROZEN / FULL / CHANNELS "
           "rules); replaces --scheme.");
@@ -453,6 +453,12 @@ absl::Status LanguageModelMain(const std::string& dataset) {
       absl::GetFlag(FLAGS_optimizer).empty() ? "adamw" : absl::GetFlag(FLAGS_optimizer);
   const double lr = absl::GetFlag(FLAGS_lr) == 0.0 ? 3e-3 : absl::GetFlag(FLAGS_lr);
   ASSIGN_OR_RETURN(options.optimizer, ChooseOptimizer(opt, static_cast<float>(lr)));
+  {
+    // Schemes name tensors, which do not depend on the batch: resolve on a probe.
+    ASSIGN_OR_RETURN(models::LlamaModel probe, models::BuildLlama(config));
+    ASSIGN_OR_RETURN(options.scheme, ChooseScheme(probe.model, absl::GetFlag(FLAGS_scheme),
+                                                  absl::GetFlag(FLAGS_scheme_file)));
+  }
   ASSIGN_OR_RETURN(auto trainer, train::LmTrainer::Create(config, &params, options));
   const std::string init_weights = absl::GetFlag(FLAGS_init_weights);
   if (!init_weights.empty()) {
