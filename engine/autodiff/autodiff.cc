@@ -103,7 +103,7 @@ class Backward : public ops::GradContext {
   }
 
   // The gradient of the first k = rows_[w] output channels of weight input i
-  // (BuildBackward checked that i is kLinear's or kConv2d's weight).
+  // (BuildPartialBackward checked that i is kLinear's or kConv2d's weight).
   absl::Status PartialWeightGradient(int i) {
     // Copies: adding nodes may move the forward node.
     const OpKind op = node().op;
