@@ -78,6 +78,7 @@ const std::vector<CommandInfo>& Commands() {
            {"seed", "N", "shuffling and initialization seed (default 0)"},
            {"scheme", "SCHEME",
             "full, bias-only, last-k:N, freeze:LAYER[,LAYER...],\n"
+            "sparse, pockengine (engine/scheme/scheme.h),\n"
             "or fit: per class, the most training that fits\n"
             "its memory budget (default fit)"},
            {"classes", "CLASS:N,...", "devices per class: rpi4:2,x86-avx2:1 (required)"},
@@ -215,7 +216,7 @@ absl::StatusOr<v1::SchemeSpec> ParseScheme(absl::string_view value) {
     scheme.set_fit_class_budget(true);
     return scheme;
   }
-  if (value == "full" || value == "bias-only") {
+  if (value == "full" || value == "bias-only" || value == "sparse" || value == "pockengine") {
     scheme.set_preset(std::string(value));
     return scheme;
   }
@@ -240,7 +241,7 @@ absl::StatusOr<v1::SchemeSpec> ParseScheme(absl::string_view value) {
   }
   return FlagError("scheme", absl::StrCat(Quote(value),
                                           " is not full, bias-only, last-k:N, "
-                                          "freeze:LAYER[,LAYER...] or fit"));
+                                          "freeze:LAYER[,LAYER...], sparse, pockengine or fit"));
 }
 
 absl::StatusOr<std::vector<v1::ClassTarget>> ParseClasses(absl::string_view value) {

@@ -454,8 +454,9 @@ TEST(BuildJobSpec, EachBadValueNamesItsFlag) {
       {{{"optimizer", "adam"}}, "--optimizer: want sgd or adamw, got \"adam\""},
       {{{"optimizer", "adamw"}, {"momentum", "0.9"}},
        "--momentum: applies only to --optimizer=sgd"},
-      {{{"scheme", "sparse"}},
-       "--scheme: \"sparse\" is not full, bias-only, last-k:N, freeze:LAYER[,LAYER...] or fit"},
+      {{{"scheme", "dense"}},
+       "--scheme: \"dense\" is not full, bias-only, last-k:N, freeze:LAYER[,LAYER...], sparse, "
+       "pockengine or fit"},
       {{{"scheme", "last-k:0"}}, "--scheme: last-k needs a layer count >= 1, got \"0\""},
       {{{"scheme", "freeze:"}}, "--scheme: freeze needs layer names like fc1,fc2, got \"\""},
       {{{"scheme", "freeze:fc1,,fc2"}},

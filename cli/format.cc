@@ -195,6 +195,10 @@ std::string SchemeName(const v1::SchemeSpec& scheme) {
       return scheme.preset();
     case v1::SchemeSpec::kFitClassBudget:
       return scheme.fit_class_budget() ? "fit" : std::string(kNone);
+    case v1::SchemeSpec::kScheme:
+      // An explicit per-tensor scheme: shown by its label (operator-chosen text, sanitized by
+      // the table printer like every other field).
+      return scheme.scheme().name().empty() ? "custom" : scheme.scheme().name();
     case v1::SchemeSpec::KIND_NOT_SET:
       break;
   }

@@ -22,8 +22,13 @@ bool DifferentiableInput(const Node& node, int i) {
 
 class Backward : public ops::GradContext {
  public:
-  Backward(Graph& graph, std::vector<bool> needed)
-      : graph_(graph), needed_(std::move(needed)), contributions_(graph.num_nodes()) {}
+  // rows[v] > 0: parameter v trains its first rows[v] output channels; its
+  // gradient comes from PartialWeightGradient, not from the op's rule.
+  Backward(Graph& graph, std::vector<bool> needed, std::vector<int64_t> rows)
+      : graph_(graph),
+        needed_(std::move(needed)),
+        rows_(std::move(rows)),
+        contributions_(graph.num_nodes()) {}
 
   // GradContext.
   const Node& node() const override { return graph_.node(current_); }
@@ -32,7 +37,7 @@ class Backward : public ops::GradContext {
   const TensorType& type(ValueId v) const override { return graph_.type(v); }
   bool NeedsGrad(int input) const override {
     const ValueId v = node().inputs[input];
-    return needed_[v] && DifferentiableInput(node(), input);
+    return needed_[v] && rows_[v] == 0 && DifferentiableInput(node(), input);
   }
   absl::StatusOr<ValueId> Emit(OpKind op, std::vector<ValueId> inputs, Attrs attrs) override {
     return graph_.AddNode(op, std::move(inputs), std::move(attrs));
@@ -62,7 +67,19 @@ class Backward : public ops::GradContext {
     dy_ = grad;
     const Node& n = graph_.node(id);
     if (n.inputs.empty()) return absl::OkStatus();
-    const ops::OpDef& def = ops::GetOpDef(n.op);
+    bool rule_needed = false;
+    const std::vector<ValueId> inputs = n.inputs;  // Emit may move the node
+    for (int i = 0; i < static_cast<int>(inputs.size()); ++i) {
+      if (rows_[inputs[i]] > 0) {
+        RETURN_IF_ERROR(PartialWeightGradient(i));
+      } else {
+        rule_needed = rule_needed || NeedsGrad(i);
+      }
+    }
+    // Skipping the rule when only partial parameters need gradients keeps it
+    // from emitting shared helpers (reshapes of dy) that nothing would read.
+    if (!rule_needed) return absl::OkStatus();
+    const ops::OpDef& def = ops::GetOpDef(graph_.node(id).op);
     if (def.gradient == nullptr) {
       return absl::UnimplementedError(absl::StrCat("node ", id, " (", def.name,
                                                    ") is not differentiable but lies between a "
@@ -77,8 +94,64 @@ class Backward : public ops::GradContext {
   }
 
  private:
+  absl::StatusOr<ValueId> SliceDim(ValueId v, int axis, int64_t end) {
+    const Shape& s = graph_.type(v).shape;
+    if (s[axis] == end) return v;
+    SliceAttrs slice{std::vector<int64_t>(s.size(), 0), s, std::vector<int64_t>(s.size(), 1)};
+    slice.end[axis] = end;
+    return graph_.AddNode(OpKind::kSlice, {v}, std::move(slice));
+  }
+
+  // The gradient of the first k = rows_[w] output channels of weight input i
+  // (BuildPartialBackward checked that i is kLinear's or kConv2d's weight).
+  absl::Status PartialWeightGradient(int i) {
+    // Copies: adding nodes may move the forward node.
+    const OpKind op = node().op;
+    const Attrs attrs = node().attrs;
+    const ValueId w = node().inputs[i];
+    const ValueId x = node().inputs[0];
+    const int64_t k = rows_[w];
+    const Shape ws = graph_.type(w).shape;
+    const Shape xs = graph_.type(x).shape;
+    ValueId dw = kNoValue;
+    if (op == OpKind::kLinear) {
+      // With X2 = x as [rows, in], dY2 = dy as [rows, out]:  dW[:k] = dY2[:, :k]ᵀ · X2
+      const int64_t rows = NumElements(xs) / ws[1];
+      ValueId dy2 = dy_;
+      ValueId x2 = x;
+      if (xs.size() != 2) {
+        ASSIGN_OR_RETURN(dy2, graph_.AddNode(OpKind::kReshape, {dy_}, ShapeAttrs{{rows, ws[0]}}));
+        ASSIGN_OR_RETURN(x2, graph_.AddNode(OpKind::kReshape, {x}, ShapeAttrs{{rows, ws[1]}}));
+      }
+      ASSIGN_OR_RETURN(ValueId dy_k, SliceDim(dy2, 1, k));
+      ASSIGN_OR_RETURN(dw, graph_.AddNode(OpKind::kMatMul, {dy_k, x2}, MatMulAttrs{true, false}));
+    } else {
+      // Output channel o of a convolution with g groups reads input channels
+      // of group o / (C_out / g) only, so dW[:k] is the weight gradient of a
+      // convolution over the first ⌈k / opg⌉ groups: dy and x sliced to those
+      // groups' channels (opg = C_out / g output, ipg = C_in / g input channels
+      // per group), then cut to k rows when k is not a multiple of opg.
+      //   dW[:k] = conv_backward_weight(x[:, :g'·ipg], dy[:, :g'·opg])[:k],  g' = ⌈k / opg⌉
+      Conv2dAttrs conv = std::get<Conv2dAttrs>(attrs);
+      const int64_t opg = ws[0] / conv.groups;
+      const int64_t ipg = ws[1];
+      const int64_t groups = (k + opg - 1) / opg;
+      ASSIGN_OR_RETURN(ValueId dy_k, SliceDim(dy_, 1, groups * opg));
+      ASSIGN_OR_RETURN(ValueId x_k, SliceDim(x, 1, groups * ipg));
+      conv.groups = static_cast<int32_t>(groups);
+      Shape shape = ws;
+      shape[0] = groups * opg;
+      ASSIGN_OR_RETURN(dw, graph_.AddNode(OpKind::kConv2dBackwardWeight, {x_k, dy_k},
+                                          Conv2dGradAttrs{conv, shape}));
+      ASSIGN_OR_RETURN(dw, SliceDim(dw, 0, k));
+    }
+    contributions_[w].push_back(dw);
+    return absl::OkStatus();
+  }
+
   Graph& graph_;
   std::vector<bool> needed_;
+  std::vector<int64_t> rows_;
   std::vector<std::vector<ValueId>> contributions_;
   ValueId current_ = kNoValue;
   ValueId dy_ = kNoValue;
@@ -88,6 +161,14 @@ class Backward : public ops::GradContext {
 
 absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
                                           absl::Span<const ValueId> trainable) {
+  std::vector<TrainableParam> params;
+  params.reserve(trainable.size());
+  for (ValueId p : trainable) params.push_back({p, 0});
+  return BuildPartialBackward(graph, loss, params);
+}
+
+absl::StatusOr<GradientMap> BuildPartialBackward(Graph& graph, ValueId loss,
+                                                 absl::Span<const TrainableParam> trainable) {
   if (!graph.IsValid(loss) || graph.type(loss) != TensorType{DType::kF32, {}}) {
     return absl::InvalidArgumentError(
         absl::StrCat("loss %", loss, " must be an f32 scalar",
@@ -96,7 +177,9 @@ absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
   const int n = graph.num_nodes();
   // from_trainable[v]: v depends (differentiably) on a trainable parameter.
   std::vector<bool> from_trainable(n, false);
-  for (ValueId p : trainable) {
+  std::vector<int64_t> rows(n, 0);
+  for (const TrainableParam& t : trainable) {
+    const ValueId p = t.id;
     const auto* attrs =
         graph.IsValid(p) ? std::get_if<ParameterAttrs>(&graph.node(p).attrs) : nullptr;
     if (attrs == nullptr || graph.node(p).op != OpKind::kParameter ||
@@ -104,7 +187,18 @@ absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
       return absl::InvalidArgumentError(
           absl::StrCat("trainable %", p, " is not a weight parameter"));
     }
+    const std::string& name = graph.node(p).name;
+    if (from_trainable[p]) {
+      return absl::InvalidArgumentError(absl::StrCat("parameter '", name, "' is listed twice"));
+    }
     from_trainable[p] = true;
+    const Shape& shape = graph.type(p).shape;
+    if (t.rows != 0 && (shape.empty() || t.rows < 0 || t.rows > shape[0])) {
+      return absl::InvalidArgumentError(absl::StrCat("parameter '", name, "' ",
+                                                     TypeToString(graph.type(p)), ": rows ", t.rows,
+                                                     " is outside [0, dim 0]"));
+    }
+    if (t.rows != 0 && t.rows < shape[0]) rows[p] = t.rows;
   }
   for (ValueId id = 0; id <= loss; ++id) {
     const Node& node = graph.node(id);
@@ -124,23 +218,41 @@ absl::StatusOr<GradientMap> BuildBackward(Graph& graph, ValueId loss,
   }
   std::vector<bool> needed(n);
   for (ValueId id = 0; id < n; ++id) needed[id] = from_trainable[id] && to_loss[id];
-  for (ValueId p : trainable) {
-    if (!needed[p]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("trainable parameter '", graph.node(p).name, "' does not affect the loss"));
+  for (const TrainableParam& t : trainable) {
+    if (!needed[t.id]) {
+      return absl::InvalidArgumentError(absl::StrCat("trainable parameter '", graph.node(t.id).name,
+                                                     "' does not affect the loss"));
     }
   }
 
-  Backward backward(graph, needed);
+  // A partial parameter's gradient has a rule only as a linear or conv weight.
+  for (ValueId id = 0; id <= loss; ++id) {
+    const Node& node = graph.node(id);
+    if (!needed[id]) continue;
+    for (int i = 0; i < static_cast<int>(node.inputs.size()); ++i) {
+      const ValueId v = node.inputs[i];
+      if (rows[v] == 0) continue;
+      const bool weight_slot = (node.op == OpKind::kLinear || node.op == OpKind::kConv2d) && i == 1;
+      if (!weight_slot) {
+        return absl::UnimplementedError(absl::StrCat(
+            "parameter '", graph.node(v).name, "' trains ", rows[v],
+            " of its output channels but feeds input ", i, " of node ", id, " (",
+            ops::GetOpDef(node.op).name,
+            "); partial channels need it to be the weight of a linear or conv2d node"));
+      }
+    }
+  }
+
+  Backward backward(graph, needed, std::move(rows));
   ASSIGN_OR_RETURN(ValueId seed, graph.AddNode(OpKind::kFill, {}, FillAttrs{1.0f, {}}, "d_loss"));
   backward.Seed(loss, seed);
   for (ValueId id = loss; id >= 0; --id) {
     if (needed[id]) RETURN_IF_ERROR(backward.Visit(id));
   }
   GradientMap grads;
-  for (ValueId p : trainable) {
-    ASSIGN_OR_RETURN(ValueId g, backward.Accumulate(p));
-    grads[p] = g;
+  for (const TrainableParam& t : trainable) {
+    ASSIGN_OR_RETURN(ValueId g, backward.Accumulate(t.id));
+    grads[t.id] = g;
   }
   return grads;
 }
@@ -169,7 +281,19 @@ absl::Status AddOptimizerUpdates(Graph& graph, const GradientMap& grads,
   for (const auto& [param, grad] : grads) {
     const Node& p = graph.node(param);
     const std::string name = p.name;
-    const TensorType type = p.type;
+    // State is sized like the gradient: k rows for a partial parameter.
+    const TensorType type = graph.type(grad);
+    int64_t rows = 0;
+    if (type != p.type) {
+      TensorType cut = p.type;
+      if (!cut.shape.empty() && !type.shape.empty()) cut.shape[0] = type.shape[0];
+      if (cut != type || type.shape[0] < 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("gradient of '", name, "' is ", TypeToString(type), ", expected ",
+                         TypeToString(p.type), " or that with fewer rows"));
+      }
+      rows = type.shape[0];
+    }
     if (config.kind == OptimizerConfig::Kind::kSgd) {
       std::vector<ValueId> operands = {param, grad};
       if (config.sgd.momentum != 0.0f) {
@@ -177,14 +301,17 @@ absl::Status AddOptimizerUpdates(Graph& graph, const GradientMap& grads,
                                                          ParamRole::kOptimizerState));
         operands.push_back(buf);
       }
-      RETURN_IF_ERROR(graph.AddNode(OpKind::kSgdUpdate, operands, config.sgd).status());
+      SgdAttrs attrs = config.sgd;
+      attrs.rows = rows;
+      RETURN_IF_ERROR(graph.AddNode(OpKind::kSgdUpdate, operands, attrs).status());
     } else {
       ASSIGN_OR_RETURN(ValueId m,
                        graph.AddParameter(name + ".exp_avg", type, ParamRole::kOptimizerState));
       ASSIGN_OR_RETURN(ValueId v,
                        graph.AddParameter(name + ".exp_avg_sq", type, ParamRole::kOptimizerState));
-      RETURN_IF_ERROR(
-          graph.AddNode(OpKind::kAdamWUpdate, {param, grad, m, v}, config.adamw).status());
+      AdamWAttrs attrs = config.adamw;
+      attrs.rows = rows;
+      RETURN_IF_ERROR(graph.AddNode(OpKind::kAdamWUpdate, {param, grad, m, v}, attrs).status());
     }
   }
   return absl::OkStatus();

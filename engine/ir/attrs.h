@@ -74,12 +74,16 @@ struct CrossEntropyAttrs {
 };
 
 // torch.optim.SGD semantics: g += wd·p; buf = momentum·buf + g; p -= lr·buf.
+// rows > 0: a partial-channel update. Only rows [0, rows) of the parameter
+// (its first `rows` output channels, dim 0) train; the gradient and the
+// momentum buffer hold just those rows. 0 = the whole parameter.
 struct SgdAttrs {
   float lr = 0.01f;
   float momentum = 0.0f;
   float weight_decay = 0.0f;
+  int64_t rows = 0;
   bool operator==(const SgdAttrs& o) const {
-    return lr == o.lr && momentum == o.momentum && weight_decay == o.weight_decay;
+    return lr == o.lr && momentum == o.momentum && weight_decay == o.weight_decay && rows == o.rows;
   }
 };
 
@@ -90,9 +94,10 @@ struct AdamWAttrs {
   float beta2 = 0.999f;
   float eps = 1e-8f;
   float weight_decay = 1e-2f;
+  int64_t rows = 0;  // as in SgdAttrs: > 0 trains rows [0, rows) only
   bool operator==(const AdamWAttrs& o) const {
     return lr == o.lr && beta1 == o.beta1 && beta2 == o.beta2 && eps == o.eps &&
-           weight_decay == o.weight_decay;
+           weight_decay == o.weight_decay && rows == o.rows;
   }
 };
 

@@ -49,6 +49,12 @@ const char* ActivationName(ActivationFn fn) {
 }
 
 // "stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1"
+// Optimizer updates print rows only when partial, so full-update text is
+// unchanged.
+std::string RowsField(int64_t rows) {
+  return rows == 0 ? std::string() : absl::StrCat(", rows=", rows);
+}
+
 std::string ConvFields(const Conv2dAttrs& a) {
   return absl::StrCat("stride=[", a.stride_h, ", ", a.stride_w, "], padding=[", a.pad_h, ", ",
                       a.pad_w, "], dilation=[", a.dilation_h, ", ", a.dilation_w,
@@ -93,11 +99,12 @@ std::string PrintAttrs(const Attrs& attrs) {
           },
           [](const SgdAttrs& a) {
             return absl::StrCat("{lr=", a.lr, ", momentum=", a.momentum,
-                                ", weight_decay=", a.weight_decay, "}");
+                                ", weight_decay=", a.weight_decay, RowsField(a.rows), "}");
           },
           [](const AdamWAttrs& a) {
             return absl::StrCat("{lr=", a.lr, ", beta1=", a.beta1, ", beta2=", a.beta2,
-                                ", eps=", a.eps, ", weight_decay=", a.weight_decay, "}");
+                                ", eps=", a.eps, ", weight_decay=", a.weight_decay,
+                                RowsField(a.rows), "}");
           },
           [](const Conv2dAttrs& a) { return absl::StrCat("{", ConvFields(a), "}"); },
           [](const Conv2dGradAttrs& a) {

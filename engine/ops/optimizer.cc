@@ -5,8 +5,15 @@
 // gradient is complete. Semantics follow torch.optim (checked by the golden
 // test). Not differentiable: an update is a side effect, not a function the
 // loss depends on.
+//
+// Partial-channel updates (attrs.rows > 0) train rows [0, rows) of the
+// parameter only: the gradient and the optimizer state are [rows, ...] and the
+// kernels touch the first rows·(row size) elements, which are exactly those
+// rows in row-major layout. The other rows are never read or written.
 #include <cmath>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
@@ -14,12 +21,24 @@
 namespace fleettune::engine::ops {
 namespace {
 
-absl::Status CheckSameType(const Node& node, absl::Span<const TensorType* const> in) {
-  for (size_t i = 0; i < in.size(); ++i) {
-    RETURN_IF_ERROR(ExpectDType(node, *in[i], DType::kF32, "operand"));
-    if (*in[i] != *in[0]) {
-      return OpError(node, "operand ", i, " is ", TypeToString(*in[i]), " but the parameter is ",
+// in[0] is the parameter; the gradient and state operands must be its type,
+// or with rows > 0 its type with dim 0 cut to `rows`.
+absl::Status CheckOperands(const Node& node, absl::Span<const TensorType* const> in, int64_t rows) {
+  RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "parameter"));
+  TensorType want = *in[0];
+  if (rows != 0) {
+    if (rows < 0 || want.shape.empty() || rows > want.shape[0]) {
+      return OpError(node, "rows ", rows, " must be in [1, dim 0] of the parameter ",
                      TypeToString(*in[0]));
+    }
+    want.shape[0] = rows;
+  }
+  for (size_t i = 1; i < in.size(); ++i) {
+    RETURN_IF_ERROR(ExpectDType(node, *in[i], DType::kF32, "operand"));
+    if (*in[i] != want) {
+      return OpError(node, "operand ", i, " is ", TypeToString(*in[i]), " but must be ",
+                     TypeToString(want), " for the parameter ", TypeToString(*in[0]),
+                     rows != 0 ? absl::StrCat(" with rows ", rows) : std::string());
     }
   }
   return absl::OkStatus();
@@ -35,7 +54,7 @@ absl::StatusOr<TensorType> InferSgd(const Node& node, absl::Span<const TensorTyp
                    "without, got ",
                    in.size(), " inputs");
   }
-  RETURN_IF_ERROR(CheckSameType(node, in));
+  RETURN_IF_ERROR(CheckOperands(node, in, attrs->rows));
   return TensorType{DType::kF32, {}};
 }
 
@@ -45,7 +64,7 @@ void SgdKernel(const KernelArgs& args) {
   const auto& a = args.attrs<SgdAttrs>();
   float* p = args.in(0).f32();
   const float* g = args.in(1).f32();
-  const int64_t n = args.in(0).num_elements();
+  const int64_t n = args.in(1).num_elements();  // the trained rows only
   if (args.num_inputs == 3) {
     float* buf = args.in(2).f32();
     for (int64_t i = 0; i < n; ++i) {
@@ -59,8 +78,9 @@ void SgdKernel(const KernelArgs& args) {
 }
 
 absl::StatusOr<TensorType> InferAdamW(const Node& node, absl::Span<const TensorType* const> in) {
-  if (!std::holds_alternative<AdamWAttrs>(node.attrs)) return OpError(node, "needs AdamWAttrs");
-  RETURN_IF_ERROR(CheckSameType(node, in));
+  const auto* attrs = std::get_if<AdamWAttrs>(&node.attrs);
+  if (attrs == nullptr) return OpError(node, "needs AdamWAttrs");
+  RETURN_IF_ERROR(CheckOperands(node, in, attrs->rows));
   return TensorType{DType::kF32, {}};
 }
 
@@ -72,7 +92,7 @@ void AdamWKernel(const KernelArgs& args) {
   const float* g = args.in(1).f32();
   float* m = args.in(2).f32();
   float* v = args.in(3).f32();
-  const int64_t n = args.in(0).num_elements();
+  const int64_t n = args.in(1).num_elements();  // the trained rows only
   const double t = static_cast<double>(args.step->step);
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), t));
   const float bc2_sqrt =

@@ -281,6 +281,7 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
             s->set_lr(a.lr);
             s->set_momentum(a.momentum);
             s->set_weight_decay(a.weight_decay);
+            s->set_rows(a.rows);
           },
           [&](const AdamWAttrs& a) {
             v1::AdamWAttrs* w = out->mutable_adamw();
@@ -289,6 +290,7 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
             w->set_beta2(a.beta2);
             w->set_eps(a.eps);
             w->set_weight_decay(a.weight_decay);
+            w->set_rows(a.rows);
           },
           [&](const NormAttrs& a) { out->mutable_norm()->set_eps(a.eps); },
           [&](const SoftmaxAttrs& a) { out->mutable_softmax()->set_causal(a.causal); },
@@ -424,11 +426,11 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
       return CrossEntropyAttrs{node.cross_entropy().ignore_index()};
     case v1::Node::kSgd: {
       const v1::SgdAttrs& s = node.sgd();
-      return SgdAttrs{s.lr(), s.momentum(), s.weight_decay()};
+      return SgdAttrs{s.lr(), s.momentum(), s.weight_decay(), s.rows()};
     }
     case v1::Node::kAdamw: {
       const v1::AdamWAttrs& a = node.adamw();
-      return AdamWAttrs{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay()};
+      return AdamWAttrs{a.lr(), a.beta1(), a.beta2(), a.eps(), a.weight_decay(), a.rows()};
     }
     case v1::Node::kNorm:
       return NormAttrs{node.norm().eps()};

@@ -22,6 +22,7 @@
 #include "engine/models/mlp.h"
 #include "engine/models/transformer.h"
 #include "engine/ops/op_registry.h"
+#include "engine/scheme/scheme.h"
 #include "engine/train/trainer.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.h"
@@ -402,6 +403,28 @@ TEST(PlanIo, CnnTrainingGraphRoundTrips) {
   ASSERT_OK_AND_ASSIGN(v1::CompiledPlan read, ReadPlan(path));
   ASSERT_OK_AND_ASSIGN(Graph from_file, GraphFromProto(read.graph()));
   ExpectSameGraph(graph, from_file);
+}
+
+TEST(PlanIo, PartialChannelUpdatesRoundTripWithTheirRows) {
+  ASSERT_OK_AND_ASSIGN(models::Model model, models::BuildMlp(SmallMlp()));
+  scheme::UpdateScheme s{"partial",
+                         {{"fc1.weight", scheme::UpdateMode::kChannels, 0.25},
+                          {"fc3.*", scheme::UpdateMode::kFull, 0.0}}};
+  ASSERT_OK_AND_ASSIGN(scheme::ResolvedScheme resolved, scheme::ResolveScheme(model, s));
+  for (const auto& optimizer : {SgdMomentum(), AdamW()}) {
+    ASSERT_OK_AND_ASSIGN(Graph graph, train::BuildSchemeTrainingGraph(model, resolved, optimizer));
+    EXPECT_THAT(PrintGraph(graph), HasSubstr(", rows=4}"));
+    ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+    ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
+    ExpectSameGraph(graph, back);
+    // A plan claiming more rows than the parameter has is rejected on read.
+    for (v1::Node& node : *proto.mutable_nodes()) {
+      if (node.has_sgd() && node.sgd().rows() != 0) node.mutable_sgd()->set_rows(99);
+      if (node.has_adamw() && node.adamw().rows() != 0) node.mutable_adamw()->set_rows(-3);
+    }
+    EXPECT_THAT(GraphFromProto(proto),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("must be in [1, dim 0]")));
+  }
 }
 
 TEST(PlanIo, CnnAttributesAreValidatedWhenRead) {

@@ -16,7 +16,14 @@ expect_error() {  # expect_error "substring" args...
   fi
 }
 expect_error "no such file" --data_dir=/nonexistent
-expect_error "unknown scheme 'sparse'" --scheme=sparse
+expect_error "unknown scheme 'dense'" --scheme=dense
+expect_error "no such file" --scheme_file=/nonexistent.txtpb
+bad_scheme="${TEST_TMPDIR:-/tmp}/bad.scheme.txtpb"
+echo 'rules { pattern: "fc1.bias" mode: UPDATE_MODE_CHANNELS channel_fraction: 0.5 }' > "$bad_scheme"
+expect_error "tensor 'fc1.bias' f32[256] cannot train a fraction" --scheme_file="$bad_scheme"
+echo 'rules { pattern: "fc1.weight" mode: FULL }' > "$bad_scheme"
+expect_error "bad.scheme.txtpb: scheme text: line 1" --scheme_file="$bad_scheme"
+expect_error "not both" --scheme=bias-only --scheme_file="$bad_scheme"
 expect_error "no layer 'fc7'" --scheme=freeze:fc7
 expect_error "unknown optimizer 'rmsprop'" --optimizer=rmsprop
 expect_error "bad layer size 'x'" --hidden=128,x
@@ -60,6 +67,19 @@ saved_acc=$(grep -oE 'test accuracy: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
 out=$("$BIN" "${small[@]}" --epochs=1 --init_weights="$weights" 2>&1) || { echo "FAIL: init run: $out"; fail=1; }
 grep -qF "(before training ${saved_acc}%)" <<<"$out" || {
   echo "FAIL: --init_weights did not start from the saved model (${saved_acc}%)"; echo "$out"; fail=1; }
+# Partial channels from a scheme file, and the presets that use blocks.
+part_scheme="${TEST_TMPDIR:-/tmp}/part.scheme.txtpb"
+cat > "$part_scheme" <<'EOT'
+name: "half-fc1"
+rules { pattern: "*.bias" mode: UPDATE_MODE_FULL }
+rules { pattern: "fc1.weight" mode: UPDATE_MODE_CHANNELS channel_fraction: 0.5 }
+rules { pattern: "fc2.weight" mode: UPDATE_MODE_FULL }
+EOT
+out=$("$BIN" "${small[@]}" --epochs=2 --scheme_file="$part_scheme" 2>&1) || { echo "FAIL: scheme file run: $out"; fail=1; }
+grep -qF "trainable: fc1.weight[:8 of 16 rows], fc1.bias, fc2.weight, fc2.bias" <<<"$out" ||
+  { echo "FAIL: partial trainables"; echo "$out"; fail=1; }
+grep -qF "scheme half-fc1" <<<"$out" || { echo "FAIL: scheme name"; echo "$out"; fail=1; }
+out=$("$BIN" "${small[@]}" --epochs=1 --scheme=pockengine 2>&1) || { echo "FAIL: pockengine run: $out"; fail=1; }
 expect_error "the model's is f32[32, 784]" "${small[@]}" --hidden=32 --init_weights="$weights"
 expect_error "no such file" "${small[@]}" --init_weights=/nonexistent.safetensors
 
@@ -91,6 +111,11 @@ expect_error "nosuch: no such file" --model=llama --dataset=fortunes --data_dir=
 out=$("$BIN" --model=llama --dataset=fortunes --data_dir="$fortunes" --topic=tiny --dim=16 \
   --layers=1 --heads=2 --kv_heads=1 --seq_len=16 --batch=4 --epochs=3 --lr=0.01 2>&1) ||
   { echo "FAIL: llama run: $out"; fail=1; }
+# Llama has no biases: bias-only trains nothing; pockengine trains part of its last layers.
+llama=(--model=llama --dataset=fortunes --data_dir="$fortunes" --topic=tiny --dim=16 --layers=2
+  --heads=2 --kv_heads=1 --seq_len=16 --batch=4 --epochs=1)
+expect_error "scheme 'bias-only' trains nothing" "${llama[@]}" --scheme=bias-only
+"$BIN" "${llama[@]}" --scheme=pockengine >/dev/null 2>&1 || { echo "FAIL: llama pockengine run"; fail=1; }
 after=$(grep -oE '^validation loss: [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
 before=$(grep -oE 'before training [0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
 if [ -z "$after" ] || [ -z "$before" ] || awk "BEGIN{exit !($after > $before - 1)}"; then

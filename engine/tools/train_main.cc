@@ -12,6 +12,11 @@
 //   fleettune-train --dataset=opencv-digits-png --init_weights=/tmp/mnist.safetensors
 //       --train_limit=500
 //
+//   # Sparse updates: a preset, or per-tensor rules from a text-format
+//   # fleettune.v1.UpdateScheme file (proto/fleettune/v1/scheme.proto):
+//   fleettune-train --model=cnn --scheme=pockengine
+//   fleettune-train --scheme_file=/tmp/my.scheme.txtpb
+//
 //   # A small Llama-style decoder on the fortunes "computers" topic, bytes as tokens:
 //   fleettune-train --model=llama --dataset=fortunes --topic=computers --tokenizer=byte
 //       --dim=64 --layers=2 --heads=4 --kv_heads=2 --seq_len=64 --batch=16 --epochs=2
@@ -54,12 +59,15 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "agent/data/readers.h"
+#include "engine/base/file.h"
 #include "engine/base/status_macros.h"
 #include "engine/io/idx.h"
 #include "engine/io/safetensors.h"
 #include "engine/models/cnn.h"
 #include "engine/models/llama.h"
 #include "engine/models/mlp.h"
+#include "engine/plan/scheme_io.h"
+#include "engine/scheme/scheme.h"
 #include "engine/text/bpe_tokenizer.h"
 #include "engine/text/byte_tokenizer.h"
 #include "engine/text/fortunes.h"
@@ -105,7 +113,11 @@ ABSL_FLAG(bool, global_pool, false,
           "CNN head: global average pooling before the classifier instead of flattening.");
 ABSL_FLAG(double, dropout, 0.0, "CNN: dropout probability before the classifier.");
 ABSL_FLAG(std::string, scheme, "full",
-          "Update scheme: full, bias-only, last-k:N or freeze:LAYER[,LAYER...].");
+          "Update scheme preset: full, bias-only, last-k:N, freeze:LAYER[,LAYER...], sparse or "
+          "pockengine (engine/scheme/scheme.h).");
+ABSL_FLAG(std::string, scheme_file, "",
+          "A text-format fleettune.v1.UpdateScheme (per-tensor FROZEN / FULL / CHANNELS "
+          "rules); replaces --scheme.");
 ABSL_FLAG(std::string, optimizer, "", "sgd or adamw (default: sgd; adamw for llama).");
 ABSL_FLAG(double, lr, 0.0, "Learning rate (default: 0.05; 0.003 for llama).");
 ABSL_FLAG(double, momentum, 0.9, "SGD momentum.");
@@ -160,6 +172,37 @@ std::string ResolvePath(const std::string& path, bool is_default) {
       std::getenv(is_default ? "BUILD_WORKSPACE_DIRECTORY" : "BUILD_WORKING_DIRECTORY");
   if (base == nullptr || *base == '\0') return path;
   return absl::StrCat(base, "/", path);
+}
+
+// The scheme from --scheme_file (text format) or the --scheme preset.
+absl::StatusOr<scheme::ResolvedScheme> ChooseScheme(const models::Model& probe,
+                                                    const std::string& preset,
+                                                    const std::string& file) {
+  if (file.empty()) return train::ResolvePreset(probe, preset);
+  if (preset != "full") {
+    return absl::InvalidArgumentError("give --scheme or --scheme_file, not both");
+  }
+  const std::string path = ResolvePath(file, false);
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, plan::kMaxSchemeTextBytes));
+  absl::StatusOr<scheme::UpdateScheme> parsed = plan::ParseSchemeText(text);
+  if (!parsed.ok()) {
+    return absl::Status(parsed.status().code(),
+                        absl::StrCat(path, ": ", parsed.status().message()));
+  }
+  if (parsed->name.empty()) parsed->name = file;
+  return scheme::ResolveScheme(probe, *parsed);
+}
+
+// "fc1.weight" or, for partial channels, "fc1.weight[:8 of 32 rows]".
+std::string DescribeTrainable(const scheme::ResolvedScheme& s) {
+  std::vector<std::string> out;
+  for (const scheme::ParamPlan& p : s.params) {
+    if (p.mode == scheme::UpdateMode::kFull) out.push_back(p.name);
+    if (p.mode == scheme::UpdateMode::kChannels) {
+      out.push_back(absl::StrCat(p.name, "[:", p.rows, " of ", p.dim0, " rows]"));
+    }
+  }
+  return absl::StrJoin(out, ", ");
 }
 
 absl::StatusOr<Data> LoadData(const std::string& dataset) {
@@ -410,6 +453,12 @@ absl::Status LanguageModelMain(const std::string& dataset) {
       absl::GetFlag(FLAGS_optimizer).empty() ? "adamw" : absl::GetFlag(FLAGS_optimizer);
   const double lr = absl::GetFlag(FLAGS_lr) == 0.0 ? 3e-3 : absl::GetFlag(FLAGS_lr);
   ASSIGN_OR_RETURN(options.optimizer, ChooseOptimizer(opt, static_cast<float>(lr)));
+  {
+    // Schemes name tensors, which do not depend on the batch: resolve on a probe.
+    ASSIGN_OR_RETURN(models::LlamaModel probe, models::BuildLlama(config));
+    ASSIGN_OR_RETURN(options.scheme, ChooseScheme(probe.model, absl::GetFlag(FLAGS_scheme),
+                                                  absl::GetFlag(FLAGS_scheme_file)));
+  }
   ASSIGN_OR_RETURN(auto trainer, train::LmTrainer::Create(config, &params, options));
   const std::string init_weights = absl::GetFlag(FLAGS_init_weights);
   if (!init_weights.empty()) {
@@ -504,7 +553,10 @@ absl::Status Main() {
   options.batch = batch;
   options.seed = absl::GetFlag(FLAGS_seed);
   options.threads = absl::GetFlag(FLAGS_threads);
-  ASSIGN_OR_RETURN(options.trainable, train::SelectTrainable(probe, absl::GetFlag(FLAGS_scheme)));
+  ASSIGN_OR_RETURN(options.scheme, ChooseScheme(probe, absl::GetFlag(FLAGS_scheme),
+                                                absl::GetFlag(FLAGS_scheme_file)));
+  options.trainable = options.scheme->TrainableNames();
+  const std::string scheme_name = options.scheme->name;
   const std::string opt =
       absl::GetFlag(FLAGS_optimizer).empty() ? "sgd" : absl::GetFlag(FLAGS_optimizer);
   const float lr =
@@ -517,9 +569,9 @@ absl::Status Main() {
               choice.description.c_str(), dataset.c_str(),
               static_cast<long long>(train_images.shape()[0]),
               static_cast<long long>(data.test_images.shape()[0]), data.test_name,
-              absl::GetFlag(FLAGS_scheme).c_str(), opt.c_str());
+              scheme_name.c_str(), opt.c_str());
   if (!init_weights.empty()) std::printf("initial weights: %s\n", init_weights.c_str());
-  std::printf("trainable: %s\n", absl::StrJoin(options.trainable, ", ").c_str());
+  std::printf("trainable: %s\n", DescribeTrainable(*options.scheme).c_str());
   std::fflush(stdout);
 
   ASSIGN_OR_RETURN(double before, trainer->Evaluate(data.test_images, data.test_labels));

@@ -26,11 +26,18 @@ absl::StatusOr<std::unique_ptr<LmTrainer>> LmTrainer::Create(const models::Llama
   ASSIGN_OR_RETURN(t->train_model_, models::BuildLlama(c));
   c.batch = options.eval_batch;
   ASSIGN_OR_RETURN(t->eval_model_, models::BuildLlama(c));
-  if (t->options_.trainable.empty()) {
-    ASSIGN_OR_RETURN(t->options_.trainable, SelectTrainable(t->train_model_.model, "full"));
+  Graph train_graph;
+  if (options.scheme.has_value()) {
+    t->options_.trainable = options.scheme->TrainableNames();
+    ASSIGN_OR_RETURN(train_graph, BuildSchemeTrainingGraph(t->train_model_.model, *options.scheme,
+                                                           options.optimizer));
+  } else {
+    if (t->options_.trainable.empty()) {
+      ASSIGN_OR_RETURN(t->options_.trainable, SelectTrainable(t->train_model_.model, "full"));
+    }
+    ASSIGN_OR_RETURN(train_graph, BuildTrainingGraph(t->train_model_.model, t->options_.trainable,
+                                                     options.optimizer));
   }
-  ASSIGN_OR_RETURN(Graph train_graph, BuildTrainingGraph(t->train_model_.model,
-                                                         t->options_.trainable, options.optimizer));
   runtime::CompileOptions compile;
   compile.threads = options.threads;
   ASSIGN_OR_RETURN(t->train_, runtime::Executable::Compile(train_graph, params, compile));

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -39,7 +40,10 @@ struct LmTrainerOptions {
   int threads = 1;
   // AdamW with lr 1e-3, weight decay 0.01 (torch.optim.AdamW's defaults).
   autodiff::OptimizerConfig optimizer = autodiff::OptimizerConfig::AdamW(AdamWAttrs{});
-  // Weights to train; empty trains every weight of the model.
+  // What trains: `scheme` when set (resolved against a model of the same
+  // config; partial channels included), else every element of the
+  // `trainable` weights; both unset trains every weight of the model.
+  std::optional<scheme::ResolvedScheme> scheme;
   std::vector<std::string> trainable;
 };
 

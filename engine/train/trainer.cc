@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <set>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -14,75 +16,61 @@
 #include "engine/base/status_macros.h"
 
 namespace fleettune::engine::train {
+
+absl::StatusOr<scheme::ResolvedScheme> ResolvePreset(const models::Model& model,
+                                                     absl::string_view preset) {
+  ASSIGN_OR_RETURN(scheme::UpdateScheme s, scheme::PresetScheme(model, preset));
+  return scheme::ResolveScheme(model, s);
+}
+
+absl::StatusOr<std::vector<std::string>> SelectTrainable(const models::Model& model,
+                                                         absl::string_view scheme) {
+  ASSIGN_OR_RETURN(scheme::ResolvedScheme resolved, ResolvePreset(model, scheme));
+  return resolved.TrainableNames();
+}
+
 namespace {
 
-bool IsBias(const std::string& name) {
-  return name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+absl::StatusOr<Graph> BuildFromParams(const models::Model& model,
+                                      const std::vector<std::pair<std::string, int64_t>>& params,
+                                      const autodiff::OptimizerConfig& optimizer) {
+  Graph graph = model.graph;
+  std::vector<autodiff::TrainableParam> trainable;
+  for (const auto& [name, rows] : params) {
+    std::optional<ValueId> id = graph.FindByName(name);
+    if (!id.has_value() || graph.node(*id).op != OpKind::kParameter) {
+      return absl::InvalidArgumentError(absl::StrCat("the model has no weight '", name, "'"));
+    }
+    trainable.push_back({*id, rows});
+  }
+  ASSIGN_OR_RETURN(autodiff::GradientMap grads,
+                   autodiff::BuildPartialBackward(graph, model.loss, trainable));
+  RETURN_IF_ERROR(autodiff::AddOptimizerUpdates(graph, grads, optimizer));
+  return graph;
 }
 
 }  // namespace
 
-absl::StatusOr<std::vector<std::string>> SelectTrainable(const models::Model& model,
-                                                         absl::string_view scheme) {
-  std::vector<std::string> out;
-  const auto& layers = model.layers;
-  if (scheme == "full") {
-    for (const auto& l : layers) out.insert(out.end(), l.weights.begin(), l.weights.end());
-  } else if (scheme == "bias-only") {
-    for (const auto& l : layers) {
-      for (const auto& w : l.weights) {
-        if (IsBias(w)) out.push_back(w);
-      }
-    }
-  } else if (absl::StartsWith(scheme, "last-k:")) {
-    int k = 0;
-    if (!absl::SimpleAtoi(scheme.substr(7), &k) || k <= 0 || k > static_cast<int>(layers.size())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("scheme '", scheme, "': k must be in [1, ", layers.size(), "]"));
-    }
-    for (size_t i = layers.size() - k; i < layers.size(); ++i) {
-      out.insert(out.end(), layers[i].weights.begin(), layers[i].weights.end());
-    }
-  } else if (absl::StartsWith(scheme, "freeze:")) {
-    std::set<std::string> frozen;
-    for (absl::string_view name : absl::StrSplit(scheme.substr(7), ',', absl::SkipEmpty())) {
-      const bool known = std::any_of(layers.begin(), layers.end(),
-                                     [&](const models::Layer& l) { return l.name == name; });
-      if (!known) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("scheme '", scheme, "': the model has no layer '", name, "'"));
-      }
-      frozen.insert(std::string(name));
-    }
-    for (const auto& l : layers) {
-      if (!frozen.count(l.name)) out.insert(out.end(), l.weights.begin(), l.weights.end());
-    }
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown scheme '", scheme,
-                     "' (expected full, bias-only, last-k:N or freeze:LAYER[,LAYER...])"));
+absl::StatusOr<Graph> BuildSchemeTrainingGraph(const models::Model& model,
+                                               const scheme::ResolvedScheme& scheme,
+                                               const autodiff::OptimizerConfig& optimizer) {
+  std::vector<std::pair<std::string, int64_t>> params;
+  for (const scheme::ParamPlan& p : scheme.params) {
+    if (p.mode == scheme::UpdateMode::kFull) params.push_back({p.name, 0});
+    if (p.mode == scheme::UpdateMode::kChannels) params.push_back({p.name, p.rows});
   }
-  if (out.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("scheme '", scheme, "' trains nothing"));
+  if (params.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("scheme '", scheme.name, "' trains nothing"));
   }
-  return out;
+  return BuildFromParams(model, params, optimizer);
 }
 
 absl::StatusOr<Graph> BuildTrainingGraph(const models::Model& model,
                                          const std::vector<std::string>& trainable,
                                          const autodiff::OptimizerConfig& optimizer) {
-  Graph graph = model.graph;
-  std::vector<ValueId> ids;
-  for (const std::string& name : trainable) {
-    std::optional<ValueId> id = graph.FindByName(name);
-    if (!id.has_value() || graph.node(*id).op != OpKind::kParameter) {
-      return absl::InvalidArgumentError(absl::StrCat("the model has no weight '", name, "'"));
-    }
-    ids.push_back(*id);
-  }
-  ASSIGN_OR_RETURN(autodiff::GradientMap grads, autodiff::BuildBackward(graph, model.loss, ids));
-  RETURN_IF_ERROR(autodiff::AddOptimizerUpdates(graph, grads, optimizer));
-  return graph;
+  std::vector<std::pair<std::string, int64_t>> params;
+  for (const std::string& name : trainable) params.push_back({name, 0});
+  return BuildFromParams(model, params, optimizer);
 }
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelBuilder& build,
@@ -92,8 +80,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelBuilder& bui
   t->options_ = options;
   ASSIGN_OR_RETURN(t->train_model_, build(options.batch, models::Mode::kTrain));
   ASSIGN_OR_RETURN(t->eval_model_, build(options.eval_batch, models::Mode::kEval));
-  ASSIGN_OR_RETURN(Graph train_graph,
-                   BuildTrainingGraph(t->train_model_, options.trainable, options.optimizer));
+  Graph train_graph;
+  if (options.scheme.has_value()) {
+    ASSIGN_OR_RETURN(train_graph,
+                     BuildSchemeTrainingGraph(t->train_model_, *options.scheme, options.optimizer));
+  } else {
+    ASSIGN_OR_RETURN(train_graph,
+                     BuildTrainingGraph(t->train_model_, options.trainable, options.optimizer));
+  }
   runtime::CompileOptions compile;
   compile.threads = options.threads;
   ASSIGN_OR_RETURN(t->train_, runtime::Executable::Compile(train_graph, params, compile));

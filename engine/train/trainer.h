@@ -1,7 +1,9 @@
 // Supervised training loop over an in-memory classification dataset.
 //
-//   ASSIGN_OR_RETURN(std::vector<std::string> trainable, SelectTrainable(model, "freeze:fc1"));
-//   TrainerOptions opts;  opts.trainable = trainable;  ...
+//   ASSIGN_OR_RETURN(scheme::UpdateScheme s, scheme::PresetScheme(model, "pockengine"));
+//   TrainerOptions opts;
+//   ASSIGN_OR_RETURN(opts.scheme, scheme::ResolveScheme(model, s));  ...
+//   // (or opts.trainable = names, from SelectTrainable(model, "freeze:fc1"))
 //   ASSIGN_OR_RETURN(auto trainer, Trainer::Create(build_model, &params, opts));
 //   ASSIGN_OR_RETURN(EpochStats s, trainer->TrainEpoch(images, labels, progress));
 //   ASSIGN_OR_RETURN(double acc, trainer->Evaluate(test_images, test_labels));
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,23 +29,36 @@
 #include "engine/autodiff/autodiff.h"
 #include "engine/models/model.h"
 #include "engine/runtime/executable.h"
+#include "engine/scheme/scheme.h"
 
 namespace fleettune::engine::train {
 
-// Names of the weight tensors a scheme trains, in graph order. Schemes:
-//   "full"          every weight
-//   "bias-only"     every bias
-//   "last-k:N"      every weight of the last N layers
-//   "freeze:A,B"    every weight except those of layers A, B
-// InvalidArgument for an unknown scheme or layer, or a scheme that trains
-// nothing.
+// Names of the weight tensors a preset scheme trains (fully or partially),
+// in layer order: a thin wrapper over scheme::PresetScheme + ResolveScheme
+// (engine/scheme/scheme.h lists the presets: full, bias-only, last-k:N,
+// freeze:A,B, sparse, pockengine). The names alone lose partial channels; use
+// ResolvePreset and BuildSchemeTrainingGraph to keep them. InvalidArgument for an unknown scheme or
+// layer, or a scheme that trains nothing.
 absl::StatusOr<std::vector<std::string>> SelectTrainable(const models::Model& model,
                                                          absl::string_view scheme);
 
-// Forward graph + backward for `trainable` + optimizer updates.
+// PresetScheme + ResolveScheme.
+absl::StatusOr<scheme::ResolvedScheme> ResolvePreset(const models::Model& model,
+                                                     absl::string_view preset);
+
+// Forward graph + backward for `trainable` (every element) + optimizer updates.
 absl::StatusOr<Graph> BuildTrainingGraph(const models::Model& model,
                                          const std::vector<std::string>& trainable,
                                          const autodiff::OptimizerConfig& optimizer);
+
+// Forward graph + backward for the scheme's trainable tensors, partial-channel
+// ones computing and updating only their first `rows` rows (the update ops get
+// attrs.rows, their optimizer state has `rows` rows). InvalidArgument if the
+// model lacks a tensor of the scheme or a hyper-parameter is out of domain;
+// Unimplemented as autodiff::BuildPartialBackward.
+absl::StatusOr<Graph> BuildSchemeTrainingGraph(const models::Model& model,
+                                               const scheme::ResolvedScheme& scheme,
+                                               const autodiff::OptimizerConfig& optimizer);
 
 struct TrainerOptions {
   int64_t batch = 64;
@@ -50,6 +66,9 @@ struct TrainerOptions {
   uint64_t seed = 0;
   int threads = 1;
   autodiff::OptimizerConfig optimizer;
+  // What trains: `scheme` when set (partial channels included), else every
+  // element of the `trainable` tensors.
+  std::optional<scheme::ResolvedScheme> scheme;
   std::vector<std::string> trainable;
 };
 

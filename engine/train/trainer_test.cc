@@ -96,8 +96,37 @@ TEST(SelectTrainable, SchemesAndErrors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("trains nothing")));
   EXPECT_THAT(SelectTrainable(m, "last-k:7"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("k must be in [1, 3]")));
-  EXPECT_THAT(SelectTrainable(m, "sparse"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown scheme")));
+  EXPECT_THAT(SelectTrainable(m, "dense"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown scheme 'dense'")));
+  // MLP: fewer than two blocks, so the units are fc1, fc2 and the head fc3.
+  EXPECT_EQ(SelectTrainable(m, "sparse")->size(), 6u);
+}
+
+TEST(Trainer, PartialChannelsTrainOnlyTheirRowsWithRowSizedState) {
+  Tensor x, y;
+  MakeData(256, 1, &x, &y);
+  ASSERT_OK_AND_ASSIGN(models::Model probe, Builder()(1, models::Mode::kTrain));
+  runtime::ParameterStore params;
+  ASSERT_OK(models::InitializeMlp({{16, 32, 4}, 1}, 3, &params));
+  const Tensor fc1 = *params.Find("fc1.weight");  // [32, 16]
+  scheme::UpdateScheme s{"partial",
+                         {{"fc1.weight", scheme::UpdateMode::kChannels, 0.25},
+                          {"fc2.*", scheme::UpdateMode::kFull, 0.0}}};
+  TrainerOptions o = Options(probe, "full");
+  ASSERT_OK_AND_ASSIGN(o.scheme, scheme::ResolveScheme(probe, s));
+  ASSERT_OK_AND_ASSIGN(auto trainer, Trainer::Create(Builder(), &params, o));
+  ASSERT_OK(trainer->TrainEpoch(x, y).status());
+  const Tensor& after = *params.Find("fc1.weight");
+  const int64_t k = 8;  // ⌈32 / 4⌉ rows
+  EXPECT_NE(std::memcmp(fc1.raw(), after.raw(), k * 16 * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(fc1.f32() + k * 16, after.f32() + k * 16, (32 - k) * 16 * sizeof(float)),
+            0);
+  ASSERT_NE(params.Find("fc1.weight.momentum_buffer"), nullptr);
+  EXPECT_EQ(params.Find("fc1.weight.momentum_buffer")->shape(), (Shape{k, 16}));
+  EXPECT_EQ(params.Find("fc1.bias.momentum_buffer"), nullptr);
+  // Momentum state: fc1's 8 rows + fc2 (4×32 + 4), against 32×16 + 32 + 132 for "full".
+  EXPECT_EQ(trainer->train_executable().memory().optimizer_state_bytes,
+            (k * 16 + 4 * 32 + 4) * sizeof(float));
 }
 
 TEST(Trainer, RejectsMismatchedData) {

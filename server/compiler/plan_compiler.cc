@@ -19,7 +19,9 @@
 #include "engine/ir/graph.h"
 #include "engine/models/mlp.h"
 #include "engine/plan/plan_io.h"
+#include "engine/plan/scheme_io.h"
 #include "engine/runtime/executable.h"
+#include "engine/scheme/scheme.h"
 #include "engine/train/trainer.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -136,9 +138,23 @@ absl::Status ValidateScheme(const v1::SchemeSpec& scheme) {
     case v1::SchemeSpec::kPreset:
       if (scheme.preset().empty()) {
         return absl::InvalidArgumentError(
-            "scheme.preset is empty (full, bias-only, last-k:N or freeze:LAYER[,LAYER...])");
+            "scheme.preset is empty (full, bias-only, last-k:N, freeze:LAYER[,LAYER...], sparse "
+            "or pockengine)");
       }
       return absl::OkStatus();
+    case v1::SchemeSpec::kScheme: {
+      // Syntax only; the rules are checked against the model in CompileUncached.
+      absl::StatusOr<engine::scheme::UpdateScheme> parsed =
+          engine::plan::SchemeFromProto(scheme.scheme());
+      if (!parsed.ok()) {
+        return absl::Status(parsed.status().code(),
+                            absl::StrCat("scheme.scheme: ", parsed.status().message()));
+      }
+      if (parsed->rules.empty()) {
+        return absl::InvalidArgumentError("scheme.scheme has no rules, so it trains nothing");
+      }
+      return absl::OkStatus();
+    }
     case v1::SchemeSpec::kFitClassBudget:
       if (!scheme.fit_class_budget()) {
         return absl::InvalidArgumentError(
@@ -148,7 +164,8 @@ absl::Status ValidateScheme(const v1::SchemeSpec& scheme) {
     case v1::SchemeSpec::KIND_NOT_SET:
       break;
   }
-  return absl::InvalidArgumentError("scheme is unset: give scheme.preset or fit_class_budget");
+  return absl::InvalidArgumentError(
+      "scheme is unset: give scheme.preset, scheme.fit_class_budget or scheme.scheme");
 }
 
 // PyTorch's defaults for what HyperParameters does not carry (AdamW betas and eps).
@@ -204,6 +221,16 @@ std::string CacheKey(const v1::JobSpec& spec, const v1::DeviceClass& device_clas
   key.Add("hyper.batch_size", h.batch_size());
   if (spec.scheme().kind_case() == v1::SchemeSpec::kPreset) {
     key.Add("scheme.preset", spec.scheme().preset());
+  } else if (spec.scheme().kind_case() == v1::SchemeSpec::kScheme) {
+    const v1::UpdateScheme& s = spec.scheme().scheme();
+    key.Add("scheme.scheme.name", s.name());
+    key.Add("scheme.scheme.rules", s.rules_size());
+    for (const v1::UpdateRule& r : s.rules()) {
+      key.Add("scheme.rule.pattern", r.pattern());
+      key.Add("scheme.rule.mode", r.mode());
+      key.Add("scheme.rule.channel_fraction",
+              absl::StrCat(absl::bit_cast<uint64_t>(r.channel_fraction())));
+    }
   } else {
     key.Add("scheme.fit_class_budget", 1);
   }
@@ -273,7 +300,7 @@ absl::Status CheckWeights(absl::string_view bytes, const engine::models::Model& 
 
 struct Candidate {
   std::string scheme;
-  std::vector<std::string> trainable;
+  engine::scheme::ResolvedScheme resolved;
   Graph graph;
   uint64_t arena_bytes = 0;
   uint64_t weight_bytes = 0;
@@ -282,12 +309,12 @@ struct Candidate {
 };
 
 absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
-                                         const std::string& scheme,
+                                         engine::scheme::ResolvedScheme resolved,
                                          const engine::autodiff::OptimizerConfig& optimizer) {
   Candidate c;
-  c.scheme = scheme;
-  ASSIGN_OR_RETURN(c.trainable, engine::train::SelectTrainable(model, scheme));
-  ASSIGN_OR_RETURN(c.graph, engine::train::BuildTrainingGraph(model, c.trainable, optimizer));
+  c.scheme = resolved.name;
+  c.resolved = std::move(resolved);
+  ASSIGN_OR_RETURN(c.graph, engine::train::BuildSchemeTrainingGraph(model, c.resolved, optimizer));
   ASSIGN_OR_RETURN(engine::runtime::ArenaLayout layout, engine::runtime::PlanArena(c.graph));
   c.arena_bytes = layout.plan.arena_bytes;
   for (const Node& node : c.graph.nodes()) {
@@ -297,6 +324,14 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
     (state ? c.optimizer_state_bytes : c.weight_bytes) += node.type.bytes();
   }
   return c;
+}
+
+absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
+                                         const std::string& preset,
+                                         const engine::autodiff::OptimizerConfig& optimizer) {
+  ASSIGN_OR_RETURN(engine::scheme::ResolvedScheme resolved,
+                   engine::train::ResolvePreset(model, preset));
+  return BuildCandidate(model, std::move(resolved), optimizer);
 }
 
 std::string Bytes(uint64_t bytes) {
@@ -385,12 +420,28 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
       }
       chosen = *std::move(c);
     }
+  } else if (spec.scheme().kind_case() == v1::SchemeSpec::kScheme) {
+    // An explicit scheme: validated against the model here (unknown tensors, CHANNELS on a
+    // bias, ...); its name labels the plan.
+    absl::StatusOr<Candidate> c = [&]() -> absl::StatusOr<Candidate> {
+      ASSIGN_OR_RETURN(engine::scheme::UpdateScheme s,
+                       engine::plan::SchemeFromProto(spec.scheme().scheme()));
+      if (s.name.empty()) s.name = "custom";
+      ASSIGN_OR_RETURN(engine::scheme::ResolvedScheme r, engine::scheme::ResolveScheme(model, s));
+      return BuildCandidate(model, std::move(r), optimizer);
+    }();
+    if (!c.ok()) {
+      return absl::Status(c.status().code(), absl::StrCat("scheme.scheme: ", c.status().message()));
+    }
+    chosen = *std::move(c);
+  }
+  if (chosen.has_value()) {
     if (chosen->total_bytes() > budget) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("scheme '", preset, "' needs ", Bytes(chosen->total_bytes()), " on class ",
-                       device_class.name(), ", ", Bytes(chosen->total_bytes() - budget),
-                       " over its ", Bytes(budget), " budget (", Breakdown(*chosen),
-                       "); choose a sparser preset or scheme.fit_class_budget"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "scheme '", chosen->scheme, "' needs ", Bytes(chosen->total_bytes()), " on class ",
+          device_class.name(), ", ", Bytes(chosen->total_bytes() - budget), " over its ",
+          Bytes(budget), " budget (", Breakdown(*chosen),
+          "); choose a sparser scheme or scheme.fit_class_budget"));
     }
   } else {
     std::vector<std::string> order = {"full"};
@@ -429,10 +480,10 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
   meta->set_model_name(ModelName(model_spec));
   meta->set_scheme(chosen->scheme);
   meta->set_device_class(device_class.name());
-  int64_t trainable_elements = 0;
-  for (const std::string& name : chosen->trainable) {
+  // Partial-channel tensors count only their trained rows.
+  const int64_t trainable_elements = chosen->resolved.TrainableElements();
+  for (const std::string& name : chosen->resolved.TrainableNames()) {
     meta->add_trainable_parameters(name);
-    trainable_elements += chosen->graph.type(*chosen->graph.FindByName(name)).num_elements();
   }
   meta->set_arena_bytes(chosen->arena_bytes);
   meta->set_weight_bytes(chosen->weight_bytes);

@@ -10,7 +10,10 @@
 // parsed and checked tensor by tensor), builds the model's training graph for the job's batch
 // size, picks the update scheme, measures the plan's memory (static arena + weights +
 // optimizer state) and refuses a plan that does not fit the class's
-// training_memory_budget_bytes. With scheme.fit_class_budget it tries, in order, "full",
+// training_memory_budget_bytes. scheme.preset names a preset of engine/scheme/scheme.h;
+// scheme.scheme is an explicit per-tensor UpdateScheme (FROZEN / FULL / a fraction of output
+// channels), checked against the model, labelled by its name ("custom" when unnamed), and
+// cached by its exact content. With scheme.fit_class_budget it tries, in order, "full",
 // "last-k:N" for N = layers-1 down to 1, and "bias-only", and takes the first that fits: the
 // one that trains most within the budget.
 //
@@ -78,8 +81,10 @@ class PlanCompiler {
   //                       kMaxBaseWeightsBytes; optimizer unset; learning_rate not > 0;
   //                       momentum outside [0, 1) (SGD) or non-zero (AdamW); weight_decay < 0;
   //                       batch_size outside [1, kMaxBatchSize]; epochs < 1; scheme unset or
-  //                       an unknown preset. Also an invalid device class
-  //                       (ValidateDeviceClass).
+  //                       an unknown preset; an explicit scheme without rules, with an
+  //                       unset mode, or that ResolveScheme rejects (an unknown tensor,
+  //                       CHANNELS on a bias, a bad fraction, ...; "scheme.scheme: ..." naming
+  //                       the tensor). Also an invalid device class (ValidateDeviceClass).
   //   Unimplemented       base_model.registered_model (not supported yet).
   //   FailedPrecondition  the plan does not fit the class's budget, with the figures:
   //                       "scheme 'full' needs 2.9 MiB (3090896 bytes) on class rpi4,

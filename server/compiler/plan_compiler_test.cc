@@ -187,6 +187,89 @@ TEST(PlanCompiler, PresetsCompileAndTrainWhatTheyName) {
                        HasSubstr("scheme.preset: unknown scheme 'top-3'")));
 }
 
+// An explicit UpdateScheme with partial channels: it compiles, trains only the named rows (the
+// update ops carry rows, the momentum buffer has that many rows), and is cached by content.
+TEST(PlanCompiler, ExplicitSchemeWithPartialChannels) {
+  PlanCompiler compiler;
+  v1::JobSpec spec = ReferenceSpec();
+  v1::UpdateScheme* scheme = spec.mutable_scheme()->mutable_scheme();
+  scheme->set_name("half-fc2");
+  v1::UpdateRule* biases = scheme->add_rules();
+  biases->set_pattern("*.bias");
+  biases->set_mode(v1::UPDATE_MODE_FULL);
+  v1::UpdateRule* fc2 = scheme->add_rules();
+  fc2->set_pattern("fc2.weight");
+  fc2->set_mode(v1::UPDATE_MODE_CHANNELS);
+  fc2->set_channel_fraction(0.5);
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan plan, compiler.Compile(spec, DefaultClass("rpi4")));
+  EXPECT_EQ(plan.summary.scheme(), "half-fc2");
+  EXPECT_EQ(plan.summary.trainable_parameters(), 256 + 128 + 10 + 64 * 256);
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan parsed, engine::plan::ParsePlan(plan.plan_bytes));
+  EXPECT_THAT(parsed.metadata().trainable_parameters(),
+              ElementsAre("fc1.bias", "fc2.weight", "fc2.bias", "fc3.bias"));
+  // Momentum buffers: 64 rows of fc2.weight plus the three biases.
+  EXPECT_EQ(plan.summary.optimizer_state_bytes(), (64 * 256 + 256 + 128 + 10) * sizeof(float));
+  int partial_updates = 0;
+  for (const v1::Node& node : parsed.graph().nodes()) {
+    if (node.has_sgd() && node.sgd().rows() != 0) {
+      EXPECT_EQ(node.sgd().rows(), 64);
+      ++partial_updates;
+    }
+  }
+  EXPECT_EQ(partial_updates, 1);
+  // Same request: cached. Another fraction: another plan.
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan again, compiler.Compile(spec, DefaultClass("rpi4")));
+  EXPECT_EQ(again.summary.plan_digest(), plan.summary.plan_digest());
+  EXPECT_EQ(compiler.compilations(), 1);
+  fc2->set_channel_fraction(0.25);
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan quarter, compiler.Compile(spec, DefaultClass("rpi4")));
+  EXPECT_NE(quarter.summary.plan_digest(), plan.summary.plan_digest());
+  EXPECT_LT(quarter.summary.optimizer_state_bytes(), plan.summary.optimizer_state_bytes());
+}
+
+TEST(PlanCompiler, RejectsInvalidExplicitSchemesNamingTheTensor) {
+  PlanCompiler compiler;
+  auto with_rule = [](const std::string& pattern, v1::UpdateMode mode, double fraction) {
+    v1::JobSpec spec = ReferenceSpec();
+    v1::UpdateRule* r = spec.mutable_scheme()->mutable_scheme()->add_rules();
+    r->set_pattern(pattern);
+    r->set_mode(mode);
+    r->set_channel_fraction(fraction);
+    return spec;
+  };
+  EXPECT_THAT(
+      compiler.Compile(with_rule("fc9.weight", v1::UPDATE_MODE_FULL, 0), DefaultClass("x86-avx2")),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("scheme.scheme: "),
+                     HasSubstr("'fc9.weight' is not a weight of the model"))));
+  EXPECT_THAT(compiler.Compile(with_rule("fc1.bias", v1::UPDATE_MODE_CHANNELS, 0.5),
+                               DefaultClass("x86-avx2")),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("tensor 'fc1.bias' f32[256] cannot train a fraction")));
+  EXPECT_THAT(compiler.Compile(with_rule("fc1.weight", v1::UPDATE_MODE_CHANNELS, 0.3),
+                               DefaultClass("x86-avx2")),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("channel fraction 0.3 is not one of 1/8, 1/4, 1/2, 1")));
+  EXPECT_THAT(compiler.Compile(with_rule("fc1.weight", v1::UPDATE_MODE_UNSPECIFIED, 0),
+                               DefaultClass("x86-avx2")),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("scheme.scheme: scheme rule 0 (tensor pattern 'fc1.weight'): "
+                                 "mode is unset")));
+  EXPECT_THAT(compiler.Compile(with_rule("*", v1::UPDATE_MODE_FROZEN, 0), DefaultClass("x86-avx2")),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("trains nothing")));
+  v1::JobSpec empty = ReferenceSpec();
+  empty.mutable_scheme()->mutable_scheme();
+  EXPECT_THAT(
+      compiler.Compile(empty, DefaultClass("x86-avx2")),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("scheme.scheme has no rules")));
+  // Over budget: the figures name the scheme.
+  v1::JobSpec full = with_rule("*", v1::UPDATE_MODE_FULL, 0);
+  full.mutable_scheme()->mutable_scheme()->set_name("everything");
+  EXPECT_THAT(
+      compiler.Compile(full, DefaultClass("rpi4")),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("scheme 'everything' needs")));
+}
+
 TEST(PlanCompiler, CountsGemmFlops) {
   PlanCompiler compiler;
   ASSERT_OK_AND_ASSIGN(CompiledClassPlan full,
