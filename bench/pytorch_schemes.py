@@ -24,10 +24,12 @@ Schemes (which parameters have requires_grad; the optimizer holds only those):
   bias-only  every parameter named `*.bias` (BatchNorm, LayerNorm and linear
              biases). Llama has none, so it skips this scheme.
   sparse     every `*.bias` + every parameter of the last two blocks + the
-             head. Blocks: MobileNetV2 `features.17` and `features.18`, BERT
-             `bert.encoder.layer.2` and `.3`, Llama `model.layers.2` and `.3`;
-             heads: `classifier.*` (MobileNetV2, BERT; BERT's pooler too) and
-             `model.norm` + `lm_head` (Llama).
+             head, as fleettune's `sparse` preset (engine/scheme/scheme.h)
+             defines them. Blocks: MobileNetV2's inverted residuals
+             `features.16` and `features.17` (the final 1x1 `features.18` is
+             not a block), BERT's `bert.encoder.layer.2` and `.3`, Llama's
+             `model.layers.2` and `.3`; heads: `classifier.*` (MobileNetV2;
+             BERT's pooler too) and `lm_head` (Llama).
 fleettune resolves the same schemes with its own presets; the driver
 (bench/compare_schemes.py) checks that both sides train the same number of
 parameter elements, so the two rule sets cannot drift apart silently.
@@ -183,7 +185,7 @@ def build(model_name):
         x = torch.rand(BATCH, 3, 128, 128)
         labels = torch.randint(0, 10, (BATCH,))
         return (model, (x,), lambda out: F.cross_entropy(out, labels), labels,
-                ("features.17.", "features.18."), ("classifier.",))
+                ("features.16.", "features.17."), ("classifier.",))
     if model_name == "bert_mini":
         model = pytorch_bert.BertForSequenceClassification(BERT)
         model.eval()
@@ -200,7 +202,7 @@ def build(model_name):
         targets = torch.randint(0, LLAMA.vocab, (BATCH, LLAMA.seq_len))
         return (model, (ids,),
                 lambda out: F.cross_entropy(out.reshape(-1, LLAMA.vocab), targets.reshape(-1)),
-                targets, ("model.layers.2.", "model.layers.3."), ("model.norm.", "lm_head."))
+                targets, ("model.layers.2.", "model.layers.3."), ("lm_head.",))
     raise ValueError(model_name)
 
 

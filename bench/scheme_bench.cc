@@ -40,60 +40,22 @@ namespace {
 
 constexpr int64_t kBatch = 8;
 
-// Parameter-name prefixes of the last two blocks and the head: what the
-// sparse scheme trains besides every bias (bench/pytorch_schemes.py).
-absl::StatusOr<std::vector<std::string>> SparsePrefixes(const std::string& model) {
-  if (model == "mobilenet_v2")
-    return std::vector<std::string>{"features.17.", "features.18.", "classifier."};
-  if (model == "bert_mini") {
-    return std::vector<std::string>{"bert.encoder.layer.2.", "bert.encoder.layer.3.",
-                                    "bert.pooler.", "classifier."};
-  }
-  if (model == "llama_mini") {
-    return std::vector<std::string>{"model.layers.2.", "model.layers.3.", "model.norm.",
-                                    "lm_head."};
-  }
-  return absl::InvalidArgumentError(absl::StrCat("no sparse scheme for model '", model, "'"));
-}
-
-// The weights `scheme` trains. "sparse": every bias plus every weight of the
-// last two blocks and the head.
-absl::StatusOr<std::vector<std::string>> Trainable(const std::string& model_name,
-                                                   const models::Model& model,
-                                                   const std::string& scheme) {
-  if (scheme != "sparse") return train::SelectTrainable(model, scheme);
-  ASSIGN_OR_RETURN(std::vector<std::string> prefixes, SparsePrefixes(model_name));
-  std::vector<std::string> out;
-  for (const models::Layer& layer : model.layers) {
-    for (const std::string& name : layer.weights) {
-      const bool in_block =
-          std::any_of(prefixes.begin(), prefixes.end(),
-                      [&](const std::string& p) { return absl::StartsWith(name, p); });
-      if (in_block || absl::EndsWith(name, ".bias")) out.push_back(name);
-    }
-  }
-  return out;
-}
-
 absl::Status RunScheme(const std::string& model_name, const std::string& scheme) {
   ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel(model_name));
   ASSIGN_OR_RETURN(models::Model model, zoo->build(kBatch, models::Mode::kEval));
-  auto trainable = Trainable(model_name, model, scheme);
-  if (!trainable.ok() && absl::StrContains(trainable.status().message(), "trains nothing")) {
+  auto resolved = train::ResolvePreset(model, scheme);
+  if (!resolved.ok() && absl::StrContains(resolved.status().message(), "trains nothing")) {
     std::fprintf(stderr, "%s: scheme %s trains nothing; skipped\n", model_name.c_str(),
                  scheme.c_str());
     return absl::OkStatus();
   }
-  RETURN_IF_ERROR(trainable.status());
+  RETURN_IF_ERROR(resolved.status());
   ASSIGN_OR_RETURN(Graph graph,
-                   train::BuildTrainingGraph(model, *trainable,
-                                             autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f})));
+                   train::BuildSchemeTrainingGraph(
+                       model, *resolved, autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f})));
   runtime::ParameterStore params;
   RETURN_IF_ERROR(zoo->initialize(model, 0, &params));
-  int64_t trainable_elements = 0;
-  for (const std::string& name : *trainable) {
-    trainable_elements += params.Find(name)->num_elements();
-  }
+  const int64_t trainable_elements = resolved->TrainableElements();
   runtime::CompileOptions options;
   options.threads = absl::GetFlag(FLAGS_threads);
   options.profile = absl::GetFlag(FLAGS_profile);

@@ -111,7 +111,9 @@ const std::vector<CommandInfo>& Commands() {
        {
            {"model", "NAME",
             "zoo model: mlp, cnn, mobilenet_v2, resnet18,\nbert_mini, llama_mini (required)"},
-           {"scheme", "SCHEME", "full, bias-only, last-k:N, freeze:LAYER,...\n(default full)"},
+           {"scheme", "SCHEME",
+            "full, bias-only, last-k:N, freeze:LAYER,..., sparse,\npockengine (default full)"},
+           {"scheme-file", "PATH", "an UpdateScheme in protobuf text format"},
            {"device-class", "CLASS", "device class (default x86-avx2)"},
            {"device-classes", "PATH", "class config, text proto (default built-in classes)"},
            {"batch", "N", "examples per step (default 8)"},

@@ -6,15 +6,21 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/format.h"
+#include "engine/base/file.h"
 #include "engine/base/status_macros.h"
 #include "engine/compile/compiler.h"
 #include "engine/models/zoo.h"
 #include "engine/plan/plan_io.h"
+#include "engine/plan/scheme_io.h"
+#include "engine/scheme/scheme.h"
 #include "engine/train/trainer.h"
 #include "server/compiler/device_classes.h"
 
 namespace fleettune::cli {
 namespace {
+
+// Scheme files are a few rules; the cap bounds what a bad path can make us read.
+constexpr int64_t kMaxSchemeFileBytes = int64_t{1} << 20;
 
 std::string Flag(const std::map<std::string, std::string>& flags, const std::string& name,
                  const std::string& fallback) {
@@ -58,10 +64,20 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
 
   engine::compile::CompileOptions options;
   options.model_name = model_name;
-  options.scheme_name = Flag(flags, "scheme", "full");
-  auto trainable = engine::train::SelectTrainable(model, options.scheme_name);
-  if (!trainable.ok()) return FlagError("scheme", std::string(trainable.status().message()));
-  options.trainable = *std::move(trainable);
+  if (auto it = flags.find("scheme-file"); it != flags.end()) {
+    if (flags.count("scheme")) return FlagError("scheme-file", "give --scheme or --scheme-file");
+    auto text = engine::ReadFileToString(it->second, kMaxSchemeFileBytes);
+    if (!text.ok()) return FlagError("scheme-file", std::string(text.status().message()));
+    auto parsed = engine::plan::ParseSchemeText(*text);
+    if (!parsed.ok()) return FlagError("scheme-file", std::string(parsed.status().message()));
+    auto resolved = engine::scheme::ResolveScheme(model, *parsed);
+    if (!resolved.ok()) return FlagError("scheme-file", std::string(resolved.status().message()));
+    options.scheme = *std::move(resolved);
+  } else {
+    auto resolved = engine::train::ResolvePreset(model, Flag(flags, "scheme", "full"));
+    if (!resolved.ok()) return FlagError("scheme", std::string(resolved.status().message()));
+    options.scheme = *std::move(resolved);
+  }
 
   ASSIGN_OR_RETURN(double lr, PositiveNumber(flags, "lr", "0.01", false));
   const std::string optimizer = Flag(flags, "optimizer", "sgd");

@@ -22,7 +22,9 @@ namespace fleettune::cli {
 
 // Flags (names without dashes), as ParseCommandLine collected them:
 //   model           zoo model name (required)
-//   scheme          update scheme (default full)
+//   scheme          preset: full, bias-only, last-k:N, freeze:A,B, sparse,
+//                   pockengine (default full)
+//   scheme-file     an UpdateScheme in protobuf text format (instead of --scheme)
 //   device-class    class name (default x86-avx2)
 //   device-classes  class config file (text proto); default the built-in classes
 //   batch           examples per step (default 8)

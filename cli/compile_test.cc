@@ -1,6 +1,7 @@
 #include "cli/compile.h"
 
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 #include <string>
 
@@ -31,6 +32,22 @@ TEST(Compile, PrintsTheSummaryAndWritesALoadablePlan) {
   EXPECT_EQ(plan.metadata().device_class(), "rpi4");
   EXPECT_EQ(plan.metadata().trainable_parameters_size(), 4);
   ASSERT_OK(engine::plan::GraphFromProto(plan.graph()).status());
+}
+
+TEST(Compile, SchemeFilesAndPartialChannels) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/half.scheme";
+  {
+    std::ofstream f(path);
+    f << "name: \"half-fc3\"\n"
+         "rules { pattern: \"fc3.weight\" mode: UPDATE_MODE_CHANNELS channel_fraction: 0.5 }\n"
+         "rules { pattern: \"*.bias\" mode: UPDATE_MODE_FULL }\n";
+  }
+  std::ostringstream out;
+  ASSERT_OK(RunCompile({{"model", "mlp"}, {"scheme-file", path}}, false, &out));
+  // fc3.weight's first 5 of 10 rows (5 · 128) + the biases (256 + 128 + 10).
+  EXPECT_THAT(out.str(), HasSubstr("half-fc3 (4 tensors, 1034 elements trained)"));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"scheme-file", path + ".missing"}}, false, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--scheme-file")));
 }
 
 TEST(Compile, JsonIsTheMetadata) {

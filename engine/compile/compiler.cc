@@ -15,6 +15,7 @@
 #include "engine/ops/op_registry.h"
 #include "engine/plan/plan_io.h"
 #include "engine/runtime/executable.h"
+#include "engine/train/trainer.h"
 
 namespace fleettune::engine::compile {
 namespace {
@@ -50,39 +51,29 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   if (options.threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
   }
-  if (options.trainable.empty()) {
+  if (options.scheme.TrainableElements() == 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("scheme '", options.scheme_name, "' trains nothing"));
+        absl::StrCat("scheme '", options.scheme.name, "' trains nothing"));
   }
   CompiledTraining out;
   Graph& graph = out.graph;
-  graph = model.graph;
-  std::vector<ValueId> trainable;
-  for (const std::string& name : options.trainable) {
-    std::optional<ValueId> id = graph.FindByName(name);
-    if (!id.has_value() || graph.node(*id).op != OpKind::kParameter) {
-      return absl::InvalidArgumentError(absl::StrCat("the model has no weight '", name, "'"));
-    }
-    trainable.push_back(*id);
-  }
-  const int forward_nodes = graph.num_nodes();
-  ASSIGN_OR_RETURN(autodiff::GradientMap grads,
-                   autodiff::BuildBackward(graph, model.loss, trainable));
-  RETURN_IF_ERROR(autodiff::AddOptimizerUpdates(graph, grads, options.optimizer));
+  ASSIGN_OR_RETURN(graph,
+                   train::BuildSchemeTrainingGraph(model, options.scheme, options.optimizer));
   RETURN_IF_ERROR(VerifyGraph(graph));
+  const int forward_nodes = model.graph.num_nodes();
 
   v1::PlanMetadata& meta = *out.plan.mutable_metadata();
   meta.set_model_name(options.model_name);
-  meta.set_scheme(options.scheme_name);
+  meta.set_scheme(options.scheme.name);
   meta.set_device_class(options.device_class);
   meta.set_threads(options.threads);
-  uint64_t trainable_elements = 0, gradient_bytes = 0;
-  for (const auto& [param, grad] : grads) {
-    meta.add_trainable_parameters(graph.node(param).name);
-    trainable_elements += graph.type(param).num_elements();
-    gradient_bytes += Bytes(graph.type(grad));
+  meta.set_trainable_elements(options.scheme.TrainableElements());
+  uint64_t gradient_bytes = 0;
+  for (const Node& node : graph.nodes()) {
+    if (!IsUpdate(node.op)) continue;  // inputs: parameter, gradient, state...
+    meta.add_trainable_parameters(graph.node(node.inputs[0]).name);
+    gradient_bytes += Bytes(graph.type(node.inputs[1]));
   }
-  meta.set_trainable_elements(trainable_elements);
   meta.set_gradient_bytes(gradient_bytes);
   uint64_t weight_bytes = 0, state_bytes = 0;
   int update_nodes = 0;

@@ -2,8 +2,9 @@
 // CompiledPlan (proto/fleettune/v1/plan.proto) with its cost metadata out.
 //
 //   CompileOptions options;
-//   options.model_name = "mobilenet_v2";  options.scheme_name = "sparse";
-//   options.trainable = ...;  options.optimizer = OptimizerConfig::Sgd({0.01f, 0.9f});
+//   options.model_name = "mobilenet_v2";
+//   ASSIGN_OR_RETURN(options.scheme, train::ResolvePreset(model, "sparse"));
+//   options.optimizer = OptimizerConfig::Sgd({0.01f, 0.9f});
 //   options.device_class = "rpi4";  options.threads = 4;
 //   ASSIGN_OR_RETURN(CompiledTraining compiled, CompileTraining(model, options));
 //   std::cout << FormatPlanSummary(compiled.plan.metadata());
@@ -18,8 +19,9 @@
 // Executable::memory() then reports exactly the arena and scratch bytes the
 // metadata promised.
 //
-// Errors: InvalidArgument for an unknown trainable name, a scheme that trains
-// nothing, threads < 1, or a graph the verifier rejects. Thread-safe (pure).
+// Errors: InvalidArgument for a scheme tensor the model lacks, a scheme that
+// trains nothing, threads < 1, or a graph the verifier rejects. Thread-safe
+// (pure).
 #ifndef FLEETTUNE_ENGINE_COMPILE_COMPILER_H_
 #define FLEETTUNE_ENGINE_COMPILE_COMPILER_H_
 
@@ -30,15 +32,15 @@
 #include "engine/autodiff/autodiff.h"
 #include "engine/ir/graph.h"
 #include "engine/models/model.h"
+#include "engine/scheme/scheme.h"
 #include "proto/fleettune/v1/plan.pb.h"
 
 namespace fleettune::engine::compile {
 
 struct CompileOptions {
-  std::string model_name;   // recorded in the metadata
-  std::string scheme_name;  // recorded in the metadata
-  // The weight parameters to update, by name.
-  std::vector<std::string> trainable;
+  std::string model_name;  // recorded in the metadata
+  // What to update (scheme.name is recorded), partial channels included.
+  scheme::ResolvedScheme scheme;
   autodiff::OptimizerConfig optimizer;
   std::string device_class;  // recorded in the metadata
   int threads = 1;           // the class's kernel threads

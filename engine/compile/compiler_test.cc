@@ -20,8 +20,7 @@ using ::testing::HasSubstr;
 CompileOptions Options(const models::Model& model, const std::string& scheme) {
   CompileOptions o;
   o.model_name = "test";
-  o.scheme_name = scheme;
-  o.trainable = *train::SelectTrainable(model, scheme);
+  o.scheme = *train::ResolvePreset(model, scheme);
   o.optimizer = autodiff::OptimizerConfig::Sgd({0.05f, 0.9f, 0.0f});
   o.device_class = "x86-avx2";
   o.threads = 1;
@@ -113,15 +112,28 @@ TEST(CompileTraining, SparserSchemesCostLess) {
   EXPECT_THAT(summary, HasSubstr("conv2d/fast"));
 }
 
+// Partial channels: the pockengine preset trains some weights' first rows;
+// gradients and optimizer state hold only those rows.
+TEST(CompileTraining, PartialChannelSchemesCountOnlyTheTrainedRows) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* entry, models::FindZooModel("mobilenet_v2"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, entry->build(2, models::Mode::kEval));
+  CompileOptions o = Options(model, "pockengine");
+  ASSERT_OK_AND_ASSIGN(CompiledTraining compiled, CompileTraining(model, o));
+  const v1::PlanMetadata& meta = compiled.plan.metadata();
+  EXPECT_EQ(static_cast<int64_t>(meta.trainable_elements()), o.scheme.TrainableElements());
+  EXPECT_EQ(meta.gradient_bytes(), meta.trainable_elements() * 4);
+  EXPECT_EQ(meta.optimizer_state_bytes(), meta.trainable_elements() * 4);  // momentum
+}
+
 TEST(CompileTraining, RejectsBadRequestsNamingTheProblem) {
   ASSERT_OK_AND_ASSIGN(const models::ZooEntry* mlp, models::FindZooModel("mlp"));
   ASSERT_OK_AND_ASSIGN(models::Model model, mlp->build(4, models::Mode::kTrain));
   CompileOptions o = Options(model, "full");
-  o.trainable.push_back("fc9.weight");
+  o.scheme.params.push_back({"fc9.weight", scheme::UpdateMode::kFull, 4, 4, 16});
   EXPECT_THAT(CompileTraining(model, o).status(),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'fc9.weight'")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fc9.weight")));
   o = Options(model, "full");
-  o.trainable.clear();
+  o.scheme.params.clear();
   EXPECT_THAT(CompileTraining(model, o).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("trains nothing")));
   o = Options(model, "full");
