@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/autodiff/autodiff.h"
 #include "engine/base/status_macros.h"
+#include "engine/compile/compiler.h"
 #include "engine/io/safetensors.h"
 #include "engine/ir/graph.h"
 #include "engine/models/mlp.h"
@@ -301,37 +302,44 @@ absl::Status CheckWeights(absl::string_view bytes, const engine::models::Model& 
 struct Candidate {
   std::string scheme;
   engine::scheme::ResolvedScheme resolved;
-  Graph graph;
-  uint64_t arena_bytes = 0;
+  engine::compile::CompiledTraining compiled;  // the plan, its graph and metadata
+  uint64_t arena_bytes = 0;                    // static arena + kernel scratch
   uint64_t weight_bytes = 0;
   uint64_t optimizer_state_bytes = 0;
   uint64_t total_bytes() const { return arena_bytes + weight_bytes + optimizer_state_bytes; }
 };
 
+// The compiled plan of `resolved` for `device_class` (engine/compile, the same
+// compiler as `fleettune compile`) and the memory it needs.
 absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
+                                         const std::string& model_name,
                                          engine::scheme::ResolvedScheme resolved,
-                                         const engine::autodiff::OptimizerConfig& optimizer) {
+                                         const engine::autodiff::OptimizerConfig& optimizer,
+                                         const v1::DeviceClass& device_class) {
   Candidate c;
   c.scheme = resolved.name;
+  engine::compile::CompileOptions options;
+  options.model_name = model_name;
+  options.scheme = resolved;
+  options.optimizer = optimizer;
+  options.device_class = device_class.name();
+  options.threads = std::max(1, device_class.threads());
   c.resolved = std::move(resolved);
-  ASSIGN_OR_RETURN(c.graph, engine::train::BuildSchemeTrainingGraph(model, c.resolved, optimizer));
-  ASSIGN_OR_RETURN(engine::runtime::ArenaLayout layout, engine::runtime::PlanArena(c.graph));
-  c.arena_bytes = layout.plan.arena_bytes;
-  for (const Node& node : c.graph.nodes()) {
-    if (node.op != OpKind::kParameter) continue;
-    const auto* attrs = std::get_if<engine::ParameterAttrs>(&node.attrs);
-    const bool state = attrs != nullptr && attrs->role == engine::ParamRole::kOptimizerState;
-    (state ? c.optimizer_state_bytes : c.weight_bytes) += node.type.bytes();
-  }
+  ASSIGN_OR_RETURN(c.compiled, engine::compile::CompileTraining(model, options));
+  const v1::PlanMetadata& meta = c.compiled.plan.metadata();
+  c.arena_bytes = meta.arena_bytes() + meta.scratch_bytes();
+  c.weight_bytes = meta.weight_bytes();
+  c.optimizer_state_bytes = meta.optimizer_state_bytes();
   return c;
 }
 
 absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
-                                         const std::string& preset,
-                                         const engine::autodiff::OptimizerConfig& optimizer) {
+                                         const std::string& model_name, const std::string& preset,
+                                         const engine::autodiff::OptimizerConfig& optimizer,
+                                         const v1::DeviceClass& device_class) {
   ASSIGN_OR_RETURN(engine::scheme::ResolvedScheme resolved,
                    engine::train::ResolvePreset(model, preset));
-  return BuildCandidate(model, std::move(resolved), optimizer);
+  return BuildCandidate(model, model_name, std::move(resolved), optimizer, device_class);
 }
 
 std::string Bytes(uint64_t bytes) {
@@ -346,27 +354,6 @@ std::string Breakdown(const Candidate& c) {
 
 // Floating-point operations of the GEMMs (matmul and linear nodes, forward and backward):
 // 2·M·N·K each. Elementwise ops, reductions and the optimizer are O(size) and left out.
-uint64_t GemmFlops(const Graph& graph) {
-  uint64_t flops = 0;
-  for (const Node& node : graph.nodes()) {
-    if (node.op == OpKind::kLinear) {
-      // x [..., K] · weight[N, K]ᵀ: M = rows of x.
-      const Shape& w = graph.type(node.inputs[1]).shape;
-      const int64_t n = w[0], k = w[1];
-      if (k == 0) continue;
-      const int64_t m = graph.type(node.inputs[0]).num_elements() / k;
-      flops += 2 * static_cast<uint64_t>(m) * n * k;
-    } else if (node.op == OpKind::kMatMul) {
-      // y [..., M, N] = op(a) · op(b), K the contracted dimension of op(a).
-      const auto& attrs = std::get<engine::MatMulAttrs>(node.attrs);
-      const Shape& a = graph.type(node.inputs[0]).shape;
-      const int64_t k = attrs.transpose_a ? a[a.size() - 2] : a.back();
-      flops += 2 * static_cast<uint64_t>(node.type.num_elements()) * k;
-    }
-  }
-  return flops;
-}
-
 std::string ModelName(const v1::ModelSpec& model) {
   return absl::StrCat(model.architecture(), "-", absl::StrJoin(model.layer_sizes(), "-"));
 }
@@ -401,11 +388,13 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
     RETURN_IF_ERROR(CheckWeights(model_spec.safetensors_weights(), model));
   }
   const engine::autodiff::OptimizerConfig optimizer = ToOptimizer(spec.hyper_parameters());
+  const std::string model_name = ModelName(model_spec);
   const uint64_t budget = static_cast<uint64_t>(device_class.training_memory_budget_bytes());
 
   // The dense plan comes first in every case: it is the baseline the summary reports, and the
   // first choice of fit_class_budget.
-  ASSIGN_OR_RETURN(Candidate dense, BuildCandidate(model, "full", optimizer));
+  ASSIGN_OR_RETURN(Candidate dense,
+                   BuildCandidate(model, model_name, "full", optimizer, device_class));
   const uint64_t dense_total = dense.total_bytes();
   std::optional<Candidate> chosen;
   if (spec.scheme().kind_case() == v1::SchemeSpec::kPreset) {
@@ -413,7 +402,8 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
     if (preset == "full") {
       chosen = std::move(dense);
     } else {
-      absl::StatusOr<Candidate> c = BuildCandidate(model, preset, optimizer);
+      absl::StatusOr<Candidate> c =
+          BuildCandidate(model, model_name, preset, optimizer, device_class);
       if (!c.ok()) {
         return absl::Status(c.status().code(),
                             absl::StrCat("scheme.preset: ", c.status().message()));
@@ -428,7 +418,7 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
                        engine::plan::SchemeFromProto(spec.scheme().scheme()));
       if (s.name.empty()) s.name = "custom";
       ASSIGN_OR_RETURN(engine::scheme::ResolvedScheme r, engine::scheme::ResolveScheme(model, s));
-      return BuildCandidate(model, std::move(r), optimizer);
+      return BuildCandidate(model, model_name, std::move(r), optimizer, device_class);
     }();
     if (!c.ok()) {
       return absl::Status(c.status().code(), absl::StrCat("scheme.scheme: ", c.status().message()));
@@ -455,7 +445,7 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
       if (scheme == "full") {
         c = std::move(dense);
       } else {
-        ASSIGN_OR_RETURN(c, BuildCandidate(model, scheme, optimizer));
+        ASSIGN_OR_RETURN(c, BuildCandidate(model, model_name, scheme, optimizer, device_class));
       }
       if (c.total_bytes() <= budget) {
         chosen = std::move(c);
@@ -473,22 +463,9 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
     }
   }
 
-  v1::CompiledPlan plan;
-  plan.set_format_version(engine::plan::kPlanFormatVersion);
-  ASSIGN_OR_RETURN(*plan.mutable_graph(), engine::plan::GraphToProto(chosen->graph));
-  v1::PlanMetadata* meta = plan.mutable_metadata();
-  meta->set_model_name(ModelName(model_spec));
-  meta->set_scheme(chosen->scheme);
-  meta->set_device_class(device_class.name());
+  const v1::CompiledPlan& plan = chosen->compiled.plan;
   // Partial-channel tensors count only their trained rows.
   const int64_t trainable_elements = chosen->resolved.TrainableElements();
-  for (const std::string& name : chosen->resolved.TrainableNames()) {
-    meta->add_trainable_parameters(name);
-  }
-  meta->set_arena_bytes(chosen->arena_bytes);
-  meta->set_weight_bytes(chosen->weight_bytes);
-  meta->set_optimizer_state_bytes(chosen->optimizer_state_bytes);
-  meta->set_flops_per_step(GemmFlops(chosen->graph));
 
   CompiledClassPlan out;
   ASSIGN_OR_RETURN(out.plan_bytes, SerializeDeterministic(plan));

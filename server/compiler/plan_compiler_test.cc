@@ -270,16 +270,19 @@ TEST(PlanCompiler, RejectsInvalidExplicitSchemesNamingTheTensor) {
       StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("scheme 'everything' needs")));
 }
 
-TEST(PlanCompiler, CountsGemmFlops) {
+TEST(PlanCompiler, CountsFlops) {
   PlanCompiler compiler;
   ASSERT_OK_AND_ASSIGN(CompiledClassPlan full,
                        compiler.Compile(ReferenceSpec(), DefaultClass("x86-avx2")));
   ASSERT_OK_AND_ASSIGN(v1::CompiledPlan parsed, engine::plan::ParsePlan(full.plan_bytes));
   // Forward 2·64·(784·256 + 256·128 + 128·10); backward the same again for the weight
-  // gradients, plus input gradients of fc2 and fc3 (none for fc1: the data needs none).
+  // gradients, plus input gradients of fc2 and fc3 (none for fc1: the data needs none). The
+  // elementwise ops, bias additions and updates (engine/compile/cost.h) add about 1%.
   const uint64_t forward = 2ull * 64 * (784 * 256 + 256 * 128 + 128 * 10);
   const uint64_t input_grads = 2ull * 64 * (256 * 128 + 128 * 10);
-  EXPECT_EQ(parsed.metadata().flops_per_step(), 2 * forward + input_grads);
+  const uint64_t gemm = 2 * forward + input_grads;
+  EXPECT_GT(parsed.metadata().flops_per_step(), gemm);
+  EXPECT_LT(parsed.metadata().flops_per_step(), gemm + gemm / 50);
 
   ASSERT_OK_AND_ASSIGN(CompiledClassPlan sparse,
                        compiler.Compile(ReferenceSpec(), DefaultClass("rpi4")));
