@@ -25,9 +25,16 @@ std::vector<int> WrittenOperands(const Node& node) {
 absl::StatusOr<bool> ReorderUpdates(Graph& graph, std::vector<ValueId>* old_to_new) {
   const int n = graph.num_nodes();
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
+  // Sources (inputs, parameters) have no inputs, so they may all go first;
+  // autodiff appends optimizer-state parameters next to the updates, and
+  // hoisting them frees each update to move up to its real dependencies.
+  auto is_source = [&](ValueId v) {
+    const OpKind op = graph.node(v).op;
+    return op == OpKind::kInput || op == OpKind::kParameter;
+  };
   // after[a]: the updates that go right after node a, in original order.
   std::vector<std::vector<ValueId>> after(n);
-  std::vector<ValueId> leading;  // updates that depend on nothing
+  std::vector<ValueId> leading;  // updates that depend on sources only
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);
     if (!IsUpdateOp(node.op)) continue;
@@ -37,7 +44,7 @@ absl::StatusOr<bool> ReorderUpdates(Graph& graph, std::vector<ValueId>* old_to_n
         return absl::FailedPreconditionError(
             absl::StrCat("node %", id, ": input %", in, " is not an earlier node"));
       }
-      anchor = std::max(anchor, in);
+      if (!is_source(in)) anchor = std::max(anchor, in);
     }
     for (int i : WrittenOperands(node)) {
       for (ValueId reader : users[node.inputs[i]]) {
@@ -56,9 +63,12 @@ absl::StatusOr<bool> ReorderUpdates(Graph& graph, std::vector<ValueId>* old_to_n
     order.push_back(v);
     for (ValueId u : after[v]) emit(u);
   };
+  for (ValueId id = 0; id < n; ++id) {
+    if (is_source(id)) emit(id);
+  }
   for (ValueId u : leading) emit(u);
   for (ValueId id = 0; id < n; ++id) {
-    if (!IsUpdateOp(graph.node(id).op)) emit(id);
+    if (!IsUpdateOp(graph.node(id).op) && !is_source(id)) emit(id);
   }
   bool same = true;
   for (ValueId i = 0; i < n && same; ++i) same = order[i] == i;

@@ -13,9 +13,11 @@
 // optimizer state; the running statistics), every other node that reads one
 // of those tensors: the forward op reading the weight, and backward ops that
 // read it again (conv2d_backward_input reads W, matmul for dx reads W, ...).
-// u is placed right after the last of these in the original order; all other
-// nodes keep their relative order, so the result is topological and VerifyGraph
-// ("nothing reads an updated tensor after its update") still holds.
+// u is placed right after the last of these in the original order. Sources
+// (inputs, parameters: autodiff appends optimizer state at the end) move to the
+// front; all other nodes keep their relative order, so the result is
+// topological and VerifyGraph ("nothing reads an updated tensor after its
+// update") still holds.
 #ifndef FLEETTUNE_ENGINE_PASSES_REORDER_UPDATES_H_
 #define FLEETTUNE_ENGINE_PASSES_REORDER_UPDATES_H_
 
