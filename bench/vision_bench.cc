@@ -19,6 +19,11 @@
 // is the static arena (batch, activations, gradients, temporaries) plus
 // optimizer state. --profile prints the time per op kind to stderr (summed over
 // warm-up and timed steps; adds two clock reads per instruction).
+// --passes picks the graph optimizations (engine/passes/pipeline.h): "none"
+// (default, the unoptimized graph), "all", or a list such as
+// "reorder_updates,in_place"; --pass_report prints what each did to stderr.
+// --scheme picks the trained weights (train::SelectTrainable; BatchNorm
+// folding needs frozen γ, e.g. --scheme=last-k:3).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -35,6 +40,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/base/status_macros.h"
 #include "engine/models/mobilenet_v2.h"
+#include "engine/passes/pipeline.h"
 #include "engine/train/trainer.h"
 
 ABSL_FLAG(int, threads, 2, "GEMM threads.");
@@ -46,6 +52,9 @@ ABSL_FLAG(int, steps, 10, "Timed steps per mode.");
 ABSL_FLAG(int, warmup, 3, "Untimed steps per mode.");
 ABSL_FLAG(std::string, modes, "full,frozen-bn", "Modes to run (full, frozen-bn).");
 ABSL_FLAG(bool, profile, false, "Print time per op kind to stderr (adds timer overhead).");
+ABSL_FLAG(std::string, passes, "none", "Graph passes: all, none, or a comma list.");
+ABSL_FLAG(bool, pass_report, false, "Print the pass report to stderr.");
+ABSL_FLAG(std::string, scheme, "full", "Trained weights (train::SelectTrainable scheme).");
 
 namespace fleettune::engine {
 namespace {
@@ -79,15 +88,25 @@ absl::Status Initialize(const Graph& graph, uint64_t seed, runtime::ParameterSto
 absl::Status RunMode(const models::MobileNetV2Config& config, const std::string& mode) {
   const models::Mode model_mode = mode == "full" ? models::Mode::kTrain : models::Mode::kEval;
   ASSIGN_OR_RETURN(models::Model model, models::BuildMobileNetV2(config, model_mode));
-  ASSIGN_OR_RETURN(std::vector<std::string> trainable, train::SelectTrainable(model, "full"));
+  ASSIGN_OR_RETURN(std::vector<std::string> trainable,
+                   train::SelectTrainable(model, absl::GetFlag(FLAGS_scheme)));
   ASSIGN_OR_RETURN(Graph graph,
                    train::BuildTrainingGraph(model, trainable,
                                              autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f})));
+  ASSIGN_OR_RETURN(passes::PassOptions pass_options,
+                   passes::PassOptions::Parse(absl::GetFlag(FLAGS_passes)));
+  pass_options.measure_memory = absl::GetFlag(FLAGS_pass_report);
+  ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(graph, pass_options));
+  if (absl::GetFlag(FLAGS_pass_report)) {
+    std::fprintf(stderr, "%s passes:\n%s", mode.c_str(), report.ToString().c_str());
+  }
   runtime::ParameterStore params;
   RETURN_IF_ERROR(Initialize(model.graph, 0, &params));
   runtime::CompileOptions options;
   options.threads = absl::GetFlag(FLAGS_threads);
   options.profile = absl::GetFlag(FLAGS_profile);
+  options.in_place = pass_options.in_place;
+  options.fold_constants = pass_options.fold_constants;
   ASSIGN_OR_RETURN(auto exe, runtime::Executable::Compile(graph, &params, options));
   ASSIGN_OR_RETURN(TensorView x, exe->Input("x"));
   ASSIGN_OR_RETURN(TensorView labels, exe->Input("labels"));
@@ -112,12 +131,13 @@ absl::Status RunMode(const models::MobileNetV2Config& config, const std::string&
       "\"ms_per_step\": %.3f, \"train_bytes\": %zu, \"arena_bytes\": %zu, \"optim_bytes\": %zu, "
       "\"scratch_bytes\": %zu, \"weight_bytes\": %zu, \"threads\": %d, \"batch\": %lld, "
       "\"resolution\": %lld, \"classes\": %lld, \"width_mult\": %g, \"steps\": %d, "
-      "\"warmup\": %d}\n",
+      "\"warmup\": %d, \"passes\": \"%s\", \"scheme\": \"%s\", \"constant_bytes\": %zu}\n",
       mode.c_str(), ms[ms.size() / 2], mem.arena_bytes + mem.optimizer_state_bytes, mem.arena_bytes,
       mem.optimizer_state_bytes, mem.scratch_bytes, mem.weight_bytes, absl::GetFlag(FLAGS_threads),
       static_cast<long long>(config.batch), static_cast<long long>(config.resolution),
       static_cast<long long>(config.num_classes), config.width_mult, absl::GetFlag(FLAGS_steps),
-      absl::GetFlag(FLAGS_warmup));
+      absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_passes).c_str(),
+      absl::GetFlag(FLAGS_scheme).c_str(), mem.constant_bytes);
   std::fflush(stdout);
   if (options.profile) std::fprintf(stderr, "%s:\n%s", mode.c_str(), exe->ProfileReport().c_str());
   return absl::OkStatus();

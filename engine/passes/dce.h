@@ -9,6 +9,8 @@
 // logits), and every kInput and kParameter node: sources are the binding
 // interface (Executable::Input, checkpoints), cost no arena, and are kept even
 // when unread. Node order is otherwise unchanged.
+//
+// Expects a graph that passes VerifyGraph (RunPasses checks before any pass).
 #ifndef FLEETTUNE_ENGINE_PASSES_DCE_H_
 #define FLEETTUNE_ENGINE_PASSES_DCE_H_
 

@@ -25,6 +25,8 @@
 // (batch_norm_weight_grad) reads the conv output, so convolutions followed by
 // a BatchNorm with trainable γ are left alone (folding them would need the
 // normalized input rebuilt from y, dividing by γ). Works on forward graphs too.
+//
+// Expects a graph that passes VerifyGraph (RunPasses checks before any pass).
 #ifndef FLEETTUNE_ENGINE_PASSES_FOLD_BATCH_NORM_H_
 #define FLEETTUNE_ENGINE_PASSES_FOLD_BATCH_NORM_H_
 

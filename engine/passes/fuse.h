@@ -20,6 +20,8 @@
 //
 // TODO(#6): chains of elementwise ops (add → relu, scale → add) are not fused
 // yet.
+//
+// Expects a graph that passes VerifyGraph (RunPasses checks before any pass).
 #ifndef FLEETTUNE_ENGINE_PASSES_FUSE_H_
 #define FLEETTUNE_ENGINE_PASSES_FUSE_H_
 

@@ -71,6 +71,9 @@ std::string PassReport::ToString() const {
 }
 
 absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options) {
+  // The passes assume a well-formed graph (inputs earlier, attributes of the
+  // op's type); plans arrive from outside, so check first.
+  RETURN_IF_ERROR(VerifyGraph(graph));
   PassReport report;
   report.old_to_new.resize(graph.num_nodes());
   std::iota(report.old_to_new.begin(), report.old_to_new.end(), 0);

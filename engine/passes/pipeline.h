@@ -80,9 +80,10 @@ struct PassReport {
   std::string ToString() const;
 };
 
-// Runs the enabled passes on `graph` in the order above. Errors: a pass's own
-// error, or Internal when the graph fails verification after a pass (message
-// names the pass).
+// Runs the enabled passes on `graph` in the order above. The graph is verified
+// first (InvalidArgument from VerifyGraph for a malformed one: the individual
+// passes assume a verified graph). Errors: a pass's own error, or Internal when
+// the graph fails verification after a pass (message names the pass).
 absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options = {});
 
 }  // namespace fleettune::engine::passes

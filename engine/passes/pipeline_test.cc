@@ -71,5 +71,16 @@ TEST(RunPasses, DisabledPassesDoNothing) {
   EXPECT_EQ(report.Map(m.model.loss), m.model.loss);
 }
 
+TEST(RunPasses, RejectsAMalformedGraph) {
+  Graph g;
+  Node bad;
+  bad.op = OpKind::kRelu;
+  bad.inputs = {3};  // not an earlier node
+  bad.type = {DType::kF32, {2}};
+  g.AddUncheckedNode(bad);
+  EXPECT_THAT(RunPasses(g),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not an earlier node")));
+}
+
 }  // namespace
 }  // namespace fleettune::engine::passes

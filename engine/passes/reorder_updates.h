@@ -18,6 +18,8 @@
 // front; all other nodes keep their relative order, so the result is
 // topological and VerifyGraph ("nothing reads an updated tensor after its
 // update") still holds.
+//
+// Expects a graph that passes VerifyGraph (RunPasses checks before any pass).
 #ifndef FLEETTUNE_ENGINE_PASSES_REORDER_UPDATES_H_
 #define FLEETTUNE_ENGINE_PASSES_REORDER_UPDATES_H_
 
