@@ -259,7 +259,7 @@ struct FusedConvAttrs {
   bool operator==(const FusedConvAttrs& o) const { return conv == o.conv && act == o.act; }
 };
 
-// kLinearActivation: act(linear(x, w[, b])).
+// kLinearActivation: act(linear(x, w[, b])); kAddActivation: act(a + b).
 struct FusedActivationAttrs {
   FusedActivationFn act = FusedActivationFn::kRelu;
   bool operator==(const FusedActivationAttrs& o) const { return act == o.act; }

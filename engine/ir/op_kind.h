@@ -74,6 +74,7 @@ enum class OpKind : uint8_t {
   kConv2dActivation,
   kLinearActivation,
   kBatchNormInferenceActivation,
+  kAddActivation,
   kCount,
 };
 

@@ -9,6 +9,8 @@
 //       y = act(linear(x, w[, b]))
 //   kBatchNormInferenceActivation  inputs (x, mean, var, γ, β), FusedBatchNormAttrs
 //       y = act(batch_norm_inference(x, mean, var, γ, β))
+//   kAddActivation                 inputs (a, b), FusedActivationAttrs
+//       y = act(a + b)   (broadcasting as kAdd; a residual add + ReLU)
 //
 // Only the fusion pass (engine/passes/fuse.h) emits them, and it runs after
 // autodiff, so they are not differentiable: no gradient rule. Each kernel
@@ -54,6 +56,8 @@ Node Producer(const Node& node) {
       return InnerNode(OpKind::kConv2d, std::get<FusedConvAttrs>(node.attrs).conv);
     case OpKind::kLinearActivation:
       return InnerNode(OpKind::kLinear, NoAttrs{});
+    case OpKind::kAddActivation:
+      return InnerNode(OpKind::kAdd, NoAttrs{});
     default:
       return InnerNode(OpKind::kBatchNormInference, std::get<FusedBatchNormAttrs>(node.attrs).bn);
   }
@@ -115,7 +119,7 @@ std::vector<OpTestCase> TestCases() {
     const FusedActivationFn act = kActs[i++ % std::size(kActs)];
     if constexpr (kProducer == OpKind::kConv2d) {
       t.attrs = FusedConvAttrs{std::get<Conv2dAttrs>(base.attrs), act};
-    } else if constexpr (kProducer == OpKind::kLinear) {
+    } else if constexpr (kProducer == OpKind::kLinear || kProducer == OpKind::kAdd) {
       t.attrs = FusedActivationAttrs{act};
     } else {
       t.attrs = FusedBatchNormAttrs{std::get<BatchNormAttrs>(base.attrs), act};
@@ -156,6 +160,12 @@ OpDef Conv2dActivationOpDef() {
 OpDef LinearActivationOpDef() {
   OpDef def = FusedDef("linear_activation", AttrsIndexOf<FusedActivationAttrs>(), 2, 3);
   def.test_cases = TestCases<OpKind::kLinear>;
+  return def;
+}
+
+OpDef AddActivationOpDef() {
+  OpDef def = FusedDef("add_activation", AttrsIndexOf<FusedActivationAttrs>(), 2, 2);
+  def.test_cases = TestCases<OpKind::kAdd>;
   return def;
 }
 

@@ -65,6 +65,7 @@ OpDef RopeOpDef();
 OpDef Conv2dActivationOpDef();
 OpDef LinearActivationOpDef();
 OpDef BatchNormInferenceActivationOpDef();
+OpDef AddActivationOpDef();
 
 namespace {
 
@@ -129,6 +130,7 @@ Table BuildTable() {
   Register(t, OpKind::kConv2dActivation, Conv2dActivationOpDef());
   Register(t, OpKind::kLinearActivation, LinearActivationOpDef());
   Register(t, OpKind::kBatchNormInferenceActivation, BatchNormInferenceActivationOpDef());
+  Register(t, OpKind::kAddActivation, AddActivationOpDef());
   return t;
 }
 

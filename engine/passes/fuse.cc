@@ -28,6 +28,8 @@ std::optional<std::pair<OpKind, Attrs>> FusedFor(const Node& p, FusedActivationF
                             Attrs{FusedConvAttrs{std::get<Conv2dAttrs>(p.attrs), act}});
     case OpKind::kLinear:
       return std::make_pair(OpKind::kLinearActivation, Attrs{FusedActivationAttrs{act}});
+    case OpKind::kAdd:
+      return std::make_pair(OpKind::kAddActivation, Attrs{FusedActivationAttrs{act}});
     case OpKind::kBatchNormInference:
       return std::make_pair(OpKind::kBatchNormInferenceActivation,
                             Attrs{FusedBatchNormAttrs{std::get<BatchNormAttrs>(p.attrs), act}});

@@ -7,6 +7,7 @@
 //   conv2d               → relu | activation   ⇒ conv2d_activation
 //   linear               → relu | activation   ⇒ linear_activation
 //   batch_norm_inference → relu | activation   ⇒ batch_norm_inference_activation
+//   add                  → relu | activation   ⇒ add_activation (residual + ReLU)
 //
 // A conv's bias is its third input, so conv + bias + activation is covered.
 // Fusion is legal only when nothing but the activation reads the producer's
@@ -18,8 +19,8 @@
 // (frozen layers, forward graphs). Runs after autodiff: fused ops have no
 // gradient rule.
 //
-// TODO(#6): chains of elementwise ops (add → relu, scale → add) are not fused
-// yet.
+// TODO(#6): longer elementwise chains (scale → add → activation) and layer
+// norm + activation are not fused yet; add → activation is.
 //
 // Expects a graph that passes VerifyGraph (RunPasses checks before any pass).
 #ifndef FLEETTUNE_ENGINE_PASSES_FUSE_H_

@@ -1,5 +1,6 @@
 #include "engine/passes/fuse.h"
 
+#include "engine/autodiff/autodiff.h"
 #include "engine/base/status_matchers.h"
 #include "engine/ir/verifier.h"
 #include "engine/passes/test_util.h"
@@ -74,6 +75,36 @@ TEST(FuseActivations, FusesConvAndLinearWithEveryActivation) {
     ASSERT_EQ(want.first.size(), got.first.size());
     for (size_t i = 0; i < want.first.size(); ++i) EXPECT_EQ(want.first[i], got.first[i]);
   }
+}
+
+TEST(FuseActivations, FusesAResidualAddAndReluInATrainingGraph) {
+  // h = relu(linear(x, w1) + x); loss = sum(linear(h, w2)); both trained.
+  // relu_grad reads relu's output, so the add's output has one reader.
+  Graph g;
+  const ValueId x = *g.AddInput("x", {DType::kF32, {4, 6}});
+  const ValueId w1 = *g.AddParameter("l1.weight", {DType::kF32, {6, 6}});
+  const ValueId w2 = *g.AddParameter("l2.weight", {DType::kF32, {3, 6}});
+  const ValueId h1 = *g.AddNode(OpKind::kLinear, {x, w1});
+  const ValueId sum = *g.AddNode(OpKind::kAdd, {h1, x});
+  const ValueId h = *g.AddNode(OpKind::kRelu, {sum});
+  const ValueId out = *g.AddNode(OpKind::kLinear, {h, w2});
+  const ValueId loss = *g.AddNode(OpKind::kReduceMean, {out}, ReduceAttrs{{0, 1}});
+  g.MarkOutput(loss);
+  ASSERT_OK_AND_ASSIGN(autodiff::GradientMap grads, autodiff::BuildBackward(g, loss, {w1, w2}));
+  ASSERT_OK(
+      autodiff::AddOptimizerUpdates(g, grads, autodiff::OptimizerConfig::Sgd({0.1f, 0.9f, 0.0f})));
+  testing::TestModel m;
+  m.graph = g;
+  ASSERT_OK(testing::InitializeParams(g, 9, &m.params));
+  Graph fused = g;
+  std::vector<ValueId> map;
+  ASSERT_OK(FuseActivations(fused, &map).status());
+  ASSERT_OK(VerifyGraph(fused));
+  EXPECT_EQ(Count(fused, OpKind::kAddActivation), 1);
+  EXPECT_EQ(map[sum], kNoValue);
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(g, loss, m, 3));
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(fused, map[loss], m, 3));
+  testing::ExpectSameTraining(want, got, 0.0);
 }
 
 TEST(FuseActivations, LeavesAProducerWithAnotherReader) {

@@ -100,6 +100,7 @@ constexpr OpRow kOps[] = {
     {OpKind::kLinearActivation, v1::OP_KIND_LINEAR_ACTIVATION, v1::Node::kFusedActivation},
     {OpKind::kBatchNormInferenceActivation, v1::OP_KIND_BATCH_NORM_INFERENCE_ACTIVATION,
      v1::Node::kFusedBatchNorm},
+    {OpKind::kAddActivation, v1::OP_KIND_ADD_ACTIVATION, v1::Node::kFusedActivation},
 };
 static_assert(std::size(kOps) == kNumOpKinds, "every OpKind needs a row in kOps");
 

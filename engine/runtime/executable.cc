@@ -63,6 +63,7 @@ std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id) {
     case OpKind::kDiv:
     case OpKind::kReluGrad:
     case OpKind::kActivationGrad:
+    case OpKind::kAddActivation:
       candidates = {0, 1};
       break;
     default:
