@@ -1,4 +1,4 @@
-// Every pass, alone and all together, trains MobileNetV2, BERT and an MLP
+// Every pass, alone and all together, trains MobileNetV2, BERT, ResNet and an MLP
 // exactly as the unoptimized graph does: same losses and same weights (and
 // optimizer state) after 3 steps. Passes that run the same kernels on the
 // same values are bit-exact; BatchNorm folding reassociates the convolution
@@ -32,6 +32,14 @@ absl::StatusOr<testing::TestModel> MobileNetFrozenBnFull() {
 absl::StatusOr<testing::TestModel> Bert() { return testing::SmallBert("full"); }
 absl::StatusOr<testing::TestModel> BertLast() { return testing::SmallBert("last-k:2"); }
 absl::StatusOr<testing::TestModel> Mlp() { return testing::SmallMlp(); }
+absl::StatusOr<testing::TestModel> ResNetTrain() {
+  return testing::SmallResNet(models::Mode::kTrain, "full");
+}
+// Frozen statistics and the stem frozen: conv + BN fold, conv + ReLU and
+// residual add + ReLU fuse.
+absl::StatusOr<testing::TestModel> ResNetFrozenBn() {
+  return testing::SmallResNet(models::Mode::kEval, "last-k:2");
+}
 
 const ModelCase kModels[] = {
     {"mobilenet_v2_train", MobileNetTrain},
@@ -40,6 +48,8 @@ const ModelCase kModels[] = {
     {"bert", Bert},
     {"bert_last2", BertLast},
     {"mlp", Mlp},
+    {"resnet_train", ResNetTrain},
+    {"resnet_frozen_bn", ResNetFrozenBn},
 };
 
 const char* const kPasses[] = {"fold_batch_norm", "fuse",     "dce", "reorder_updates",

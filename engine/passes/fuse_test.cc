@@ -3,6 +3,7 @@
 #include "engine/autodiff/autodiff.h"
 #include "engine/base/status_matchers.h"
 #include "engine/ir/verifier.h"
+#include "engine/passes/fold_batch_norm.h"
 #include "engine/passes/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -105,6 +106,19 @@ TEST(FuseActivations, FusesAResidualAddAndReluInATrainingGraph) {
   ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(g, loss, m, 3));
   ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(fused, map[loss], m, 3));
   testing::ExpectSameTraining(want, got, 0.0);
+}
+
+TEST(FuseActivations, FusesFoldedConvsAndResidualAddsOfResNet) {
+  // Frozen statistics, only the last BatchNorm and fc trained: after BatchNorm
+  // folding, conv + ReLU and the residual add + ReLU fuse.
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m, testing::SmallResNet(models::Mode::kEval, "last-k:2"));
+  Graph g = m.graph;
+  std::vector<ValueId> fold_map, fuse_map;
+  ASSERT_OK(FoldBatchNorm(g, &fold_map).status());
+  ASSERT_OK(FuseActivations(g, &fuse_map).status());
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_GE(Count(g, OpKind::kConv2dActivation), 3);
+  EXPECT_GE(Count(g, OpKind::kAddActivation), 1);
 }
 
 TEST(FuseActivations, LeavesAProducerWithAnotherReader) {

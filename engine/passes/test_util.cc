@@ -9,6 +9,7 @@
 #include "engine/models/bert.h"
 #include "engine/models/mlp.h"
 #include "engine/models/mobilenet_v2.h"
+#include "engine/models/resnet.h"
 #include "engine/train/trainer.h"
 #include "gtest/gtest.h"
 
@@ -63,6 +64,17 @@ absl::StatusOr<TestModel> SmallMobileNetV2(models::Mode mode, const std::string&
   config.batch = 2;
   config.dropout = 0.0f;
   ASSIGN_OR_RETURN(models::Model model, models::BuildMobileNetV2(config, mode));
+  return Finish(std::move(model), scheme, autodiff::OptimizerConfig::Sgd({0.05f, 0.9f, 0.0f}));
+}
+
+absl::StatusOr<TestModel> SmallResNet(models::Mode mode, const std::string& scheme) {
+  models::ResNetConfig config;
+  config.blocks = {1, 1};
+  config.base_width = 8;
+  config.resolution = 16;
+  config.num_classes = 4;
+  config.batch = 2;
+  ASSIGN_OR_RETURN(models::Model model, models::BuildResNet(config, mode));
   return Finish(std::move(model), scheme, autodiff::OptimizerConfig::Sgd({0.05f, 0.9f, 0.0f}));
 }
 
