@@ -26,6 +26,7 @@
 #include "absl/flags/parse.h"
 #include "engine/base/status_macros.h"
 #include "engine/models/bert.h"
+#include "engine/passes/pipeline.h"
 #include "engine/train/trainer.h"
 
 ABSL_FLAG(int, threads, 2, "GEMM threads.");
@@ -40,6 +41,10 @@ ABSL_FLAG(int, labels, 2, "Number of labels.");
 ABSL_FLAG(int, steps, 10, "Timed steps.");
 ABSL_FLAG(int, warmup, 3, "Untimed steps.");
 ABSL_FLAG(bool, profile, false, "Print time per op kind to stderr (adds timer overhead).");
+ABSL_FLAG(std::string, passes, "none",
+          "Graph passes (engine/passes/pipeline.h): all, none, or a comma list.");
+ABSL_FLAG(bool, pass_report, false, "Print the pass report to stderr.");
+ABSL_FLAG(std::string, scheme, "full", "Trained weights (train::SelectTrainable scheme).");
 
 namespace fleettune::engine {
 namespace {
@@ -59,15 +64,25 @@ absl::Status Main() {
   if (absl::GetFlag(FLAGS_steps) < 1) return absl::InvalidArgumentError("--steps must be >= 1");
 
   ASSIGN_OR_RETURN(models::BertModel bert, models::BuildBert(config, models::Mode::kEval));
-  ASSIGN_OR_RETURN(std::vector<std::string> trainable, train::SelectTrainable(bert.model, "full"));
+  ASSIGN_OR_RETURN(std::vector<std::string> trainable,
+                   train::SelectTrainable(bert.model, absl::GetFlag(FLAGS_scheme)));
   ASSIGN_OR_RETURN(Graph graph,
                    train::BuildTrainingGraph(bert.model, trainable,
                                              autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f})));
+  ASSIGN_OR_RETURN(passes::PassOptions pass_options,
+                   passes::PassOptions::Parse(absl::GetFlag(FLAGS_passes)));
+  pass_options.measure_memory = absl::GetFlag(FLAGS_pass_report);
+  ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(graph, pass_options));
+  if (absl::GetFlag(FLAGS_pass_report)) {
+    std::fprintf(stderr, "passes:\n%s", report.ToString().c_str());
+  }
   runtime::ParameterStore params;
   RETURN_IF_ERROR(models::InitializeBert(config, 0, &params));
   runtime::CompileOptions options;
   options.threads = absl::GetFlag(FLAGS_threads);
   options.profile = absl::GetFlag(FLAGS_profile);
+  options.in_place = pass_options.in_place;
+  options.fold_constants = pass_options.fold_constants;
   ASSIGN_OR_RETURN(auto exe, runtime::Executable::Compile(graph, &params, options));
   ASSIGN_OR_RETURN(TensorView ids, exe->Input("input_ids"));
   ASSIGN_OR_RETURN(TensorView types, exe->Input("token_type_ids"));
@@ -99,12 +114,14 @@ absl::Status Main() {
       "{\"framework\": \"fleettune\", \"model\": \"bert_mini\", \"mode\": \"full\", "
       "\"ms_per_step\": %.3f, \"train_bytes\": %zu, \"arena_bytes\": %zu, \"optim_bytes\": %zu, "
       "\"scratch_bytes\": %zu, \"weight_bytes\": %zu, \"threads\": %d, \"batch\": %lld, "
-      "\"seq_len\": %lld, \"layers\": %lld, \"hidden\": %lld, \"steps\": %d, \"warmup\": %d}\n",
+      "\"seq_len\": %lld, \"layers\": %lld, \"hidden\": %lld, \"steps\": %d, \"warmup\": %d, "
+      "\"passes\": \"%s\", \"scheme\": \"%s\", \"constant_bytes\": %zu}\n",
       ms[ms.size() / 2], mem.arena_bytes + mem.optimizer_state_bytes, mem.arena_bytes,
       mem.optimizer_state_bytes, mem.scratch_bytes, mem.weight_bytes, absl::GetFlag(FLAGS_threads),
       static_cast<long long>(config.batch), static_cast<long long>(config.seq_len),
       static_cast<long long>(config.layers), static_cast<long long>(config.hidden),
-      absl::GetFlag(FLAGS_steps), absl::GetFlag(FLAGS_warmup));
+      absl::GetFlag(FLAGS_steps), absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_passes).c_str(),
+      absl::GetFlag(FLAGS_scheme).c_str(), mem.constant_bytes);
   std::fflush(stdout);
   if (options.profile) std::fprintf(stderr, "full:\n%s", exe->ProfileReport().c_str());
   return absl::OkStatus();

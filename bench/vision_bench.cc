@@ -15,14 +15,24 @@
 // Weights: Kaiming-uniform-style U(±1/sqrt(fan_in)) for convolutions and the
 // classifier, BatchNorm weight 1 / bias 0 / running mean 0 / running var 1.
 // A timed step is one Executable::Run (forward, loss, backward, in-place
-// updates); ms_per_step is the median over --steps after --warmup. train_bytes
+// updates); ms_per_step is the median over --steps after --warmup (ms_min the
+// fastest step, steadier on a shared machine). train_bytes
 // is the static arena (batch, activations, gradients, temporaries) plus
 // optimizer state. --profile prints the time per op kind to stderr (summed over
 // warm-up and timed steps; adds two clock reads per instruction).
+// --passes picks the graph optimizations (engine/passes/pipeline.h): "none"
+// (default, the unoptimized graph), "all", or a list such as
+// "reorder_updates,in_place"; --pass_report prints what each did to stderr.
+// Several alternatives separated by '|' ("none|fuse|all") are compiled side by
+// side and timed step-interleaved (one JSON line each), so load from other
+// processes affects them alike.
+// --scheme picks the trained weights (train::SelectTrainable; BatchNorm
+// folding needs frozen γ, e.g. --scheme=last-k:3).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 #include <variant>
@@ -35,6 +45,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/base/status_macros.h"
 #include "engine/models/mobilenet_v2.h"
+#include "engine/passes/pipeline.h"
 #include "engine/train/trainer.h"
 
 ABSL_FLAG(int, threads, 2, "GEMM threads.");
@@ -46,6 +57,11 @@ ABSL_FLAG(int, steps, 10, "Timed steps per mode.");
 ABSL_FLAG(int, warmup, 3, "Untimed steps per mode.");
 ABSL_FLAG(std::string, modes, "full,frozen-bn", "Modes to run (full, frozen-bn).");
 ABSL_FLAG(bool, profile, false, "Print time per op kind to stderr (adds timer overhead).");
+ABSL_FLAG(std::string, passes, "none",
+          "Graph passes: all, none, or a comma list; alternatives separated by '|' "
+          "(none|all) are timed step-interleaved.");
+ABSL_FLAG(bool, pass_report, false, "Print the pass report to stderr.");
+ABSL_FLAG(std::string, scheme, "full", "Trained weights (train::SelectTrainable scheme).");
 
 namespace fleettune::engine {
 namespace {
@@ -76,50 +92,89 @@ absl::Status Initialize(const Graph& graph, uint64_t seed, runtime::ParameterSto
   return absl::OkStatus();
 }
 
+// One compiled variant of the training step (a --passes alternative).
+struct Variant {
+  std::string passes;
+  runtime::ParameterStore params;
+  std::unique_ptr<runtime::Executable> exe;
+  std::vector<double> ms;
+};
+
 absl::Status RunMode(const models::MobileNetV2Config& config, const std::string& mode) {
   const models::Mode model_mode = mode == "full" ? models::Mode::kTrain : models::Mode::kEval;
   ASSIGN_OR_RETURN(models::Model model, models::BuildMobileNetV2(config, model_mode));
-  ASSIGN_OR_RETURN(std::vector<std::string> trainable, train::SelectTrainable(model, "full"));
-  ASSIGN_OR_RETURN(Graph graph,
+  ASSIGN_OR_RETURN(std::vector<std::string> trainable,
+                   train::SelectTrainable(model, absl::GetFlag(FLAGS_scheme)));
+  ASSIGN_OR_RETURN(Graph unoptimized,
                    train::BuildTrainingGraph(model, trainable,
                                              autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f})));
-  runtime::ParameterStore params;
-  RETURN_IF_ERROR(Initialize(model.graph, 0, &params));
-  runtime::CompileOptions options;
-  options.threads = absl::GetFlag(FLAGS_threads);
-  options.profile = absl::GetFlag(FLAGS_profile);
-  ASSIGN_OR_RETURN(auto exe, runtime::Executable::Compile(graph, &params, options));
-  ASSIGN_OR_RETURN(TensorView x, exe->Input("x"));
-  ASSIGN_OR_RETURN(TensorView labels, exe->Input("labels"));
-  std::mt19937_64 rng(0);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  for (int64_t i = 0; i < x.num_elements(); ++i) x.f32()[i] = u(rng);
-  for (int64_t i = 0; i < labels.num_elements(); ++i) {
-    labels.i32()[i] = static_cast<int32_t>(rng() % config.num_classes);
+  // Alternatives separated by '|' are compiled side by side and timed
+  // step-interleaved, so load from other processes hits them alike.
+  std::vector<std::unique_ptr<Variant>> variants;
+  for (absl::string_view spec : absl::StrSplit(absl::GetFlag(FLAGS_passes), '|')) {
+    auto v = std::make_unique<Variant>();
+    v->passes = std::string(spec);
+    Graph graph = unoptimized;
+    ASSIGN_OR_RETURN(passes::PassOptions pass_options, passes::PassOptions::Parse(spec));
+    pass_options.measure_memory = absl::GetFlag(FLAGS_pass_report);
+    ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(graph, pass_options));
+    if (absl::GetFlag(FLAGS_pass_report)) {
+      std::fprintf(stderr, "%s passes=%s:\n%s", mode.c_str(), v->passes.c_str(),
+                   report.ToString().c_str());
+    }
+    RETURN_IF_ERROR(Initialize(model.graph, 0, &v->params));
+    runtime::CompileOptions options;
+    options.threads = absl::GetFlag(FLAGS_threads);
+    options.profile = absl::GetFlag(FLAGS_profile);
+    options.in_place = pass_options.in_place;
+    options.fold_constants = pass_options.fold_constants;
+    ASSIGN_OR_RETURN(v->exe, runtime::Executable::Compile(graph, &v->params, options));
+    ASSIGN_OR_RETURN(TensorView x, v->exe->Input("x"));
+    ASSIGN_OR_RETURN(TensorView labels, v->exe->Input("labels"));
+    std::mt19937_64 rng(0);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (int64_t i = 0; i < x.num_elements(); ++i) x.f32()[i] = u(rng);
+    for (int64_t i = 0; i < labels.num_elements(); ++i) {
+      labels.i32()[i] = static_cast<int32_t>(rng() % config.num_classes);
+    }
+    variants.push_back(std::move(v));
   }
-  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) RETURN_IF_ERROR(exe->Run());
-  std::vector<double> ms;
+  for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) {
+    for (auto& v : variants) RETURN_IF_ERROR(v->exe->Run());
+  }
   for (int i = 0; i < absl::GetFlag(FLAGS_steps); ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    RETURN_IF_ERROR(exe->Run());
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                     .count());
+    for (auto& v : variants) {
+      const auto start = std::chrono::steady_clock::now();
+      RETURN_IF_ERROR(v->exe->Run());
+      v->ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count());
+    }
   }
-  std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
-  const auto& mem = exe->memory();
-  std::printf(
-      "{\"framework\": \"fleettune\", \"model\": \"mobilenet_v2\", \"mode\": \"%s\", "
-      "\"ms_per_step\": %.3f, \"train_bytes\": %zu, \"arena_bytes\": %zu, \"optim_bytes\": %zu, "
-      "\"scratch_bytes\": %zu, \"weight_bytes\": %zu, \"threads\": %d, \"batch\": %lld, "
-      "\"resolution\": %lld, \"classes\": %lld, \"width_mult\": %g, \"steps\": %d, "
-      "\"warmup\": %d}\n",
-      mode.c_str(), ms[ms.size() / 2], mem.arena_bytes + mem.optimizer_state_bytes, mem.arena_bytes,
-      mem.optimizer_state_bytes, mem.scratch_bytes, mem.weight_bytes, absl::GetFlag(FLAGS_threads),
-      static_cast<long long>(config.batch), static_cast<long long>(config.resolution),
-      static_cast<long long>(config.num_classes), config.width_mult, absl::GetFlag(FLAGS_steps),
-      absl::GetFlag(FLAGS_warmup));
-  std::fflush(stdout);
-  if (options.profile) std::fprintf(stderr, "%s:\n%s", mode.c_str(), exe->ProfileReport().c_str());
+  for (auto& v : variants) {
+    std::vector<double>& ms = v->ms;
+    const double ms_min = *std::min_element(ms.begin(), ms.end());
+    std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+    const auto& mem = v->exe->memory();
+    std::printf(
+        "{\"framework\": \"fleettune\", \"model\": \"mobilenet_v2\", \"mode\": \"%s\", "
+        "\"ms_per_step\": %.3f, \"ms_min\": %.3f, \"train_bytes\": %zu, \"arena_bytes\": %zu, "
+        "\"optim_bytes\": %zu, "
+        "\"scratch_bytes\": %zu, \"weight_bytes\": %zu, \"threads\": %d, \"batch\": %lld, "
+        "\"resolution\": %lld, \"classes\": %lld, \"width_mult\": %g, \"steps\": %d, "
+        "\"warmup\": %d, \"passes\": \"%s\", \"scheme\": \"%s\", \"constant_bytes\": %zu}\n",
+        mode.c_str(), ms[ms.size() / 2], ms_min, mem.arena_bytes + mem.optimizer_state_bytes,
+        mem.arena_bytes, mem.optimizer_state_bytes, mem.scratch_bytes, mem.weight_bytes,
+        absl::GetFlag(FLAGS_threads), static_cast<long long>(config.batch),
+        static_cast<long long>(config.resolution), static_cast<long long>(config.num_classes),
+        config.width_mult, absl::GetFlag(FLAGS_steps), absl::GetFlag(FLAGS_warmup),
+        v->passes.c_str(), absl::GetFlag(FLAGS_scheme).c_str(), mem.constant_bytes);
+    std::fflush(stdout);
+    if (absl::GetFlag(FLAGS_profile)) {
+      std::fprintf(stderr, "%s passes=%s:\n%s", mode.c_str(), v->passes.c_str(),
+                   v->exe->ProfileReport().c_str());
+    }
+  }
   return absl::OkStatus();
 }
 

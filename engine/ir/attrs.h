@@ -245,11 +245,44 @@ struct RopeAttrs {
   bool operator==(const RopeAttrs& o) const { return base == o.base && inverse == o.inverse; }
 };
 
-using Attrs = std::variant<NoAttrs, ParameterAttrs, MatMulAttrs, ShapeAttrs, ReduceAttrs,
-                           ScalarAttrs, FillAttrs, CrossEntropyAttrs, SgdAttrs, AdamWAttrs,
-                           Conv2dAttrs, Conv2dGradAttrs, Pool2dAttrs, Pool2dGradAttrs,
-                           BatchNormAttrs, ActivationAttrs, DropoutAttrs, NormAttrs, SoftmaxAttrs,
-                           PermuteAttrs, AxisAttrs, SliceAttrs, SliceGradAttrs, RopeAttrs>;
+// The activation a fused op (engine/ops/fused.cc) applies to its result:
+// kRelu is OpKind::kRelu, the others ActivationFn's function of that name.
+enum class FusedActivationFn : uint8_t {
+  kRelu,
+  kRelu6,
+  kSilu,
+  kGeluTanh,
+  kGeluErf,
+  kSigmoid,
+  kTanh,
+};
+
+// kConv2dActivation: act(conv2d(x, w[, b])).
+struct FusedConvAttrs {
+  Conv2dAttrs conv;
+  FusedActivationFn act = FusedActivationFn::kRelu;
+  bool operator==(const FusedConvAttrs& o) const { return conv == o.conv && act == o.act; }
+};
+
+// kLinearActivation: act(linear(x, w[, b])); kAddActivation: act(a + b).
+struct FusedActivationAttrs {
+  FusedActivationFn act = FusedActivationFn::kRelu;
+  bool operator==(const FusedActivationAttrs& o) const { return act == o.act; }
+};
+
+// kBatchNormInferenceActivation: act(batch_norm_inference(x, mean, var, γ, β)).
+struct FusedBatchNormAttrs {
+  BatchNormAttrs bn;
+  FusedActivationFn act = FusedActivationFn::kRelu;
+  bool operator==(const FusedBatchNormAttrs& o) const { return bn == o.bn && act == o.act; }
+};
+
+using Attrs =
+    std::variant<NoAttrs, ParameterAttrs, MatMulAttrs, ShapeAttrs, ReduceAttrs, ScalarAttrs,
+                 FillAttrs, CrossEntropyAttrs, SgdAttrs, AdamWAttrs, Conv2dAttrs, Conv2dGradAttrs,
+                 Pool2dAttrs, Pool2dGradAttrs, BatchNormAttrs, ActivationAttrs, DropoutAttrs,
+                 NormAttrs, SoftmaxAttrs, PermuteAttrs, AxisAttrs, SliceAttrs, SliceGradAttrs,
+                 RopeAttrs, FusedConvAttrs, FusedActivationAttrs, FusedBatchNormAttrs>;
 
 }  // namespace fleettune::engine
 

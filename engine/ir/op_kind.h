@@ -69,6 +69,12 @@ enum class OpKind : uint8_t {
   kSlice,
   kSliceGrad,
   kRope,
+  // Fused ops (engine/ops/fused.cc), emitted only by the fusion pass
+  // (engine/passes/fuse.h) after autodiff: op + activation in one kernel.
+  kConv2dActivation,
+  kLinearActivation,
+  kBatchNormInferenceActivation,
+  kAddActivation,
   kCount,
 };
 

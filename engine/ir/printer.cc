@@ -48,6 +48,12 @@ const char* ActivationName(ActivationFn fn) {
   return "?";
 }
 
+const char* FusedActivationName(FusedActivationFn fn) {
+  if (fn == FusedActivationFn::kRelu) return "relu";
+  if (static_cast<int>(fn) > static_cast<int>(FusedActivationFn::kTanh)) return "?";
+  return ActivationName(static_cast<ActivationFn>(static_cast<int>(fn) - 1));
+}
+
 // "stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1"
 // Optimizer updates print rows only when partial, so full-update text is
 // unchanged.
@@ -120,6 +126,16 @@ std::string PrintAttrs(const Attrs& attrs) {
           },
           [](const ActivationAttrs& a) { return absl::StrCat("{fn=", ActivationName(a.fn), "}"); },
           [](const DropoutAttrs& a) { return absl::StrCat("{p=", a.p, ", seed=", a.seed, "}"); },
+          [](const FusedConvAttrs& a) {
+            return absl::StrCat("{", ConvFields(a.conv), ", act=", FusedActivationName(a.act), "}");
+          },
+          [](const FusedActivationAttrs& a) {
+            return absl::StrCat("{act=", FusedActivationName(a.act), "}");
+          },
+          [](const FusedBatchNormAttrs& a) {
+            return absl::StrCat("{eps=", a.bn.eps, ", momentum=", a.bn.momentum,
+                                ", act=", FusedActivationName(a.act), "}");
+          },
           [](const NormAttrs& a) { return absl::StrCat("{eps=", a.eps, "}"); },
           [](const SoftmaxAttrs& a) { return absl::StrCat("{causal=", Bool(a.causal), "}"); },
           [](const PermuteAttrs& a) {

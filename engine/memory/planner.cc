@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,24 @@ bool LifetimesIntersect(const BufferRequest& a, const BufferRequest& b) {
 }
 
 size_t AlignUp(size_t v, size_t alignment) { return (v + alignment - 1) / alignment * alignment; }
+
+// Why request i's in-place link is illegal, or "" when it is fine.
+std::string InPlaceProblem(absl::Span<const BufferRequest> buffers, size_t i) {
+  const int j = buffers[i].in_place_of;
+  if (j < 0) return "";
+  if (static_cast<size_t>(j) >= buffers.size() || static_cast<size_t>(j) == i) {
+    return absl::StrCat("buffer ", i, ": in_place_of ", j, " is not another buffer");
+  }
+  if (buffers[j].last_use != buffers[i].first_use) {
+    return absl::StrCat("buffer ", i, " (first use ", buffers[i].first_use, ") reuses buffer ", j,
+                        " in place, which is last used at ", buffers[j].last_use);
+  }
+  if (buffers[i].bytes > buffers[j].bytes) {
+    return absl::StrCat("buffer ", i, " (", buffers[i].bytes, " bytes) reuses the smaller buffer ",
+                        j, " (", buffers[j].bytes, " bytes) in place");
+  }
+  return "";
+}
 
 }  // namespace
 
@@ -29,12 +48,39 @@ absl::StatusOr<MemoryPlan> PlanMemory(absl::Span<const BufferRequest> buffers, s
                                                      buffers[i].first_use));
     }
   }
-  std::vector<size_t> order(buffers.size());
-  std::iota(order.begin(), order.end(), 0);
+  // In-place chains share storage: plan each chain as one buffer spanning its
+  // members' lifetimes (they meet end to start), then give every member the
+  // chain's offset.
+  std::vector<size_t> group(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (std::string why = InPlaceProblem(buffers, i); !why.empty()) {
+      return absl::InvalidArgumentError(why);
+    }
+    group[i] = i;
+  }
+  auto root = [&](size_t i) {
+    while (group[i] != i) i = group[i];
+    return i;
+  };
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (buffers[i].in_place_of >= 0) group[i] = root(buffers[i].in_place_of);
+  }
+  std::vector<BufferRequest> merged(buffers.begin(), buffers.end());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    const size_t r = root(i);
+    if (r == i) continue;
+    merged[r].bytes = std::max(merged[r].bytes, buffers[i].bytes);
+    merged[r].first_use = std::min(merged[r].first_use, buffers[i].first_use);
+    merged[r].last_use = std::max(merged[r].last_use, buffers[i].last_use);
+  }
+  std::vector<size_t> order;
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (root(i) == i) order.push_back(i);
+  }
   // Largest first; ties by earlier first use, then index, so plans are stable.
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    if (buffers[a].bytes != buffers[b].bytes) return buffers[a].bytes > buffers[b].bytes;
-    return buffers[a].first_use < buffers[b].first_use;
+    if (merged[a].bytes != merged[b].bytes) return merged[a].bytes > merged[b].bytes;
+    return merged[a].first_use < merged[b].first_use;
   });
 
   MemoryPlan plan;
@@ -42,16 +88,16 @@ absl::StatusOr<MemoryPlan> PlanMemory(absl::Span<const BufferRequest> buffers, s
   std::vector<size_t> placed;  // indices, kept sorted by offset
   std::vector<size_t> live;
   for (size_t i : order) {
-    const size_t size = AlignUp(std::max<size_t>(buffers[i].bytes, 1), alignment);
+    const size_t size = AlignUp(std::max<size_t>(merged[i].bytes, 1), alignment);
     live.clear();
     for (size_t j : placed) {
-      if (LifetimesIntersect(buffers[i], buffers[j])) live.push_back(j);
+      if (LifetimesIntersect(merged[i], merged[j])) live.push_back(j);
     }
     // `placed` is sorted by offset, so `live` is too: scan the gaps.
     size_t candidate = 0;
     for (size_t j : live) {
       const size_t j_end =
-          plan.offsets[j] + AlignUp(std::max<size_t>(buffers[j].bytes, 1), alignment);
+          plan.offsets[j] + AlignUp(std::max<size_t>(merged[j].bytes, 1), alignment);
       if (plan.offsets[j] >= candidate + size) break;  // fits in the gap before j
       candidate = std::max(candidate, j_end);
     }
@@ -62,6 +108,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(absl::Span<const BufferRequest> buffers, s
     });
     placed.insert(pos, i);
   }
+  for (size_t i = 0; i < buffers.size(); ++i) plan.offsets[i] = plan.offsets[root(i)];
   return plan;
 }
 
@@ -73,8 +120,21 @@ absl::Status CheckPlan(absl::Span<const BufferRequest> buffers, const MemoryPlan
     if (plan.offsets[i] + buffers[i].bytes > plan.arena_bytes) {
       return absl::InternalError(absl::StrCat("buffer ", i, " ends past the arena"));
     }
+    if (std::string why = InPlaceProblem(buffers, i); !why.empty()) {
+      return absl::InternalError(why);
+    }
+    if (buffers[i].in_place_of >= 0 && plan.offsets[i] != plan.offsets[buffers[i].in_place_of]) {
+      return absl::InternalError(absl::StrCat("buffer ", i, " reuses buffer ",
+                                              buffers[i].in_place_of,
+                                              " in place but has another offset"));
+    }
     for (size_t j = i + 1; j < buffers.size(); ++j) {
       if (!LifetimesIntersect(buffers[i], buffers[j])) continue;
+      // A legal in-place pair meets at one position (checked above).
+      if (buffers[i].in_place_of == static_cast<int>(j) ||
+          buffers[j].in_place_of == static_cast<int>(i)) {
+        continue;
+      }
       if (buffers[i].bytes == 0 || buffers[j].bytes == 0) continue;
       const size_t a0 = plan.offsets[i], a1 = a0 + buffers[i].bytes;
       const size_t b0 = plan.offsets[j], b1 = b0 + buffers[j].bytes;

@@ -79,5 +79,47 @@ TEST(MemoryPlanner, RejectsInvertedLifetime) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("power of two")));
 }
 
+TEST(MemoryPlanner, InPlacePairSharesOneBuffer) {
+  // b = relu(a) at position 2 where a dies; c = relu(b) at 4 where b dies.
+  std::vector<BufferRequest> reqs = {{1024, 0, 2}, {1024, 2, 4}, {1024, 4, 6}, {512, 1, 5}};
+  reqs[1].in_place_of = 0;
+  reqs[2].in_place_of = 1;
+  ASSERT_OK_AND_ASSIGN(MemoryPlan plan, PlanMemory(reqs));
+  ASSERT_OK(CheckPlan(reqs, plan));
+  EXPECT_EQ(plan.offsets[0], plan.offsets[1]);
+  EXPECT_EQ(plan.offsets[1], plan.offsets[2]);
+  EXPECT_EQ(plan.arena_bytes, 1024u + 512u);
+  // Without the pairs each op needs its input and output at once.
+  for (BufferRequest& r : reqs) r.in_place_of = -1;
+  ASSERT_OK_AND_ASSIGN(MemoryPlan separate, PlanMemory(reqs));
+  EXPECT_GT(separate.arena_bytes, plan.arena_bytes);
+}
+
+TEST(MemoryPlanner, RejectsAnInPlacePairWhoseInputOutlivesTheOp) {
+  std::vector<BufferRequest> reqs = {{1024, 0, 3}, {1024, 2, 4}};
+  reqs[1].in_place_of = 0;  // 0 is still read at 3, after 1 was written at 2
+  EXPECT_THAT(PlanMemory(reqs),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("last used at 3")));
+  std::vector<BufferRequest> bigger = {{512, 0, 2}, {1024, 2, 4}};
+  bigger[1].in_place_of = 0;
+  EXPECT_THAT(PlanMemory(bigger),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("smaller buffer")));
+}
+
+TEST(MemoryPlanner, CheckerRejectsBrokenInPlacePlans) {
+  std::vector<BufferRequest> reqs = {{1024, 0, 2}, {1024, 2, 4}};
+  reqs[1].in_place_of = 0;
+  ASSERT_OK_AND_ASSIGN(MemoryPlan plan, PlanMemory(reqs));
+  // The pair moved apart: no longer in place.
+  MemoryPlan moved = plan;
+  moved.offsets[1] = 1024;
+  moved.arena_bytes = 2048;
+  EXPECT_THAT(CheckPlan(reqs, moved),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("another offset")));
+  // The same offsets without the declared pair: an overlap of live buffers.
+  reqs[1].in_place_of = -1;
+  EXPECT_THAT(CheckPlan(reqs, plan), StatusIs(absl::StatusCode::kInternal, HasSubstr("overlap")));
+}
+
 }  // namespace
 }  // namespace fleettune::engine::memory

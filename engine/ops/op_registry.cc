@@ -62,6 +62,10 @@ OpDef ConcatOpDef();
 OpDef SliceOpDef();
 OpDef SliceGradOpDef();
 OpDef RopeOpDef();
+OpDef Conv2dActivationOpDef();
+OpDef LinearActivationOpDef();
+OpDef BatchNormInferenceActivationOpDef();
+OpDef AddActivationOpDef();
 
 namespace {
 
@@ -123,6 +127,10 @@ Table BuildTable() {
   Register(t, OpKind::kSlice, SliceOpDef());
   Register(t, OpKind::kSliceGrad, SliceGradOpDef());
   Register(t, OpKind::kRope, RopeOpDef());
+  Register(t, OpKind::kConv2dActivation, Conv2dActivationOpDef());
+  Register(t, OpKind::kLinearActivation, LinearActivationOpDef());
+  Register(t, OpKind::kBatchNormInferenceActivation, BatchNormInferenceActivationOpDef());
+  Register(t, OpKind::kAddActivation, AddActivationOpDef());
   return t;
 }
 
@@ -146,12 +154,15 @@ absl::StatusOr<TensorType> InferType(const Node& node, absl::Span<const TensorTy
   }
   if (node.attrs.index() != def.attrs_index) {
     static constexpr const char* kAttrNames[] = {
-        "no attributes", "ParameterAttrs",  "MatMulAttrs",    "ShapeAttrs",
-        "ReduceAttrs",   "ScalarAttrs",     "FillAttrs",      "CrossEntropyAttrs",
-        "SgdAttrs",      "AdamWAttrs",      "Conv2dAttrs",    "Conv2dGradAttrs",
-        "Pool2dAttrs",   "Pool2dGradAttrs", "BatchNormAttrs", "ActivationAttrs",
-        "DropoutAttrs",  "NormAttrs",       "SoftmaxAttrs",   "PermuteAttrs",
-        "AxisAttrs",     "SliceAttrs",      "SliceGradAttrs", "RopeAttrs"};
+        "no attributes",   "ParameterAttrs",       "MatMulAttrs",
+        "ShapeAttrs",      "ReduceAttrs",          "ScalarAttrs",
+        "FillAttrs",       "CrossEntropyAttrs",    "SgdAttrs",
+        "AdamWAttrs",      "Conv2dAttrs",          "Conv2dGradAttrs",
+        "Pool2dAttrs",     "Pool2dGradAttrs",      "BatchNormAttrs",
+        "ActivationAttrs", "DropoutAttrs",         "NormAttrs",
+        "SoftmaxAttrs",    "PermuteAttrs",         "AxisAttrs",
+        "SliceAttrs",      "SliceGradAttrs",       "RopeAttrs",
+        "FusedConvAttrs",  "FusedActivationAttrs", "FusedBatchNormAttrs"};
     static_assert(sizeof(kAttrNames) / sizeof(kAttrNames[0]) == std::variant_size_v<Attrs>);
     return OpError(node, "takes ", kAttrNames[def.attrs_index], ", got ",
                    kAttrNames[node.attrs.index()]);

@@ -96,6 +96,11 @@ constexpr OpRow kOps[] = {
     {OpKind::kSlice, v1::OP_KIND_SLICE, v1::Node::kSlice},
     {OpKind::kSliceGrad, v1::OP_KIND_SLICE_GRAD, v1::Node::kSliceGrad},
     {OpKind::kRope, v1::OP_KIND_ROPE, v1::Node::kRope},
+    {OpKind::kConv2dActivation, v1::OP_KIND_CONV2D_ACTIVATION, v1::Node::kFusedConv},
+    {OpKind::kLinearActivation, v1::OP_KIND_LINEAR_ACTIVATION, v1::Node::kFusedActivation},
+    {OpKind::kBatchNormInferenceActivation, v1::OP_KIND_BATCH_NORM_INFERENCE_ACTIVATION,
+     v1::Node::kFusedBatchNorm},
+    {OpKind::kAddActivation, v1::OP_KIND_ADD_ACTIVATION, v1::Node::kFusedActivation},
 };
 static_assert(std::size(kOps) == kNumOpKinds, "every OpKind needs a row in kOps");
 
@@ -247,6 +252,21 @@ void PoolToProto(const Pool2dAttrs& a, v1::Pool2dAttrs* out) {
   out->set_count_include_pad(a.count_include_pad);
 }
 
+// FusedActivationFn's wire values are the engine's plus one (0 is UNSPECIFIED).
+v1::FusedActivationFn FusedActToProto(FusedActivationFn act) {
+  return static_cast<v1::FusedActivationFn>(static_cast<int>(act) + 1);
+}
+
+absl::StatusOr<FusedActivationFn> FusedActFromProto(int wire) {
+  if (wire == v1::FUSED_ACTIVATION_FN_UNSPECIFIED) {
+    return absl::InvalidArgumentError("fused activation fn is unspecified");
+  }
+  if (wire < 0 || wire > static_cast<int>(FusedActivationFn::kTanh) + 1) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown fused activation fn ", wire));
+  }
+  return static_cast<FusedActivationFn>(wire - 1);
+}
+
 // Sets the oneof from `attrs` and returns the case it set.
 v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
   std::visit(
@@ -333,6 +353,20 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
             v1::DropoutAttrs* d = out->mutable_dropout();
             d->set_p(a.p);
             d->set_seed(a.seed);
+          },
+          [&](const FusedConvAttrs& a) {
+            v1::FusedConvAttrs* f = out->mutable_fused_conv();
+            ConvToProto(a.conv, f->mutable_conv());
+            f->set_act(FusedActToProto(a.act));
+          },
+          [&](const FusedActivationAttrs& a) {
+            out->mutable_fused_activation()->set_act(FusedActToProto(a.act));
+          },
+          [&](const FusedBatchNormAttrs& a) {
+            v1::FusedBatchNormAttrs* f = out->mutable_fused_batch_norm();
+            f->mutable_bn()->set_eps(a.bn.eps);
+            f->mutable_bn()->set_momentum(a.bn.momentum);
+            f->set_act(FusedActToProto(a.act));
           },
       },
       attrs);
@@ -480,6 +514,19 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
     }
     case v1::Node::kDropout:
       return DropoutAttrs{node.dropout().p(), node.dropout().seed()};
+    case v1::Node::kFusedConv: {
+      ASSIGN_OR_RETURN(FusedActivationFn act, FusedActFromProto(node.fused_conv().act()));
+      return FusedConvAttrs{ConvFromProto(node.fused_conv().conv()), act};
+    }
+    case v1::Node::kFusedActivation: {
+      ASSIGN_OR_RETURN(FusedActivationFn act, FusedActFromProto(node.fused_activation().act()));
+      return FusedActivationAttrs{act};
+    }
+    case v1::Node::kFusedBatchNorm: {
+      ASSIGN_OR_RETURN(FusedActivationFn act, FusedActFromProto(node.fused_batch_norm().act()));
+      const v1::BatchNormAttrs& bn = node.fused_batch_norm().bn();
+      return FusedBatchNormAttrs{BatchNormAttrs{bn.eps(), bn.momentum()}, act};
+    }
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown attributes case ", static_cast<int>(node.attrs_case())));

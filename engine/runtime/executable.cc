@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -44,8 +45,87 @@ size_t ParameterStore::bytes() const {
   return total;
 }
 
-absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph) {
+std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id) {
+  const Node& node = graph.node(id);
+  std::vector<int> candidates;
+  switch (node.op) {
+    case OpKind::kRelu:
+    case OpKind::kScale:
+    case OpKind::kActivation:
+    case OpKind::kBatchNormInference:
+    case OpKind::kBatchNormInferenceGrad:
+    case OpKind::kBatchNormInferenceActivation:
+      candidates = {0};
+      break;
+    case OpKind::kAdd:
+    case OpKind::kSub:
+    case OpKind::kMul:
+    case OpKind::kDiv:
+    case OpKind::kReluGrad:
+    case OpKind::kActivationGrad:
+    case OpKind::kAddActivation:
+      candidates = {0, 1};
+      break;
+    default:
+      return {};
+  }
+  std::vector<int> out;
+  for (int i : candidates) {
+    if (i < static_cast<int>(node.inputs.size()) && graph.IsValid(node.inputs[i]) &&
+        graph.type(node.inputs[i]) == node.type) {
+      out.push_back(i);
+    }
+  }
+  return out;
+}
+
+std::vector<bool> FindConstants(const Graph& graph) {
   const int n = graph.num_nodes();
+  std::vector<bool> written(n, false);
+  for (const Node& node : graph.nodes()) {
+    if (!IsUpdateOp(node.op)) continue;
+    const size_t read_only = node.op == OpKind::kBatchNormStatsUpdate ? 0 : 1;
+    for (size_t i = 0; i < node.inputs.size(); ++i) {
+      if (i != read_only && graph.IsValid(node.inputs[i])) written[node.inputs[i]] = true;
+    }
+  }
+  std::vector<bool> constant(n, false);
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    switch (node.op) {
+      case OpKind::kFill:
+        constant[id] = true;
+        continue;
+      case OpKind::kParameter: {
+        const auto* attrs = std::get_if<ParameterAttrs>(&node.attrs);
+        constant[id] =
+            attrs != nullptr && attrs->role != ParamRole::kOptimizerState && !written[id];
+        continue;
+      }
+      case OpKind::kInput:
+      case OpKind::kDropout:  // the mask depends on the step
+        continue;
+      default:
+        break;
+    }
+    if (!node.has_output || IsUpdateOp(node.op) || node.inputs.empty()) continue;
+    bool all = true;
+    for (ValueId in : node.inputs) all = all && graph.IsValid(in) && in < id && constant[in];
+    constant[id] = all;
+  }
+  return constant;
+}
+
+absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& options) {
+  const int n = graph.num_nodes();
+  if (!options.outside_arena.empty() && static_cast<int>(options.outside_arena.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "outside_arena has ", options.outside_arena.size(), " entries for ", n, " nodes"));
+  }
+  auto outside = [&](ValueId id) {
+    return graph.node(id).op == OpKind::kParameter ||
+           (!options.outside_arena.empty() && options.outside_arena[id]);
+  };
   ArenaLayout layout;
   layout.alias_of.resize(n);
   std::vector<int> last_use(n, -1);
@@ -53,7 +133,7 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph) {
     const Node& node = graph.node(id);
     layout.alias_of[id] = id;
     // A reshape of an arena value shares its buffer.
-    if (node.op == OpKind::kReshape && graph.node(node.inputs[0]).op != OpKind::kParameter) {
+    if (node.op == OpKind::kReshape && !outside(id) && !outside(node.inputs[0])) {
       layout.alias_of[id] = layout.alias_of[node.inputs[0]];
     }
     last_use[id] = id;
@@ -62,14 +142,36 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph) {
     }
   }
   for (ValueId out : graph.outputs()) last_use[layout.alias_of[out]] = n;
+  // In place: the output takes over the buffer of an operand whose whole
+  // buffer (reshape aliases included) is last read by this node.
+  std::vector<ValueId> reuses(n, kNoValue);
+  if (options.in_place) {
+    for (ValueId id = 0; id < n; ++id) {
+      const Node& node = graph.node(id);
+      if (!node.has_output || outside(id) || layout.alias_of[id] != id) continue;
+      for (int i : InPlaceCandidates(graph, id)) {
+        const ValueId root = layout.alias_of[node.inputs[i]];
+        if (outside(root) || graph.node(root).op == OpKind::kInput) continue;
+        if (last_use[root] != id || graph.type(root).bytes() != node.type.bytes()) continue;
+        reuses[id] = root;
+        break;
+      }
+    }
+  }
+  std::vector<int> request_of(n, -1);
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);
-    if (!node.has_output || node.op == OpKind::kParameter || layout.alias_of[id] != id) continue;
+    if (!node.has_output || outside(id) || layout.alias_of[id] != id) continue;
     memory::BufferRequest req;
     req.bytes = node.type.bytes();
     // Inputs are written by the caller before the step starts.
     req.first_use = node.op == OpKind::kInput ? -1 : id;
     req.last_use = node.op == OpKind::kInput ? std::max(last_use[id], n) : last_use[id];
+    if (reuses[id] != kNoValue && request_of[reuses[id]] >= 0) {
+      req.in_place_of = request_of[reuses[id]];
+      ++layout.in_place_nodes;
+    }
+    request_of[id] = static_cast<int>(layout.values.size());
     layout.values.push_back(id);
     layout.requests.push_back(req);
   }
@@ -86,7 +188,13 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   exe->graph_ = graph;
   const Graph& g = exe->graph_;
   const int n = g.num_nodes();
-  ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g));
+  const std::vector<bool> constant =
+      options.fold_constants ? FindConstants(g) : std::vector<bool>(n, false);
+  ArenaOptions arena_options;
+  arena_options.in_place = options.in_place;
+  arena_options.outside_arena = constant;
+  ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
+  exe->memory_.in_place_nodes = layout.in_place_nodes;
 
   // Bind parameters.
   exe->views_.resize(n);
@@ -124,10 +232,50 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     offset[layout.values[i]] = layout.plan.offsets[i];
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
-    if (!node.has_output || node.op == OpKind::kParameter) continue;
+    if (!node.has_output || node.op == OpKind::kParameter || constant[id]) continue;
     exe->views_[id] =
         TensorView{exe->arena_ + offset[layout.alias_of[id]], &node.type.shape, node.type.dtype};
     if (node.op == OpKind::kInput) exe->inputs_[node.name] = id;
+  }
+
+  // Folded constants: those a step reads (or the caller, as outputs) persist;
+  // the rest are prologue temporaries.
+  {
+    const std::vector<std::vector<ValueId>> users = g.ComputeUsers();
+    const auto& outs = g.outputs();
+    std::vector<size_t> persistent_offset(n, 0);
+    std::vector<memory::BufferRequest> temps;
+    for (ValueId id = 0; id < n; ++id) {
+      const Node& node = g.node(id);
+      if (!constant[id] || node.op == OpKind::kParameter) continue;
+      exe->prologue_.push_back(id);
+      bool persistent = std::find(outs.begin(), outs.end(), id) != outs.end();
+      int last = id;
+      for (ValueId u : users[id]) {
+        persistent = persistent || !constant[u];
+        last = std::max(last, u);
+      }
+      if (persistent) {
+        persistent_offset[id] = exe->memory_.constant_bytes;
+        exe->memory_.constant_bytes += (node.type.bytes() + 63) / 64 * 64;
+      } else {
+        exe->prologue_temps_.push_back(id);
+        temps.push_back(memory::BufferRequest{node.type.bytes(), id, last});
+      }
+    }
+    exe->memory_.constant_nodes = static_cast<int>(exe->prologue_.size());
+    if (exe->memory_.constant_bytes > 0) {
+      exe->constants_ = AlignedAllocZeroed(exe->memory_.constant_bytes);
+    }
+    for (ValueId id : exe->prologue_) {
+      const Node& node = g.node(id);
+      exe->views_[id] =
+          TensorView{exe->constants_ + persistent_offset[id], &node.type.shape, node.type.dtype};
+    }
+    ASSIGN_OR_RETURN(memory::MemoryPlan temp_plan, memory::PlanMemory(temps));
+    RETURN_IF_ERROR(memory::CheckPlan(temps, temp_plan));
+    exe->prologue_temp_offsets_ = temp_plan.offsets;
+    exe->prologue_workspace_bytes_ = temp_plan.arena_bytes;
   }
 
   // Kernel workspace: ops run one at a time, so one buffer of the largest
@@ -150,7 +298,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   exe->operands_.reserve(total_operands);  // never reallocates below
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
-    if (node.op == OpKind::kInput || node.op == OpKind::kParameter) continue;
+    if (node.op == OpKind::kInput || node.op == OpKind::kParameter || constant[id]) continue;
     const ops::OpDef& def = ops::GetOpDef(node.op);
     ops::KernelFn fn =
         options.use_reference_kernels || def.fast == nullptr ? def.reference : def.fast;
@@ -174,12 +322,50 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   kernels::SetGemmThreads(options.threads);
   exe->profile_ = options.profile;
   if (exe->profile_) exe->instr_seconds_.assign(exe->program_.size(), 0.0);
+  exe->use_reference_kernels_ = options.use_reference_kernels;
+  RETURN_IF_ERROR(exe->RefreshConstants());
   return exe;
+}
+
+absl::Status Executable::RefreshConstants() {
+  if (prologue_.empty()) return absl::OkStatus();
+  // The workspace for intermediate constants exists only while this runs.
+  std::unique_ptr<std::byte, void (*)(void*)> workspace(
+      prologue_workspace_bytes_ > 0 ? AlignedAllocZeroed(prologue_workspace_bytes_) : nullptr,
+      AlignedFree);
+  for (size_t i = 0; i < prologue_temps_.size(); ++i) {
+    const Node& node = graph_.node(prologue_temps_[i]);
+    views_[prologue_temps_[i]] =
+        TensorView{workspace.get() + prologue_temp_offsets_[i], &node.type.shape, node.type.dtype};
+  }
+  std::vector<TensorView> operands;
+  for (ValueId id : prologue_) {
+    const Node& node = graph_.node(id);
+    const ops::OpDef& def = ops::GetOpDef(node.op);
+    ops::KernelFn fn = use_reference_kernels_ || def.fast == nullptr ? def.reference : def.fast;
+    if (fn == nullptr) {
+      return absl::UnimplementedError(absl::StrCat("node ", id, " (", def.name, ") has no kernel"));
+    }
+    operands.clear();
+    for (ValueId in : node.inputs) operands.push_back(views_[in]);
+    ops::KernelArgs args;
+    args.node = &node;
+    args.inputs = operands.data();
+    args.num_inputs = static_cast<int>(operands.size());
+    args.output = views_[id];
+    args.step = &step_;
+    if (def.scratch_bytes != nullptr) args.scratch = reinterpret_cast<float*>(scratch_);
+    fn(args);
+  }
+  // Temporaries are gone; nothing in the step reads them.
+  for (ValueId id : prologue_temps_) views_[id] = TensorView{};
+  return absl::OkStatus();
 }
 
 Executable::~Executable() {
   AlignedFree(arena_);
   AlignedFree(scratch_);
+  AlignedFree(constants_);
 }
 
 std::string Executable::ProfileReport() const {

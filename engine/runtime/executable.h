@@ -14,6 +14,22 @@
 // out an instruction list of plain function pointers. Run() only calls
 // kernels. Reshapes alias their input instead of copying.
 //
+// In-place execution (CompileOptions::in_place, on by default): an elementwise
+// op whose input dies at that op writes its output over the input's buffer
+// (InPlaceInput() lists the ops and operands; in_place_test.cc runs each one's
+// kernels in place). The planner's checker proves every such pair legal.
+//
+// Constant folding (CompileOptions::fold_constants, off by default): a value
+// that depends only on frozen parameters (weights and buffers no update node
+// writes) and kFill constants is computed once, by a prologue that Compile()
+// runs, into persistent storage outside the arena (MemoryStats::constant_bytes);
+// Run() skips those nodes. The prologue reads the ParameterStore's tensors
+// as they are at Compile(): after changing a frozen weight in the store (a new
+// checkpoint, or training it through another executable that shares the
+// store), call RefreshConstants() before the next Run(). That is why the
+// option is off by default: an evaluation executable sharing its store with a
+// training one would otherwise see stale weights.
+//
 // Thread-safety: one Executable runs one step at a time. Several executables
 // may share a ParameterStore (training and evaluation), but not concurrently.
 #ifndef FLEETTUNE_ENGINE_RUNTIME_EXECUTABLE_H_
@@ -54,6 +70,10 @@ struct CompileOptions {
   bool use_reference_kernels = false;
   // Time every instruction (two clock reads each); see ProfileReport().
   bool profile = false;
+  // Elementwise ops write over an input that dies at them (see above).
+  bool in_place = true;
+  // Compute values of frozen parameters once at Compile() (see above).
+  bool fold_constants = false;
 };
 
 struct MemoryStats {
@@ -61,6 +81,9 @@ struct MemoryStats {
   size_t weight_bytes = 0;           // weights and buffers bound by this executable
   size_t optimizer_state_bytes = 0;  // momentum / Adam moments bound by this executable
   size_t scratch_bytes = 0;          // kernel workspace (im2col), one buffer shared by all ops
+  size_t constant_bytes = 0;         // folded constants the step reads (fold_constants)
+  int constant_nodes = 0;            // nodes the prologue computes instead of every step
+  int in_place_nodes = 0;            // nodes writing over a dying input (in_place)
 };
 
 class Executable {
@@ -82,6 +105,12 @@ class Executable {
 
   // Runs one step. Never allocates.
   absl::Status Run();
+
+  // Recomputes the folded constants from the parameter store's current
+  // tensors (no-op without CompileOptions::fold_constants). Call it after
+  // changing a frozen weight or buffer in the store. Allocates a temporary
+  // workspace for the prologue's intermediate values; not for the step loop.
+  absl::Status RefreshConstants();
 
   const MemoryStats& memory() const { return memory_; }
 
@@ -107,6 +136,15 @@ class Executable {
 
   Graph graph_;
   std::byte* arena_ = nullptr;
+  std::byte* constants_ = nullptr;  // persistent folded constants
+  // Prologue: constant nodes in graph order; intermediate constants (read
+  // only by other constants) live in a workspace planned at Compile() and
+  // allocated only while the prologue runs.
+  std::vector<ValueId> prologue_;
+  std::vector<ValueId> prologue_temps_;        // values in the workspace
+  std::vector<size_t> prologue_temp_offsets_;  // parallel to prologue_temps_
+  size_t prologue_workspace_bytes_ = 0;
+  bool use_reference_kernels_ = false;
   std::byte* scratch_ = nullptr;      // kernel workspace, MemoryStats::scratch_bytes
   std::vector<TensorView> views_;     // one per value
   std::vector<TensorView> operands_;  // flat storage behind every KernelArgs::inputs
@@ -126,8 +164,28 @@ struct ArenaLayout {
   std::vector<memory::BufferRequest> requests;  // parallel to `values`
   memory::MemoryPlan plan;
   std::vector<ValueId> alias_of;  // per value: root value or itself
+  int in_place_nodes = 0;         // requests with in_place_of set
 };
-absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph);
+struct ArenaOptions {
+  // Let elementwise ops overwrite an input that dies at them.
+  bool in_place = true;
+  // Per value: true when it lives outside the arena (folded constants).
+  // Empty: none.
+  std::vector<bool> outside_arena;
+};
+absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& options = {});
+
+// The operand of `node` its output may overwrite in place, when the op's
+// kernels allow it: elementwise ops (relu, scale, activation, add, sub, mul,
+// div and their gradients, frozen BatchNorm and its input gradient, the fused
+// activation ops' elementwise tails excluded) whose output has the operand's
+// type. Returns candidate operand indices, best first; empty when none.
+std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id);
+
+// Values computable once at compile time: kFill, parameters no update node
+// writes (weights and buffers; never optimizer state), and nodes whose inputs
+// all are such values (dropout excluded: its mask changes every step).
+std::vector<bool> FindConstants(const Graph& graph);
 
 }  // namespace fleettune::engine::runtime
 

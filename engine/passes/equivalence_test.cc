@@ -1,0 +1,88 @@
+// Every pass, alone and all together, trains MobileNetV2, BERT, ResNet and an MLP
+// exactly as the unoptimized graph does: same losses and same weights (and
+// optimizer state) after 3 steps. Passes that run the same kernels on the
+// same values are bit-exact; BatchNorm folding reassociates the convolution
+// (W·s)·x vs (W·x)·s, so it gets a relative tolerance.
+#include "engine/base/status_matchers.h"
+#include "engine/ir/verifier.h"
+#include "engine/passes/pipeline.h"
+#include "engine/passes/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::passes {
+namespace {
+
+struct ModelCase {
+  const char* name;
+  absl::StatusOr<testing::TestModel> (*build)();
+};
+
+absl::StatusOr<testing::TestModel> MobileNetTrain() {
+  return testing::SmallMobileNetV2(models::Mode::kTrain, "full");
+}
+// Frozen statistics, the last 3 layers trained: frozen BatchNorm folds below,
+// trainable γ keeps the last ones unfolded.
+absl::StatusOr<testing::TestModel> MobileNetFrozenBn() {
+  return testing::SmallMobileNetV2(models::Mode::kEval, "last-k:3");
+}
+absl::StatusOr<testing::TestModel> MobileNetFrozenBnFull() {
+  return testing::SmallMobileNetV2(models::Mode::kEval, "full");
+}
+absl::StatusOr<testing::TestModel> Bert() { return testing::SmallBert("full"); }
+absl::StatusOr<testing::TestModel> BertLast() { return testing::SmallBert("last-k:2"); }
+absl::StatusOr<testing::TestModel> Mlp() { return testing::SmallMlp(); }
+absl::StatusOr<testing::TestModel> ResNetTrain() {
+  return testing::SmallResNet(models::Mode::kTrain, "full");
+}
+// Frozen statistics and the stem frozen: conv + BN fold, conv + ReLU and
+// residual add + ReLU fuse.
+absl::StatusOr<testing::TestModel> ResNetFrozenBn() {
+  return testing::SmallResNet(models::Mode::kEval, "last-k:2");
+}
+
+const ModelCase kModels[] = {
+    {"mobilenet_v2_train", MobileNetTrain},
+    {"mobilenet_v2_frozen_bn", MobileNetFrozenBn},
+    {"mobilenet_v2_frozen_bn_full", MobileNetFrozenBnFull},
+    {"bert", Bert},
+    {"bert_last2", BertLast},
+    {"mlp", Mlp},
+    {"resnet_train", ResNetTrain},
+    {"resnet_frozen_bn", ResNetFrozenBn},
+};
+
+const char* const kPasses[] = {"fold_batch_norm", "fuse",     "dce", "reorder_updates",
+                               "fold_constants",  "in_place", "all"};
+
+// The first entry of PassReport::passes is fold_batch_norm (pipeline.h order).
+class Equivalence : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(Equivalence, EveryPassTrainsTheSame) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m, GetParam().build());
+  runtime::CompileOptions off;
+  off.in_place = false;
+  off.fold_constants = false;
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult want,
+                       testing::TrainSteps(m.graph, m.model.loss, m, 3, off));
+  for (const char* pass : kPasses) {
+    SCOPED_TRACE(pass);
+    ASSERT_OK_AND_ASSIGN(PassOptions options, PassOptions::Parse(pass));
+    Graph g = m.graph;
+    ASSERT_OK_AND_ASSIGN(PassReport report, RunPasses(g, options));
+    ASSERT_OK(VerifyGraph(g));
+    runtime::CompileOptions compile;
+    compile.in_place = options.in_place;
+    compile.fold_constants = options.fold_constants;
+    ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
+                         testing::TrainSteps(g, report.Map(m.model.loss), m, 3, compile));
+    const bool exact = !options.fold_batch_norm || report.passes[0].rewrites == 0;
+    testing::ExpectSameTraining(want, got, exact ? 0.0 : 2e-4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, Equivalence, ::testing::ValuesIn(kModels),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace fleettune::engine::passes

@@ -1,0 +1,90 @@
+#include "engine/passes/fuse.h"
+
+#include <algorithm>
+#include <numeric>
+#include <optional>
+
+#include "engine/base/status_macros.h"
+#include "engine/passes/rewrite.h"
+
+namespace fleettune::engine::passes {
+namespace {
+
+std::optional<FusedActivationFn> ActivationOf(const Node& node) {
+  if (node.op == OpKind::kRelu) return FusedActivationFn::kRelu;
+  if (node.op != OpKind::kActivation) return std::nullopt;
+  const auto* a = std::get_if<ActivationAttrs>(&node.attrs);
+  if (a == nullptr || static_cast<int>(a->fn) > static_cast<int>(ActivationFn::kTanh)) {
+    return std::nullopt;
+  }
+  return static_cast<FusedActivationFn>(static_cast<int>(a->fn) + 1);
+}
+
+// The fused op and attributes for producer `p` followed by `act`, if any.
+std::optional<std::pair<OpKind, Attrs>> FusedFor(const Node& p, FusedActivationFn act) {
+  switch (p.op) {
+    case OpKind::kConv2d:
+      return std::make_pair(OpKind::kConv2dActivation,
+                            Attrs{FusedConvAttrs{std::get<Conv2dAttrs>(p.attrs), act}});
+    case OpKind::kLinear:
+      return std::make_pair(OpKind::kLinearActivation, Attrs{FusedActivationAttrs{act}});
+    case OpKind::kAdd:
+      return std::make_pair(OpKind::kAddActivation, Attrs{FusedActivationAttrs{act}});
+    case OpKind::kBatchNormInference:
+      return std::make_pair(OpKind::kBatchNormInferenceActivation,
+                            Attrs{FusedBatchNormAttrs{std::get<BatchNormAttrs>(p.attrs), act}});
+    default:
+      return std::nullopt;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_new, int* fused) {
+  const int n = graph.num_nodes();
+  const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
+  const auto& outs = graph.outputs();
+  std::vector<bool> skip(n, false);
+  std::vector<std::optional<std::pair<OpKind, Attrs>>> replace(n);
+  int count = 0;
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    const std::optional<FusedActivationFn> act = ActivationOf(node);
+    if (!act.has_value() || node.inputs.size() != 1) continue;
+    const ValueId p = node.inputs[0];
+    if (!graph.IsValid(p) || users[p].size() != 1) continue;
+    if (std::find(outs.begin(), outs.end(), p) != outs.end()) continue;
+    std::optional<std::pair<OpKind, Attrs>> f = FusedFor(graph.node(p), *act);
+    if (!f.has_value()) continue;
+    replace[id] = std::move(f);
+    skip[p] = true;
+    ++count;
+  }
+  if (fused != nullptr) *fused = count;
+  if (count == 0) {
+    if (old_to_new != nullptr) {
+      old_to_new->resize(n);
+      std::iota(old_to_new->begin(), old_to_new->end(), 0);
+    }
+    return false;
+  }
+  GraphRewriter rw(graph);
+  for (ValueId id = 0; id < n; ++id) {
+    if (skip[id]) continue;
+    if (!replace[id].has_value()) {
+      RETURN_IF_ERROR(rw.Copy(id));
+      continue;
+    }
+    const Node& producer = graph.node(graph.node(id).inputs[0]);
+    std::vector<ValueId> inputs;
+    for (ValueId in : producer.inputs) inputs.push_back(rw.New(in));
+    ASSIGN_OR_RETURN(ValueId y, rw.Emit(replace[id]->first, std::move(inputs), replace[id]->second,
+                                        graph.node(id).name));
+    rw.Map(id, y);
+  }
+  ASSIGN_OR_RETURN(graph, rw.Finish());
+  if (old_to_new != nullptr) *old_to_new = rw.old_to_new();
+  return true;
+}
+
+}  // namespace fleettune::engine::passes

@@ -1,0 +1,165 @@
+#include "engine/passes/fuse.h"
+
+#include "engine/autodiff/autodiff.h"
+#include "engine/base/status_matchers.h"
+#include "engine/ir/verifier.h"
+#include "engine/passes/fold_batch_norm.h"
+#include "engine/passes/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::passes {
+namespace {
+
+int Count(const Graph& g, OpKind op) {
+  int n = 0;
+  for (const Node& node : g.nodes()) n += node.op == op;
+  return n;
+}
+
+// x → conv(+bias) → act → linear(+bias) → act → output, forward only.
+struct Chain {
+  Graph g;
+  ValueId conv, conv_act, fc, fc_act;
+};
+
+Chain BuildChain(OpKind act_op, ActivationFn fn) {
+  Chain c;
+  Graph& g = c.g;
+  const ValueId x = *g.AddInput("x", {DType::kF32, {2, 3, 6, 6}});
+  const ValueId w = *g.AddParameter("conv.weight", {DType::kF32, {4, 3, 3, 3}});
+  const ValueId b = *g.AddParameter("conv.bias", {DType::kF32, {4}});
+  const ValueId fw = *g.AddParameter("fc.weight", {DType::kF32, {5, 36}});
+  const ValueId fb = *g.AddParameter("fc.bias", {DType::kF32, {5}});
+  const Attrs act_attrs = act_op == OpKind::kRelu ? Attrs{NoAttrs{}} : Attrs{ActivationAttrs{fn}};
+  Conv2dAttrs conv;
+  conv.stride_h = conv.stride_w = 2;
+  conv.pad_h = conv.pad_w = 1;
+  c.conv = *g.AddNode(OpKind::kConv2d, {x, w, b}, conv);
+  c.conv_act = *g.AddNode(act_op, {c.conv}, act_attrs);
+  const ValueId flat = *g.AddNode(OpKind::kReshape, {c.conv_act}, ShapeAttrs{{2, 36}});
+  c.fc = *g.AddNode(OpKind::kLinear, {flat, fw, fb});
+  c.fc_act = *g.AddNode(act_op, {c.fc}, act_attrs);
+  const ValueId loss = *g.AddNode(OpKind::kReduceSum, {c.fc_act}, ReduceAttrs{{0, 1}});
+  g.MarkOutput(c.fc_act);
+  g.MarkOutput(loss);
+  return c;
+}
+
+TEST(FuseActivations, FusesConvAndLinearWithEveryActivation) {
+  const std::pair<OpKind, ActivationFn> acts[] = {{OpKind::kRelu, ActivationFn::kRelu6},
+                                                  {OpKind::kActivation, ActivationFn::kRelu6},
+                                                  {OpKind::kActivation, ActivationFn::kSilu},
+                                                  {OpKind::kActivation, ActivationFn::kGeluErf},
+                                                  {OpKind::kActivation, ActivationFn::kGeluTanh}};
+  for (const auto& [op, fn] : acts) {
+    Chain c = BuildChain(op, fn);
+    Graph g = c.g;
+    std::vector<ValueId> map;
+    int fused = 0;
+    ASSERT_OK_AND_ASSIGN(bool changed, FuseActivations(g, &map, &fused));
+    ASSERT_OK(VerifyGraph(g));
+    EXPECT_TRUE(changed);
+    EXPECT_EQ(fused, 2);
+    EXPECT_EQ(Count(g, OpKind::kConv2dActivation), 1);
+    EXPECT_EQ(Count(g, OpKind::kLinearActivation), 1);
+    EXPECT_EQ(map[c.conv], kNoValue);
+    EXPECT_EQ(map[c.fc], kNoValue);
+    testing::TestModel m;
+    m.graph = c.g;
+    ASSERT_OK(testing::InitializeParams(c.g, 5, &m.params));
+    const ValueId loss = c.g.outputs()[1];
+    ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(c.g, loss, m, 1));
+    ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(g, map[loss], m, 1));
+    // The fused kernels run the same kernels back to back: bit-identical.
+    testing::ExpectSameTraining(want, got, 0.0);
+    ASSERT_EQ(want.first.size(), got.first.size());
+    for (size_t i = 0; i < want.first.size(); ++i) EXPECT_EQ(want.first[i], got.first[i]);
+  }
+}
+
+TEST(FuseActivations, FusesAResidualAddAndReluInATrainingGraph) {
+  // h = relu(linear(x, w1) + x); loss = sum(linear(h, w2)); both trained.
+  // relu_grad reads relu's output, so the add's output has one reader.
+  Graph g;
+  const ValueId x = *g.AddInput("x", {DType::kF32, {4, 6}});
+  const ValueId w1 = *g.AddParameter("l1.weight", {DType::kF32, {6, 6}});
+  const ValueId w2 = *g.AddParameter("l2.weight", {DType::kF32, {3, 6}});
+  const ValueId h1 = *g.AddNode(OpKind::kLinear, {x, w1});
+  const ValueId sum = *g.AddNode(OpKind::kAdd, {h1, x});
+  const ValueId h = *g.AddNode(OpKind::kRelu, {sum});
+  const ValueId out = *g.AddNode(OpKind::kLinear, {h, w2});
+  const ValueId loss = *g.AddNode(OpKind::kReduceMean, {out}, ReduceAttrs{{0, 1}});
+  g.MarkOutput(loss);
+  ASSERT_OK_AND_ASSIGN(autodiff::GradientMap grads, autodiff::BuildBackward(g, loss, {w1, w2}));
+  ASSERT_OK(
+      autodiff::AddOptimizerUpdates(g, grads, autodiff::OptimizerConfig::Sgd({0.1f, 0.9f, 0.0f})));
+  testing::TestModel m;
+  m.graph = g;
+  ASSERT_OK(testing::InitializeParams(g, 9, &m.params));
+  Graph fused = g;
+  std::vector<ValueId> map;
+  ASSERT_OK(FuseActivations(fused, &map).status());
+  ASSERT_OK(VerifyGraph(fused));
+  EXPECT_EQ(Count(fused, OpKind::kAddActivation), 1);
+  EXPECT_EQ(map[sum], kNoValue);
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(g, loss, m, 3));
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(fused, map[loss], m, 3));
+  testing::ExpectSameTraining(want, got, 0.0);
+}
+
+TEST(FuseActivations, FusesFoldedConvsAndResidualAddsOfResNet) {
+  // Frozen statistics, only the last BatchNorm and fc trained: after BatchNorm
+  // folding, conv + ReLU and the residual add + ReLU fuse.
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m, testing::SmallResNet(models::Mode::kEval, "last-k:2"));
+  Graph g = m.graph;
+  std::vector<ValueId> fold_map, fuse_map;
+  ASSERT_OK(FoldBatchNorm(g, &fold_map).status());
+  ASSERT_OK(FuseActivations(g, &fuse_map).status());
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_GE(Count(g, OpKind::kConv2dActivation), 3);
+  EXPECT_GE(Count(g, OpKind::kAddActivation), 1);
+}
+
+TEST(FuseActivations, LeavesAProducerWithAnotherReader) {
+  Chain c = BuildChain(OpKind::kActivation, ActivationFn::kSilu);
+  Graph g = c.g;
+  g.MarkOutput(c.conv);  // now someone reads the conv output
+  int fused = 0;
+  ASSERT_OK(FuseActivations(g, nullptr, &fused).status());
+  EXPECT_EQ(fused, 1);  // only the linear
+  EXPECT_EQ(Count(g, OpKind::kConv2dActivation), 0);
+}
+
+TEST(FuseActivations, RespectsWhatActivationGradientsRead) {
+  // MobileNetV2 with frozen statistics and trained BatchNorm affine weights:
+  // batch_norm_weight_grad reads every conv output, and ReLU6's gradient reads
+  // the activation's output, so frozen BN + ReLU6 fuses but conv + BN does not.
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m,
+                       testing::SmallMobileNetV2(models::Mode::kEval, "full"));
+  Graph g = m.graph;
+  std::vector<ValueId> map;
+  int fused = 0;
+  ASSERT_OK(FuseActivations(g, &map, &fused).status());
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_GT(Count(g, OpKind::kBatchNormInferenceActivation), 20);
+  EXPECT_EQ(Count(g, OpKind::kConv2dActivation), 0);
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(m.graph, m.model.loss, m, 3));
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(g, map[m.model.loss], m, 3));
+  testing::ExpectSameTraining(want, got, 0.0);
+
+  // BERT: GELU's gradient reads its input (the linear output), so the
+  // trained feed-forward layers stay unfused; the pooler's tanh (whose
+  // gradient reads the output) fuses.
+  ASSERT_OK_AND_ASSIGN(testing::TestModel bert, testing::SmallBert("full"));
+  Graph bg = bert.graph;
+  ASSERT_OK(FuseActivations(bg, nullptr, &fused).status());
+  ASSERT_OK(VerifyGraph(bg));
+  for (const Node& node : bg.nodes()) {
+    if (node.op != OpKind::kLinearActivation) continue;
+    EXPECT_EQ(std::get<FusedActivationAttrs>(node.attrs).act, FusedActivationFn::kTanh);
+  }
+}
+
+}  // namespace
+}  // namespace fleettune::engine::passes
