@@ -15,8 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "engine/autodiff/autodiff.h"
 #include "engine/base/status_macros.h"
+#include "engine/compile/compiler.h"
 #include "engine/io/safetensors.h"
 #include "engine/ir/verifier.h"
+#include "engine/passes/fuse.h"
+#include "engine/passes/pipeline.h"
 #include "engine/plan/plan_io.h"
 #include "engine/runtime/executable.h"
 
@@ -43,6 +46,7 @@ constexpr char kCurveKey[] = "fleettune.loss_curve";
 // The plan's graph and the values the runner drives.
 struct PlanGraph {
   Graph train;
+  v1::PlanMetadata metadata;  // runtime features the plan was compiled for
   ValueId input = engine::kNoValue, labels = engine::kNoValue;
   ValueId logits = engine::kNoValue, loss = engine::kNoValue;
   int64_t batch = 0, features = 0, classes = 0;
@@ -52,6 +56,7 @@ absl::StatusOr<PlanGraph> Understand(const std::string& plan_bytes) {
   ASSIGN_OR_RETURN(v1::CompiledPlan plan, engine::plan::ParsePlan(plan_bytes));
   PlanGraph p;
   ASSIGN_OR_RETURN(p.train, engine::plan::GraphFromProto(plan.graph()));
+  p.metadata = plan.metadata();
   const Graph& g = p.train;
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
     const Node& n = g.node(id);
@@ -89,9 +94,15 @@ absl::StatusOr<Graph> ForwardPrefix(const PlanGraph& p) {
   return g;
 }
 
-// Full fine-tuning of the same model with the plan's optimizer.
+// Full fine-tuning of the same model with the plan's optimizer, optimized by
+// the same passes as the plan: the fair baseline for speed and memory. The
+// plan's forward may hold fused ops, which autodiff cannot differentiate, so
+// they are split first.
 absl::StatusOr<Graph> DenseGraph(const PlanGraph& p) {
   ASSIGN_OR_RETURN(Graph g, ForwardPrefix(p));
+  std::vector<ValueId> unfused;
+  ASSIGN_OR_RETURN(bool changed, engine::passes::UnfuseActivations(g, &unfused));
+  const ValueId loss = changed ? unfused[p.loss] : p.loss;
   std::vector<ValueId> weights;
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
     const Node& n = g.node(id);
@@ -112,8 +123,11 @@ absl::StatusOr<Graph> DenseGraph(const PlanGraph& p) {
     }
   }
   if (!found) return absl::InvalidArgumentError("plan has no optimizer update");
-  ASSIGN_OR_RETURN(auto grads, engine::autodiff::BuildBackward(g, p.loss, weights));
+  ASSIGN_OR_RETURN(auto grads, engine::autodiff::BuildBackward(g, loss, weights));
   RETURN_IF_ERROR(engine::autodiff::AddOptimizerUpdates(g, grads, optimizer));
+  engine::passes::PassOptions passes;
+  passes.measure_memory = false;
+  RETURN_IF_ERROR(engine::passes::RunPasses(g, passes).status());
   return g;
 }
 
@@ -127,10 +141,12 @@ size_t ParamBytes(const Graph& g, engine::ParamRole role) {
   return total;
 }
 
-absl::StatusOr<size_t> TotalBytes(const Graph& g) {
-  ASSIGN_OR_RETURN(engine::runtime::ArenaLayout layout, engine::runtime::PlanArena(g));
-  return layout.plan.arena_bytes + ParamBytes(g, engine::ParamRole::kWeight) +
-         ParamBytes(g, engine::ParamRole::kOptimizerState);
+// What a step of `g` keeps in memory: arena, scratch, folded constants,
+// weights and optimizer state (the engine's own figure, before allocating).
+absl::StatusOr<size_t> TotalBytes(const Graph& g, const engine::runtime::CompileOptions& options) {
+  ASSIGN_OR_RETURN(engine::runtime::MemoryStats m, engine::runtime::EstimateMemory(g, options));
+  return m.arena_bytes + m.scratch_bytes + m.constant_bytes + m.weight_bytes +
+         m.optimizer_state_bytes;
 }
 
 // PyTorch's nn.Linear initialization for every weight parameter of the plan,
@@ -252,18 +268,19 @@ absl::StatusOr<v1::MetricsReport> RunPlan(const PlanRunInputs& in, const ReportF
   } else {
     RETURN_IF_ERROR(InitializeWeights(p.train, a.hyper_parameters().seed(), &params));
   }
-  ASSIGN_OR_RETURN(const size_t plan_total, TotalBytes(p.train));
+  engine::runtime::CompileOptions options = engine::compile::RuntimeOptionsFor(p.metadata);
+  options.threads = in.threads;
+  ASSIGN_OR_RETURN(const size_t plan_total, TotalBytes(p.train, options));
   if (a.memory_budget_bytes() > 0 && plan_total > a.memory_budget_bytes()) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "plan needs ", plan_total, " bytes, over the budget of ", a.memory_budget_bytes()));
   }
-  engine::runtime::CompileOptions options;
-  options.threads = in.threads;
   ASSIGN_OR_RETURN(auto train, Executable::Compile(p.train, &params, options));
   ASSIGN_OR_RETURN(Graph forward, ForwardPrefix(p));
   ASSIGN_OR_RETURN(auto eval, Executable::Compile(forward, &params, options));
-  const size_t peak = train->memory().arena_bytes + train->memory().weight_bytes +
-                      train->memory().optimizer_state_bytes;
+  const engine::runtime::MemoryStats& m = train->memory();
+  const size_t peak =
+      m.arena_bytes + m.scratch_bytes + m.constant_bytes + m.weight_bytes + m.optimizer_state_bytes;
 
   // Resume from a checkpoint of this assignment, if any.
   std::filesystem::create_directories(in.state_dir + "/checkpoints");
@@ -296,7 +313,7 @@ absl::StatusOr<v1::MetricsReport> RunPlan(const PlanRunInputs& in, const ReportF
     ASSIGN_OR_RETURN(accuracy_before, Accuracy(*eval, p, data.holdout));
     // Dense vs this plan, on copies of the weights.
     ASSIGN_OR_RETURN(Graph dense, DenseGraph(p));
-    ASSIGN_OR_RETURN(const size_t dense_total, TotalBytes(dense));
+    ASSIGN_OR_RETURN(const size_t dense_total, TotalBytes(dense, options));
     saving = static_cast<double>(dense_total) / static_cast<double>(plan_total);
     dense_fits = a.memory_budget_bytes() == 0 || dense_total <= a.memory_budget_bytes();
     // A plan that updates every weight is the dense plan: nothing to compare.

@@ -26,20 +26,6 @@ uint64_t Bytes(const TensorType& type) {
   return static_cast<uint64_t>(type.num_elements()) * DTypeSize(type.dtype);
 }
 
-// Largest kernel workspace any op asks for; the runtime allocates one buffer
-// of this size (Executable::Compile).
-uint64_t ScratchBytes(const Graph& graph) {
-  size_t scratch = 0;
-  for (const Node& node : graph.nodes()) {
-    const ops::OpDef& def = ops::GetOpDef(node.op);
-    if (def.scratch_bytes == nullptr) continue;
-    std::vector<const TensorType*> types;
-    for (ValueId in : node.inputs) types.push_back(&graph.type(in));
-    scratch = std::max(scratch, def.scratch_bytes(node, types));
-  }
-  return scratch;
-}
-
 std::string Mib(uint64_t bytes) {
   return absl::StrFormat("%.2f MiB (%d bytes)", bytes / 1048576.0, bytes);
 }
@@ -60,7 +46,18 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   ASSIGN_OR_RETURN(graph,
                    train::BuildSchemeTrainingGraph(model, options.scheme, options.optimizer));
   RETURN_IF_ERROR(VerifyGraph(graph));
+  // Phases of the derived graph, before passes reorder it.
   const int forward_nodes = model.graph.num_nodes();
+  const int derived_nodes = graph.num_nodes();
+  // The activation cache is judged on the derived graph: its ops are the
+  // primitive, per-example ones the cut understands.
+  std::optional<PrefixCut> cut;
+  if (model.input != kNoValue) {
+    ASSIGN_OR_RETURN(cut, CutFrozenPrefix(graph, model.input));
+  }
+  ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(graph, options.passes));
+  out.loss = report.Map(model.loss);
+  out.logits = report.Map(model.logits);
 
   v1::PlanMetadata& meta = *out.plan.mutable_metadata();
   meta.set_model_name(options.model_name);
@@ -68,36 +65,48 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   meta.set_device_class(options.device_class);
   meta.set_threads(options.threads);
   meta.set_trainable_elements(options.scheme.TrainableElements());
+  for (const std::string& name : options.scheme.TrainableNames()) {
+    meta.add_trainable_parameters(name);  // in layer order
+  }
   uint64_t gradient_bytes = 0;
   for (const Node& node : graph.nodes()) {
     if (!IsUpdate(node.op)) continue;  // inputs: parameter, gradient, state...
-    meta.add_trainable_parameters(graph.node(node.inputs[0]).name);
     gradient_bytes += Bytes(graph.type(node.inputs[1]));
   }
   meta.set_gradient_bytes(gradient_bytes);
-  uint64_t weight_bytes = 0, state_bytes = 0;
   int update_nodes = 0;
   std::map<std::pair<std::string, std::string>, int> kernels;
   for (const Node& node : graph.nodes()) {
     if (IsUpdate(node.op)) ++update_nodes;
-    if (node.op == OpKind::kParameter) {
-      const auto& role = std::get<ParameterAttrs>(node.attrs).role;
-      (role == ParamRole::kOptimizerState ? state_bytes : weight_bytes) += Bytes(node.type);
+    if (node.op == OpKind::kInput || node.op == OpKind::kParameter || node.op == OpKind::kReshape) {
       continue;
     }
-    if (node.op == OpKind::kInput || node.op == OpKind::kReshape) continue;
     const ops::OpDef& def = ops::GetOpDef(node.op);
     ++kernels[{def.name, def.fast != nullptr ? "fast" : "reference"}];
   }
-  meta.set_weight_bytes(weight_bytes);
-  meta.set_optimizer_state_bytes(state_bytes);
-  ASSIGN_OR_RETURN(runtime::ArenaLayout layout, runtime::PlanArena(graph));
-  meta.set_arena_bytes(layout.plan.arena_bytes);
-  meta.set_scratch_bytes(ScratchBytes(graph));
+  meta.set_fold_constants(options.passes.fold_constants);
+  meta.set_in_place(options.passes.in_place);
+  ASSIGN_OR_RETURN(runtime::MemoryStats memory,
+                   runtime::EstimateMemory(graph, RuntimeOptionsFor(meta)));
+  meta.set_arena_bytes(memory.arena_bytes);
+  meta.set_scratch_bytes(memory.scratch_bytes);
+  meta.set_constant_bytes(memory.constant_bytes);
+  meta.set_weight_bytes(memory.weight_bytes);
+  meta.set_optimizer_state_bytes(memory.optimizer_state_bytes);
   meta.set_flops_per_step(StepFlops(graph));
   meta.set_forward_nodes(forward_nodes);
   meta.set_update_nodes(update_nodes);
-  meta.set_backward_nodes(graph.num_nodes() - forward_nodes - update_nodes);
+  meta.set_backward_nodes(derived_nodes - forward_nodes - update_nodes);
+  for (const passes::PassStats& p : report.passes) {
+    v1::PassResult* r = meta.add_passes();
+    r->set_name(p.name);
+    r->set_enabled(p.enabled);
+    r->set_nodes_before(p.nodes_before);
+    r->set_nodes_after(p.nodes_after);
+    r->set_rewrites(p.rewrites);
+    r->set_arena_bytes_before(p.arena_bytes_before);
+    r->set_arena_bytes_after(p.arena_bytes_after);
+  }
   for (const auto& [key, nodes] : kernels) {
     v1::KernelUse* k = meta.add_kernels();
     k->set_op(key.first);
@@ -105,18 +114,28 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
     k->set_nodes(nodes);
   }
 
-  if (model.input != kNoValue) {
-    ASSIGN_OR_RETURN(std::optional<PrefixCut> cut, CutFrozenPrefix(graph, model.input));
-    if (cut.has_value()) {
-      meta.set_activation_cache_bytes_per_example(cut->bytes_per_example);
-      meta.set_activation_cache_flops_saved(cut->prefix_flops);
-      meta.set_activation_cache_nodes(cut->prefix_nodes);
-    }
+  if (cut.has_value()) {
+    meta.set_activation_cache_bytes_per_example(cut->bytes_per_example);
+    meta.set_activation_cache_flops_saved(cut->prefix_flops);
+    meta.set_activation_cache_nodes(cut->prefix_nodes);
   }
 
   out.plan.set_format_version(plan::kPlanFormatVersion);
   ASSIGN_OR_RETURN(*out.plan.mutable_graph(), plan::GraphToProto(graph));
   return out;
+}
+
+uint64_t TrainingBytes(const v1::PlanMetadata& m) {
+  return m.arena_bytes() + m.scratch_bytes() + m.constant_bytes() + m.weight_bytes() +
+         m.optimizer_state_bytes();
+}
+
+runtime::CompileOptions RuntimeOptionsFor(const v1::PlanMetadata& metadata) {
+  runtime::CompileOptions options;
+  options.threads = std::max(1, metadata.threads());
+  options.fold_constants = metadata.fold_constants();
+  options.in_place = metadata.in_place();
+  return options;
 }
 
 std::string FormatPlanSummary(const v1::PlanMetadata& m) {
@@ -131,11 +150,14 @@ std::string FormatPlanSummary(const v1::PlanMetadata& m) {
   absl::StrAppendFormat(&s, "arena            %s\n", Mib(m.arena_bytes()));
   absl::StrAppendFormat(&s, "  of it gradients %s\n", Mib(m.gradient_bytes()));
   absl::StrAppendFormat(&s, "kernel scratch   %s\n", Mib(m.scratch_bytes()));
+  if (m.fold_constants()) {
+    absl::StrAppendFormat(&s, "folded constants %s\n", Mib(m.constant_bytes()));
+  }
   absl::StrAppendFormat(&s, "weights          %s\n", Mib(m.weight_bytes()));
   absl::StrAppendFormat(&s, "optimizer state  %s\n", Mib(m.optimizer_state_bytes()));
   absl::StrAppendFormat(
-      &s, "training memory  %s (arena + scratch + weights + optimizer state)\n",
-      Mib(m.arena_bytes() + m.scratch_bytes() + m.weight_bytes() + m.optimizer_state_bytes()));
+      &s, "training memory  %s (arena + scratch + constants + weights + optimizer state)\n",
+      Mib(TrainingBytes(m)));
   if (m.activation_cache_nodes() > 0) {
     absl::StrAppendFormat(
         &s, "activation cache %.1f KiB per example; skips %d nodes, %.3f GFLOP (%.0f%%) per step\n",
@@ -145,6 +167,14 @@ std::string FormatPlanSummary(const v1::PlanMetadata& m) {
   } else {
     s += "activation cache none (a layer on the input trains)\n";
   }
+  s += "passes           ";
+  bool first = true;
+  for (const v1::PassResult& p : m.passes()) {
+    if (!p.enabled()) continue;
+    absl::StrAppendFormat(&s, "%s%s %d", first ? "" : ", ", p.name(), p.rewrites());
+    first = false;
+  }
+  s += first ? "none\n" : " (rewrites each)\n";
   // Kernels, wrapped at 100 columns under their heading.
   std::string line = "kernels         ";
   for (const v1::KernelUse& k : m.kernels()) {

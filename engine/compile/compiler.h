@@ -12,12 +12,17 @@
 //
 // CompileTraining derives the whole training graph at compile time: forward,
 // the backward pruned to what the trained parameters need, and the optimizer
-// updates; then measures it without weights: the static arena (the runtime's
-// own planner), kernel scratch, weight / gradient / optimizer-state bytes,
-// FLOPs per step (cost.h), and the kernel each op runs. A device rebuilds the
-// graph from the plan (plan::GraphFromProto), binds its weights and runs it;
-// Executable::memory() then reports exactly the arena and scratch bytes the
-// metadata promised.
+// updates; optimizes it (engine/passes: BatchNorm folding, fusion, dead code,
+// updates reordered next to their gradients); then measures it without
+// weights: the static arena (the runtime's own planner, with in-place
+// execution and folded constants as the device will run them), kernel
+// scratch, weight / gradient / optimizer-state / folded-constant bytes, FLOPs
+// per step (cost.h), the kernel each op runs, what each pass did, and what an
+// activation cache would save. A device rebuilds the
+// graph from the plan (plan::GraphFromProto), binds its weights and compiles
+// it with the metadata's fold_constants and in_place (RuntimeOptionsFor);
+// Executable::memory() then reports exactly the arena, scratch and constant
+// bytes the metadata promised.
 //
 // Errors: InvalidArgument for a scheme tensor the model lacks, a scheme that
 // trains nothing, threads < 1, or a graph the verifier rejects. Thread-safe
@@ -32,6 +37,8 @@
 #include "engine/autodiff/autodiff.h"
 #include "engine/ir/graph.h"
 #include "engine/models/model.h"
+#include "engine/passes/pipeline.h"
+#include "engine/runtime/executable.h"
 #include "engine/scheme/scheme.h"
 #include "proto/fleettune/v1/plan.pb.h"
 
@@ -44,15 +51,28 @@ struct CompileOptions {
   autodiff::OptimizerConfig optimizer;
   std::string device_class;  // recorded in the metadata
   int threads = 1;           // the class's kernel threads
+  // Graph passes and runtime features (all on by default). The metadata
+  // records which runtime features the device must enable.
+  passes::PassOptions passes;
 };
 
 struct CompiledTraining {
   Graph graph;            // the training graph (what plan.graph() encodes)
   v1::CompiledPlan plan;  // format version, graph and metadata
+  // Model::loss and Model::logits in `graph` (passes renumber nodes).
+  ValueId loss = kNoValue;
+  ValueId logits = kNoValue;
 };
 
 absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
                                                  const CompileOptions& options);
+
+// Everything a training step keeps: arena, scratch, folded constants, weights
+// and optimizer state.
+uint64_t TrainingBytes(const v1::PlanMetadata& metadata);
+
+// The runtime options a device compiles `metadata`'s plan with.
+runtime::CompileOptions RuntimeOptionsFor(const v1::PlanMetadata& metadata);
 
 // A human-readable summary of a plan's metadata: sizes in MiB and bytes,
 // GFLOPs per step, node counts per phase and the kernels used, one fact per

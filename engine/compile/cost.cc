@@ -28,11 +28,18 @@ uint64_t NodeFlops(const Graph& graph, ValueId id) {
     case OpKind::kFill:
     case OpKind::kReshape:
       return 0;
-    case OpKind::kLinear: {
-      // y[..., N] = x[..., K] · W[N, K]ᵀ (+ b).
+    case OpKind::kLinear:
+    case OpKind::kLinearActivation: {
+      // y[..., N] = x[..., K] · W[N, K]ᵀ (+ b) (then the activation).
       const uint64_t k = in(1).size() == 2 ? static_cast<uint64_t>(in(1)[1]) : 0;
-      return Elements(node.type.shape) * (2 * k + (node.inputs.size() > 2 ? 1 : 0));
+      return Elements(node.type.shape) * (2 * k + (node.inputs.size() > 2 ? 1 : 0) +
+                                          (node.op == OpKind::kLinearActivation ? 1 : 0));
     }
+    case OpKind::kConv2dActivation:
+      return Elements(node.type.shape) * (2 * ConvMacsPerOutput(in(1)) + 1);
+    case OpKind::kAddActivation:
+    case OpKind::kBatchNormInferenceActivation:
+      return 2 * Elements(node.type.shape);
     case OpKind::kMatMul: {
       const auto* attrs = std::get_if<MatMulAttrs>(&node.attrs);
       const Shape& a = in(0);

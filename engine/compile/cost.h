@@ -6,7 +6,8 @@
 // convolution and its two backward ops) are counted exactly from their
 // shapes; every other op as one operation per output element (per parameter
 // element for optimizer updates, which write in place), which is what they
-// cost to within a small constant. Thread-safe (pure function).
+// cost to within a small constant; fused ops count as their parts. Thread-safe
+// (pure function).
 #ifndef FLEETTUNE_ENGINE_COMPILE_COST_H_
 #define FLEETTUNE_ENGINE_COMPILE_COST_H_
 

@@ -87,4 +87,62 @@ absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_
   return true;
 }
 
+absl::StatusOr<bool> UnfuseActivations(Graph& graph, std::vector<ValueId>* old_to_new) {
+  GraphRewriter rw(graph);
+  bool changed = false;
+  for (ValueId id = 0; id < graph.num_nodes(); ++id) {
+    const Node& node = graph.node(id);
+    OpKind producer;
+    Attrs producer_attrs = NoAttrs{};
+    FusedActivationFn act;
+    switch (node.op) {
+      case OpKind::kConv2dActivation: {
+        const auto& a = std::get<FusedConvAttrs>(node.attrs);
+        producer = OpKind::kConv2d;
+        producer_attrs = a.conv;
+        act = a.act;
+        break;
+      }
+      case OpKind::kLinearActivation:
+      case OpKind::kAddActivation:
+        producer = node.op == OpKind::kLinearActivation ? OpKind::kLinear : OpKind::kAdd;
+        act = std::get<FusedActivationAttrs>(node.attrs).act;
+        break;
+      case OpKind::kBatchNormInferenceActivation: {
+        const auto& a = std::get<FusedBatchNormAttrs>(node.attrs);
+        producer = OpKind::kBatchNormInference;
+        producer_attrs = a.bn;
+        act = a.act;
+        break;
+      }
+      default:
+        RETURN_IF_ERROR(rw.Copy(id));
+        continue;
+    }
+    std::vector<ValueId> inputs;
+    for (ValueId in : node.inputs) inputs.push_back(rw.New(in));
+    ASSIGN_OR_RETURN(ValueId pre, rw.Emit(producer, std::move(inputs), producer_attrs));
+    ValueId out;
+    if (act == FusedActivationFn::kRelu) {
+      ASSIGN_OR_RETURN(out, rw.Emit(OpKind::kRelu, {pre}, NoAttrs{}, node.name));
+    } else {
+      const ActivationFn fn = static_cast<ActivationFn>(static_cast<int>(act) - 1);
+      ASSIGN_OR_RETURN(out, rw.Emit(OpKind::kActivation, {pre}, ActivationAttrs{fn}, node.name));
+    }
+    rw.Map(id, out);
+    changed = true;
+  }
+  if (!changed) {
+    if (old_to_new != nullptr) {
+      old_to_new->resize(graph.num_nodes());
+      for (ValueId id = 0; id < graph.num_nodes(); ++id) (*old_to_new)[id] = id;
+    }
+    return false;
+  }
+  ASSIGN_OR_RETURN(Graph out, rw.Finish());
+  if (old_to_new != nullptr) *old_to_new = rw.old_to_new();
+  graph = std::move(out);
+  return true;
+}
+
 }  // namespace fleettune::engine::passes

@@ -39,6 +39,13 @@ namespace fleettune::engine::passes {
 absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_new = nullptr,
                                      int* fused = nullptr);
 
+// The inverse: every fused op becomes its producer followed by its activation
+// again, so autodiff can run over an optimized forward graph (a device builds
+// its dense baseline from a fused plan this way). Values keep their meaning;
+// `old_to_new` maps each fused node to its activation. Returns whether
+// anything changed.
+absl::StatusOr<bool> UnfuseActivations(Graph& graph, std::vector<ValueId>* old_to_new = nullptr);
+
 }  // namespace fleettune::engine::passes
 
 #endif  // FLEETTUNE_ENGINE_PASSES_FUSE_H_

@@ -78,6 +78,35 @@ TEST(FuseActivations, FusesConvAndLinearWithEveryActivation) {
   }
 }
 
+// Unfusing gives back a graph of primitive ops that computes the same values
+// and that autodiff can differentiate.
+TEST(UnfuseActivations, RestoresDifferentiablePrimitives) {
+  for (const auto& [op, fn] : {std::pair{OpKind::kRelu, ActivationFn::kRelu6},
+                               std::pair{OpKind::kActivation, ActivationFn::kGeluErf}}) {
+    Chain c = BuildChain(op, fn);
+    Graph g = c.g;
+    std::vector<ValueId> fuse_map, unfuse_map;
+    ASSERT_OK(FuseActivations(g, &fuse_map).status());
+    ASSERT_OK_AND_ASSIGN(bool changed, UnfuseActivations(g, &unfuse_map));
+    EXPECT_TRUE(changed);
+    ASSERT_OK(VerifyGraph(g));
+    EXPECT_EQ(Count(g, OpKind::kConv2dActivation) + Count(g, OpKind::kLinearActivation), 0);
+    EXPECT_EQ(Count(g, OpKind::kConv2d), 1);
+    EXPECT_EQ(Count(g, OpKind::kLinear), 1);
+    testing::TestModel m;
+    m.graph = c.g;
+    ASSERT_OK(testing::InitializeParams(c.g, 5, &m.params));
+    const ValueId loss = c.g.outputs()[1];
+    ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(c.g, loss, m, 2));
+    ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
+                         testing::TrainSteps(g, unfuse_map[fuse_map[loss]], m, 2));
+    testing::ExpectSameTraining(want, got, 0.0);
+  }
+  Graph plain = BuildChain(OpKind::kRelu, ActivationFn::kRelu6).g;
+  ASSERT_OK_AND_ASSIGN(bool changed, UnfuseActivations(plain));
+  EXPECT_FALSE(changed);
+}
+
 TEST(FuseActivations, FusesAResidualAddAndReluInATrainingGraph) {
   // h = relu(linear(x, w1) + x); loss = sum(linear(h, w2)); both trained.
   // relu_grad reads relu's output, so the add's output has one reader.

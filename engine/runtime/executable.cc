@@ -433,4 +433,41 @@ absl::Status Executable::Run() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOptions& options) {
+  RETURN_IF_ERROR(VerifyGraph(graph));
+  const int n = graph.num_nodes();
+  const std::vector<bool> constant =
+      options.fold_constants ? FindConstants(graph) : std::vector<bool>(n, false);
+  ArenaOptions arena_options;
+  arena_options.in_place = options.in_place;
+  arena_options.outside_arena = constant;
+  ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
+  MemoryStats m;
+  m.arena_bytes = layout.plan.arena_bytes;
+  m.in_place_nodes = layout.in_place_nodes;
+  const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
+  const std::vector<ValueId>& outputs = graph.outputs();
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    if (node.op == OpKind::kParameter) {
+      const bool state = std::get<ParameterAttrs>(node.attrs).role == ParamRole::kOptimizerState;
+      (state ? m.optimizer_state_bytes : m.weight_bytes) += node.type.bytes();
+      continue;
+    }
+    const ops::OpDef& def = ops::GetOpDef(node.op);
+    if (def.scratch_bytes != nullptr) {
+      std::vector<const TensorType*> types;
+      for (ValueId in : node.inputs) types.push_back(&graph.type(in));
+      m.scratch_bytes = std::max(m.scratch_bytes, def.scratch_bytes(node, types));
+    }
+    if (!constant[id]) continue;
+    // Same rule as Compile()'s prologue: constants a step or the caller reads persist.
+    ++m.constant_nodes;
+    bool persistent = std::find(outputs.begin(), outputs.end(), id) != outputs.end();
+    for (ValueId u : users[id]) persistent = persistent || !constant[u];
+    if (persistent) m.constant_bytes += (node.type.bytes() + 63) / 64 * 64;
+  }
+  return m;
+}
+
 }  // namespace fleettune::engine::runtime

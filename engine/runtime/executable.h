@@ -187,6 +187,12 @@ std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id);
 // all are such values (dropout excluded: its mask changes every step).
 std::vector<bool> FindConstants(const Graph& graph);
 
+// The MemoryStats Compile(graph, params, options) will report, without
+// weights or allocation: for budgets and plan metadata. weight_bytes counts
+// every weight and buffer the graph names. InvalidArgument if the graph does
+// not verify.
+absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOptions& options = {});
+
 }  // namespace fleettune::engine::runtime
 
 #endif  // FLEETTUNE_ENGINE_RUNTIME_EXECUTABLE_H_

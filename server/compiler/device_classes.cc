@@ -28,18 +28,19 @@ constexpr int64_t kGiB = int64_t{1} << 30;
 // and optimizer state together), not the device's RAM: an agent shares its device with the
 // device's real work, so a class grants fleettune a deliberately small slice. They are sized
 // against the reference workload, an MLP 784-256-128-10 with batch 64, whose plans need (from
-// the compiler; plan_compiler_test.cc checks the outcomes below):
+// the compiler, with its passes: updates run as soon as their gradient is complete, so each
+// gradient buffer is freed at once; plan_compiler_test.cc checks the outcomes below):
 //
 //   scheme      SGD        SGD, momentum 0.9   AdamW
-//   full        2.05 MiB   2.95 MiB            3.84 MiB
-//   last-k:2    1.31 MiB   1.45 MiB            1.58 MiB
-//   last-k:1    1.21 MiB   1.22 MiB            1.22 MiB
-//   bias-only   1.28 MiB   1.28 MiB            1.28 MiB
+//   full        1.92 MiB   2.82 MiB            3.71 MiB
+//   last-k:2    1.31 MiB   1.44 MiB            1.57 MiB
+//   last-k:1    1.18 MiB   1.19 MiB            1.19 MiB
+//   bias-only   1.25 MiB   1.25 MiB            1.25 MiB
 //
 // (0.90 MiB of every figure is the weights; bias-only needs more than last-k:1 because its
 // gradients flow back through every layer.) So with scheme.fit_class_budget:
-//   rpi4              2 MiB: too small for full fine-tuning with any optimizer (plain SGD
-//                     misses by 52 KiB); fits last-k:2, the sparser scheme.
+//   rpi4              2 MiB: full fine-tuning with plain SGD (which needed 2.05 MiB before the
+//                     update reordering); last-k:2 with momentum or AdamW.
 //   rpi5              3.5 MiB: full with SGD (with or without momentum); last-k:2 with AdamW.
 //   jetson-orin-nano  16 MiB: full with every optimizer.
 //   x86-avx2          64 MiB: full with every optimizer.
