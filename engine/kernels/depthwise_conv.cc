@@ -1,0 +1,231 @@
+#include "engine/kernels/depthwise_conv.h"
+
+#include <algorithm>
+
+#include "engine/kernels/parallel.h"
+#include "engine/kernels/vec.h"
+
+namespace fleettune::engine::kernels {
+namespace {
+
+// Output columns j whose input column j·s + offset lies in [0, size): [lo, hi).
+void ValidRange(int64_t size, int64_t out, int64_t s, int64_t offset, int64_t* lo, int64_t* hi) {
+  const int64_t l = offset >= 0 ? 0 : (-offset + s - 1) / s;
+  const int64_t h = size - offset <= 0 ? 0 : (size - offset - 1) / s + 1;
+  *lo = std::min(l, out);
+  *hi = std::max(*lo, std::min(h, out));
+}
+
+// out[j] += Σ_v k[v]·in[j·S − pw + v] over the valid taps, 3 taps, dilation 1.
+template <int S>
+void Row3(const float* __restrict in, int64_t w, int64_t wo, int64_t pw, const float* k,
+          float* __restrict out) {
+  const float k0 = k[0], k1 = k[1], k2 = k[2];
+  int64_t lo, hi;  // every tap valid
+  ValidRange(w - 2, wo, S, -pw, &lo, &hi);
+  auto edge = [&](int64_t j) {
+    for (int v = 0; v < 3; ++v) {
+      const int64_t iw = j * S - pw + v;
+      if (iw >= 0 && iw < w) out[j] += k[v] * in[iw];
+    }
+  };
+  for (int64_t j = 0; j < lo; ++j) edge(j);
+  for (int64_t j = lo; j < hi; ++j) {
+    const float* p = in + j * S - pw;
+    out[j] += k0 * p[0] + k1 * p[1] + k2 * p[2];
+  }
+  for (int64_t j = std::max(hi, lo); j < wo; ++j) edge(j);
+}
+
+// One output plane from one input plane; adds to `out` when accumulate.
+void ForwardPlane(const DepthwiseGeometry& g, const float* xc, const float* k, float bias,
+                  bool accumulate, float* yo) {
+  const bool row3 = g.kw == 3 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+  for (int64_t i = 0; i < g.ho; ++i) {
+    float* out = yo + i * g.wo;
+    if (!accumulate) std::fill_n(out, g.wo, bias);
+    for (int64_t u = 0; u < g.kh; ++u) {
+      const int64_t ih = i * g.sh - g.ph + u * g.dh;
+      if (ih < 0 || ih >= g.h) continue;
+      const float* in = xc + ih * g.w;
+      const float* ku = k + u * g.kw;
+      if (row3) {
+        if (g.sw == 1) {
+          Row3<1>(in, g.w, g.wo, g.pw, ku, out);
+        } else {
+          Row3<2>(in, g.w, g.wo, g.pw, ku, out);
+        }
+        continue;
+      }
+      for (int64_t v = 0; v < g.kw; ++v) {
+        const float wv = ku[v];
+        const int64_t off = v * g.dw - g.pw;
+        int64_t lo, hi;
+        ValidRange(g.w, g.wo, g.sw, off, &lo, &hi);
+        for (int64_t j = lo; j < hi; ++j) out[j] += wv * in[j * g.sw + off];
+      }
+    }
+  }
+}
+
+// Σ_j d[j]·in[j·S − pw + v] for v = 0, 1, 2 over one row, into acc[0..2].
+template <int S>
+void Dot3(const float* __restrict d, const float* __restrict in, int64_t w, int64_t wo, int64_t pw,
+          float* acc) {
+  int64_t lo, hi;
+  ValidRange(w - 2, wo, S, -pw, &lo, &hi);
+  float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {};
+  int64_t j = lo;
+  for (; j + kLanes <= hi; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float* p = in + (j + l) * S - pw;
+      a0[l] += d[j + l] * p[0];
+      a1[l] += d[j + l] * p[1];
+      a2[l] += d[j + l] * p[2];
+    }
+  }
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
+  for (; j < hi; ++j) {
+    const float* p = in + j * S - pw;
+    s0 += d[j] * p[0];
+    s1 += d[j] * p[1];
+    s2 += d[j] * p[2];
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    s0 += a0[l];
+    s1 += a1[l];
+    s2 += a2[l];
+  }
+  float s[3] = {s0, s1, s2};
+  auto edge = [&](int64_t jj) {
+    for (int v = 0; v < 3; ++v) {
+      const int64_t iw = jj * S - pw + v;
+      if (iw >= 0 && iw < w) s[v] += d[jj] * in[iw];
+    }
+  };
+  for (int64_t jj = 0; jj < lo; ++jj) edge(jj);
+  for (int64_t jj = std::max(hi, lo); jj < wo; ++jj) edge(jj);
+  acc[0] += s[0];
+  acc[1] += s[1];
+  acc[2] += s[2];
+}
+
+}  // namespace
+
+void F32DepthwiseConv(const DepthwiseGeometry& g, const float* x, const float* weight,
+                      const float* bias, float* y) {
+  const int64_t o_count = g.c * g.mult, plane = g.ho * g.wo;
+  ParallelFor(g.n * o_count, plane * g.kh * g.kw, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / o_count, o = p % o_count;
+      ForwardPlane(g, x + (n * g.c + o / g.mult) * g.h * g.w, weight + o * g.kh * g.kw,
+                   bias ? bias[o] : 0.0f, false, y + p * plane);
+    }
+  });
+}
+
+void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, const float* weight,
+                                   float* dx) {
+  const int64_t o_count = g.c * g.mult, in_plane = g.h * g.w, out_plane = g.ho * g.wo;
+  const int64_t kk = g.kh * g.kw;
+  // With stride 1, dx is the convolution of dy with the flipped kernel and
+  // padding dilation·(k − 1) − padding, which reuses the forward rows.
+  constexpr int64_t kMaxTaps = 64;
+  DepthwiseGeometry t = g;
+  t.h = g.ho, t.w = g.wo, t.ho = g.h, t.wo = g.w;
+  t.ph = g.dh * (g.kh - 1) - g.ph, t.pw = g.dw * (g.kw - 1) - g.pw;
+  const bool transposed_forward =
+      g.sh == 1 && g.sw == 1 && t.ph >= 0 && t.pw >= 0 && kk <= kMaxTaps;
+  ParallelFor(g.n * g.c, in_plane * g.mult * kk, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.c, c = p % g.c;
+      float* dxc = dx + p * in_plane;
+      for (int64_t m = 0; m < g.mult; ++m) {
+        const int64_t o = c * g.mult + m;
+        const float* k = weight + o * kk;
+        const float* dyo = dy + (n * o_count + o) * out_plane;
+        if (transposed_forward) {
+          float flipped[kMaxTaps];
+          for (int64_t i = 0; i < kk; ++i) flipped[i] = k[kk - 1 - i];
+          ForwardPlane(t, dyo, flipped, 0.0f, m > 0, dxc);
+          continue;
+        }
+        if (m == 0) std::fill_n(dxc, in_plane, 0.0f);
+        // Scatter each dy row back onto the rows it read.
+        for (int64_t i = 0; i < g.ho; ++i) {
+          const float* d = dyo + i * g.wo;
+          for (int64_t u = 0; u < g.kh; ++u) {
+            const int64_t ih = i * g.sh - g.ph + u * g.dh;
+            if (ih < 0 || ih >= g.h) continue;
+            float* row = dxc + ih * g.w;
+            for (int64_t v = 0; v < g.kw; ++v) {
+              const float wv = k[u * g.kw + v];
+              const int64_t off = v * g.dw - g.pw;
+              int64_t lo, hi;
+              ValidRange(g.w, g.wo, g.sw, off, &lo, &hi);
+              for (int64_t j = lo; j < hi; ++j) row[j * g.sw + off] += wv * d[j];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+void F32DepthwiseConvBackwardWeight(const DepthwiseGeometry& g, const float* x, const float* dy,
+                                    float* dweight) {
+  const int64_t o_count = g.c * g.mult, in_plane = g.h * g.w, out_plane = g.ho * g.wo;
+  const bool row3 = g.kw == 3 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+  ParallelFor(o_count, g.n * out_plane * g.kh * g.kw, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      float* dk = dweight + o * g.kh * g.kw;
+      for (int64_t u = 0; u < g.kh; ++u) {
+        // Row partial sums in f32 lanes, rows added in double.
+        double acc3[3] = {};
+        for (int64_t v = 0; v < (row3 ? 0 : g.kw); ++v) {
+          const int64_t off = v * g.dw - g.pw;
+          int64_t lo, hi;
+          ValidRange(g.w, g.wo, g.sw, off, &lo, &hi);
+          double acc = 0.0;
+          for (int64_t n = 0; n < g.n; ++n) {
+            const float* xc = x + (n * g.c + o / g.mult) * in_plane;
+            const float* dyo = dy + (n * o_count + o) * out_plane;
+            for (int64_t i = 0; i < g.ho; ++i) {
+              const int64_t ih = i * g.sh - g.ph + u * g.dh;
+              if (ih < 0 || ih >= g.h) continue;
+              const float* in = xc + ih * g.w;
+              const float* d = dyo + i * g.wo;
+              if (g.sw == 1) {
+                acc += DotF32(d + lo, in + lo + off, hi - lo);
+              } else {
+                float s = 0.0f;
+                for (int64_t j = lo; j < hi; ++j) s += d[j] * in[j * g.sw + off];
+                acc += s;
+              }
+            }
+          }
+          dk[u * g.kw + v] = static_cast<float>(acc);
+        }
+        if (!row3) continue;
+        for (int64_t n = 0; n < g.n; ++n) {
+          const float* xc = x + (n * g.c + o / g.mult) * in_plane;
+          const float* dyo = dy + (n * o_count + o) * out_plane;
+          for (int64_t i = 0; i < g.ho; ++i) {
+            const int64_t ih = i * g.sh - g.ph + u * g.dh;
+            if (ih < 0 || ih >= g.h) continue;
+            float row[3] = {};
+            if (g.sw == 1) {
+              Dot3<1>(dyo + i * g.wo, xc + ih * g.w, g.w, g.wo, g.pw, row);
+            } else {
+              Dot3<2>(dyo + i * g.wo, xc + ih * g.w, g.w, g.wo, g.pw, row);
+            }
+            for (int v = 0; v < 3; ++v) acc3[v] += row[v];
+          }
+        }
+        for (int v = 0; v < 3; ++v) dk[u * 3 + v] = static_cast<float>(acc3[v]);
+      }
+    }
+  });
+}
+
+}  // namespace fleettune::engine::kernels
