@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -100,11 +101,8 @@ void DerivativeAll(const float* dy, const float* v, float* dx, int64_t n) {
 }
 
 // One switch per call, outside the element loop.
-void Kernel(const KernelArgs& args) {
-  const float* x = args.in(0).f32();
-  float* y = args.output.f32();
-  const int64_t n = args.output.num_elements();
-  switch (args.attrs<ActivationAttrs>().fn) {
+void ApplyN(ActivationFn fn, const float* x, float* y, int64_t n) {
+  switch (fn) {
     case ActivationFn::kRelu6:
       return ApplyAll<ActivationFn::kRelu6>(x, y, n);
     case ActivationFn::kSilu:
@@ -120,12 +118,8 @@ void Kernel(const KernelArgs& args) {
   }
 }
 
-void GradKernel(const KernelArgs& args) {
-  const float* dy = args.in(0).f32();
-  const float* v = args.in(1).f32();
-  float* dx = args.output.f32();
-  const int64_t n = args.output.num_elements();
-  switch (args.attrs<ActivationAttrs>().fn) {
+void DerivativeN(ActivationFn fn, const float* dy, const float* v, float* dx, int64_t n) {
+  switch (fn) {
     case ActivationFn::kRelu6:
       return DerivativeAll<ActivationFn::kRelu6>(dy, v, dx, n);
     case ActivationFn::kSilu:
@@ -139,6 +133,41 @@ void GradKernel(const KernelArgs& args) {
     case ActivationFn::kTanh:
       return DerivativeAll<ActivationFn::kTanh>(dy, v, dx, n);
   }
+}
+
+void Kernel(const KernelArgs& args) {
+  ApplyN(args.attrs<ActivationAttrs>().fn, args.in(0).f32(), args.output.f32(),
+         args.output.num_elements());
+}
+
+void GradKernel(const KernelArgs& args) {
+  DerivativeN(args.attrs<ActivationAttrs>().fn, args.in(0).f32(), args.in(1).f32(),
+              args.output.f32(), args.output.num_elements());
+}
+
+// Fast kernels: the same loops (ReLU6's vectorize; the others call libm per
+// element) split over the threads in contiguous chunks. The per-element cost
+// estimate keeps small tensors on the calling thread.
+int64_t CostPerElement(ActivationFn fn) { return fn == ActivationFn::kRelu6 ? 1 : 16; }
+
+void FastKernel(const KernelArgs& args) {
+  const ActivationFn fn = args.attrs<ActivationAttrs>().fn;
+  const float* x = args.in(0).f32();
+  float* y = args.output.f32();
+  kernels::ParallelFor(
+      args.output.num_elements(), CostPerElement(fn),
+      [&](int64_t begin, int64_t end) { ApplyN(fn, x + begin, y + begin, end - begin); });
+}
+
+void FastGradKernel(const KernelArgs& args) {
+  const ActivationFn fn = args.attrs<ActivationAttrs>().fn;
+  const float* dy = args.in(0).f32();
+  const float* v = args.in(1).f32();
+  float* dx = args.output.f32();
+  kernels::ParallelFor(args.output.num_elements(), CostPerElement(fn),
+                       [&](int64_t begin, int64_t end) {
+                         DerivativeN(fn, dy + begin, v + begin, dx + begin, end - begin);
+                       });
 }
 
 // y = f(x):  dx = dy ⊙ f'(x), f' computed from y (ReLU6, sigmoid, tanh) or x.
@@ -196,6 +225,7 @@ OpDef ActivationOpDef() {
   def.min_inputs = def.max_inputs = 1;
   def.infer = Infer;
   def.reference = Kernel;
+  def.fast = FastKernel;
   def.gradient = Gradient;
   def.test_cases = TestCases;
   return def;
@@ -209,6 +239,7 @@ OpDef ActivationGradOpDef() {
   def.min_inputs = def.max_inputs = 2;
   def.infer = InferGrad;
   def.reference = GradKernel;
+  def.fast = FastGradKernel;
   def.test_cases = GradTestCases;
   return def;
 }

@@ -156,5 +156,23 @@ TEST(FastKernels, DepthwiseConvolutionPaths) {
   }
 }
 
+TEST(FastKernels, ActivationsSplitOverThreads) {
+  const TensorType x = F32({8, 24, 33, 35});
+  for (ActivationFn fn : {ActivationFn::kRelu6, ActivationFn::kSilu, ActivationFn::kGeluTanh,
+                          ActivationFn::kGeluErf, ActivationFn::kSigmoid, ActivationFn::kTanh}) {
+    ExpectFastMatchesReference({OpKind::kActivation, {x}, ActivationAttrs{fn}});
+    ExpectFastMatchesReference({OpKind::kActivationGrad, {x, x}, ActivationAttrs{fn}});
+  }
+}
+
+TEST(FastKernels, BroadcastingBinaryOps) {
+  for (OpKind kind : {OpKind::kAdd, OpKind::kMul, OpKind::kSub, OpKind::kDiv}) {
+    ExpectFastMatchesReference({kind, {F32({64, 128, 40}), F32({64, 128, 40})}});
+    ExpectFastMatchesReference({kind, {F32({64, 128, 40}), F32({40})}});
+    ExpectFastMatchesReference({kind, {F32({1, 128, 40}), F32({64, 128, 40})}});
+    ExpectFastMatchesReference({kind, {F32({4, 2, 128, 128}), F32({4, 1, 1, 128})}});
+  }
+}
+
 }  // namespace
 }  // namespace fleettune::engine::ops
