@@ -16,19 +16,33 @@ float* Row(const ChannelLayout& l, float* base, int64_t n, int64_t c) {
   return base + (n * l.channels + c) * l.inner;
 }
 
-// Mean and biased variance of channel c; rows are summed in f32 lanes, rows
+// Batch statistics of channel c in one pass over x (and dy when given),
+// shifted by the channel's first value; rows are summed in f32 lanes, rows
 // added in double.
-void ChannelStats(const ChannelLayout& l, const float* x, int64_t c, double* mean, double* var) {
-  double sum = 0.0;
-  for (int64_t n = 0; n < l.outer; ++n) sum += SumF32(Row(l, x, n, c), l.inner);
-  const double m = sum / static_cast<double>(l.per_channel());
-  const float mf = static_cast<float>(m);
-  double sq = 0.0;
-  for (int64_t n = 0; n < l.outer; ++n) sq += SumSquaredDeviationF32(Row(l, x, n, c), l.inner, mf);
-  // Corrects for centring on the rounded mean: Σ(x − m')² = Σ(x − m)² + M·(m − m')².
-  const double shift = m - mf;
-  *mean = m;
-  *var = std::max(0.0, sq / static_cast<double>(l.per_channel()) - shift * shift);
+struct Moments {
+  double mean = 0.0, var = 0.0;  // biased variance
+  double sum_dy = 0.0;           // Σ dy
+  double sum_dy_xc = 0.0;        // Σ dy·(x − mean)
+};
+
+Moments ChannelMoments(const ChannelLayout& l, const float* x, const float* dy, int64_t c) {
+  const float shift = Row(l, x, 0, c)[0];
+  double m[4] = {};
+  for (int64_t n = 0; n < l.outer; ++n) {
+    if (dy != nullptr) {
+      ShiftedMomentsWithGradF32(Row(l, x, n, c), Row(l, dy, n, c), l.inner, shift, m);
+    } else {
+      ShiftedMomentsF32(Row(l, x, n, c), l.inner, shift, m);
+    }
+  }
+  const double count = static_cast<double>(l.per_channel());
+  const double mean_shifted = m[0] / count;
+  Moments r;
+  r.mean = shift + mean_shifted;
+  r.var = std::max(0.0, m[1] / count - mean_shifted * mean_shifted);
+  r.sum_dy = m[2];
+  r.sum_dy_xc = m[3] - mean_shifted * m[2];
+  return r;
 }
 
 template <typename Fn>
@@ -42,11 +56,10 @@ void ForChannels(const ChannelLayout& l, int64_t passes, const Fn& fn) {
 
 void F32BatchNormTrain(const ChannelLayout& l, const float* x, const float* gamma,
                        const float* beta, float eps, float* y) {
-  ForChannels(l, 3, [&](int64_t c) {
-    double mean, var;
-    ChannelStats(l, x, c, &mean, &var);
-    const float scale = static_cast<float>(gamma[c] / std::sqrt(var + eps));
-    const float shift = static_cast<float>(beta[c] - mean * scale);
+  ForChannels(l, 2, [&](int64_t c) {
+    const Moments s = ChannelMoments(l, x, nullptr, c);
+    const float scale = static_cast<float>(gamma[c] / std::sqrt(s.var + eps));
+    const float shift = static_cast<float>(beta[c] - s.mean * scale);
     for (int64_t n = 0; n < l.outer; ++n) {
       ScaleShiftF32(Row(l, x, n, c), l.inner, scale, shift, Row(l, y, n, c));
     }
@@ -56,20 +69,11 @@ void F32BatchNormTrain(const ChannelLayout& l, const float* x, const float* gamm
 void F32BatchNormTrainGrad(const ChannelLayout& l, const float* dy, const float* x,
                            const float* gamma, float eps, float* dx) {
   const double m = static_cast<double>(l.per_channel());
-  ForChannels(l, 5, [&](int64_t c) {
-    double mean, var;
-    ChannelStats(l, x, c, &mean, &var);
-    const double inv = 1.0 / std::sqrt(var + eps);
-    const float mf = static_cast<float>(mean);
-    double sum_dy = 0.0, sum_dy_xc = 0.0;
-    for (int64_t n = 0; n < l.outer; ++n) {
-      float s, d;
-      SumAndCenteredDotF32(Row(l, dy, n, c), Row(l, x, n, c), l.inner, mf, &s, &d);
-      sum_dy += s;
-      sum_dy_xc += d;
-    }
-    // Σ dy·(x − m) from Σ dy·(x − m'): add (m' − m)·Σ dy.
-    sum_dy_xc += (mf - mean) * sum_dy;
+  ForChannels(l, 2, [&](int64_t c) {
+    const Moments s = ChannelMoments(l, x, dy, c);
+    const double mean = s.mean;
+    const double inv = 1.0 / std::sqrt(s.var + eps);
+    const double sum_dy = s.sum_dy, sum_dy_xc = s.sum_dy_xc;
     // dx = a·dy + k·x + k0 (see the reference kernel).
     const double a = gamma[c] * inv;
     const double mean_dy = sum_dy / m, mean_dy_xhat = sum_dy_xc * inv / m;
@@ -88,24 +92,29 @@ void F32BatchNormTrainGrad(const ChannelLayout& l, const float* dy, const float*
 void F32BatchNormWeightGrad(const ChannelLayout& l, const float* dy, const float* x,
                             const float* running_mean, const float* running_var, float eps,
                             float* dgamma) {
-  ForChannels(l, running_mean ? 2 : 4, [&](int64_t c) {
-    double mean, var;
-    if (running_mean != nullptr) {
-      mean = running_mean[c];
-      var = running_var[c];
-    } else {
-      ChannelStats(l, x, c, &mean, &var);
+  ForChannels(l, 1, [&](int64_t c) {
+    if (running_mean == nullptr) {
+      const Moments s = ChannelMoments(l, x, dy, c);
+      dgamma[c] = static_cast<float>(s.sum_dy_xc / std::sqrt(s.var + eps));
+      return;
     }
-    const float mf = static_cast<float>(mean);
-    double sum_dy = 0.0, sum_dy_xc = 0.0;
+    const float mf = running_mean[c];
+    double sum_dy_xc = 0.0;
     for (int64_t n = 0; n < l.outer; ++n) {
-      float s, d;
-      SumAndCenteredDotF32(Row(l, dy, n, c), Row(l, x, n, c), l.inner, mf, &s, &d);
-      sum_dy += s;
+      const float* __restrict dyr = Row(l, dy, n, c);
+      const float* __restrict xr = Row(l, x, n, c);
+      float acc[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= l.inner; i += kLanes) {
+        for (int k = 0; k < kLanes; ++k) acc[k] += dyr[i + k] * (xr[i + k] - mf);
+      }
+      float d = 0.0f;
+      for (; i < l.inner; ++i) d += dyr[i] * (xr[i] - mf);
+      for (int k = 0; k < kLanes; ++k) d += acc[k];
       sum_dy_xc += d;
     }
-    sum_dy_xc += (mf - mean) * sum_dy;
-    dgamma[c] = static_cast<float>(sum_dy_xc / std::sqrt(var + eps));
+    dgamma[c] =
+        static_cast<float>(sum_dy_xc / std::sqrt(static_cast<double>(running_var[c]) + eps));
   });
 }
 
@@ -113,11 +122,10 @@ void F32BatchNormStatsUpdate(const ChannelLayout& l, const float* x, float momen
                              float* running_mean, float* running_var) {
   const double m = static_cast<double>(l.per_channel());
   const double mom = momentum;
-  ForChannels(l, 2, [&](int64_t c) {
-    double mean, var;
-    ChannelStats(l, x, c, &mean, &var);
-    const double unbiased = var * m / (m - 1.0);
-    running_mean[c] = static_cast<float>((1.0 - mom) * running_mean[c] + mom * mean);
+  ForChannels(l, 1, [&](int64_t c) {
+    const Moments s = ChannelMoments(l, x, nullptr, c);
+    const double unbiased = s.var * m / (m - 1.0);
+    running_mean[c] = static_cast<float>((1.0 - mom) * running_mean[c] + mom * s.mean);
     running_var[c] = static_cast<float>((1.0 - mom) * running_var[c] + mom * unbiased);
   });
 }

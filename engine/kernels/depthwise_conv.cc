@@ -74,10 +74,11 @@ void Dot3(const float* __restrict d, const float* __restrict in, int64_t w, int6
           float* acc) {
   int64_t lo, hi;
   ValidRange(w - 2, wo, S, -pw, &lo, &hi);
-  float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {};
+  constexpr int kL = 8;  // three sums of 8 lanes stay in SSE registers
+  float a0[kL] = {}, a1[kL] = {}, a2[kL] = {};
   int64_t j = lo;
-  for (; j + kLanes <= hi; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
+  for (; j + kL <= hi; j += kL) {
+    for (int l = 0; l < kL; ++l) {
       const float* p = in + (j + l) * S - pw;
       a0[l] += d[j + l] * p[0];
       a1[l] += d[j + l] * p[1];
@@ -91,7 +92,7 @@ void Dot3(const float* __restrict d, const float* __restrict in, int64_t w, int6
     s1 += d[j] * p[1];
     s2 += d[j] * p[2];
   }
-  for (int l = 0; l < kLanes; ++l) {
+  for (int l = 0; l < kL; ++l) {
     s0 += a0[l];
     s1 += a1[l];
     s2 += a2[l];

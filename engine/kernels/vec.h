@@ -53,28 +53,69 @@ inline float DotF32(const float* __restrict a, const float* __restrict b, int64_
   return s;
 }
 
-// Σ dy[i] and Σ dy[i]·(x[i] − mean) in one pass.
-inline void SumAndCenteredDotF32(const float* __restrict dy, const float* __restrict x, int64_t n,
-                                 float mean, float* sum_dy, float* dot) {
-  float acc_s[kLanes] = {}, acc_d[kLanes] = {};
+// Shifted moments of one row in one pass: m[0] = Σ (x − s), m[1] = Σ (x − s)².
+// Centring on a value s of the same data (not 0) keeps the variance
+// E[(x − s)²] − E[x − s]² free of cancellation unless s is many standard
+// deviations from the mean.
+inline void ShiftedMomentsF32(const float* __restrict x, int64_t n, float s, double m[2]) {
+  float a0[kLanes] = {}, a1[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      acc_s[l] += dy[i + l];
-      acc_d[l] += dy[i + l] * (x[i + l] - mean);
+      const float d = x[i + l] - s;
+      a0[l] += d;
+      a1[l] += d * d;
     }
   }
-  float s = 0.0f, d = 0.0f;
+  float s0 = 0.0f, s1 = 0.0f;
   for (; i < n; ++i) {
-    s += dy[i];
-    d += dy[i] * (x[i] - mean);
+    const float d = x[i] - s;
+    s0 += d;
+    s1 += d * d;
   }
   for (int l = 0; l < kLanes; ++l) {
-    s += acc_s[l];
-    d += acc_d[l];
+    s0 += a0[l];
+    s1 += a1[l];
   }
-  *sum_dy = s;
-  *dot = d;
+  m[0] += s0;
+  m[1] += s1;
+}
+
+// As ShiftedMomentsF32, and with dy: m[2] = Σ dy, m[3] = Σ dy·(x − s). Eight
+// lanes per sum, so the four sums stay in SSE registers.
+inline void ShiftedMomentsWithGradF32(const float* __restrict x, const float* __restrict dy,
+                                      int64_t n, float s, double m[4]) {
+  constexpr int kL = 8;
+  float a0[kL] = {}, a1[kL] = {}, a2[kL] = {}, a3[kL] = {};
+  int64_t i = 0;
+  for (; i + kL <= n; i += kL) {
+    for (int l = 0; l < kL; ++l) {
+      const float d = x[i + l] - s;
+      const float g = dy[i + l];
+      a0[l] += d;
+      a1[l] += d * d;
+      a2[l] += g;
+      a3[l] += g * d;
+    }
+  }
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+  for (; i < n; ++i) {
+    const float d = x[i] - s;
+    s0 += d;
+    s1 += d * d;
+    s2 += dy[i];
+    s3 += dy[i] * d;
+  }
+  for (int l = 0; l < kL; ++l) {
+    s0 += a0[l];
+    s1 += a1[l];
+    s2 += a2[l];
+    s3 += a3[l];
+  }
+  m[0] += s0;
+  m[1] += s1;
+  m[2] += s2;
+  m[3] += s3;
 }
 
 // y[i] = x[i]·scale + shift.
