@@ -101,17 +101,9 @@ void F32BatchNormWeightGrad(const ChannelLayout& l, const float* dy, const float
     const float mf = running_mean[c];
     double sum_dy_xc = 0.0;
     for (int64_t n = 0; n < l.outer; ++n) {
-      const float* __restrict dyr = Row(l, dy, n, c);
-      const float* __restrict xr = Row(l, x, n, c);
-      float acc[kLanes] = {};
-      int64_t i = 0;
-      for (; i + kLanes <= l.inner; i += kLanes) {
-        for (int k = 0; k < kLanes; ++k) acc[k] += dyr[i + k] * (xr[i + k] - mf);
-      }
-      float d = 0.0f;
-      for (; i < l.inner; ++i) d += dyr[i] * (xr[i] - mf);
-      for (int k = 0; k < kLanes; ++k) d += acc[k];
-      sum_dy_xc += d;
+      double m[4] = {};
+      ShiftedMomentsWithGradF32(Row(l, x, n, c), Row(l, dy, n, c), l.inner, mf, m);
+      sum_dy_xc += m[3];
     }
     dgamma[c] =
         static_cast<float>(sum_dy_xc / std::sqrt(static_cast<double>(running_var[c]) + eps));

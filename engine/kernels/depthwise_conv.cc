@@ -74,9 +74,22 @@ void Dot3(const float* __restrict d, const float* __restrict in, int64_t w, int6
           float* acc) {
   int64_t lo, hi;
   ValidRange(w - 2, wo, S, -pw, &lo, &hi);
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
+  int64_t j = lo;
+  if constexpr (S == 1) {
+    // Three shifted dot products, one vector register each.
+    F32x4 a0 = {}, a1 = {}, a2 = {};
+    for (; j + 4 <= hi; j += 4) {
+      const float* p = in + j - pw;
+      const F32x4 dv = LoadF32x4(d + j);
+      a0 += dv * LoadF32x4(p);
+      a1 += dv * LoadF32x4(p + 1);
+      a2 += dv * LoadF32x4(p + 2);
+    }
+    s0 = HorizontalSum(a0), s1 = HorizontalSum(a1), s2 = HorizontalSum(a2);
+  }
   constexpr int kL = 8;  // three sums of 8 lanes stay in SSE registers
   float a0[kL] = {}, a1[kL] = {}, a2[kL] = {};
-  int64_t j = lo;
   for (; j + kL <= hi; j += kL) {
     for (int l = 0; l < kL; ++l) {
       const float* p = in + (j + l) * S - pw;
@@ -85,7 +98,6 @@ void Dot3(const float* __restrict d, const float* __restrict in, int64_t w, int6
       a2[l] += d[j + l] * p[2];
     }
   }
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
   for (; j < hi; ++j) {
     const float* p = in + j * S - pw;
     s0 += d[j] * p[0];
