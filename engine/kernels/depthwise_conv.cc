@@ -68,48 +68,53 @@ void ForwardPlane(const DepthwiseGeometry& g, const float* xc, const float* k, f
   }
 }
 
-// Σ_j d[j]·in[j·S − pw + v] for v = 0, 1, 2 over one row, into acc[0..2].
+// Running sums Σ_j d[j]·in[j·S − pw + v] for v = 0, 1, 2 over the rows of one
+// plane: vector partial sums for the columns where every tap is valid, scalar
+// ones for the edges, reduced once per plane.
+struct Dot3Sums {
+  F32x4 v[3] = {};
+  float s[3] = {};
+
+  void FlushInto(double* acc) {
+    for (int t = 0; t < 3; ++t) {
+      acc[t] += HorizontalSum(v[t]) + s[t];
+      v[t] = F32x4{};
+      s[t] = 0.0f;
+    }
+  }
+};
+
+// One row; [lo, hi) are the output columns where all three taps are valid.
 template <int S>
-void Dot3(const float* __restrict d, const float* __restrict in, int64_t w, int64_t wo, int64_t pw,
-          float* acc) {
-  int64_t lo, hi;
-  ValidRange(w - 2, wo, S, -pw, &lo, &hi);
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
+void Dot3Row(const float* __restrict d, const float* __restrict in, int64_t w, int64_t wo,
+             int64_t pw, int64_t lo, int64_t hi, Dot3Sums* sums) {
   int64_t j = lo;
-  if constexpr (S == 1) {
-    // Three shifted dot products, one vector register each.
-    F32x4 a0 = {}, a1 = {}, a2 = {};
-    for (; j + 4 <= hi; j += 4) {
-      const float* p = in + j - pw;
-      const F32x4 dv = LoadF32x4(d + j);
+  F32x4 a0 = sums->v[0], a1 = sums->v[1], a2 = sums->v[2];
+  for (; j + 4 <= hi; j += 4) {
+    const float* p = in + j * S - pw;
+    const F32x4 dv = LoadF32x4(d + j);
+    if constexpr (S == 1) {
       a0 += dv * LoadF32x4(p);
       a1 += dv * LoadF32x4(p + 1);
       a2 += dv * LoadF32x4(p + 2);
-    }
-    s0 = HorizontalSum(a0), s1 = HorizontalSum(a1), s2 = HorizontalSum(a2);
-  }
-  constexpr int kL = 8;  // three sums of 8 lanes stay in SSE registers
-  float a0[kL] = {}, a1[kL] = {}, a2[kL] = {};
-  for (; j + kL <= hi; j += kL) {
-    for (int l = 0; l < kL; ++l) {
-      const float* p = in + (j + l) * S - pw;
-      a0[l] += d[j + l] * p[0];
-      a1[l] += d[j + l] * p[1];
-      a2[l] += d[j + l] * p[2];
+    } else {
+      // Deinterleave stride-2 columns p[0, 2, 4, 6], p[1, 3, 5, 7] and
+      // p[2, 4, 6, 8], loading nothing past p[8] (the last valid tap).
+      const F32x4 x0 = LoadF32x4(p), x1 = LoadF32x4(p + 4);
+      const F32x4 y0 = LoadF32x4(p + 2), y1 = LoadF32x4(p + 5);
+      a0 += dv * __builtin_shufflevector(x0, x1, 0, 2, 4, 6);
+      a1 += dv * __builtin_shufflevector(x0, x1, 1, 3, 5, 7);
+      a2 += dv * __builtin_shufflevector(y0, y1, 0, 2, 5, 7);
     }
   }
+  sums->v[0] = a0, sums->v[1] = a1, sums->v[2] = a2;
+  float* s = sums->s;
   for (; j < hi; ++j) {
     const float* p = in + j * S - pw;
-    s0 += d[j] * p[0];
-    s1 += d[j] * p[1];
-    s2 += d[j] * p[2];
+    s[0] += d[j] * p[0];
+    s[1] += d[j] * p[1];
+    s[2] += d[j] * p[2];
   }
-  for (int l = 0; l < kL; ++l) {
-    s0 += a0[l];
-    s1 += a1[l];
-    s2 += a2[l];
-  }
-  float s[3] = {s0, s1, s2};
   auto edge = [&](int64_t jj) {
     for (int v = 0; v < 3; ++v) {
       const int64_t iw = jj * S - pw + v;
@@ -118,9 +123,30 @@ void Dot3(const float* __restrict d, const float* __restrict in, int64_t w, int6
   };
   for (int64_t jj = 0; jj < lo; ++jj) edge(jj);
   for (int64_t jj = std::max(hi, lo); jj < wo; ++jj) edge(jj);
-  acc[0] += s[0];
-  acc[1] += s[1];
-  acc[2] += s[2];
+}
+
+// dweight of output channel o for a 3-wide kernel with dilation 1.
+template <int S>
+void WeightGrad3(const DepthwiseGeometry& g, const float* x, const float* dy, int64_t o,
+                 float* dk) {
+  const int64_t o_count = g.c * g.mult, in_plane = g.h * g.w, out_plane = g.ho * g.wo;
+  int64_t lo, hi;
+  ValidRange(g.w - 2, g.wo, S, -g.pw, &lo, &hi);
+  for (int64_t u = 0; u < g.kh; ++u) {
+    double acc[3] = {};
+    Dot3Sums sums;
+    for (int64_t n = 0; n < g.n; ++n) {
+      const float* xc = x + (n * g.c + o / g.mult) * in_plane;
+      const float* dyo = dy + (n * o_count + o) * out_plane;
+      for (int64_t i = 0; i < g.ho; ++i) {
+        const int64_t ih = i * g.sh - g.ph + u * g.dh;
+        if (ih < 0 || ih >= g.h) continue;
+        Dot3Row<S>(dyo + i * g.wo, xc + ih * g.w, g.w, g.wo, g.pw, lo, hi, &sums);
+      }
+      sums.FlushInto(acc);  // f32 sums over one plane, planes added in double
+    }
+    for (int v = 0; v < 3; ++v) dk[u * 3 + v] = static_cast<float>(acc[v]);
+  }
 }
 
 }  // namespace
@@ -192,10 +218,16 @@ void F32DepthwiseConvBackwardWeight(const DepthwiseGeometry& g, const float* x, 
   ParallelFor(o_count, g.n * out_plane * g.kh * g.kw, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       float* dk = dweight + o * g.kh * g.kw;
+      if (row3) {
+        if (g.sw == 1) {
+          WeightGrad3<1>(g, x, dy, o, dk);
+        } else {
+          WeightGrad3<2>(g, x, dy, o, dk);
+        }
+        continue;
+      }
       for (int64_t u = 0; u < g.kh; ++u) {
-        // Row partial sums in f32 lanes, rows added in double.
-        double acc3[3] = {};
-        for (int64_t v = 0; v < (row3 ? 0 : g.kw); ++v) {
+        for (int64_t v = 0; v < g.kw; ++v) {
           const int64_t off = v * g.dw - g.pw;
           int64_t lo, hi;
           ValidRange(g.w, g.wo, g.sw, off, &lo, &hi);
@@ -219,23 +251,6 @@ void F32DepthwiseConvBackwardWeight(const DepthwiseGeometry& g, const float* x, 
           }
           dk[u * g.kw + v] = static_cast<float>(acc);
         }
-        if (!row3) continue;
-        for (int64_t n = 0; n < g.n; ++n) {
-          const float* xc = x + (n * g.c + o / g.mult) * in_plane;
-          const float* dyo = dy + (n * o_count + o) * out_plane;
-          for (int64_t i = 0; i < g.ho; ++i) {
-            const int64_t ih = i * g.sh - g.ph + u * g.dh;
-            if (ih < 0 || ih >= g.h) continue;
-            float row[3] = {};
-            if (g.sw == 1) {
-              Dot3<1>(dyo + i * g.wo, xc + ih * g.w, g.w, g.wo, g.pw, row);
-            } else {
-              Dot3<2>(dyo + i * g.wo, xc + ih * g.w, g.w, g.wo, g.pw, row);
-            }
-            for (int v = 0; v < 3; ++v) acc3[v] += row[v];
-          }
-        }
-        for (int v = 0; v < 3; ++v) dk[u * 3 + v] = static_cast<float>(acc3[v]);
       }
     }
   });
