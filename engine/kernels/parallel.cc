@@ -19,11 +19,13 @@ void ParallelForImpl(int64_t n, int64_t cost_per_item, RangeFn call, const void*
     call(fn, 0, n);
     return;
   }
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t t = omp_get_thread_num();
-    const int64_t team = omp_get_num_threads();
-    const int64_t begin = n * t / team, end = n * (t + 1) / team;
+  // A few chunks per thread, handed out dynamically: when another process
+  // takes a core for a while, the other thread picks up its share instead of
+  // the whole step waiting at the barrier.
+  const int64_t chunks = std::min<int64_t>(n, threads * 4);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t begin = n * k / chunks, end = n * (k + 1) / chunks;
     if (begin < end) call(fn, begin, end);
   }
 }

@@ -27,8 +27,8 @@ using RangeFn = void (*)(const void* fn, int64_t begin, int64_t end);
 void ParallelForImpl(int64_t n, int64_t cost_per_item, RangeFn call, const void* fn);
 }  // namespace internal
 
-// Calls fn(begin, end) on disjoint contiguous ranges covering [0, n), one
-// range per thread, or fn(0, n) once when n · cost_per_item is small or only
+// Calls fn(begin, end) on disjoint contiguous ranges covering [0, n), a few
+// per thread (handed out dynamically), or fn(0, n) once when n · cost_per_item is small or only
 // one thread is configured. fn must not throw.
 template <typename Fn>
 void ParallelFor(int64_t n, int64_t cost_per_item, const Fn& fn) {
