@@ -174,5 +174,17 @@ TEST(FastKernels, BroadcastingBinaryOps) {
   }
 }
 
+TEST(FastKernels, NormsAndSoftmaxSplitOverRows) {
+  const TensorType x = F32({8, 128, 256}), w = F32({256});
+  ExpectFastMatchesReference({OpKind::kLayerNorm, {x, w, w}, NormAttrs{1e-5f}});
+  ExpectFastMatchesReference({OpKind::kRmsNorm, {x, w}, NormAttrs{1e-6f}});
+  ExpectFastMatchesReference({OpKind::kLayerNormGrad, {x, x, w}, NormAttrs{1e-5f}});
+  ExpectFastMatchesReference({OpKind::kRmsNormGrad, {x, x}, NormAttrs{1e-6f}});
+  const TensorType scores = F32({8, 4, 128, 130});
+  ExpectFastMatchesReference({OpKind::kSoftmax, {scores}, SoftmaxAttrs{false}});
+  ExpectFastMatchesReference({OpKind::kSoftmax, {scores}, SoftmaxAttrs{true}});
+  ExpectFastMatchesReference({OpKind::kSoftmaxGrad, {scores, scores}});
+}
+
 }  // namespace
 }  // namespace fleettune::engine::ops
