@@ -16,9 +16,11 @@ float* Row(const ChannelLayout& l, float* base, int64_t n, int64_t c) {
   return base + (n * l.channels + c) * l.inner;
 }
 
-// Batch statistics of channel c in one pass over x (and dy when given),
-// shifted by the channel's first value; rows are summed in f32 lanes, rows
-// added in double.
+// Batch statistics of channel c in one pass over x, shifted by the channel's
+// first value; rows are summed in f32 lanes, rows added in double. With dy,
+// a second pass (x is then cache-resident) sums dy and dy·(x − mean) centred
+// on the mean itself: centring on the shift instead would leave
+// Σ dy·(x − mean) as a difference of two large terms when Σ dy is large.
 struct Moments {
   double mean = 0.0, var = 0.0;  // biased variance
   double sum_dy = 0.0;           // Σ dy
@@ -27,21 +29,22 @@ struct Moments {
 
 Moments ChannelMoments(const ChannelLayout& l, const float* x, const float* dy, int64_t c) {
   const float shift = Row(l, x, 0, c)[0];
-  double m[4] = {};
-  for (int64_t n = 0; n < l.outer; ++n) {
-    if (dy != nullptr) {
-      ShiftedMomentsWithGradF32(Row(l, x, n, c), Row(l, dy, n, c), l.inner, shift, m);
-    } else {
-      ShiftedMomentsF32(Row(l, x, n, c), l.inner, shift, m);
-    }
-  }
+  double m[2] = {};
+  for (int64_t n = 0; n < l.outer; ++n) ShiftedMomentsF32(Row(l, x, n, c), l.inner, shift, m);
   const double count = static_cast<double>(l.per_channel());
   const double mean_shifted = m[0] / count;
   Moments r;
   r.mean = shift + mean_shifted;
   r.var = std::max(0.0, m[1] / count - mean_shifted * mean_shifted);
-  r.sum_dy = m[2];
-  r.sum_dy_xc = m[3] - mean_shifted * m[2];
+  if (dy == nullptr) return r;
+  const float mf = static_cast<float>(r.mean);
+  double g[4] = {};
+  for (int64_t n = 0; n < l.outer; ++n) {
+    ShiftedMomentsWithGradF32(Row(l, x, n, c), Row(l, dy, n, c), l.inner, mf, g);
+  }
+  r.sum_dy = g[2];
+  // Σ dy·(x − mean) = Σ dy·(x − mf) + (mf − mean)·Σ dy.
+  r.sum_dy_xc = g[3] + (mf - r.mean) * g[2];
   return r;
 }
 
@@ -69,7 +72,7 @@ void F32BatchNormTrain(const ChannelLayout& l, const float* x, const float* gamm
 void F32BatchNormTrainGrad(const ChannelLayout& l, const float* dy, const float* x,
                            const float* gamma, float eps, float* dx) {
   const double m = static_cast<double>(l.per_channel());
-  ForChannels(l, 2, [&](int64_t c) {
+  ForChannels(l, 4, [&](int64_t c) {
     const Moments s = ChannelMoments(l, x, dy, c);
     const double mean = s.mean;
     const double inv = 1.0 / std::sqrt(s.var + eps);
@@ -92,7 +95,7 @@ void F32BatchNormTrainGrad(const ChannelLayout& l, const float* dy, const float*
 void F32BatchNormWeightGrad(const ChannelLayout& l, const float* dy, const float* x,
                             const float* running_mean, const float* running_var, float eps,
                             float* dgamma) {
-  ForChannels(l, 1, [&](int64_t c) {
+  ForChannels(l, 2, [&](int64_t c) {
     if (running_mean == nullptr) {
       const Moments s = ChannelMoments(l, x, dy, c);
       dgamma[c] = static_cast<float>(s.sum_dy_xc / std::sqrt(s.var + eps));
