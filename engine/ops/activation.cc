@@ -11,6 +11,8 @@
 #include <cmath>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
+#include "engine/kernels/vec_math.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -100,11 +102,8 @@ void DerivativeAll(const float* dy, const float* v, float* dx, int64_t n) {
 }
 
 // One switch per call, outside the element loop.
-void Kernel(const KernelArgs& args) {
-  const float* x = args.in(0).f32();
-  float* y = args.output.f32();
-  const int64_t n = args.output.num_elements();
-  switch (args.attrs<ActivationAttrs>().fn) {
+void ApplyN(ActivationFn fn, const float* x, float* y, int64_t n) {
+  switch (fn) {
     case ActivationFn::kRelu6:
       return ApplyAll<ActivationFn::kRelu6>(x, y, n);
     case ActivationFn::kSilu:
@@ -120,12 +119,8 @@ void Kernel(const KernelArgs& args) {
   }
 }
 
-void GradKernel(const KernelArgs& args) {
-  const float* dy = args.in(0).f32();
-  const float* v = args.in(1).f32();
-  float* dx = args.output.f32();
-  const int64_t n = args.output.num_elements();
-  switch (args.attrs<ActivationAttrs>().fn) {
+void DerivativeN(ActivationFn fn, const float* dy, const float* v, float* dx, int64_t n) {
+  switch (fn) {
     case ActivationFn::kRelu6:
       return DerivativeAll<ActivationFn::kRelu6>(dy, v, dx, n);
     case ActivationFn::kSilu:
@@ -139,6 +134,97 @@ void GradKernel(const KernelArgs& args) {
     case ActivationFn::kTanh:
       return DerivativeAll<ActivationFn::kTanh>(dy, v, dx, n);
   }
+}
+
+void Kernel(const KernelArgs& args) {
+  ApplyN(args.attrs<ActivationAttrs>().fn, args.in(0).f32(), args.output.f32(),
+         args.output.num_elements());
+}
+
+void GradKernel(const KernelArgs& args) {
+  DerivativeN(args.attrs<ActivationAttrs>().fn, args.in(0).f32(), args.in(1).f32(),
+              args.output.f32(), args.output.num_elements());
+}
+
+// Fast kernels: GELU (erf), SiLU and sigmoid on the vectorized exp/erf of
+// engine/kernels/vec_math.h (libm per element cost more than BERT's
+// matmuls); the others are the reference loops (ReLU6's vectorize). Split
+// over the threads in contiguous chunks; the per-element cost estimate keeps
+// small tensors on the calling thread.
+int64_t CostPerElement(ActivationFn fn) { return fn == ActivationFn::kRelu6 ? 1 : 16; }
+
+using kernels::F32x4;
+using kernels::SplatF32x4;
+
+F32x4 SigmoidF32x4(F32x4 x) {
+  return SplatF32x4(1.0f) / (SplatF32x4(1.0f) + kernels::ExpF32x4(-x));
+}
+
+// Vectorized forms of Apply and Derivative; false where there is none.
+bool ApplyVectorized(ActivationFn fn, const float* x, float* y, int64_t n) {
+  switch (fn) {
+    case ActivationFn::kGeluErf:
+      kernels::MapF32x4(x, y, n, [](F32x4 v) {
+        return SplatF32x4(0.5f) * v *
+               (SplatF32x4(1.0f) + kernels::ErfF32x4(v * SplatF32x4(kInvSqrt2)));
+      });
+      return true;
+    case ActivationFn::kSilu:
+      kernels::MapF32x4(x, y, n, [](F32x4 v) { return v * SigmoidF32x4(v); });
+      return true;
+    case ActivationFn::kSigmoid:
+      kernels::MapF32x4(x, y, n, SigmoidF32x4);
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool DerivativeVectorized(ActivationFn fn, const float* dy, const float* v, float* dx, int64_t n) {
+  switch (fn) {
+    case ActivationFn::kGeluErf:  // Φ(x) + x·φ(x)
+      kernels::Map2F32x4(dy, v, dx, n, [](F32x4 d, F32x4 x) {
+        const F32x4 cdf =
+            SplatF32x4(0.5f) * (SplatF32x4(1.0f) + kernels::ErfF32x4(x * SplatF32x4(kInvSqrt2)));
+        const F32x4 pdf = SplatF32x4(kInvSqrt2Pi) * kernels::ExpF32x4(SplatF32x4(-0.5f) * x * x);
+        return d * (cdf + x * pdf);
+      });
+      return true;
+    case ActivationFn::kSilu:  // σ(x)·(1 + x·(1 − σ(x)))
+      kernels::Map2F32x4(dy, v, dx, n, [](F32x4 d, F32x4 x) {
+        const F32x4 s = SigmoidF32x4(x);
+        return d * s * (SplatF32x4(1.0f) + x * (SplatF32x4(1.0f) - s));
+      });
+      return true;
+    default:
+      return false;
+  }
+}
+
+void FastKernel(const KernelArgs& args) {
+  const ActivationFn fn = args.attrs<ActivationAttrs>().fn;
+  const float* x = args.in(0).f32();
+  float* y = args.output.f32();
+  kernels::ParallelFor(args.output.num_elements(), CostPerElement(fn),
+                       [&](int64_t begin, int64_t end) {
+                         if (!ApplyVectorized(fn, x + begin, y + begin, end - begin)) {
+                           ApplyN(fn, x + begin, y + begin, end - begin);
+                         }
+                       });
+}
+
+void FastGradKernel(const KernelArgs& args) {
+  const ActivationFn fn = args.attrs<ActivationAttrs>().fn;
+  const float* dy = args.in(0).f32();
+  const float* v = args.in(1).f32();
+  float* dx = args.output.f32();
+  kernels::ParallelFor(args.output.num_elements(), CostPerElement(fn),
+                       [&](int64_t begin, int64_t end) {
+                         const int64_t n = end - begin;
+                         if (!DerivativeVectorized(fn, dy + begin, v + begin, dx + begin, n)) {
+                           DerivativeN(fn, dy + begin, v + begin, dx + begin, n);
+                         }
+                       });
 }
 
 // y = f(x):  dx = dy ⊙ f'(x), f' computed from y (ReLU6, sigmoid, tanh) or x.
@@ -196,6 +282,7 @@ OpDef ActivationOpDef() {
   def.min_inputs = def.max_inputs = 1;
   def.infer = Infer;
   def.reference = Kernel;
+  def.fast = FastKernel;
   def.gradient = Gradient;
   def.test_cases = TestCases;
   return def;
@@ -209,6 +296,7 @@ OpDef ActivationGradOpDef() {
   def.min_inputs = def.max_inputs = 2;
   def.infer = InferGrad;
   def.reference = GradKernel;
+  def.fast = FastGradKernel;
   def.test_cases = GradTestCases;
   return def;
 }

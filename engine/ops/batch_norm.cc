@@ -19,6 +19,8 @@
 // The backward ops recompute the batch statistics from x (one more pass over a
 // value the backward pass reads anyway) instead of the forward emitting them as
 // extra values, so every node keeps its single output.
+#include "engine/kernels/batch_norm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -409,6 +411,51 @@ void StatsUpdateKernel(const KernelArgs& args) {
   if (args.num_inputs == 4) ++args.in(3).i32()[0];
 }
 
+// --- fast kernels (engine/kernels/batch_norm.h) ----------------------------------
+
+kernels::ChannelLayout FastLayout(const Shape& x) {
+  const Layout l = MakeLayout(x);
+  return {l.outer, l.c, l.inner};
+}
+
+void TrainFast(const KernelArgs& args) {
+  kernels::F32BatchNormTrain(FastLayout(*args.in(0).shape), args.in(0).f32(), args.in(1).f32(),
+                             args.in(2).f32(), args.attrs<BatchNormAttrs>().eps, args.output.f32());
+}
+
+void FrozenFast(const KernelArgs& args) {
+  kernels::F32BatchNormFrozen(FastLayout(*args.in(0).shape), args.in(0).f32(), args.in(1).f32(),
+                              args.in(2).f32(), args.in(3).f32(), args.in(4).f32(),
+                              args.attrs<BatchNormAttrs>().eps, args.output.f32());
+}
+
+void TrainGradFast(const KernelArgs& args) {
+  kernels::F32BatchNormTrainGrad(FastLayout(*args.in(1).shape), args.in(0).f32(), args.in(1).f32(),
+                                 args.in(2).f32(), args.attrs<BatchNormAttrs>().eps,
+                                 args.output.f32());
+}
+
+void FrozenGradFast(const KernelArgs& args) {
+  kernels::F32BatchNormFrozenGrad(FastLayout(*args.in(0).shape), args.in(0).f32(), args.in(1).f32(),
+                                  args.in(2).f32(), args.attrs<BatchNormAttrs>().eps,
+                                  args.output.f32());
+}
+
+void WeightGradFast(const KernelArgs& args) {
+  const bool running = args.num_inputs == 4;
+  kernels::F32BatchNormWeightGrad(FastLayout(*args.in(1).shape), args.in(0).f32(), args.in(1).f32(),
+                                  running ? args.in(2).f32() : nullptr,
+                                  running ? args.in(3).f32() : nullptr,
+                                  args.attrs<BatchNormAttrs>().eps, args.output.f32());
+}
+
+void StatsUpdateFast(const KernelArgs& args) {
+  kernels::F32BatchNormStatsUpdate(FastLayout(*args.in(0).shape), args.in(0).f32(),
+                                   args.attrs<BatchNormAttrs>().momentum, args.in(1).f32(),
+                                   args.in(2).f32());
+  if (args.num_inputs == 4) ++args.in(3).i32()[0];
+}
+
 }  // namespace
 
 OpDef BatchNormOpDef() {
@@ -418,6 +465,7 @@ OpDef BatchNormOpDef() {
   def.min_inputs = def.max_inputs = 3;
   def.infer = InferTrain;
   def.reference = TrainKernel;
+  def.fast = TrainFast;
   def.gradient = TrainGradient;
   def.test_cases = TrainTestCases;
   return def;
@@ -430,6 +478,7 @@ OpDef BatchNormInferenceOpDef() {
   def.min_inputs = def.max_inputs = 5;
   def.infer = InferFrozen;
   def.reference = FrozenKernel;
+  def.fast = FrozenFast;
   def.gradient = FrozenGradient;
   def.differentiable_inputs = FrozenDifferentiableInputs;
   def.test_cases = FrozenTestCases;
@@ -444,6 +493,7 @@ OpDef BatchNormGradOpDef() {
   def.min_inputs = def.max_inputs = 3;
   def.infer = InferTrainGrad;
   def.reference = TrainGradKernel;
+  def.fast = TrainGradFast;
   def.test_cases = TrainGradTestCases;
   return def;
 }
@@ -456,6 +506,7 @@ OpDef BatchNormInferenceGradOpDef() {
   def.min_inputs = def.max_inputs = 3;
   def.infer = InferFrozenGrad;
   def.reference = FrozenGradKernel;
+  def.fast = FrozenGradFast;
   def.test_cases = FrozenGradTestCases;
   return def;
 }
@@ -469,6 +520,7 @@ OpDef BatchNormWeightGradOpDef() {
   def.max_inputs = 4;
   def.infer = InferWeightGrad;
   def.reference = WeightGradKernel;
+  def.fast = WeightGradFast;
   def.test_cases = WeightGradTestCases;
   return def;
 }
@@ -485,6 +537,7 @@ OpDef BatchNormStatsUpdateOpDef() {
   def.has_output = false;
   def.infer = InferStatsUpdate;
   def.reference = StatsUpdateKernel;
+  def.fast = StatsUpdateFast;
   return def;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -50,6 +51,64 @@ void SubKernel(const KernelArgs& args) {
 // IEEE division: b == 0 gives ±inf or NaN, as in PyTorch.
 void DivKernel(const KernelArgs& args) {
   BinaryKernel(args, [](float a, float b) { return a / b; });
+}
+
+// Whether `shape`, without its leading 1s, equals the trailing dims of `out`:
+// then it repeats along out with period NumElements(shape) (a bias row, a
+// scalar).
+bool IsTrailingBlock(const Shape& shape, const Shape& out) {
+  size_t first = 0;
+  while (first < shape.size() && shape[first] == 1) ++first;
+  const size_t len = shape.size() - first;
+  if (len > out.size()) return false;
+  return std::equal(shape.begin() + first, shape.end(), out.end() - len);
+}
+
+// Same shapes and trailing-block broadcasts as contiguous loops over rows,
+// split over the threads; other broadcasts take the reference's iterator.
+template <typename F>
+void FastBinaryKernel(const KernelArgs& args, F f) {
+  const float* a = args.in(0).f32();
+  const float* b = args.in(1).f32();
+  float* y = args.output.f32();
+  const Shape& as = *args.in(0).shape;
+  const Shape& bs = *args.in(1).shape;
+  const Shape& ys = *args.output.shape;
+  const int64_t n = NumElements(ys);
+  if (n == 0) return;
+  if (as == bs) {
+    kernels::ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) y[i] = f(a[i], b[i]);
+    });
+    return;
+  }
+  const bool b_repeats = NumElements(as) == n && IsTrailingBlock(bs, ys);
+  const bool a_repeats = NumElements(bs) == n && IsTrailingBlock(as, ys);
+  if (!a_repeats && !b_repeats) return BinaryKernel(args, f);
+  const int64_t period = b_repeats ? NumElements(bs) : NumElements(as);
+  kernels::ParallelFor(n / period, period, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t o = r * period;
+      if (b_repeats) {
+        for (int64_t i = 0; i < period; ++i) y[o + i] = f(a[o + i], b[i]);
+      } else {
+        for (int64_t i = 0; i < period; ++i) y[o + i] = f(a[i], b[o + i]);
+      }
+    }
+  });
+}
+
+void AddFast(const KernelArgs& args) {
+  FastBinaryKernel(args, [](float a, float b) { return a + b; });
+}
+void MulFast(const KernelArgs& args) {
+  FastBinaryKernel(args, [](float a, float b) { return a * b; });
+}
+void SubFast(const KernelArgs& args) {
+  FastBinaryKernel(args, [](float a, float b) { return a - b; });
+}
+void DivFast(const KernelArgs& args) {
+  FastBinaryKernel(args, [](float a, float b) { return a / b; });
 }
 
 // y = a + b:  da = reduce(dy),  db = reduce(dy)   (reduce = sum over broadcast axes)
@@ -110,7 +169,9 @@ std::vector<OpTestCase> BinaryTestCases() {
     c.inputs = {{DType::kF32, std::move(a)}, {DType::kF32, std::move(b)}};
     return c;
   };
-  return {make({3, 4}, {3, 4}), make({3, 4}, {4}), make({2, 1, 4}, {3, 1}), make({}, {2, 3})};
+  return {make({3, 4}, {3, 4}),      make({3, 4}, {4}),    make({2, 1, 4}, {3, 1}),
+          make({}, {2, 3}),          make({2, 3}, {1, 1}), make({1, 3}, {2, 2, 3}),
+          make({2, 3, 4}, {1, 3, 4})};
 }
 
 absl::StatusOr<TensorType> InferScale(const Node& node, absl::Span<const TensorType* const> in) {
@@ -191,6 +252,7 @@ OpDef AddOpDef() {
   def.min_inputs = def.max_inputs = 2;
   def.infer = InferBinary;
   def.reference = AddKernel;
+  def.fast = AddFast;
   def.gradient = AddGradient;
   def.test_cases = BinaryTestCases;
   return def;
@@ -202,6 +264,7 @@ OpDef MulOpDef() {
   def.min_inputs = def.max_inputs = 2;
   def.infer = InferBinary;
   def.reference = MulKernel;
+  def.fast = MulFast;
   def.gradient = MulGradient;
   def.test_cases = BinaryTestCases;
   return def;
@@ -213,6 +276,7 @@ OpDef SubOpDef() {
   def.min_inputs = def.max_inputs = 2;
   def.infer = InferBinary;
   def.reference = SubKernel;
+  def.fast = SubFast;
   def.gradient = SubGradient;
   def.test_cases = BinaryTestCases;
   return def;
@@ -224,6 +288,7 @@ OpDef DivOpDef() {
   def.min_inputs = def.max_inputs = 2;
   def.infer = InferBinary;
   def.reference = DivKernel;
+  def.fast = DivFast;
   def.gradient = DivGradient;
   def.test_cases = BinaryTestCases;
   return def;

@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -78,15 +79,20 @@ void RowStats(const float* x, int64_t d, float eps, bool centered, float* mean, 
   *r = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
 }
 
-void NormKernel(const KernelArgs& args, bool centered) {
+int64_t Rows(const TensorView& v) {
+  const int64_t d = v.shape->back();
+  return d == 0 ? 0 : v.num_elements() / d;
+}
+
+// Rows [begin, end) of the norm; the fast kernels split rows over threads.
+void NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
   const float eps = args.attrs<NormAttrs>().eps;
   const int64_t d = args.in(0).shape->back();
-  const int64_t rows = d == 0 ? 0 : args.in(0).num_elements() / d;
   const float* x = args.in(0).f32();
   const float* w = args.num_inputs > 1 ? args.in(1).f32() : nullptr;
   const float* b = args.num_inputs > 2 ? args.in(2).f32() : nullptr;
   float* y = args.output.f32();
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = begin; r < end; ++r) {
     const float* xr = x + r * d;
     float* yr = y + r * d;
     float mean, rstd;
@@ -100,21 +106,30 @@ void NormKernel(const KernelArgs& args, bool centered) {
   }
 }
 
+void NormKernel(const KernelArgs& args, bool centered) {
+  NormRows(args, centered, 0, Rows(args.in(0)));
+}
+void FastNormKernel(const KernelArgs& args, bool centered) {
+  kernels::ParallelFor(Rows(args.in(0)), 4 * args.in(0).shape->back(),
+                       [&](int64_t begin, int64_t end) { NormRows(args, centered, begin, end); });
+}
+
 void LayerNormKernel(const KernelArgs& args) { NormKernel(args, true); }
 void RmsNormKernel(const KernelArgs& args) { NormKernel(args, false); }
+void LayerNormFast(const KernelArgs& args) { FastNormKernel(args, true); }
+void RmsNormFast(const KernelArgs& args) { FastNormKernel(args, false); }
 
 // Per row, with g = dy ⊙ w (dy without weight) and x̂ = (x − μ)·r:
 //   layer_norm: dx = r · (g − mean(g) − x̂ · mean(g ⊙ x̂))
 //   rms_norm:   dx = r · (g − x̂ · mean(g ⊙ x̂))
-void NormGradKernel(const KernelArgs& args, bool centered) {
+void NormGradRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
   const float eps = args.attrs<NormAttrs>().eps;
   const int64_t d = args.in(1).shape->back();
-  const int64_t rows = d == 0 ? 0 : args.in(1).num_elements() / d;
   const float* dy = args.in(0).f32();
   const float* x = args.in(1).f32();
   const float* w = args.num_inputs > 2 ? args.in(2).f32() : nullptr;
   float* dx = args.output.f32();
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = begin; r < end; ++r) {
     const float* xr = x + r * d;
     const float* dyr = dy + r * d;
     float* dxr = dx + r * d;
@@ -136,8 +151,19 @@ void NormGradKernel(const KernelArgs& args, bool centered) {
   }
 }
 
+void NormGradKernel(const KernelArgs& args, bool centered) {
+  NormGradRows(args, centered, 0, Rows(args.in(1)));
+}
+void FastNormGradKernel(const KernelArgs& args, bool centered) {
+  kernels::ParallelFor(
+      Rows(args.in(1)), 6 * args.in(1).shape->back(),
+      [&](int64_t begin, int64_t end) { NormGradRows(args, centered, begin, end); });
+}
+
 void LayerNormGradKernel(const KernelArgs& args) { NormGradKernel(args, true); }
 void RmsNormGradKernel(const KernelArgs& args) { NormGradKernel(args, false); }
+void LayerNormGradFast(const KernelArgs& args) { FastNormGradKernel(args, true); }
+void RmsNormGradFast(const KernelArgs& args) { FastNormGradKernel(args, false); }
 
 // dx: the fused kernel above.  dw = Σ_rows dy ⊙ x̂ (x̂ recomputed by the op
 // without affine inputs).  db = Σ_rows dy.
@@ -185,7 +211,7 @@ std::vector<OpTestCase> RmsNormTestCases() {
   return {Case({{3, 5}, {5}}, 1e-6f), Case({{2, 3, 4}, {4}}), Case({{4, 6}}, 0.1f)};
 }
 
-OpDef NormOpDef(const char* name, int max_inputs, KernelFn kernel, GradFn gradient,
+OpDef NormOpDef(const char* name, int max_inputs, KernelFn kernel, KernelFn fast, GradFn gradient,
                 std::vector<OpTestCase> (*cases)()) {
   OpDef def;
   def.name = name;
@@ -194,13 +220,14 @@ OpDef NormOpDef(const char* name, int max_inputs, KernelFn kernel, GradFn gradie
   def.max_inputs = max_inputs;
   def.infer = InferNorm;
   def.reference = kernel;
+  def.fast = fast;
   def.gradient = gradient;
   def.test_cases = cases;
   return def;
 }
 
 // Not differentiable: emitted only by the norms' gradient rules (no second order).
-OpDef NormGradOpDef(const char* name, KernelFn kernel) {
+OpDef NormGradOpDef(const char* name, KernelFn kernel, KernelFn fast) {
   OpDef def;
   def.name = name;
   def.attrs_index = AttrsIndexOf<NormAttrs>();
@@ -208,18 +235,24 @@ OpDef NormGradOpDef(const char* name, KernelFn kernel) {
   def.max_inputs = 3;
   def.infer = InferNormGrad;
   def.reference = kernel;
+  def.fast = fast;
   return def;
 }
 
 }  // namespace
 
 OpDef LayerNormOpDef() {
-  return NormOpDef("layer_norm", 3, LayerNormKernel, LayerNormGradient, LayerNormTestCases);
+  return NormOpDef("layer_norm", 3, LayerNormKernel, LayerNormFast, LayerNormGradient,
+                   LayerNormTestCases);
 }
 OpDef RmsNormOpDef() {
-  return NormOpDef("rms_norm", 2, RmsNormKernel, RmsNormGradient, RmsNormTestCases);
+  return NormOpDef("rms_norm", 2, RmsNormKernel, RmsNormFast, RmsNormGradient, RmsNormTestCases);
 }
-OpDef LayerNormGradOpDef() { return NormGradOpDef("layer_norm_grad", LayerNormGradKernel); }
-OpDef RmsNormGradOpDef() { return NormGradOpDef("rms_norm_grad", RmsNormGradKernel); }
+OpDef LayerNormGradOpDef() {
+  return NormGradOpDef("layer_norm_grad", LayerNormGradKernel, LayerNormGradFast);
+}
+OpDef RmsNormGradOpDef() {
+  return NormGradOpDef("rms_norm_grad", RmsNormGradKernel, RmsNormGradFast);
+}
 
 }  // namespace fleettune::engine::ops

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/batch_norm.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -81,6 +82,48 @@ void MeanKernel(const KernelArgs& args) {
   SumInto(args, n == 0 ? 0.0f : 1.0f / static_cast<float>(n));
 }
 
+// Views x as [outer, kept, inner] when the kept axes are contiguous (bias
+// gradients and pooling over N,H,W of NCHW; rows; columns; everything), so
+// the fast kernel sums contiguous rows; false otherwise.
+bool OuterKeptInner(const Shape& xs, const std::vector<int>& axes, kernels::ChannelLayout* l) {
+  const int rank = static_cast<int>(xs.size());
+  int first = rank, last = -1;  // the kept axes span [first, last]
+  int64_t kept = 1;
+  for (int d = 0; d < rank; ++d) {
+    if (std::find(axes.begin(), axes.end(), d) != axes.end()) continue;
+    first = std::min(first, d);
+    last = d;
+    kept *= xs[d];
+  }
+  if (last >= 0 && last - first + 1 != rank - static_cast<int>(axes.size())) return false;
+  *l = {1, kept, 1};
+  for (int d = 0; d < rank; ++d) {
+    if (d < first) l->outer *= xs[d];
+    if (d > last) l->inner *= xs[d];
+  }
+  if (last < 0) *l = {1, 1, NumElements(xs)};
+  return true;
+}
+
+void FastSumInto(const KernelArgs& args, float scale) {
+  const Shape& xs = *args.in(0).shape;
+  kernels::ChannelLayout l;
+  if (!OuterKeptInner(xs, args.attrs<ReduceAttrs>().axes, &l)) return SumInto(args, scale);
+  if (l.channels == 0) return;
+  if (l.per_channel() == 0) {
+    std::fill_n(args.output.f32(), l.channels, 0.0f);
+    return;
+  }
+  kernels::F32SumOuterInner(l, args.in(0).f32(), scale, args.output.f32());
+}
+
+void SumFast(const KernelArgs& args) { FastSumInto(args, 1.0f); }
+
+void MeanFast(const KernelArgs& args) {
+  const int64_t n = ReducedCount(*args.in(0).shape, args.attrs<ReduceAttrs>().axes);
+  FastSumInto(args, n == 0 ? 0.0f : 1.0f / static_cast<float>(n));
+}
+
 // sum:  dx = broadcast(reshape(dy, kept shape), shape(x))
 // mean: dx = broadcast(...) / n
 absl::Status GradientImpl(GradContext& ctx, bool mean) {
@@ -114,8 +157,16 @@ std::vector<OpTestCase> TestCases() {
     c.attrs = ReduceAttrs{std::move(axes), keep};
     return c;
   };
-  return {make({3, 4}, {0}, false), make({3, 4}, {1}, true), make({2, 3, 4}, {0, 2}, false),
-          make({2, 3}, {0, 1}, false)};
+  // Kept axes contiguous (rows, columns, N·H·W of NCHW, all) take the fast
+  // path; {1, 3} of a rank-4 tensor keeps non-contiguous axes (the fallback).
+  return {make({3, 4}, {0}, false),
+          make({3, 4}, {1}, true),
+          make({2, 3, 4}, {0, 2}, false),
+          make({2, 3}, {0, 1}, false),
+          make({2, 5, 3, 37}, {0, 2, 3}, false),
+          make({2, 3, 4, 5}, {1, 3}, true),
+          make({3, 70}, {0}, false),
+          make({4, 2, 3}, {}, false)};
 }
 
 }  // namespace
@@ -127,6 +178,7 @@ OpDef ReduceSumOpDef() {
   def.min_inputs = def.max_inputs = 1;
   def.infer = Infer;
   def.reference = SumKernel;
+  def.fast = SumFast;
   def.gradient = SumGradient;
   def.test_cases = TestCases;
   return def;
@@ -139,6 +191,7 @@ OpDef ReduceMeanOpDef() {
   def.min_inputs = def.max_inputs = 1;
   def.infer = Infer;
   def.reference = MeanKernel;
+  def.fast = MeanFast;
   def.gradient = MeanGradient;
   def.test_cases = TestCases;
   return def;

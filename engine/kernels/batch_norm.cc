@@ -1,0 +1,173 @@
+#include "engine/kernels/batch_norm.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/kernels/parallel.h"
+#include "engine/kernels/vec.h"
+
+namespace fleettune::engine::kernels {
+namespace {
+
+const float* Row(const ChannelLayout& l, const float* base, int64_t n, int64_t c) {
+  return base + (n * l.channels + c) * l.inner;
+}
+float* Row(const ChannelLayout& l, float* base, int64_t n, int64_t c) {
+  return base + (n * l.channels + c) * l.inner;
+}
+
+// Batch statistics of channel c in one pass over x, shifted by the channel's
+// first value; rows are summed in f32 lanes, rows added in double. With dy,
+// a second pass (x is then cache-resident) sums dy and dy·(x − mean) centred
+// on the mean itself: centring on the shift instead would leave
+// Σ dy·(x − mean) as a difference of two large terms when Σ dy is large.
+struct Moments {
+  double mean = 0.0, var = 0.0;  // biased variance
+  double sum_dy = 0.0;           // Σ dy
+  double sum_dy_xc = 0.0;        // Σ dy·(x − mean)
+};
+
+Moments ChannelMoments(const ChannelLayout& l, const float* x, const float* dy, int64_t c) {
+  const float shift = Row(l, x, 0, c)[0];
+  double m[2] = {};
+  for (int64_t n = 0; n < l.outer; ++n) ShiftedMomentsF32(Row(l, x, n, c), l.inner, shift, m);
+  const double count = static_cast<double>(l.per_channel());
+  const double mean_shifted = m[0] / count;
+  Moments r;
+  r.mean = shift + mean_shifted;
+  r.var = std::max(0.0, m[1] / count - mean_shifted * mean_shifted);
+  if (dy == nullptr) return r;
+  const float mf = static_cast<float>(r.mean);
+  double g[4] = {};
+  for (int64_t n = 0; n < l.outer; ++n) {
+    ShiftedMomentsWithGradF32(Row(l, x, n, c), Row(l, dy, n, c), l.inner, mf, g);
+  }
+  r.sum_dy = g[2];
+  // Σ dy·(x − mean) = Σ dy·(x − mf) + (mf − mean)·Σ dy.
+  r.sum_dy_xc = g[3] + (mf - r.mean) * g[2];
+  return r;
+}
+
+template <typename Fn>
+void ForChannels(const ChannelLayout& l, int64_t passes, const Fn& fn) {
+  ParallelFor(l.channels, passes * l.per_channel(), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) fn(c);
+  });
+}
+
+}  // namespace
+
+void F32BatchNormTrain(const ChannelLayout& l, const float* x, const float* gamma,
+                       const float* beta, float eps, float* y) {
+  ForChannels(l, 2, [&](int64_t c) {
+    const Moments s = ChannelMoments(l, x, nullptr, c);
+    const float scale = static_cast<float>(gamma[c] / std::sqrt(s.var + eps));
+    const float shift = static_cast<float>(beta[c] - s.mean * scale);
+    for (int64_t n = 0; n < l.outer; ++n) {
+      ScaleShiftF32(Row(l, x, n, c), l.inner, scale, shift, Row(l, y, n, c));
+    }
+  });
+}
+
+void F32BatchNormTrainGrad(const ChannelLayout& l, const float* dy, const float* x,
+                           const float* gamma, float eps, float* dx) {
+  const double m = static_cast<double>(l.per_channel());
+  ForChannels(l, 4, [&](int64_t c) {
+    const Moments s = ChannelMoments(l, x, dy, c);
+    const double mean = s.mean;
+    const double inv = 1.0 / std::sqrt(s.var + eps);
+    const double sum_dy = s.sum_dy, sum_dy_xc = s.sum_dy_xc;
+    // dx = a·dy + k·x + k0 (see the reference kernel).
+    const double a = gamma[c] * inv;
+    const double mean_dy = sum_dy / m, mean_dy_xhat = sum_dy_xc * inv / m;
+    const float fa = static_cast<float>(a);
+    const float fk = static_cast<float>(-a * mean_dy_xhat * inv);
+    const float fk0 = static_cast<float>(a * (mean_dy_xhat * inv * mean - mean_dy));
+    for (int64_t n = 0; n < l.outer; ++n) {
+      const float* __restrict dyr = Row(l, dy, n, c);
+      const float* __restrict xr = Row(l, x, n, c);
+      float* dxr = Row(l, dx, n, c);
+      for (int64_t i = 0; i < l.inner; ++i) dxr[i] = fa * dyr[i] + fk * xr[i] + fk0;
+    }
+  });
+}
+
+void F32BatchNormWeightGrad(const ChannelLayout& l, const float* dy, const float* x,
+                            const float* running_mean, const float* running_var, float eps,
+                            float* dgamma) {
+  ForChannels(l, 2, [&](int64_t c) {
+    if (running_mean == nullptr) {
+      const Moments s = ChannelMoments(l, x, dy, c);
+      dgamma[c] = static_cast<float>(s.sum_dy_xc / std::sqrt(s.var + eps));
+      return;
+    }
+    const float mf = running_mean[c];
+    double sum_dy_xc = 0.0;
+    for (int64_t n = 0; n < l.outer; ++n) {
+      double m[4] = {};
+      ShiftedMomentsWithGradF32(Row(l, x, n, c), Row(l, dy, n, c), l.inner, mf, m);
+      sum_dy_xc += m[3];
+    }
+    dgamma[c] =
+        static_cast<float>(sum_dy_xc / std::sqrt(static_cast<double>(running_var[c]) + eps));
+  });
+}
+
+void F32BatchNormStatsUpdate(const ChannelLayout& l, const float* x, float momentum,
+                             float* running_mean, float* running_var) {
+  const double m = static_cast<double>(l.per_channel());
+  const double mom = momentum;
+  ForChannels(l, 1, [&](int64_t c) {
+    const Moments s = ChannelMoments(l, x, nullptr, c);
+    const double unbiased = s.var * m / (m - 1.0);
+    running_mean[c] = static_cast<float>((1.0 - mom) * running_mean[c] + mom * s.mean);
+    running_var[c] = static_cast<float>((1.0 - mom) * running_var[c] + mom * unbiased);
+  });
+}
+
+void F32BatchNormFrozen(const ChannelLayout& l, const float* x, const float* mean, const float* var,
+                        const float* gamma, const float* beta, float eps, float* y) {
+  ForChannels(l, 1, [&](int64_t c) {
+    const float scale = static_cast<float>(gamma[c] / std::sqrt(static_cast<double>(var[c]) + eps));
+    const float shift = beta[c] - mean[c] * scale;
+    for (int64_t n = 0; n < l.outer; ++n) {
+      ScaleShiftF32(Row(l, x, n, c), l.inner, scale, shift, Row(l, y, n, c));
+    }
+  });
+}
+
+void F32BatchNormFrozenGrad(const ChannelLayout& l, const float* dy, const float* var,
+                            const float* gamma, float eps, float* dx) {
+  ForChannels(l, 1, [&](int64_t c) {
+    const float scale = static_cast<float>(gamma[c] / std::sqrt(static_cast<double>(var[c]) + eps));
+    for (int64_t n = 0; n < l.outer; ++n) {
+      ScaleShiftF32(Row(l, dy, n, c), l.inner, scale, 0.0f, Row(l, dx, n, c));
+    }
+  });
+}
+
+void F32SumOuterInner(const ChannelLayout& l, const float* x, float scale, float* y) {
+  if (l.inner == 1) {
+    // Column sums of [outer, channels]: accumulate whole rows, split over columns.
+    ParallelFor(l.channels, l.outer, [&](int64_t begin, int64_t end) {
+      float* __restrict out = y + begin;
+      const int64_t width = end - begin;
+      std::fill_n(out, width, 0.0f);
+      for (int64_t a = 0; a < l.outer; ++a) {
+        const float* __restrict row = x + a * l.channels + begin;
+        for (int64_t k = 0; k < width; ++k) out[k] += row[k];
+      }
+      if (scale != 1.0f) {
+        for (int64_t k = 0; k < width; ++k) out[k] *= scale;
+      }
+    });
+    return;
+  }
+  ForChannels(l, 1, [&](int64_t c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < l.outer; ++n) sum += SumF32(Row(l, x, n, c), l.inner);
+    y[c] = static_cast<float>(sum * scale);
+  });
+}
+
+}  // namespace fleettune::engine::kernels

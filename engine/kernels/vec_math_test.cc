@@ -1,0 +1,49 @@
+#include "engine/kernels/vec_math.h"
+
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::kernels {
+namespace {
+
+// Sweeps x over [lo, hi] and compares fn with the libm reference.
+template <typename Vec, typename Ref>
+double WorstError(float lo, float hi, Vec vec, Ref ref, bool relative) {
+  std::vector<float> x, y;
+  for (int i = 0; i <= 100003; ++i) x.push_back(lo + (hi - lo) * static_cast<float>(i) / 100003);
+  y.resize(x.size());
+  MapF32x4(x.data(), y.data(), static_cast<int64_t>(x.size()), vec);
+  double worst = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = ref(static_cast<double>(x[i]));
+    double err = std::abs(y[i] - want);
+    if (relative) err /= std::abs(want);
+    worst = std::max(worst, err);
+  }
+  return worst;
+}
+
+TEST(VecMath, ExpMatchesLibmToFewUlps) {
+  EXPECT_LT(WorstError(
+                -87.0f, 88.0f, ExpF32x4, [](double v) { return std::exp(v); }, true),
+            4e-7);
+}
+
+TEST(VecMath, ErfMatchesLibm) {
+  EXPECT_LT(WorstError(
+                -9.0f, 9.0f, ErfF32x4, [](double v) { return std::erf(v); }, false),
+            5e-7);
+}
+
+TEST(VecMath, MapHandlesTailsAndInPlace) {
+  std::vector<float> x = {0.0f, 1.0f, -1.0f, 2.0f, 0.5f, -3.0f, 4.0f};
+  MapF32x4(x.data(), x.data(), static_cast<int64_t>(x.size()), ExpF32x4);
+  const float want[] = {1.0f,           std::exp(1.0f),  std::exp(-1.0f), std::exp(2.0f),
+                        std::exp(0.5f), std::exp(-3.0f), std::exp(4.0f)};
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], want[i], 1e-6f * want[i]) << i;
+}
+
+}  // namespace
+}  // namespace fleettune::engine::kernels

@@ -1,0 +1,190 @@
+// Fast kernels against their reference kernels on shapes the conformance
+// cases keep small for the gradient check: large channel counts, rows wider
+// than the vector lanes, odd sizes, and enough work that ParallelFor splits
+// it over two threads. Kernels are called directly through their OpDef.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "engine/base/status_matchers.h"
+#include "engine/kernels/gemm.h"
+#include "engine/ops/op_registry.h"
+#include "engine/testing/gradcheck.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::ops {
+namespace {
+
+struct Case {
+  OpKind kind;
+  std::vector<TensorType> inputs;
+  Attrs attrs = NoAttrs{};
+  std::vector<int> positive_inputs = {};
+};
+
+// Runs `kernel` on copies of `inputs`; returns the output, or for ops without
+// one the f32 inputs they update in place.
+std::vector<std::vector<float>> RunKernel(KernelFn kernel, const Node& node,
+                                          const std::vector<Tensor>& inputs, const TensorType& out,
+                                          size_t scratch_bytes) {
+  std::vector<Tensor> in = inputs;
+  std::vector<TensorView> views;
+  for (Tensor& t : in) views.push_back(t.view());
+  Tensor output(out.dtype, out.shape);
+  std::vector<float> scratch(scratch_bytes / sizeof(float) + 1);
+  StepInfo step;
+  KernelArgs args;
+  args.node = &node;
+  args.inputs = views.data();
+  args.num_inputs = static_cast<int>(views.size());
+  args.output = output.view();
+  args.step = &step;
+  args.scratch = scratch.data();
+  kernel(args);
+  std::vector<std::vector<float>> results;
+  if (node.has_output) {
+    results.emplace_back(output.f32(), output.f32() + output.num_elements());
+  } else {
+    for (const Tensor& t : in) {
+      if (t.dtype() == DType::kF32) results.emplace_back(t.f32(), t.f32() + t.num_elements());
+    }
+  }
+  return results;
+}
+
+void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f) {
+  kernels::SetGemmThreads(2);
+  const OpDef& def = GetOpDef(c.kind);
+  ASSERT_NE(def.fast, nullptr) << def.name;
+  Node node;
+  node.op = c.kind;
+  node.attrs = c.attrs;
+  node.has_output = def.has_output;
+  std::vector<const TensorType*> types;
+  for (const TensorType& t : c.inputs) types.push_back(&t);
+  ASSERT_OK_AND_ASSIGN(TensorType out, InferType(node, types));
+  std::mt19937_64 rng(7);
+  std::vector<Tensor> inputs;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    inputs.push_back(testing::RandomTensor(c.inputs[i], rng));
+    const bool positive = std::find(c.positive_inputs.begin(), c.positive_inputs.end(),
+                                    static_cast<int>(i)) != c.positive_inputs.end();
+    if (positive) {
+      for (float& v : inputs.back().f32_span()) v = std::abs(v);
+    }
+  }
+  const size_t scratch = def.scratch_bytes ? def.scratch_bytes(node, types) : 0;
+  const auto ref = RunKernel(def.reference, node, inputs, out, scratch);
+  const auto fast = RunKernel(def.fast, node, inputs, out, scratch);
+  ASSERT_EQ(ref.size(), fast.size());
+  for (size_t r = 0; r < ref.size(); ++r) {
+    ASSERT_EQ(ref[r].size(), fast[r].size());
+    int bad = 0;
+    for (size_t i = 0; i < ref[r].size() && bad < 5; ++i) {
+      const float limit = tol + tol * std::abs(ref[r][i]);
+      if (!(std::abs(ref[r][i] - fast[r][i]) <= limit)) {
+        ++bad;
+        ADD_FAILURE() << def.name << " result " << r << " element " << i << ": reference "
+                      << ref[r][i] << " fast " << fast[r][i];
+      }
+    }
+  }
+}
+
+TensorType F32(Shape s) { return {DType::kF32, std::move(s)}; }
+
+std::vector<Shape> BatchNormShapes() { return {{8, 96, 32, 32}, {16, 1280}, {3, 40, 3, 7}}; }
+
+TEST(FastKernels, BatchNormTrainingForwardAndGradients) {
+  for (const Shape& s : BatchNormShapes()) {
+    SCOPED_TRACE(s.size());
+    const TensorType pc = F32({s[1]});
+    ExpectFastMatchesReference({OpKind::kBatchNorm, {F32(s), pc, pc}, BatchNormAttrs{}});
+    ExpectFastMatchesReference({OpKind::kBatchNormGrad, {F32(s), F32(s), pc}, BatchNormAttrs{}});
+    ExpectFastMatchesReference({OpKind::kBatchNormWeightGrad, {F32(s), F32(s)}, BatchNormAttrs{}});
+    ExpectFastMatchesReference({OpKind::kBatchNormStatsUpdate,
+                                {F32(s), pc, pc, {DType::kI32, {}}},
+                                BatchNormAttrs{},
+                                {2}});
+  }
+}
+
+TEST(FastKernels, BatchNormFrozenForwardAndGradients) {
+  for (const Shape& s : BatchNormShapes()) {
+    const TensorType pc = F32({s[1]});
+    ExpectFastMatchesReference(
+        {OpKind::kBatchNormInference, {F32(s), pc, pc, pc, pc}, BatchNormAttrs{}, {2}});
+    ExpectFastMatchesReference(
+        {OpKind::kBatchNormInferenceGrad, {F32(s), pc, pc}, BatchNormAttrs{}, {1}});
+    ExpectFastMatchesReference(
+        {OpKind::kBatchNormWeightGrad, {F32(s), F32(s), pc, pc}, BatchNormAttrs{}, {3}});
+  }
+}
+
+TEST(FastKernels, ReduceOverLargeAxes) {
+  for (OpKind kind : {OpKind::kReduceSum, OpKind::kReduceMean}) {
+    ExpectFastMatchesReference({kind, {F32({8, 96, 32, 32})}, ReduceAttrs{{0, 2, 3}, false}});
+    ExpectFastMatchesReference({kind, {F32({600, 300})}, ReduceAttrs{{0}, false}});
+    ExpectFastMatchesReference({kind, {F32({300, 517})}, ReduceAttrs{{1}, true}});
+    ExpectFastMatchesReference({kind, {F32({4, 6, 50, 70})}, ReduceAttrs{{1, 3}, false}});
+  }
+}
+
+TEST(FastKernels, DepthwiseConvolutionPaths) {
+  struct Conv {
+    Shape x, w;
+    Conv2dAttrs attrs;
+  };
+  const std::vector<Conv> convs = {
+      {{4, 32, 33, 31}, {32, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 32}},
+      {{4, 32, 34, 33}, {32, 1, 3, 3}, {2, 2, 1, 1, 1, 1, 32}},
+      {{2, 24, 20, 21}, {48, 1, 5, 5}, {1, 1, 2, 2, 1, 1, 24}},
+      {{2, 24, 20, 21}, {24, 1, 3, 3}, {2, 1, 2, 2, 2, 2, 24}},
+  };
+  for (const Conv& c : convs) {
+    Node probe;
+    probe.op = OpKind::kConv2d;
+    probe.attrs = c.attrs;
+    const TensorType x = F32(c.x), w = F32(c.w);
+    ASSERT_OK_AND_ASSIGN(TensorType y, InferType(probe, {&x, &w}));
+    ExpectFastMatchesReference({OpKind::kConv2d, {x, w, F32({c.w[0]})}, c.attrs});
+    ExpectFastMatchesReference(
+        {OpKind::kConv2dBackwardInput, {y, w}, Conv2dGradAttrs{c.attrs, c.x}});
+    ExpectFastMatchesReference(
+        {OpKind::kConv2dBackwardWeight, {x, y}, Conv2dGradAttrs{c.attrs, c.w}}, 3e-4f);
+  }
+}
+
+TEST(FastKernels, ActivationsSplitOverThreads) {
+  const TensorType x = F32({8, 24, 33, 35});
+  for (ActivationFn fn : {ActivationFn::kRelu6, ActivationFn::kSilu, ActivationFn::kGeluTanh,
+                          ActivationFn::kGeluErf, ActivationFn::kSigmoid, ActivationFn::kTanh}) {
+    ExpectFastMatchesReference({OpKind::kActivation, {x}, ActivationAttrs{fn}});
+    ExpectFastMatchesReference({OpKind::kActivationGrad, {x, x}, ActivationAttrs{fn}});
+  }
+}
+
+TEST(FastKernels, BroadcastingBinaryOps) {
+  for (OpKind kind : {OpKind::kAdd, OpKind::kMul, OpKind::kSub, OpKind::kDiv}) {
+    ExpectFastMatchesReference({kind, {F32({64, 128, 40}), F32({64, 128, 40})}});
+    ExpectFastMatchesReference({kind, {F32({64, 128, 40}), F32({40})}});
+    ExpectFastMatchesReference({kind, {F32({1, 128, 40}), F32({64, 128, 40})}});
+    ExpectFastMatchesReference({kind, {F32({4, 2, 128, 128}), F32({4, 1, 1, 128})}});
+  }
+}
+
+TEST(FastKernels, NormsAndSoftmaxSplitOverRows) {
+  const TensorType x = F32({8, 128, 256}), w = F32({256});
+  ExpectFastMatchesReference({OpKind::kLayerNorm, {x, w, w}, NormAttrs{1e-5f}});
+  ExpectFastMatchesReference({OpKind::kRmsNorm, {x, w}, NormAttrs{1e-6f}});
+  ExpectFastMatchesReference({OpKind::kLayerNormGrad, {x, x, w}, NormAttrs{1e-5f}});
+  ExpectFastMatchesReference({OpKind::kRmsNormGrad, {x, x}, NormAttrs{1e-6f}});
+  const TensorType scores = F32({8, 4, 128, 130});
+  ExpectFastMatchesReference({OpKind::kSoftmax, {scores}, SoftmaxAttrs{false}});
+  ExpectFastMatchesReference({OpKind::kSoftmax, {scores}, SoftmaxAttrs{true}});
+  ExpectFastMatchesReference({OpKind::kSoftmaxGrad, {scores, scores}});
+}
+
+}  // namespace
+}  // namespace fleettune::engine::ops
