@@ -5,9 +5,11 @@
 //
 //   bazel run -c opt //bench:scheme_bench -- --model=mobilenet_v2 --schemes=full,sparse --profile
 //
-// Prints one JSON line per scheme: ms_per_step (median over --steps after
-// --warmup), peak_bytes (static arena + kernel scratch + optimizer state: all
-// training memory besides the weights) and trainable_elements (to check that
+// Each scheme is compiled as the coordinator compiles plans (engine/compile,
+// with the passes of --passes) and run as a device runs them. Prints one JSON
+// line per scheme: ms_per_step (median over --steps after --warmup),
+// peak_bytes (static arena + kernel scratch + folded constants + optimizer
+// state: all training memory besides the weights) and trainable_elements (to check that
 // both frameworks train the same parameters). --profile prints the time per op
 // kind to stderr (adds two clock reads per instruction).
 #include <algorithm>
@@ -24,7 +26,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/base/status_macros.h"
+#include "engine/compile/compiler.h"
 #include "engine/models/zoo.h"
+#include "engine/passes/pipeline.h"
 #include "engine/train/trainer.h"
 
 ABSL_FLAG(std::string, model, "mobilenet_v2",
@@ -33,6 +37,9 @@ ABSL_FLAG(std::string, schemes, "full,bias-only,sparse", "Update schemes to run.
 ABSL_FLAG(int, threads, 2, "Kernel threads.");
 ABSL_FLAG(int, steps, 10, "Timed steps per scheme.");
 ABSL_FLAG(int, warmup, 3, "Untimed steps per scheme.");
+ABSL_FLAG(std::string, passes, "default",
+          "Compiler passes: default (the compiler's: all but fold_constants), or as "
+          "engine/passes/pipeline.h parses: all, none or a comma list.");
 ABSL_FLAG(bool, profile, false, "Print time per op kind to stderr (adds timer overhead).");
 
 namespace fleettune::engine {
@@ -50,16 +57,24 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(resolved.status());
-  ASSIGN_OR_RETURN(Graph graph,
-                   train::BuildSchemeTrainingGraph(
-                       model, *resolved, autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f})));
+  // The plan a device of this class would get (engine/compile), run as it would run it.
+  compile::CompileOptions compile_options;
+  compile_options.model_name = model_name;
+  compile_options.scheme = *resolved;
+  compile_options.optimizer = autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f});
+  compile_options.threads = absl::GetFlag(FLAGS_threads);
+  if (absl::GetFlag(FLAGS_passes) != "default") {
+    ASSIGN_OR_RETURN(compile_options.passes,
+                     passes::PassOptions::Parse(absl::GetFlag(FLAGS_passes)));
+  }
+  ASSIGN_OR_RETURN(compile::CompiledTraining compiled,
+                   compile::CompileTraining(model, compile_options));
   runtime::ParameterStore params;
   RETURN_IF_ERROR(zoo->initialize(model, 0, &params));
   const int64_t trainable_elements = resolved->TrainableElements();
-  runtime::CompileOptions options;
-  options.threads = absl::GetFlag(FLAGS_threads);
+  runtime::CompileOptions options = compile::RuntimeOptionsFor(compiled.plan.metadata());
   options.profile = absl::GetFlag(FLAGS_profile);
-  ASSIGN_OR_RETURN(auto exe, runtime::Executable::Compile(graph, &params, options));
+  ASSIGN_OR_RETURN(auto exe, runtime::Executable::Compile(compiled.graph, &params, options));
   RETURN_IF_ERROR(zoo->fill_batch(*exe, 0));
   for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) RETURN_IF_ERROR(exe->Run());
   std::vector<double> ms;
@@ -71,16 +86,18 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   }
   std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
   const runtime::MemoryStats& mem = exe->memory();
-  const size_t peak = mem.arena_bytes + mem.scratch_bytes + mem.optimizer_state_bytes;
+  const size_t peak =
+      mem.arena_bytes + mem.scratch_bytes + mem.constant_bytes + mem.optimizer_state_bytes;
   std::printf(
       "{\"framework\": \"fleettune\", \"model\": \"%s\", \"mode\": \"%s\", \"ms_per_step\": %.3f, "
       "\"peak_bytes\": %zu, \"train_bytes\": %zu, \"arena_bytes\": %zu, \"scratch_bytes\": %zu, "
-      "\"optim_bytes\": %zu, \"weight_bytes\": %zu, \"trainable_elements\": %lld, "
+      "\"constant_bytes\": %zu, \"optim_bytes\": %zu, \"weight_bytes\": %zu, "
+      "\"trainable_elements\": %lld, \"passes\": \"%s\", "
       "\"threads\": %d, \"steps\": %d, \"warmup\": %d}\n",
       model_name.c_str(), scheme.c_str(), ms[ms.size() / 2], peak, peak, mem.arena_bytes,
-      mem.scratch_bytes, mem.optimizer_state_bytes, mem.weight_bytes,
-      static_cast<long long>(trainable_elements), options.threads, absl::GetFlag(FLAGS_steps),
-      absl::GetFlag(FLAGS_warmup));
+      mem.scratch_bytes, mem.constant_bytes, mem.optimizer_state_bytes, mem.weight_bytes,
+      static_cast<long long>(trainable_elements), absl::GetFlag(FLAGS_passes).c_str(),
+      options.threads, absl::GetFlag(FLAGS_steps), absl::GetFlag(FLAGS_warmup));
   std::fflush(stdout);
   if (options.profile) {
     std::fprintf(stderr, "%s %s:\n%s", model_name.c_str(), scheme.c_str(),
