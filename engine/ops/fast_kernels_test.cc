@@ -122,6 +122,19 @@ TEST(FastKernels, BatchNormFrozenForwardAndGradients) {
   }
 }
 
+// A language model's logits: many rows of a wide vocabulary (odd width, so the
+// vector tail runs), split over two threads; with ignore_index 0 every row is
+// skipped (labels are 0 here).
+TEST(FastKernels, CrossEntropyOverAWideVocabulary) {
+  for (int32_t ignore : {-100, 0}) {
+    const TensorType logits = F32({96, 8191}), labels = {DType::kI32, {96}};
+    ExpectFastMatchesReference(
+        {OpKind::kSoftmaxCrossEntropy, {logits, labels}, CrossEntropyAttrs{ignore}});
+    ExpectFastMatchesReference(
+        {OpKind::kSoftmaxCrossEntropyGrad, {logits, labels, F32({})}, CrossEntropyAttrs{ignore}});
+  }
+}
+
 TEST(FastKernels, ReduceOverLargeAxes) {
   for (OpKind kind : {OpKind::kReduceSum, OpKind::kReduceMean}) {
     ExpectFastMatchesReference({kind, {F32({8, 96, 32, 32})}, ReduceAttrs{{0, 2, 3}, false}});
