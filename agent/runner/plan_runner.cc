@@ -20,6 +20,7 @@
 #include "engine/ir/verifier.h"
 #include "engine/passes/fuse.h"
 #include "engine/passes/pipeline.h"
+#include "engine/passes/rewrite.h"
 #include "engine/plan/plan_io.h"
 #include "engine/runtime/executable.h"
 
@@ -99,10 +100,19 @@ absl::StatusOr<Graph> ForwardPrefix(const PlanGraph& p) {
 // plan's forward may hold fused ops, which autodiff cannot differentiate, so
 // they are split first.
 absl::StatusOr<Graph> DenseGraph(const PlanGraph& p) {
-  ASSIGN_OR_RETURN(Graph g, ForwardPrefix(p));
-  std::vector<ValueId> unfused;
+  ASSIGN_OR_RETURN(Graph prefix, ForwardPrefix(p));
+  // The plan's optimizer state (scheduled among the forward nodes by the
+  // compiler) is not the dense plan's: drop it, the dense updates add theirs.
+  std::vector<ValueId> order;
+  for (ValueId id = 0; id < prefix.num_nodes(); ++id) {
+    const auto* a = std::get_if<engine::ParameterAttrs>(&prefix.node(id).attrs);
+    if (a != nullptr && a->role == engine::ParamRole::kOptimizerState) continue;
+    order.push_back(id);
+  }
+  std::vector<ValueId> kept, unfused;
+  ASSIGN_OR_RETURN(Graph g, engine::passes::RebuildGraph(prefix, order, &kept));
   ASSIGN_OR_RETURN(bool changed, engine::passes::UnfuseActivations(g, &unfused));
-  const ValueId loss = changed ? unfused[p.loss] : p.loss;
+  const ValueId loss = changed ? unfused[kept[p.loss]] : kept[p.loss];
   std::vector<ValueId> weights;
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
     const Node& n = g.node(id);

@@ -303,10 +303,13 @@ struct Candidate {
   std::string scheme;
   engine::scheme::ResolvedScheme resolved;
   engine::compile::CompiledTraining compiled;  // the plan, its graph and metadata
-  uint64_t arena_bytes = 0;                    // static arena + kernel scratch
+  uint64_t arena_bytes = 0;
+  uint64_t workspace_bytes = 0;  // kernel scratch + folded constants
   uint64_t weight_bytes = 0;
   uint64_t optimizer_state_bytes = 0;
-  uint64_t total_bytes() const { return arena_bytes + weight_bytes + optimizer_state_bytes; }
+  uint64_t total_bytes() const {
+    return arena_bytes + workspace_bytes + weight_bytes + optimizer_state_bytes;
+  }
 };
 
 // The compiled plan of `resolved` for `device_class` (engine/compile, the same
@@ -327,7 +330,8 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
   c.resolved = std::move(resolved);
   ASSIGN_OR_RETURN(c.compiled, engine::compile::CompileTraining(model, options));
   const v1::PlanMetadata& meta = c.compiled.plan.metadata();
-  c.arena_bytes = meta.arena_bytes() + meta.scratch_bytes();
+  c.arena_bytes = meta.arena_bytes();
+  c.workspace_bytes = meta.scratch_bytes() + meta.constant_bytes();
   c.weight_bytes = meta.weight_bytes();
   c.optimizer_state_bytes = meta.optimizer_state_bytes();
   return c;
@@ -347,8 +351,11 @@ std::string Bytes(uint64_t bytes) {
 }
 
 std::string Breakdown(const Candidate& c) {
-  return absl::StrCat("arena ", FormatBytes(c.arena_bytes), " + weights ",
-                      FormatBytes(c.weight_bytes), " + optimizer state ",
+  return absl::StrCat("arena ", FormatBytes(c.arena_bytes),
+                      c.workspace_bytes > 0
+                          ? absl::StrCat(" + kernel workspace ", FormatBytes(c.workspace_bytes))
+                          : "",
+                      " + weights ", FormatBytes(c.weight_bytes), " + optimizer state ",
                       FormatBytes(c.optimizer_state_bytes));
 }
 

@@ -90,11 +90,14 @@ TEST(PlanCompiler, FitsEveryDefaultClassRpi4GetsASparserScheme) {
     const v1::PlanSummary& s = plan.summary;
     EXPECT_LE(s.total_bytes(), s.budget_bytes()) << c.name();
     EXPECT_EQ(s.budget_bytes(), static_cast<uint64_t>(c.training_memory_budget_bytes()));
-    EXPECT_EQ(s.total_bytes(), s.arena_bytes() + s.weight_bytes() + s.optimizer_state_bytes());
     EXPECT_EQ(s.plan_digest(), Sha256Hex(plan.plan_bytes));
 
     // The plan is what devices accept, and its metadata agrees with the summary.
     ASSERT_OK_AND_ASSIGN(v1::CompiledPlan parsed, engine::plan::ParsePlan(plan.plan_bytes));
+    // The total counts the kernels' workspace too (the loss kernel's per-row scratch).
+    EXPECT_EQ(s.total_bytes(), s.arena_bytes() + s.weight_bytes() + s.optimizer_state_bytes() +
+                                   parsed.metadata().scratch_bytes() +
+                                   parsed.metadata().constant_bytes());
     EXPECT_EQ(parsed.format_version(), engine::plan::kPlanFormatVersion);
     EXPECT_OK(engine::plan::GraphFromProto(parsed.graph()).status());
     EXPECT_EQ(parsed.metadata().model_name(), "mlp-784-256-128-10");
