@@ -40,6 +40,7 @@
 #include "engine/passes/pipeline.h"
 #include "engine/runtime/executable.h"
 #include "engine/scheme/scheme.h"
+#include "engine/train/trainer.h"
 #include "proto/fleettune/v1/plan.pb.h"
 
 namespace fleettune::engine::compile {
@@ -51,17 +52,12 @@ struct CompileOptions {
   autodiff::OptimizerConfig optimizer;
   std::string device_class;  // recorded in the metadata
   int threads = 1;           // the class's kernel threads
-  // Graph passes and runtime features. The metadata records which runtime
+  // Graph passes and runtime features; the metadata records which runtime
   // features the device must enable. Default: every pass, but constants are
-  // not folded: folded constants (BatchNorm-folded weights) would sit next to
-  // the frozen weights they come from, 8.4 MiB more for MobileNetV2, to save
-  // one elementwise pass over the weights per step; devices are short of
-  // memory, not of that time.
-  passes::PassOptions passes = [] {
-    passes::PassOptions p;
-    p.fold_constants = false;
-    return p;
-  }();
+  // not folded: BatchNorm-folded weights would sit next to the frozen weights
+  // they come from (8.4 MiB more for MobileNetV2) to save one elementwise pass
+  // over the weights per step; devices are short of memory, not of that time.
+  passes::PassOptions passes = train::DefaultTrainingPasses();
 };
 
 struct CompiledTraining {

@@ -38,9 +38,16 @@ absl::StatusOr<std::unique_ptr<LmTrainer>> LmTrainer::Create(const models::Llama
     ASSIGN_OR_RETURN(train_graph, BuildTrainingGraph(t->train_model_.model, t->options_.trainable,
                                                      options.optimizer));
   }
+  passes::PassOptions pass_options = options.passes;
+  pass_options.measure_memory = false;
+  ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(train_graph, pass_options));
+  t->train_loss_ = report.Map(t->train_model_.model.loss);
   runtime::CompileOptions compile;
   compile.threads = options.threads;
+  compile.fold_constants = pass_options.fold_constants;
+  compile.in_place = pass_options.in_place;
   ASSIGN_OR_RETURN(t->train_, runtime::Executable::Compile(train_graph, params, compile));
+  compile.fold_constants = false;  // the evaluation graph reads the weights training changes
   ASSIGN_OR_RETURN(t->eval_,
                    runtime::Executable::Compile(t->eval_model_.model.graph, params, compile));
   t->rng_.seed(options.seed);
@@ -84,7 +91,7 @@ absl::StatusOr<EpochStats> LmTrainer::TrainEpoch(const text::LanguageModelData& 
   ASSIGN_OR_RETURN(TensorView tokens, train_->Input("tokens"));
   ASSIGN_OR_RETURN(TensorView targets, train_->Input("targets"));
   ASSIGN_OR_RETURN(TensorView positions, train_->Input(models::kLlamaPositionsInput));
-  ASSIGN_OR_RETURN(TensorView loss_view, train_->Output(train_model_.model.loss));
+  ASSIGN_OR_RETURN(TensorView loss_view, train_->Output(train_loss_));
   EpochStats stats;
   const int64_t steps = n / batch;
   double loss_sum = 0.0;

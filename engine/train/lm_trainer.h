@@ -45,6 +45,8 @@ struct LmTrainerOptions {
   // `trainable` weights; both unset trains every weight of the model.
   std::optional<scheme::ResolvedScheme> scheme;
   std::vector<std::string> trainable;
+  // Graph passes over the training graph, as for Trainer.
+  passes::PassOptions passes = DefaultTrainingPasses();
 };
 
 class LmTrainer {
@@ -78,6 +80,7 @@ class LmTrainer {
   models::LlamaConfig config_;
   LmTrainerOptions options_;
   models::LlamaModel train_model_, eval_model_;
+  ValueId train_loss_ = kNoValue;  // the loss in the optimized training graph
   std::unique_ptr<runtime::Executable> train_, eval_;
   std::mt19937_64 rng_;
   std::vector<int64_t> order_;

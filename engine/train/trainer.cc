@@ -73,6 +73,12 @@ absl::StatusOr<Graph> BuildTrainingGraph(const models::Model& model,
   return BuildFromParams(model, params, optimizer);
 }
 
+passes::PassOptions DefaultTrainingPasses() {
+  passes::PassOptions options;
+  options.fold_constants = false;
+  return options;
+}
+
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelBuilder& build,
                                                          runtime::ParameterStore* params,
                                                          const TrainerOptions& options) {
@@ -88,9 +94,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const ModelBuilder& bui
     ASSIGN_OR_RETURN(train_graph,
                      BuildTrainingGraph(t->train_model_, options.trainable, options.optimizer));
   }
+  passes::PassOptions pass_options = options.passes;
+  pass_options.measure_memory = false;
+  ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(train_graph, pass_options));
+  t->train_loss_ = report.Map(t->train_model_.loss);
   runtime::CompileOptions compile;
   compile.threads = options.threads;
+  compile.fold_constants = pass_options.fold_constants;
+  compile.in_place = pass_options.in_place;
   ASSIGN_OR_RETURN(t->train_, runtime::Executable::Compile(train_graph, params, compile));
+  // The evaluation graph shares the weights the training graph updates: no
+  // folded constants there, whatever the options say (they would go stale).
+  compile.fold_constants = false;
   ASSIGN_OR_RETURN(t->eval_, runtime::Executable::Compile(t->eval_model_.graph, params, compile));
   const Shape& x = t->train_model_.graph.type(t->train_model_.input).shape;
   t->sample_size_ = NumElements(x) / x[0];
@@ -135,7 +150,7 @@ absl::StatusOr<EpochStats> Trainer::TrainEpoch(const Tensor& images, const Tenso
   std::shuffle(order_.begin(), order_.end(), rng_);
   ASSIGN_OR_RETURN(TensorView x, train_->Input("x"));
   ASSIGN_OR_RETURN(TensorView y, train_->Input("labels"));
-  ASSIGN_OR_RETURN(TensorView loss_view, train_->Output(train_model_.loss));
+  ASSIGN_OR_RETURN(TensorView loss_view, train_->Output(train_loss_));
   EpochStats stats;
   const int64_t steps = n / batch;
   double loss_sum = 0.0;

@@ -28,6 +28,7 @@
 #include "absl/strings/string_view.h"
 #include "engine/autodiff/autodiff.h"
 #include "engine/models/model.h"
+#include "engine/passes/pipeline.h"
 #include "engine/runtime/executable.h"
 #include "engine/scheme/scheme.h"
 
@@ -60,6 +61,10 @@ absl::StatusOr<Graph> BuildSchemeTrainingGraph(const models::Model& model,
                                                const scheme::ResolvedScheme& scheme,
                                                const autodiff::OptimizerConfig& optimizer);
 
+// The passes trainers and compiled plans run: all but constant folding
+// (folded weights would double the frozen weights' memory).
+passes::PassOptions DefaultTrainingPasses();
+
 struct TrainerOptions {
   int64_t batch = 64;
   int64_t eval_batch = 500;
@@ -70,6 +75,9 @@ struct TrainerOptions {
   // element of the `trainable` tensors.
   std::optional<scheme::ResolvedScheme> scheme;
   std::vector<std::string> trainable;
+  // Graph passes over the training graph (engine/passes/pipeline.h), as in
+  // compiled plans: every pass, constants not folded.
+  passes::PassOptions passes = DefaultTrainingPasses();
 };
 
 struct EpochStats {
@@ -109,6 +117,7 @@ class Trainer {
 
   TrainerOptions options_;
   models::Model train_model_, eval_model_;
+  ValueId train_loss_ = kNoValue;  // train_model_.loss in the optimized training graph
   std::unique_ptr<runtime::Executable> train_, eval_;
   int64_t sample_size_ = 0;
   int64_t classes_ = 0;
