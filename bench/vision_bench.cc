@@ -45,6 +45,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/base/status_macros.h"
 #include "engine/models/mobilenet_v2.h"
+#include "engine/models/zoo.h"
 #include "engine/passes/pipeline.h"
 #include "engine/train/trainer.h"
 
@@ -65,32 +66,6 @@ ABSL_FLAG(std::string, scheme, "full", "Trained weights (train::SelectTrainable 
 
 namespace fleettune::engine {
 namespace {
-
-// Fills every parameter and buffer the graph reads (names are torchvision's).
-absl::Status Initialize(const Graph& graph, uint64_t seed, runtime::ParameterStore* params) {
-  std::mt19937_64 rng(seed);
-  for (const Node& n : graph.nodes()) {
-    if (n.op != OpKind::kParameter) continue;
-    Tensor t(n.type.dtype, n.type.shape);
-    if (n.type.dtype == DType::kF32) {
-      const Shape& shape = n.type.shape;
-      if (shape.size() >= 2) {
-        int64_t fan_in = 1;
-        for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-        const float bound = 1.0f / std::sqrt(static_cast<float>(fan_in));
-        std::uniform_real_distribution<float> dist(-bound, bound);
-        for (float& v : t.f32_span()) v = dist(rng);
-      } else {
-        // 1-D: BatchNorm weight / running_var are 1; biases and means 0.
-        const bool one = absl::EndsWith(n.name, ".running_var") ||
-                         (absl::EndsWith(n.name, ".weight") && !absl::StartsWith(n.name, "class"));
-        for (float& v : t.f32_span()) v = one ? 1.0f : 0.0f;
-      }
-    }
-    RETURN_IF_ERROR(params->Set(n.name, t));
-  }
-  return absl::OkStatus();
-}
 
 // One compiled variant of the training step (a --passes alternative).
 struct Variant {
@@ -122,7 +97,9 @@ absl::Status RunMode(const models::MobileNetV2Config& config, const std::string&
       std::fprintf(stderr, "%s passes=%s:\n%s", mode.c_str(), v->passes.c_str(),
                    report.ToString().c_str());
     }
-    RETURN_IF_ERROR(Initialize(model.graph, 0, &v->params));
+    // The zoo's MobileNetV2 weights (engine/models/zoo.h), for any width and resolution.
+    ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel("mobilenet_v2"));
+    RETURN_IF_ERROR(zoo->initialize(model, 0, &v->params));
     runtime::CompileOptions options;
     options.threads = absl::GetFlag(FLAGS_threads);
     options.profile = absl::GetFlag(FLAGS_profile);
