@@ -1,0 +1,76 @@
+// Choosing an update scheme under a device class's budgets (issue #7).
+//
+// Given each candidate's gain (contribution.h measures it) and the cost model,
+// SelectScheme picks the set that maximizes the summed gain with at most one
+// channel ratio per weight, within the memory budget and an optional
+// step-time budget. Costs are first made additive: a candidate costs
+// Cost({c}) − the cheapest single-candidate plan (the frozen model's memory is
+// in every plan). A multiple-choice knapsack DP over the memory budget (costs
+// rounded up to kMemoryBuckets buckets, so it never over-commits) solves it
+// exactly up to that rounding when there is no time budget; otherwise, or
+// past kMaxDpGroups weights, a seeded evolutionary search does. Memory is not
+// exactly additive (the arena is shared), so the chosen set is re-costed by
+// compiling it and repaired by dropping the lowest gain/cost candidate until
+// it fits.
+//
+//   ASSIGN_OR_RETURN(Selection s, SelectScheme(model, scored, costs, {.memory_bytes = 8 << 20}));
+//   // s.scheme.name == "searched"
+//
+// Deterministic for a seed. Not thread-safe (it uses the CostModel).
+#ifndef FLEETTUNE_ENGINE_SEARCH_SELECT_H_
+#define FLEETTUNE_ENGINE_SEARCH_SELECT_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/models/model.h"
+#include "engine/scheme/scheme.h"
+#include "engine/search/candidates.h"
+#include "engine/search/cost_model.h"
+
+namespace fleettune::engine::search {
+
+struct ScoredCandidate {
+  Candidate candidate;
+  double gain = 0.0;  // e.g. held-out accuracy gain; non-positive gains are never chosen
+};
+
+struct Budget {
+  int64_t memory_bytes = 0;   // TrainingBytes limit (> 0)
+  double step_seconds = 0.0;  // 0: no time limit
+};
+
+enum class SearchMethod { kDynamicProgramming, kEvolutionary };
+
+struct SelectOptions {
+  uint64_t seed = 0;
+  // Force the evolutionary search (tests); it is used anyway when needed.
+  bool force_evolutionary = false;
+  int population = 48;
+  int generations = 120;
+};
+
+inline constexpr int kMemoryBuckets = 4096;
+inline constexpr size_t kMaxDpGroups = 512;
+
+struct Selection {
+  std::vector<ScoredCandidate> chosen;  // in the input's order
+  scheme::UpdateScheme scheme;          // named "searched"
+  SchemeCost cost;                      // compiled (exact memory) cost of `scheme`
+  double total_gain = 0.0;
+  SearchMethod method = SearchMethod::kDynamicProgramming;
+  int repaired = 0;  // candidates dropped after re-costing
+};
+
+// Errors: InvalidArgument for an empty candidate list, a non-positive memory
+// budget, or a candidate the model lacks; ResourceExhausted ("budget too
+// small for any candidate") when no candidate with positive gain fits alone.
+absl::StatusOr<Selection> SelectScheme(const models::Model& model,
+                                       const std::vector<ScoredCandidate>& candidates,
+                                       CostModel& costs, const Budget& budget,
+                                       const SelectOptions& options = {});
+
+}  // namespace fleettune::engine::search
+
+#endif  // FLEETTUNE_ENGINE_SEARCH_SELECT_H_
