@@ -240,6 +240,44 @@ absl::StatusOr<Selection> SelectScheme(const models::Model& model,
     choice[worst] = -1;
     ++out.repaired;
   }
+  // Memory is sub-additive (the arena and backward are shared), so the
+  // estimate leaves room: add or upgrade candidates, best gain first, while
+  // the exact cost still fits.
+  if (out.repaired == 0) {
+    std::vector<std::pair<size_t, size_t>> upgrades;  // (group, item)
+    for (size_t g = 0; g < groups.size(); ++g) {
+      for (size_t i = 0; i < groups[g].size(); ++i) {
+        if (choice[g] < 0 || groups[g][i].gain > groups[g][choice[g]].gain)
+          upgrades.push_back({g, i});
+      }
+    }
+    std::stable_sort(upgrades.begin(), upgrades.end(), [&](const auto& a, const auto& b) {
+      const Item& x = groups[a.first][a.second];
+      const Item& y = groups[b.first][b.second];
+      const double gx = x.gain - (choice[a.first] < 0 ? 0 : groups[a.first][choice[a.first]].gain);
+      const double gy = y.gain - (choice[b.first] < 0 ? 0 : groups[b.first][choice[b.first]].gain);
+      return gx > gy;
+    });
+    int tries = 0;
+    for (const auto& [g, i] : upgrades) {
+      if (tries >= options.max_fill_compiles) break;
+      if (choice[g] >= 0 && groups[g][i].gain <= groups[g][choice[g]].gain) continue;
+      Choice trial = choice;
+      trial[g] = static_cast<int>(i);
+      std::vector<Candidate> set;
+      for (size_t h = 0; h < groups.size(); ++h) {
+        if (trial[h] >= 0) set.push_back(candidates[groups[h][trial[h]].index].candidate);
+      }
+      ++tries;
+      ASSIGN_OR_RETURN(SchemeCost cost, costs.Cost(set));
+      if (cost.memory_bytes <= budget.memory_bytes &&
+          (budget.step_seconds <= 0 || cost.step_seconds <= budget.step_seconds)) {
+        choice = trial;
+        out.cost = cost;
+        ++out.filled;
+      }
+    }
+  }
   std::vector<size_t> indices;
   for (size_t g = 0; g < groups.size(); ++g) {
     if (choice[g] >= 0) indices.push_back(groups[g][choice[g]].index);

@@ -11,7 +11,8 @@
 // past kMaxDpGroups weights, a seeded evolutionary search does. Memory is not
 // exactly additive (the arena is shared), so the chosen set is re-costed by
 // compiling it and repaired by dropping the lowest gain/cost candidate until
-// it fits.
+// it fits; if it fit at once, candidates are added or upgraded (best gain
+// first) into the room the over-estimate left, each checked exactly.
 //
 //   ASSIGN_OR_RETURN(Selection s, SelectScheme(model, scored, costs, {.memory_bytes = 8 << 20}));
 //   // s.scheme.name == "searched"
@@ -49,6 +50,9 @@ struct SelectOptions {
   bool force_evolutionary = false;
   int population = 48;
   int generations = 120;
+  // Exact re-costs spent adding or upgrading candidates into the room the
+  // additive estimate leaves (memory is sub-additive).
+  int max_fill_compiles = 64;
 };
 
 inline constexpr int kMemoryBuckets = 4096;
@@ -61,6 +65,7 @@ struct Selection {
   double total_gain = 0.0;
   SearchMethod method = SearchMethod::kDynamicProgramming;
   int repaired = 0;  // candidates dropped after re-costing
+  int filled = 0;    // candidates added or upgraded after re-costing
 };
 
 // Errors: InvalidArgument for an empty candidate list, a non-positive memory

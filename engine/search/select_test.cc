@@ -1,0 +1,144 @@
+#include "engine/search/select.h"
+
+#include <cmath>
+#include <set>
+
+#include "engine/base/status_matchers.h"
+#include "engine/models/zoo.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::search {
+namespace {
+
+using ::fleettune::testing::StatusIs;
+using ::testing::HasSubstr;
+
+models::Model Zoo(const std::string& name) {
+  // .value(): a zoo model that fails to build fails the test loudly.
+  return models::FindZooModel(name).value()->build(8, models::Mode::kTrain).value();
+}
+
+// A synthetic profile: later layers help more, more channels help with
+// diminishing returns, biases help a little.
+std::vector<ScoredCandidate> Profile(const std::vector<Candidate>& all) {
+  std::vector<ScoredCandidate> out;
+  std::map<std::string, int> layer_index;
+  for (const Candidate& c : all) layer_index.emplace(c.layer, layer_index.size());
+  for (const Candidate& c : all) {
+    const double depth = 1.0 + layer_index[c.layer];
+    const double gain =
+        c.kind == CandidateKind::kBias ? 0.01 * depth : 0.05 * depth * std::sqrt(c.fraction);
+    out.push_back({c, gain});
+  }
+  return out;
+}
+
+double GainIfFits(CostModel& costs, const std::vector<ScoredCandidate>& set, int64_t budget) {
+  std::vector<Candidate> cs;
+  double gain = 0;
+  for (const auto& s : set) {
+    cs.push_back(s.candidate);
+    gain += s.gain;
+  }
+  auto cost = costs.Cost(cs);
+  return cost.ok() && cost->memory_bytes <= budget ? gain : -1.0;
+}
+
+void ExpectValid(const Selection& s, int64_t budget) {
+  EXPECT_EQ(s.scheme.name, "searched");
+  EXPECT_LE(s.cost.memory_bytes, budget);
+  std::set<std::string> tensors;
+  for (const auto& c : s.chosen) EXPECT_TRUE(tensors.insert(c.candidate.tensor).second);
+}
+
+class SelectOnMlp : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = Zoo("mlp");
+    all_ = ListCandidates(model_).value();
+    profile_ = Profile(all_);
+    CostModel probe(model_, {});
+    // Budgets between "one bias" and "everything full".
+    min_ = INT64_MAX;
+    for (const Candidate& c : all_) {
+      min_ = std::min(min_, probe.Cost(std::vector<Candidate>{c}).value().memory_bytes);
+    }
+    std::vector<Candidate> full;
+    for (const Candidate& c : all_) {
+      if (c.kind == CandidateKind::kBias || c.fraction == 1.0) full.push_back(c);
+    }
+    max_ = probe.Cost(full).value().memory_bytes;
+  }
+  models::Model model_;
+  std::vector<Candidate> all_;
+  std::vector<ScoredCandidate> profile_;
+  int64_t min_ = 0, max_ = 0;
+};
+
+TEST_F(SelectOnMlp, RespectsTheMemoryBudgetAndBeatsBaselines) {
+  for (double t : {0.1, 0.3, 0.6, 1.0}) {
+    const int64_t budget = min_ + static_cast<int64_t>(t * (max_ - min_));
+    CostModel costs(model_, {});
+    ASSERT_OK_AND_ASSIGN(Selection s, SelectScheme(model_, profile_, costs, {budget}));
+    ExpectValid(s, budget);
+    EXPECT_EQ(s.method, SearchMethod::kDynamicProgramming);
+    // Baseline 1: every bias. Baseline 2: greedy by gain per estimated byte.
+    std::vector<ScoredCandidate> biases;
+    for (const auto& c : profile_) {
+      if (c.candidate.kind == CandidateKind::kBias) biases.push_back(c);
+    }
+    EXPECT_GE(s.total_gain + 1e-12, GainIfFits(costs, biases, budget)) << t;
+    // The last layer fully (the "fine-tune the head" baseline).
+    std::vector<ScoredCandidate> head = {profile_[10], profile_[14]};
+    EXPECT_GE(s.total_gain + 1e-12, GainIfFits(costs, head, budget)) << t;
+    if (t == 1.0) {
+      EXPECT_NEAR(s.total_gain, 0.06 + 0.05 * 6, 1e-9);  // everything at ratio 1
+    }
+  }
+}
+
+TEST_F(SelectOnMlp, EvolutionaryRespectsBudgetsAndIsDeterministic) {
+  const int64_t budget = min_ + (max_ - min_) / 3;
+  CostModel costs(model_, {"slow", 1, 1e9});
+  ASSERT_OK_AND_ASSIGN(Selection dp, SelectScheme(model_, profile_, costs, {budget}));
+  SelectOptions options;
+  options.seed = 7;
+  options.force_evolutionary = true;
+  ASSERT_OK_AND_ASSIGN(Selection a, SelectScheme(model_, profile_, costs, {budget}, options));
+  ASSERT_OK_AND_ASSIGN(Selection b, SelectScheme(model_, profile_, costs, {budget}, options));
+  EXPECT_EQ(a.method, SearchMethod::kEvolutionary);
+  ExpectValid(a, budget);
+  EXPECT_EQ(a.scheme, b.scheme);
+  EXPECT_GE(a.total_gain, 0.8 * dp.total_gain);
+  ASSERT_OK_AND_ASSIGN(Selection dp2, SelectScheme(model_, profile_, costs, {budget}));
+  EXPECT_EQ(dp.scheme, dp2.scheme);
+
+  // A time budget: half the full scheme's step time.
+  std::vector<Candidate> full;
+  for (const Candidate& c : all_) {
+    if (c.kind == CandidateKind::kBias || c.fraction == 1.0) full.push_back(c);
+  }
+  const double full_seconds = costs.Cost(full).value().step_seconds;
+  Budget timed{max_, 0.5 * full_seconds};
+  ASSERT_OK_AND_ASSIGN(Selection t, SelectScheme(model_, profile_, costs, timed, options));
+  ExpectValid(t, max_);
+  EXPECT_LE(t.cost.step_seconds, timed.step_seconds);
+  EXPECT_GT(t.total_gain, 0.0);
+}
+
+TEST_F(SelectOnMlp, ReportsBadInputs) {
+  CostModel costs(model_, {});
+  EXPECT_THAT(SelectScheme(model_, {}, costs, {max_}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty candidate list")));
+  EXPECT_THAT(SelectScheme(model_, profile_, costs, {0}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("memory budget")));
+  EXPECT_THAT(SelectScheme(model_, profile_, costs, {min_ - 1}),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("budget too small")));
+  std::vector<ScoredCandidate> ghost = {{{CandidateKind::kBias, "fc9.bias", "fc9", 1.0}, 1.0}};
+  EXPECT_THAT(SelectScheme(model_, ghost, costs, {max_}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fc9.bias")));
+}
+
+}  // namespace
+}  // namespace fleettune::engine::search
