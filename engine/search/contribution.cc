@@ -1,0 +1,252 @@
+#include "engine/search/contribution.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "engine/base/file.h"
+#include "engine/base/status_macros.h"
+
+namespace fleettune::engine::search {
+namespace {
+
+constexpr char kHeader[] = "# fleettune contribution profile v1";
+constexpr uint64_t kMaxProfileBytes = uint64_t{16} << 20;
+
+absl::Status CheckData(const Tensor& images, const Tensor& labels, const char* what) {
+  if (images.dtype() != DType::kF32 || labels.dtype() != DType::kI32 || images.shape().empty() ||
+      labels.shape().size() != 1 || images.shape()[0] == 0 ||
+      images.shape()[0] != labels.shape()[0]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "contribution: ", what, " set must be f32 images [N, ...] and i32 labels [N], N > 0"));
+  }
+  return absl::OkStatus();
+}
+
+// `steps · batch` samples: the train set repeated, then shuffled by the
+// trainer, so TrainEpoch runs exactly `steps` steps.
+void Repeat(const Tensor& x, const Tensor& y, int64_t count, Tensor* rx, Tensor* ry) {
+  const int64_t n = x.shape()[0];
+  const int64_t sample = x.num_elements() / n;
+  Shape shape = x.shape();
+  shape[0] = count;
+  *rx = Tensor(DType::kF32, shape);
+  *ry = Tensor(DType::kI32, {count});
+  for (int64_t i = 0; i < count; ++i) {
+    std::memcpy(rx->f32() + i * sample, x.f32() + (i % n) * sample, sample * sizeof(float));
+    ry->i32()[i] = y.i32()[i % n];
+  }
+}
+
+std::string Double(double v) { return absl::StrFormat("%.17g", v); }
+
+}  // namespace
+
+absl::StatusOr<Evaluation> EvaluateHeldOut(const train::ModelBuilder& build,
+                                           runtime::ParameterStore* params, const Tensor& images,
+                                           const Tensor& labels) {
+  RETURN_IF_ERROR(CheckData(images, labels, "held-out"));
+  const int64_t n = images.shape()[0];
+  const int64_t batch = std::min<int64_t>(n, 256);
+  ASSIGN_OR_RETURN(models::Model model, build(batch, models::Mode::kEval));
+  ASSIGN_OR_RETURN(std::unique_ptr<runtime::Executable> exe,
+                   runtime::Executable::Compile(model.graph, params));
+  const Shape& xs = model.graph.type(model.input).shape;
+  const int64_t sample = NumElements(xs) / xs[0];
+  if (sample * n != images.num_elements()) {
+    return absl::InvalidArgumentError(absl::StrCat("contribution: held-out samples have ",
+                                                   images.num_elements() / n,
+                                                   " elements, the model takes ", sample));
+  }
+  const int64_t classes = model.graph.type(model.logits).shape.back();
+  ASSIGN_OR_RETURN(TensorView x, exe->Input("x"));
+  ASSIGN_OR_RETURN(TensorView y, exe->Input("labels"));
+  ASSIGN_OR_RETURN(TensorView logits, exe->Output(model.logits));
+  int64_t correct = 0;
+  double loss = 0.0;
+  for (int64_t start = 0; start < n; start += batch) {
+    const int64_t rows = std::min(batch, n - start);
+    std::memset(x.f32(), 0, batch * sample * sizeof(float));
+    std::memcpy(x.f32(), images.f32() + start * sample, rows * sample * sizeof(float));
+    for (int64_t r = 0; r < batch; ++r) {
+      y.i32()[r] = r < rows ? labels.i32()[start + r] : CrossEntropyAttrs{}.ignore_index;
+    }
+    RETURN_IF_ERROR(exe->Run());
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = logits.f32() + r * classes;
+      const int32_t label = labels.i32()[start + r];
+      if (label < 0 || label >= classes) {
+        return absl::InvalidArgumentError(absl::StrCat("contribution: held-out label ", label,
+                                                       " at ", start + r, " outside [0, ", classes,
+                                                       ")"));
+      }
+      const float* top = std::max_element(row, row + classes);
+      correct += (top - row) == label;
+      // −log softmax(row)[label], stabilized by the max.
+      double sum = 0.0;
+      for (int64_t c = 0; c < classes; ++c) sum += std::exp(static_cast<double>(row[c] - *top));
+      loss += std::log(sum) - static_cast<double>(row[label] - *top);
+    }
+  }
+  return Evaluation{static_cast<double>(correct) / n, loss / n};
+}
+
+absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuilder& build,
+                                                         const runtime::ParameterStore& base,
+                                                         const std::vector<Candidate>& candidates,
+                                                         const CalibrationData& data,
+                                                         const ContributionOptions& options) {
+  if (candidates.empty()) return absl::InvalidArgumentError("contribution: empty candidate list");
+  if (options.steps < 1 || options.batch < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("contribution: steps (", options.steps,
+                                                   ") and batch (", options.batch,
+                                                   ") must be positive"));
+  }
+  RETURN_IF_ERROR(CheckData(data.train_images, data.train_labels, "train"));
+  RETURN_IF_ERROR(CheckData(data.heldout_images, data.heldout_labels, "held-out"));
+  ASSIGN_OR_RETURN(models::Model probe, build(1, models::Mode::kTrain));
+  ContributionProfile profile;
+  profile.model_name = options.model_name;
+  profile.task = options.task;
+  profile.steps = options.steps;
+  profile.seed = options.seed;
+  {
+    runtime::ParameterStore params = base;
+    ASSIGN_OR_RETURN(Evaluation e,
+                     EvaluateHeldOut(build, &params, data.heldout_images, data.heldout_labels));
+    profile.base_accuracy = e.accuracy;
+    profile.base_loss = e.loss;
+  }
+  Tensor train_x, train_y;
+  Repeat(data.train_images, data.train_labels, options.steps * options.batch, &train_x, &train_y);
+  for (const Candidate& c : candidates) {
+    auto s = ToScheme(probe, {c}, c.Id());
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contribution: candidate ", c.Id(), ": ", s.status().message()));
+    }
+    train::TrainerOptions topts;
+    ASSIGN_OR_RETURN(topts.scheme, scheme::ResolveScheme(probe, *s));
+    topts.batch = options.batch;
+    topts.eval_batch = std::min<int64_t>(data.heldout_images.shape()[0], 256);
+    topts.seed = options.seed;
+    topts.threads = options.threads;
+    topts.optimizer = options.optimizer;
+    runtime::ParameterStore params = base;
+    ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
+                     train::Trainer::Create(build, &params, topts));
+    ASSIGN_OR_RETURN(train::EpochStats stats, trainer->TrainEpoch(train_x, train_y));
+    (void)stats;
+    trainer.reset();
+    ASSIGN_OR_RETURN(Evaluation e,
+                     EvaluateHeldOut(build, &params, data.heldout_images, data.heldout_labels));
+    profile.entries.push_back({c.Id(), e.accuracy, e.loss, e.accuracy - profile.base_accuracy,
+                               profile.base_loss - e.loss});
+  }
+  return profile;
+}
+
+std::string ProfileToText(const ContributionProfile& p) {
+  std::string out = absl::StrCat(kHeader, "\n");
+  absl::StrAppend(&out, "model ", p.model_name.empty() ? "-" : p.model_name, "\n");
+  absl::StrAppend(&out, "task ", p.task.empty() ? "-" : p.task, "\n");
+  absl::StrAppend(&out, "steps ", p.steps, "\nseed ", p.seed, "\n");
+  absl::StrAppend(&out, "base ", Double(p.base_accuracy), " ", Double(p.base_loss), "\n");
+  for (const Contribution& c : p.entries) {
+    absl::StrAppend(&out, "candidate ", c.id, " ", Double(c.accuracy), " ", Double(c.loss), "\n");
+  }
+  return out;
+}
+
+absl::StatusOr<ContributionProfile> ParseProfileText(absl::string_view text) {
+  ContributionProfile p;
+  int line_no = 0;
+  bool header = false, base = false;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    if (line.empty()) continue;
+    if (line_no == 1) {
+      if (line != kHeader) break;
+      header = true;
+      continue;
+    }
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    auto bad = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contribution profile line ", line_no, ": ", why));
+    };
+    if (f.size() < 2) return bad("expected 'key value...'");
+    const absl::string_view key = f[0];
+    const std::string value = f[1] == "-" ? "" : std::string(f[1]);
+    if (key == "model" && f.size() == 2) {
+      p.model_name = value;
+    } else if (key == "task" && f.size() == 2) {
+      p.task = value;
+    } else if (key == "steps" && f.size() == 2) {
+      if (!absl::SimpleAtoi(f[1], &p.steps)) return bad("bad steps");
+    } else if (key == "seed" && f.size() == 2) {
+      if (!absl::SimpleAtoi(f[1], &p.seed)) return bad("bad seed");
+    } else if (key == "base" && f.size() == 3) {
+      if (!absl::SimpleAtod(f[1], &p.base_accuracy) || !absl::SimpleAtod(f[2], &p.base_loss)) {
+        return bad("bad base accuracy or loss");
+      }
+      base = true;
+    } else if (key == "candidate" && f.size() == 4) {
+      if (!base) return bad("candidate before base");
+      Contribution c;
+      c.id = std::string(f[1]);
+      if (!absl::SimpleAtod(f[2], &c.accuracy) || !absl::SimpleAtod(f[3], &c.loss)) {
+        return bad(absl::StrCat("bad accuracy or loss for ", c.id));
+      }
+      c.accuracy_gain = c.accuracy - p.base_accuracy;
+      c.loss_gain = p.base_loss - c.loss;
+      p.entries.push_back(std::move(c));
+    } else {
+      return bad(absl::StrCat("unknown key or field count: '", key, "'"));
+    }
+  }
+  if (!header) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("contribution profile: missing header '", kHeader, "'"));
+  }
+  if (!base) return absl::InvalidArgumentError("contribution profile: missing 'base' line");
+  return p;
+}
+
+absl::Status WriteProfile(const std::string& path, const ContributionProfile& profile) {
+  return WriteFileAtomically(path, ProfileToText(profile));
+}
+
+absl::StatusOr<ContributionProfile> ReadProfile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxProfileBytes));
+  auto p = ParseProfileText(text);
+  if (!p.ok())
+    return absl::Status(p.status().code(), absl::StrCat(path, ": ", p.status().message()));
+  return p;
+}
+
+absl::StatusOr<std::vector<ScoredCandidate>> ScoreCandidates(const models::Model& model,
+                                                             const ContributionProfile& profile,
+                                                             GainMetric metric) {
+  ASSIGN_OR_RETURN(std::vector<Candidate> all, ListCandidates(model));
+  std::map<std::string, const Candidate*> by_id;
+  for (const Candidate& c : all) by_id[c.Id()] = &c;
+  std::vector<ScoredCandidate> out;
+  for (const Contribution& e : profile.entries) {
+    auto it = by_id.find(e.id);
+    if (it == by_id.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contribution profile: '", e.id, "' is not a candidate of the model"));
+    }
+    out.push_back({*it->second, metric == GainMetric::kAccuracy ? e.accuracy_gain : e.loss_gain});
+  }
+  if (out.empty()) return absl::InvalidArgumentError("contribution profile: no candidates");
+  return out;
+}
+
+}  // namespace fleettune::engine::search
