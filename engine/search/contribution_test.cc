@@ -1,6 +1,7 @@
 #include "engine/search/contribution.h"
 
 #include <cstdlib>
+#include <iostream>
 #include <random>
 
 #include "engine/base/status_matchers.h"
@@ -79,6 +80,18 @@ TEST_F(ContributionOnMlp, RanksTheHeadAboveAHiddenBiasAndIsDeterministic) {
   ASSERT_EQ(scored.size(), 3u);
   EXPECT_EQ(scored[1].candidate, candidates[1]);
   EXPECT_DOUBLE_EQ(scored[1].gain, a.entries[1].accuracy_gain);
+
+  // With room for the head but not for it plus a whole hidden layer, the
+  // search keeps the head fully.
+  const models::Model batch32 = Builder()(32, models::Mode::kTrain).value();
+  CostModel costs(batch32, {});
+  const int64_t head = costs.Cost({candidates[1]}).value().memory_bytes;
+  ASSERT_OK_AND_ASSIGN(Selection s, SelectScheme(model_, scored, costs, {head}));
+  ASSERT_FALSE(s.chosen.empty());
+  EXPECT_EQ(s.chosen.back().candidate.Id(), "fc2.weight@1");
+  EXPECT_LE(s.cost.memory_bytes, head);
+  std::cerr << ProfileToText(a) << "searched: " << s.scheme.rules.size() << " rules, "
+            << s.cost.memory_bytes << " bytes\n";
 }
 
 TEST_F(ContributionOnMlp, ProfileRoundTripsThroughAFile) {
