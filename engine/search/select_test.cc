@@ -1,6 +1,8 @@
 #include "engine/search/select.h"
 
 #include <cmath>
+#include <iostream>
+#include <map>
 #include <set>
 
 #include "engine/base/status_matchers.h"
@@ -125,6 +127,57 @@ TEST_F(SelectOnMlp, EvolutionaryRespectsBudgetsAndIsDeterministic) {
   ExpectValid(t, max_);
   EXPECT_LE(t.cost.step_seconds, timed.step_seconds);
   EXPECT_GT(t.total_gain, 0.0);
+}
+
+// Every set with at most one ratio per weight (6 tensors: 2^3 · 5^3 sets),
+// costed exactly: the search finds the optimum or comes close.
+TEST_F(SelectOnMlp, IsNearTheExhaustiveOptimum) {
+  std::map<std::string, std::vector<const ScoredCandidate*>> groups;
+  for (const auto& c : profile_) groups[c.candidate.tensor].push_back(&c);
+  std::vector<std::vector<const ScoredCandidate*>> g;
+  for (auto& [name, items] : groups) g.push_back(items);
+  CostModel costs(model_, {});
+  for (double t : {0.15, 0.4, 0.7}) {
+    const int64_t budget = min_ + static_cast<int64_t>(t * (max_ - min_));
+    double best = 0;
+    std::vector<int> pick(g.size(), -1);
+    for (;;) {
+      std::vector<ScoredCandidate> set;
+      for (size_t i = 0; i < g.size(); ++i) {
+        if (pick[i] >= 0) set.push_back(*g[i][pick[i]]);
+      }
+      if (!set.empty()) best = std::max(best, GainIfFits(costs, set, budget));
+      size_t i = 0;
+      while (i < g.size() && ++pick[i] == static_cast<int>(g[i].size())) pick[i++] = -1;
+      if (i == g.size()) break;
+    }
+    ASSERT_OK_AND_ASSIGN(Selection s, SelectScheme(model_, profile_, costs, {budget}));
+    EXPECT_LE(s.total_gain, best + 1e-12);
+    EXPECT_GE(s.total_gain, 0.9 * best) << "budget fraction " << t;
+    std::cerr << "budget " << t << ": searched " << s.total_gain << " exhaustive " << best
+              << " (filled " << s.filled << ", repaired " << s.repaired << ")\n";
+  }
+}
+
+TEST(SelectOnCnn, BothSearchesFitTheBudget) {
+  models::Model model = Zoo("cnn");
+  ASSERT_OK_AND_ASSIGN(std::vector<Candidate> all, ListCandidates(model));
+  std::vector<ScoredCandidate> profile = Profile(all);
+  CostModel costs(model, {"rpi4", 4, 8e9});
+  std::vector<Candidate> full;
+  for (const Candidate& c : all) {
+    if (c.kind == CandidateKind::kBias || c.fraction == 1.0) full.push_back(c);
+  }
+  const int64_t budget = costs.Cost(full).value().memory_bytes * 9 / 10;
+  SelectOptions evolutionary;
+  evolutionary.force_evolutionary = true;
+  for (const SelectOptions& options : {SelectOptions{}, evolutionary}) {
+    ASSERT_OK_AND_ASSIGN(Selection s, SelectScheme(model, profile, costs, {budget}, options));
+    ExpectValid(s, budget);
+    EXPECT_GT(s.chosen.size(), 1u);
+    ASSERT_OK_AND_ASSIGN(scheme::ResolvedScheme r, scheme::ResolveScheme(model, s.scheme));
+    EXPECT_GT(r.TrainableElements(), 0);
+  }
 }
 
 TEST_F(SelectOnMlp, ReportsBadInputs) {
