@@ -188,96 +188,148 @@ absl::StatusOr<Selection> SelectScheme(const models::Model& model,
         absl::StrCat("select: budget too small for any candidate (memory ", budget.memory_bytes,
                      " bytes; the cheapest candidate alone needs ", floor_memory, ")"));
   }
-  const int64_t memory = budget.memory_bytes - floor_memory;
-  const double seconds = budget.step_seconds > 0 ? budget.step_seconds - floor_seconds : 0.0;
-  Selection out;
-  Choice choice;
-  if (!options.force_evolutionary && budget.step_seconds <= 0 && groups.size() <= kMaxDpGroups) {
-    out.method = SearchMethod::kDynamicProgramming;
-    choice = SolveDp(groups, memory);
-  } else {
-    out.method = SearchMethod::kEvolutionary;
-    choice = SolveEvolutionary(groups, memory, seconds, options);
-  }
-  // Re-cost exactly and repair.
-  for (;;) {
+  auto set_of = [&](const Choice& c) {
     std::vector<Candidate> set;
     for (size_t g = 0; g < groups.size(); ++g) {
-      if (choice[g] >= 0) set.push_back(candidates[groups[g][choice[g]].index].candidate);
+      if (c[g] >= 0) set.push_back(candidates[groups[g][c[g]].index].candidate);
     }
-    if (set.empty()) {
-      // Nothing survived: fall back to the best single candidate that fits.
-      int best = -1;
-      for (size_t g = 0; g < groups.size(); ++g) {
-        for (size_t i = 0; i < groups[g].size(); ++i) {
-          const Item& it = groups[g][i];
-          if (best < 0 || it.gain > candidates[best].gain) best = static_cast<int>(it.index);
+    return set;
+  };
+  auto fits = [&](const SchemeCost& c) {
+    return c.memory_bytes <= budget.memory_bytes &&
+           (budget.step_seconds <= 0 || c.step_seconds <= budget.step_seconds);
+  };
+  // Exact cost; an empty set (which CompileTraining rejects) costs the floor.
+  auto cost_of = [&](const Choice& c) -> absl::StatusOr<SchemeCost> {
+    std::vector<Candidate> set = set_of(c);
+    if (set.empty()) return SchemeCost{floor_memory, 0, floor_seconds};
+    return costs.Cost(set);
+  };
+  // Re-costs `choice` exactly; drops the lowest gain/cost candidate until it
+  // fits (repaired), or, if it fit at once, adds or upgrades candidates (best
+  // gain first) into the room the estimate left (filled).
+  struct Finalized {
+    Choice choice;
+    SchemeCost cost;
+    int repaired = 0, filled = 0;
+  };
+  auto finalize = [&](const Groups& est, Choice choice) -> absl::StatusOr<Finalized> {
+    Finalized f;
+    for (;;) {
+      if (set_of(choice).empty()) {
+        // Nothing survived: the best single candidate that fits alone.
+        size_t bg = 0, bi = 0;
+        for (size_t g = 0; g < groups.size(); ++g) {
+          for (size_t i = 0; i < groups[g].size(); ++i) {
+            if (groups[g][i].gain > groups[bg][bi].gain) bg = g, bi = i;
+          }
+        }
+        choice[bg] = static_cast<int>(bi);
+      }
+      ASSIGN_OR_RETURN(f.cost, cost_of(choice));
+      size_t chosen = 0;
+      for (int c : choice) chosen += c >= 0;
+      if (fits(f.cost) || chosen <= 1) break;
+      int worst = -1;
+      for (size_t g = 0; g < est.size(); ++g) {
+        if (choice[g] < 0) continue;
+        if (worst < 0 || Ratio(est[g][choice[g]]) < Ratio(est[worst][choice[worst]])) {
+          worst = static_cast<int>(g);
         }
       }
-      set.push_back(candidates[best].candidate);
+      choice[worst] = -1;
+      ++f.repaired;
+    }
+    if (f.repaired == 0) {
+      std::vector<std::pair<size_t, size_t>> upgrades;  // (group, item)
+      auto delta = [&](const std::pair<size_t, size_t>& u) {
+        const int cur = choice[u.first];
+        return groups[u.first][u.second].gain - (cur < 0 ? 0.0 : groups[u.first][cur].gain);
+      };
       for (size_t g = 0; g < groups.size(); ++g) {
         for (size_t i = 0; i < groups[g].size(); ++i) {
-          if (static_cast<int>(groups[g][i].index) == best) choice[g] = static_cast<int>(i);
+          if (delta({g, i}) > 0) upgrades.push_back({g, i});
+        }
+      }
+      std::stable_sort(upgrades.begin(), upgrades.end(),
+                       [&](const auto& a, const auto& b) { return delta(a) > delta(b); });
+      int tries = 0;
+      for (const auto& u : upgrades) {
+        if (tries >= options.max_fill_compiles) break;
+        if (delta(u) <= 0) continue;  // an earlier upgrade of this tensor went further
+        Choice trial = choice;
+        trial[u.first] = static_cast<int>(u.second);
+        ++tries;
+        ASSIGN_OR_RETURN(SchemeCost cost, cost_of(trial));
+        if (fits(cost)) {
+          choice = trial;
+          f.cost = cost;
+          ++f.filled;
         }
       }
     }
-    ASSIGN_OR_RETURN(SchemeCost cost, costs.Cost(set));
-    const bool fits = cost.memory_bytes <= budget.memory_bytes &&
-                      (budget.step_seconds <= 0 || cost.step_seconds <= budget.step_seconds);
-    size_t chosen = 0;
-    for (int c : choice) chosen += c >= 0;
-    if (fits || chosen <= 1) {
-      out.cost = cost;
-      break;
+    f.choice = std::move(choice);
+    return f;
+  };
+
+  Selection out;
+  out.method =
+      !options.force_evolutionary && budget.step_seconds <= 0 && groups.size() <= kMaxDpGroups
+          ? SearchMethod::kDynamicProgramming
+          : SearchMethod::kEvolutionary;
+  // Round 0 estimates each candidate against the floor, which over-charges
+  // deep layers (their backward is shared once several train). Later rounds
+  // re-linearize around the last selection S: a candidate costs
+  // cost(S with it) − cost(S without its tensor), and S's own cost anchors
+  // the constant. The best fitting selection of all rounds wins.
+  Groups est = groups;
+  int64_t anchor_memory = floor_memory;
+  double anchor_seconds = floor_seconds;
+  Finalized best;
+  double best_gain = -1.0;
+  for (int round = 0; round < std::max(1, options.rounds); ++round) {
+    const int64_t memory = budget.memory_bytes - anchor_memory;
+    const double seconds =
+        budget.step_seconds > 0 ? std::max(0.0, budget.step_seconds - anchor_seconds) : 0.0;
+    if (memory < 0) break;
+    Choice choice = out.method == SearchMethod::kDynamicProgramming
+                        ? SolveDp(est, memory)
+                        : SolveEvolutionary(est, memory, seconds, options);
+    ASSIGN_OR_RETURN(Finalized f, finalize(est, std::move(choice)));
+    const double gain = Sum(groups, f.choice).gain;
+    ++out.rounds;
+    const bool improved = fits(f.cost) && gain > best_gain + 1e-12;
+    if (improved || best_gain < 0) {
+      best_gain = gain;
+      best = f;
     }
-    int worst = -1;
+    if (!improved && round > 0) break;
+    if (round + 1 == options.rounds) break;
+    // Re-linearize around f.choice.
+    est = groups;
+    anchor_memory = f.cost.memory_bytes;
+    anchor_seconds = f.cost.step_seconds;
     for (size_t g = 0; g < groups.size(); ++g) {
-      if (choice[g] < 0) continue;
-      if (worst < 0 || Ratio(groups[g][choice[g]]) < Ratio(groups[worst][choice[worst]])) {
-        worst = static_cast<int>(g);
-      }
-    }
-    choice[worst] = -1;
-    ++out.repaired;
-  }
-  // Memory is sub-additive (the arena and backward are shared), so the
-  // estimate leaves room: add or upgrade candidates, best gain first, while
-  // the exact cost still fits.
-  if (out.repaired == 0) {
-    std::vector<std::pair<size_t, size_t>> upgrades;  // (group, item)
-    for (size_t g = 0; g < groups.size(); ++g) {
+      Choice without = f.choice;
+      without[g] = -1;
+      ASSIGN_OR_RETURN(SchemeCost base, cost_of(without));
       for (size_t i = 0; i < groups[g].size(); ++i) {
-        if (choice[g] < 0 || groups[g][i].gain > groups[g][choice[g]].gain)
-          upgrades.push_back({g, i});
+        Choice with = without;
+        with[g] = static_cast<int>(i);
+        ASSIGN_OR_RETURN(SchemeCost c, cost_of(with));
+        est[g][i].memory = std::max<int64_t>(0, c.memory_bytes - base.memory_bytes);
+        est[g][i].seconds = std::max(0.0, c.step_seconds - base.step_seconds);
       }
-    }
-    std::stable_sort(upgrades.begin(), upgrades.end(), [&](const auto& a, const auto& b) {
-      const Item& x = groups[a.first][a.second];
-      const Item& y = groups[b.first][b.second];
-      const double gx = x.gain - (choice[a.first] < 0 ? 0 : groups[a.first][choice[a.first]].gain);
-      const double gy = y.gain - (choice[b.first] < 0 ? 0 : groups[b.first][choice[b.first]].gain);
-      return gx > gy;
-    });
-    int tries = 0;
-    for (const auto& [g, i] : upgrades) {
-      if (tries >= options.max_fill_compiles) break;
-      if (choice[g] >= 0 && groups[g][i].gain <= groups[g][choice[g]].gain) continue;
-      Choice trial = choice;
-      trial[g] = static_cast<int>(i);
-      std::vector<Candidate> set;
-      for (size_t h = 0; h < groups.size(); ++h) {
-        if (trial[h] >= 0) set.push_back(candidates[groups[h][trial[h]].index].candidate);
-      }
-      ++tries;
-      ASSIGN_OR_RETURN(SchemeCost cost, costs.Cost(set));
-      if (cost.memory_bytes <= budget.memory_bytes &&
-          (budget.step_seconds <= 0 || cost.step_seconds <= budget.step_seconds)) {
-        choice = trial;
-        out.cost = cost;
-        ++out.filled;
+      if (f.choice[g] >= 0) {
+        anchor_memory -= est[g][f.choice[g]].memory;
+        anchor_seconds -= est[g][f.choice[g]].seconds;
       }
     }
   }
+  out.cost = best.cost;
+  out.repaired = best.repaired;
+  out.filled = best.filled;
+  const Choice& choice = best.choice;
   std::vector<size_t> indices;
   for (size_t g = 0; g < groups.size(); ++g) {
     if (choice[g] >= 0) indices.push_back(groups[g][choice[g]].index);

@@ -12,7 +12,10 @@
 // exactly additive (the arena is shared), so the chosen set is re-costed by
 // compiling it and repaired by dropping the lowest gain/cost candidate until
 // it fits; if it fit at once, candidates are added or upgraded (best gain
-// first) into the room the over-estimate left, each checked exactly.
+// first) into the room the over-estimate left, each checked exactly. Later
+// rounds re-estimate each candidate's cost as its marginal cost against the
+// last selection (cost(S + c) − cost(S without c's tensor)) and solve again;
+// the best selection that fits wins.
 //
 //   ASSIGN_OR_RETURN(Selection s, SelectScheme(model, scored, costs, {.memory_bytes = 8 << 20}));
 //   // s.scheme.name == "searched"
@@ -53,6 +56,9 @@ struct SelectOptions {
   // Exact re-costs spent adding or upgrading candidates into the room the
   // additive estimate leaves (memory is sub-additive).
   int max_fill_compiles = 64;
+  // Estimate-solve-recost rounds (see SelectScheme); each after the first
+  // compiles about two plans per candidate.
+  int rounds = 3;
 };
 
 inline constexpr int kMemoryBuckets = 4096;
@@ -66,6 +72,7 @@ struct Selection {
   SearchMethod method = SearchMethod::kDynamicProgramming;
   int repaired = 0;  // candidates dropped after re-costing
   int filled = 0;    // candidates added or upgraded after re-costing
+  int rounds = 0;    // estimate-solve-recost rounds run
 };
 
 // Errors: InvalidArgument for an empty candidate list, a non-positive memory
