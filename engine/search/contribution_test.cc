@@ -80,6 +80,9 @@ TEST_F(ContributionOnMlp, RanksTheHeadAboveAHiddenBiasAndIsDeterministic) {
   ASSERT_EQ(scored.size(), 3u);
   EXPECT_EQ(scored[1].candidate, candidates[1]);
   EXPECT_DOUBLE_EQ(scored[1].gain, a.entries[1].accuracy_gain);
+  ASSERT_OK_AND_ASSIGN(std::vector<ScoredCandidate> by_loss,
+                       ScoreCandidates(model_, a, GainMetric::kLoss));
+  EXPECT_DOUBLE_EQ(by_loss[0].gain, a.entries[0].loss_gain);
 
   // With room for the head but not for it plus a whole hidden layer, the
   // search keeps the head fully.

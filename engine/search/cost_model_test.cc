@@ -62,6 +62,13 @@ TEST(CostModel, CachesBySchemeTextAndComputesMarginals) {
   EXPECT_GT(full.flops_per_step, 0);
   ASSERT_OK_AND_ASSIGN(SchemeCost with, costs.Cost({all[0], all[4]}));
   EXPECT_EQ(with.memory_bytes - bias.memory_bytes, full.memory_bytes);
+  // An empty base: the candidate's whole cost.
+  ASSERT_OK_AND_ASSIGN(SchemeCost alone, costs.Marginal({}, all[0]));
+  EXPECT_EQ(alone.memory_bytes, bias.memory_bytes);
+  // A candidate on a tensor of the base replaces that entry.
+  ASSERT_OK_AND_ASSIGN(SchemeCost swap, costs.Marginal({all[0], all[1]}, all[4]));
+  ASSERT_OK_AND_ASSIGN(SchemeCost eighth_set, costs.Cost({all[0], all[1]}));
+  EXPECT_EQ(swap.memory_bytes, with.memory_bytes - eighth_set.memory_bytes);
 }
 
 TEST(CostModel, RejectsBadInputs) {

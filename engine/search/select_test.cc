@@ -153,6 +153,13 @@ TEST_F(SelectOnMlp, IsNearTheExhaustiveOptimum) {
     }
     ASSERT_OK_AND_ASSIGN(Selection s, SelectScheme(model_, profile_, costs, {budget}));
     EXPECT_LE(s.total_gain, best + 1e-12);
+    // Later rounds only ever keep a better fitting selection.
+    SelectOptions one_round;
+    one_round.rounds = 1;
+    ASSERT_OK_AND_ASSIGN(Selection s1, SelectScheme(model_, profile_, costs, {budget}, one_round));
+    EXPECT_EQ(s1.rounds, 1);
+    EXPECT_GE(s.total_gain, s1.total_gain);
+    EXPECT_LE(s1.cost.memory_bytes, budget);
     EXPECT_GE(s.total_gain, 0.9 * best) << "budget fraction " << t;
     std::cerr << "budget " << t << ": searched " << s.total_gain << " exhaustive " << best
               << " (filled " << s.filled << ", repaired " << s.repaired << ")\n";
