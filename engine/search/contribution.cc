@@ -140,8 +140,7 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
     runtime::ParameterStore params = base;
     ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
                      train::Trainer::Create(build, &params, topts));
-    ASSIGN_OR_RETURN(train::EpochStats stats, trainer->TrainEpoch(train_x, train_y));
-    (void)stats;
+    RETURN_IF_ERROR(trainer->TrainEpoch(train_x, train_y).status());
     trainer.reset();
     ASSIGN_OR_RETURN(Evaluation e,
                      EvaluateHeldOut(build, &params, data.heldout_images, data.heldout_labels));

@@ -160,6 +160,10 @@ absl::StatusOr<Selection> SelectScheme(const models::Model& model,
     return absl::InvalidArgumentError(
         absl::StrCat("select: memory budget must be positive, got ", budget.memory_bytes));
   }
+  if (std::none_of(candidates.begin(), candidates.end(),
+                   [](const ScoredCandidate& c) { return c.gain > 0; })) {
+    return absl::InvalidArgumentError("select: no candidate has a positive gain");
+  }
   // Single-candidate costs; the cheapest is the floor every plan pays.
   std::vector<SchemeCost> alone(candidates.size());
   int64_t floor_memory = INT64_MAX;

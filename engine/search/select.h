@@ -76,7 +76,8 @@ struct Selection {
 };
 
 // Errors: InvalidArgument for an empty candidate list, a non-positive memory
-// budget, or a candidate the model lacks; ResourceExhausted ("budget too
+// budget, a candidate the model lacks, or no candidate with a positive gain;
+// ResourceExhausted ("budget too
 // small for any candidate") when no candidate with positive gain fits alone.
 absl::StatusOr<Selection> SelectScheme(const models::Model& model,
                                        const std::vector<ScoredCandidate>& candidates,

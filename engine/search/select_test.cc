@@ -195,6 +195,10 @@ TEST_F(SelectOnMlp, ReportsBadInputs) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("memory budget")));
   EXPECT_THAT(SelectScheme(model_, profile_, costs, {min_ - 1}),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("budget too small")));
+  std::vector<ScoredCandidate> useless = profile_;
+  for (auto& c : useless) c.gain = -0.01;
+  EXPECT_THAT(SelectScheme(model_, useless, costs, {max_}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("positive gain")));
   std::vector<ScoredCandidate> ghost = {{{CandidateKind::kBias, "fc9.bias", "fc9", 1.0}, 1.0}};
   EXPECT_THAT(SelectScheme(model_, ghost, costs, {max_}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fc9.bias")));
