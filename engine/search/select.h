@@ -77,8 +77,8 @@ struct Selection {
 
 // Errors: InvalidArgument for an empty candidate list, a non-positive memory
 // budget, a candidate the model lacks, or no candidate with a positive gain;
-// ResourceExhausted ("budget too
-// small for any candidate") when no candidate with positive gain fits alone.
+// ResourceExhausted ("budget too small for any candidate") when no candidate
+// with a positive gain fits alone.
 absl::StatusOr<Selection> SelectScheme(const models::Model& model,
                                        const std::vector<ScoredCandidate>& candidates,
                                        CostModel& costs, const Budget& budget,
