@@ -45,6 +45,29 @@ void Repeat(const Tensor& x, const Tensor& y, int64_t count, Tensor* rx, Tensor*
 
 std::string Double(double v) { return absl::StrFormat("%.17g", v); }
 
+// The model's weights and buffers from `base`, without anything else the
+// store holds: optimizer state from an earlier run would both leak momentum
+// into each candidate's run and clash in shape with a partial-channel one.
+absl::StatusOr<runtime::ParameterStore> CopyModelState(const models::Model& model,
+                                                       const runtime::ParameterStore& base) {
+  runtime::ParameterStore out;
+  auto copy = [&](const std::string& name) -> absl::Status {
+    const Tensor* t = base.Find(name);
+    if (t == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contribution: base weights lack model tensor '", name, "'"));
+    }
+    return out.Set(name, *t);
+  };
+  for (const models::Layer& layer : model.layers) {
+    for (const std::string& w : layer.weights) RETURN_IF_ERROR(copy(w));
+  }
+  for (const std::string& b : model.buffers) {
+    if (base.Find(b) != nullptr) RETURN_IF_ERROR(copy(b));  // an eval graph may not read all
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<Evaluation> EvaluateHeldOut(const train::ModelBuilder& build,
@@ -116,7 +139,7 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
   profile.steps = options.steps;
   profile.seed = options.seed;
   {
-    runtime::ParameterStore params = base;
+    ASSIGN_OR_RETURN(runtime::ParameterStore params, CopyModelState(probe, base));
     ASSIGN_OR_RETURN(Evaluation e,
                      EvaluateHeldOut(build, &params, data.heldout_images, data.heldout_labels));
     profile.base_accuracy = e.accuracy;
@@ -137,7 +160,7 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
     topts.seed = options.seed;
     topts.threads = options.threads;
     topts.optimizer = options.optimizer;
-    runtime::ParameterStore params = base;
+    ASSIGN_OR_RETURN(runtime::ParameterStore params, CopyModelState(probe, base));
     ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
                      train::Trainer::Create(build, &params, topts));
     RETURN_IF_ERROR(trainer->TrainEpoch(train_x, train_y).status());

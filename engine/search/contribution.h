@@ -77,10 +77,12 @@ absl::StatusOr<Evaluation> EvaluateHeldOut(const train::ModelBuilder& build,
                                            runtime::ParameterStore* params, const Tensor& images,
                                            const Tensor& labels);
 
-// Fine-tunes each candidate alone from a copy of `base` for options.steps
-// steps (the calibration train set repeated and shuffled as needed).
-// InvalidArgument for an empty candidate list, steps or batch < 1, an empty
-// or mismatched data set, or a candidate the model lacks (message names it).
+// Fine-tunes each candidate alone from a copy of `base`'s model weights and
+// buffers (other tensors, such as optimizer state from pre-training, are
+// ignored) for options.steps steps (the calibration train set repeated and
+// shuffled as needed). InvalidArgument for an empty candidate list, steps or
+// batch < 1, an empty or mismatched data set, a model tensor `base` lacks, or
+// a candidate the model lacks (messages name the tensor).
 absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuilder& build,
                                                          const runtime::ParameterStore& base,
                                                          const std::vector<Candidate>& candidates,

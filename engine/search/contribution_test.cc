@@ -97,6 +97,20 @@ TEST_F(ContributionOnMlp, RanksTheHeadAboveAHiddenBiasAndIsDeterministic) {
             << s.cost.memory_bytes << " bytes\n";
 }
 
+// Regression: base weights from a full fine-tune carry momentum buffers of
+// full shape, which clashed with a partial-channel candidate's state.
+TEST_F(ContributionOnMlp, IgnoresOptimizerStateInTheBaseStore) {
+  ASSERT_OK(base_.Set("fc1.weight.momentum_buffer", Tensor(DType::kF32, {32, 16})));
+  const std::vector<Candidate> candidates = {Get("fc1.weight@1/4")};
+  ASSERT_OK_AND_ASSIGN(ContributionProfile with_state,
+                       AnalyzeContributions(Builder(), base_, candidates, data_, options_));
+  runtime::ParameterStore clean;
+  ASSERT_OK(models::InitializeMlp(kConfig, 3, &clean));
+  ASSERT_OK_AND_ASSIGN(ContributionProfile without,
+                       AnalyzeContributions(Builder(), clean, candidates, data_, options_));
+  EXPECT_EQ(ProfileToText(with_state), ProfileToText(without));
+}
+
 TEST_F(ContributionOnMlp, ProfileRoundTripsThroughAFile) {
   ContributionProfile p;
   p.model_name = "mlp";
@@ -130,6 +144,11 @@ TEST_F(ContributionOnMlp, ReportsBadInputs) {
   empty.heldout_labels = Tensor(DType::kI32, {3});
   EXPECT_THAT(AnalyzeContributions(Builder(), base_, {Get("fc1.bias")}, empty, options_),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("held-out")));
+
+  runtime::ParameterStore partial;
+  ASSERT_OK(partial.Set("fc1.weight", *base_.Find("fc1.weight")));
+  EXPECT_THAT(AnalyzeContributions(Builder(), partial, {Get("fc1.bias")}, data_, options_),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'fc1.bias'")));
 
   EXPECT_THAT(ParseProfileText("garbage"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("header")));
