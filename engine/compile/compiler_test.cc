@@ -1,5 +1,7 @@
 #include "engine/compile/compiler.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 
@@ -105,6 +107,58 @@ TEST(CompileTraining, ReportsTheActivationCacheOfAFrozenPrefix) {
   EXPECT_EQ(meta.activation_cache_nodes(), 4);
   EXPECT_GT(meta.activation_cache_flops_saved(), meta.flops_per_step() / 2);
   EXPECT_THAT(FormatPlanSummary(meta), HasSubstr("activation cache 0.5 KiB per example"));
+}
+
+// Every pass alone, and all of them: the plan written to a file and loaded
+// back trains like the unoptimized graph (losses and every parameter after 3
+// steps). Frozen-statistics CNN with bias-only updates, so BatchNorm folding
+// applies; folding reassociates float products, hence the tolerance.
+TEST(CompileTraining, EveryPassThroughAPlanFileTrainsLikeTheUnoptimizedGraph) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* cnn, models::FindZooModel("cnn"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, cnn->build(4, models::Mode::kEval));
+  auto train = [&](const std::string& spec, std::vector<float>* losses,
+                   runtime::ParameterStore* params) {
+    CompileOptions o = Options(model, "bias-only");
+    ASSERT_OK_AND_ASSIGN(o.passes, passes::PassOptions::Parse(spec));
+    ASSERT_OK_AND_ASSIGN(CompiledTraining compiled, CompileTraining(model, o));
+    const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/" + spec + ".plan";
+    ASSERT_OK(plan::WritePlan(path, compiled.plan));
+    ASSERT_OK_AND_ASSIGN(v1::CompiledPlan read, plan::ReadPlan(path));
+    ASSERT_OK_AND_ASSIGN(Graph graph, plan::GraphFromProto(read.graph()));
+    ASSERT_OK(cnn->initialize(model, 0, params));
+    ASSERT_OK_AND_ASSIGN(
+        auto exe, runtime::Executable::Compile(graph, params, RuntimeOptionsFor(read.metadata())));
+    ASSERT_OK(cnn->fill_batch(*exe, 0));
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_OK(exe->Run());
+      ASSERT_OK_AND_ASSIGN(TensorView loss, exe->Output(compiled.loss));
+      losses->push_back(loss.f32()[0]);
+    }
+  };
+  std::vector<float> want_losses;
+  runtime::ParameterStore want;
+  train("none", &want_losses, &want);
+  for (const char* spec :
+       {"fold_batch_norm", "fuse", "dce", "reorder_updates", "fold_constants", "in_place", "all"}) {
+    SCOPED_TRACE(spec);
+    std::vector<float> losses;
+    runtime::ParameterStore got;
+    train(spec, &losses, &got);
+    ASSERT_EQ(losses.size(), want_losses.size());
+    for (size_t i = 0; i < losses.size(); ++i) {
+      EXPECT_NEAR(losses[i], want_losses[i], 2e-4 * std::abs(want_losses[i]));
+    }
+    for (const auto& [name, tensor] : want.tensors()) {
+      const Tensor* other = got.Find(name);
+      ASSERT_NE(other, nullptr) << name;
+      double diff = 0, scale = 1e-12;
+      for (int64_t i = 0; i < tensor.num_elements(); ++i) {
+        diff = std::max(diff, std::abs(static_cast<double>(tensor.f32()[i]) - other->f32()[i]));
+        scale = std::max(scale, std::abs(static_cast<double>(tensor.f32()[i])));
+      }
+      EXPECT_LT(diff / scale, 2e-4) << name;
+    }
+  }
 }
 
 TEST(CompileTraining, SparserSchemesCostLess) {
