@@ -5,11 +5,6 @@
 # not needed (bench/pytorch_bert.py writes the model with torch.nn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh
-if ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    python3-torch
-fi
+bench/setup_torch.sh torch
 bazel build //bench:bert_bench >&2
 exec /usr/bin/python3 bench/compare_bert.py "$@"

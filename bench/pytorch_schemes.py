@@ -218,10 +218,6 @@ def trainable(name, scheme, blocks, heads):
     raise ValueError(scheme)
 
 
-def _nbytes(t):
-    return t.numel() * t.element_size()
-
-
 def peak_step_bytes(step):
     """Highest sum of live allocations during one call of `step`, from the profiler."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -259,9 +255,9 @@ def bench(model_name, scheme, args):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    optim_bytes = sum(_nbytes(s["momentum_buffer"]) for s in opt.state.values()
+    optim_bytes = sum(pytorch_bert._nbytes(s["momentum_buffer"]) for s in opt.state.values()
                       if s.get("momentum_buffer") is not None)
-    input_bytes = sum(_nbytes(t) for t in inputs) + _nbytes(labels)
+    input_bytes = sum(pytorch_bert._nbytes(t) for t in inputs) + pytorch_bert._nbytes(labels)
     peak = peak_step_bytes(step) + optim_bytes + input_bytes
     return {
         "framework": "pytorch",

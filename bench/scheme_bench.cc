@@ -86,8 +86,7 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   }
   std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
   const runtime::MemoryStats& mem = exe->memory();
-  const size_t peak =
-      mem.arena_bytes + mem.scratch_bytes + mem.constant_bytes + mem.optimizer_state_bytes;
+  const size_t peak = mem.total_bytes() - mem.weight_bytes;  // training memory beyond the weights
   std::printf(
       "{\"framework\": \"fleettune\", \"model\": \"%s\", \"mode\": \"%s\", \"ms_per_step\": %.3f, "
       "\"peak_bytes\": %zu, \"train_bytes\": %zu, \"arena_bytes\": %zu, \"scratch_bytes\": %zu, "

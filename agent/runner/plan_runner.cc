@@ -155,8 +155,7 @@ size_t ParamBytes(const Graph& g, engine::ParamRole role) {
 // weights and optimizer state (the engine's own figure, before allocating).
 absl::StatusOr<size_t> TotalBytes(const Graph& g, const engine::runtime::CompileOptions& options) {
   ASSIGN_OR_RETURN(engine::runtime::MemoryStats m, engine::runtime::EstimateMemory(g, options));
-  return m.arena_bytes + m.scratch_bytes + m.constant_bytes + m.weight_bytes +
-         m.optimizer_state_bytes;
+  return m.total_bytes();
 }
 
 // PyTorch's nn.Linear initialization for every weight parameter of the plan,
@@ -288,9 +287,7 @@ absl::StatusOr<v1::MetricsReport> RunPlan(const PlanRunInputs& in, const ReportF
   ASSIGN_OR_RETURN(auto train, Executable::Compile(p.train, &params, options));
   ASSIGN_OR_RETURN(Graph forward, ForwardPrefix(p));
   ASSIGN_OR_RETURN(auto eval, Executable::Compile(forward, &params, options));
-  const engine::runtime::MemoryStats& m = train->memory();
-  const size_t peak =
-      m.arena_bytes + m.scratch_bytes + m.constant_bytes + m.weight_bytes + m.optimizer_state_bytes;
+  const size_t peak = train->memory().total_bytes();
 
   // Resume from a checkpoint of this assignment, if any.
   std::filesystem::create_directories(in.state_dir + "/checkpoints");

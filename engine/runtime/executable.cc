@@ -13,6 +13,35 @@
 #include "engine/kernels/gemm.h"
 
 namespace fleettune::engine::runtime {
+namespace {
+
+// Kernel workspace: ops run one at a time, so one buffer of the largest
+// request serves them all.
+size_t ScratchBytes(const Graph& g) {
+  size_t bytes = 0;
+  for (const Node& node : g.nodes()) {
+    const ops::OpDef& def = ops::GetOpDef(node.op);
+    if (def.scratch_bytes == nullptr) continue;
+    std::vector<const TensorType*> types;
+    for (ValueId in : node.inputs) types.push_back(&g.type(in));
+    bytes = std::max(bytes, def.scratch_bytes(node, types));
+  }
+  return bytes;
+}
+
+// A folded constant persists past the prologue when a step (or the caller,
+// as an output) reads it; the rest are prologue temporaries.
+bool PersistsAfterPrologue(const Graph& g, const std::vector<bool>& constant,
+                           const std::vector<std::vector<ValueId>>& users, ValueId id) {
+  const auto& outs = g.outputs();
+  if (std::find(outs.begin(), outs.end(), id) != outs.end()) return true;
+  return std::any_of(users[id].begin(), users[id].end(), [&](ValueId u) { return !constant[u]; });
+}
+
+// Bytes a persistent constant takes in the constants buffer (64-aligned slots).
+size_t ConstantSlotBytes(const Node& node) { return (node.type.bytes() + 63) / 64 * 64; }
+
+}  // namespace
 
 Tensor* ParameterStore::Find(const std::string& name) {
   auto it = tensors_.find(name);
@@ -242,23 +271,17 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   // the rest are prologue temporaries.
   {
     const std::vector<std::vector<ValueId>> users = g.ComputeUsers();
-    const auto& outs = g.outputs();
     std::vector<size_t> persistent_offset(n, 0);
     std::vector<memory::BufferRequest> temps;
     for (ValueId id = 0; id < n; ++id) {
       const Node& node = g.node(id);
       if (!constant[id] || node.op == OpKind::kParameter) continue;
       exe->prologue_.push_back(id);
-      bool persistent = std::find(outs.begin(), outs.end(), id) != outs.end();
-      int last = id;
-      for (ValueId u : users[id]) {
-        persistent = persistent || !constant[u];
-        last = std::max(last, u);
-      }
-      if (persistent) {
+      if (PersistsAfterPrologue(g, constant, users, id)) {
         persistent_offset[id] = exe->memory_.constant_bytes;
-        exe->memory_.constant_bytes += (node.type.bytes() + 63) / 64 * 64;
+        exe->memory_.constant_bytes += ConstantSlotBytes(node);
       } else {
+        const int last = users[id].empty() ? id : std::max<int>(id, users[id].back());
         exe->prologue_temps_.push_back(id);
         temps.push_back(memory::BufferRequest{node.type.bytes(), id, last});
       }
@@ -278,17 +301,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     exe->prologue_workspace_bytes_ = temp_plan.arena_bytes;
   }
 
-  // Kernel workspace: ops run one at a time, so one buffer of the largest
-  // request serves them all.
-  for (ValueId id = 0; id < n; ++id) {
-    const Node& node = g.node(id);
-    const ops::OpDef& def = ops::GetOpDef(node.op);
-    if (def.scratch_bytes == nullptr) continue;
-    std::vector<const TensorType*> types;
-    for (ValueId in : node.inputs) types.push_back(&g.type(in));
-    exe->memory_.scratch_bytes =
-        std::max(exe->memory_.scratch_bytes, def.scratch_bytes(node, types));
-  }
+  exe->memory_.scratch_bytes = ScratchBytes(g);
   if (exe->memory_.scratch_bytes > 0)
     exe->scratch_ = AlignedAllocZeroed(exe->memory_.scratch_bytes);
 
@@ -445,8 +458,8 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   MemoryStats m;
   m.arena_bytes = layout.plan.arena_bytes;
   m.in_place_nodes = layout.in_place_nodes;
+  m.scratch_bytes = ScratchBytes(graph);
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
-  const std::vector<ValueId>& outputs = graph.outputs();
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);
     if (node.op == OpKind::kParameter) {
@@ -454,18 +467,10 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
       (state ? m.optimizer_state_bytes : m.weight_bytes) += node.type.bytes();
       continue;
     }
-    const ops::OpDef& def = ops::GetOpDef(node.op);
-    if (def.scratch_bytes != nullptr) {
-      std::vector<const TensorType*> types;
-      for (ValueId in : node.inputs) types.push_back(&graph.type(in));
-      m.scratch_bytes = std::max(m.scratch_bytes, def.scratch_bytes(node, types));
-    }
     if (!constant[id]) continue;
-    // Same rule as Compile()'s prologue: constants a step or the caller reads persist.
     ++m.constant_nodes;
-    bool persistent = std::find(outputs.begin(), outputs.end(), id) != outputs.end();
-    for (ValueId u : users[id]) persistent = persistent || !constant[u];
-    if (persistent) m.constant_bytes += (node.type.bytes() + 63) / 64 * 64;
+    if (PersistsAfterPrologue(graph, constant, users, id))
+      m.constant_bytes += ConstantSlotBytes(node);
   }
   return m;
 }

@@ -84,6 +84,12 @@ struct MemoryStats {
   size_t constant_bytes = 0;         // folded constants the step reads (fold_constants)
   int constant_nodes = 0;            // nodes the prologue computes instead of every step
   int in_place_nodes = 0;            // nodes writing over a dying input (in_place)
+
+  // Everything a step keeps in memory: arena, scratch, folded constants,
+  // weights and optimizer state.
+  size_t total_bytes() const {
+    return arena_bytes + scratch_bytes + constant_bytes + weight_bytes + optimizer_state_bytes;
+  }
 };
 
 class Executable {
