@@ -5,6 +5,8 @@
 #include <cstring>
 #include <map>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -175,8 +177,10 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
 
 std::string ProfileToText(const ContributionProfile& p) {
   std::string out = absl::StrCat(kHeader, "\n");
-  absl::StrAppend(&out, "model ", p.model_name.empty() ? "-" : p.model_name, "\n");
-  absl::StrAppend(&out, "task ", p.task.empty() ? "-" : p.task, "\n");
+  // Names are free text: C-escaped, so a newline cannot start a line of its own.
+  absl::StrAppend(&out, "model ", p.model_name.empty() ? "-" : absl::CEscape(p.model_name), "\n");
+  absl::StrAppend(&out, "task ", p.task.empty() ? "-" : absl::CEscape(p.task), "\n");
+  if (!p.key.empty()) absl::StrAppend(&out, "key ", p.key, "\n");
   absl::StrAppend(&out, "steps ", p.steps, "\nseed ", p.seed, "\n");
   absl::StrAppend(&out, "base ", Double(p.base_accuracy), " ", Double(p.base_loss), "\n");
   for (const Contribution& c : p.entries) {
@@ -205,10 +209,14 @@ absl::StatusOr<ContributionProfile> ParseProfileText(absl::string_view text) {
     if (f.size() < 2) return bad("expected 'key value...'");
     const absl::string_view key = f[0];
     const std::string value = f[1] == "-" ? "" : std::string(f[1]);
-    if (key == "model" && f.size() == 2) {
-      p.model_name = value;
-    } else if (key == "task" && f.size() == 2) {
-      p.task = value;
+    if (key == "model" || key == "task") {
+      // The rest of the line, C-escaped by ProfileToText.
+      const absl::string_view rest = absl::StripAsciiWhitespace(line.substr(key.size()));
+      std::string name;
+      if (rest != "-" && !absl::CUnescape(rest, &name)) return bad("bad escape in name");
+      (key == "model" ? p.model_name : p.task) = std::move(name);
+    } else if (key == "key" && f.size() == 2) {
+      p.key = value;
     } else if (key == "steps" && f.size() == 2) {
       if (!absl::SimpleAtoi(f[1], &p.steps)) return bad("bad steps");
     } else if (key == "seed" && f.size() == 2) {

@@ -60,6 +60,7 @@ struct Contribution {
 struct ContributionProfile {
   std::string model_name;
   std::string task;
+  std::string key;  // ProfileKey (profile_cache.h) of what it was measured on; may be empty
   int64_t steps = 0;
   uint64_t seed = 0;
   double base_accuracy = 0.0;

@@ -114,7 +114,8 @@ TEST_F(ContributionOnMlp, IgnoresOptimizerStateInTheBaseStore) {
 TEST_F(ContributionOnMlp, ProfileRoundTripsThroughAFile) {
   ContributionProfile p;
   p.model_name = "mlp";
-  p.task = "fmnist";
+  p.task = "fashion mnist, low-contrast\ncamera";  // free text: spaces, a newline
+  p.key = std::string(64, 'c');
   p.steps = 50;
   p.seed = 4;
   p.base_accuracy = 0.1;
@@ -127,7 +128,8 @@ TEST_F(ContributionOnMlp, ProfileRoundTripsThroughAFile) {
   EXPECT_EQ(ProfileToText(p), ProfileToText(q));
   EXPECT_EQ(q.entries[1].accuracy, 1.0 / 3.0);
   EXPECT_DOUBLE_EQ(q.entries[1].accuracy_gain, 1.0 / 3.0 - 0.1);
-  EXPECT_EQ(q.task, "fmnist");
+  EXPECT_EQ(q.task, p.task);
+  EXPECT_EQ(q.key, p.key);
 }
 
 TEST_F(ContributionOnMlp, ReportsBadInputs) {
