@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
 #include "engine/compile/compiler.h"
+#include "engine/runtime/executable.h"
 
 namespace fleettune::engine::search {
 
@@ -53,6 +54,29 @@ absl::StatusOr<SchemeCost> CostModel::Marginal(const std::vector<Candidate>& bas
   d.flops_per_step = after.flops_per_step - before.flops_per_step;
   d.step_seconds = after.step_seconds - before.step_seconds;
   return d;
+}
+
+absl::StatusOr<int64_t> CostModel::InferenceBytes() {
+  if (inference_bytes_ < 0) {
+    runtime::CompileOptions options;
+    options.threads = device_.threads;
+    ASSIGN_OR_RETURN(runtime::MemoryStats m, runtime::EstimateMemory(model_.graph, options));
+    inference_bytes_ = static_cast<int64_t>(m.total_bytes());
+  }
+  return inference_bytes_;
+}
+
+absl::StatusOr<int64_t> OverheadFractionBudget(CostModel& costs, const models::Model& model,
+                                               double fraction) {
+  if (!(fraction > 0.0 && fraction <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget fraction ", fraction, " is outside (0, 1]"));
+  }
+  ASSIGN_OR_RETURN(scheme::UpdateScheme full, scheme::PresetScheme(model, "full"));
+  ASSIGN_OR_RETURN(SchemeCost full_cost, costs.Cost(full));
+  ASSIGN_OR_RETURN(int64_t inference, costs.InferenceBytes());
+  const double overhead = static_cast<double>(full_cost.memory_bytes - inference);
+  return inference + static_cast<int64_t>(fraction * overhead);
 }
 
 }  // namespace fleettune::engine::search

@@ -57,6 +57,12 @@ class CostModel {
   absl::StatusOr<SchemeCost> Marginal(const std::vector<Candidate>& base,
                                       const Candidate& candidate);
 
+  // Memory to run the forward pass and loss alone (inference at the
+  // training batch): arena, scratch and weights. What a scheme costs beyond
+  // this (saved activations, gradients, optimizer state) is its training
+  // overhead. Cached.
+  absl::StatusOr<int64_t> InferenceBytes();
+
   size_t cache_size() const { return cache_.size(); }
   int64_t compiles() const { return compiles_; }
   const DeviceClass& device() const { return device_; }
@@ -66,8 +72,20 @@ class CostModel {
   DeviceClass device_;
   autodiff::OptimizerConfig optimizer_;
   std::map<std::string, SchemeCost> cache_;
+  int64_t inference_bytes_ = -1;
   int64_t compiles_ = 0;
 };
+
+// A memory budget that allows `fraction` of full fine-tuning's training
+// overhead on top of inference:
+//   InferenceBytes + fraction × (Cost(full).memory_bytes − InferenceBytes).
+// This is how "a third of full fine-tuning's training memory" is read: the
+// weights and the forward pass are paid by inference already (for a small
+// MLP the weights alone exceed a third of full fine-tuning's total), and what
+// a scheme chooses is what backpropagation adds. InvalidArgument for a
+// fraction outside (0, 1].
+absl::StatusOr<int64_t> OverheadFractionBudget(CostModel& costs, const models::Model& model,
+                                               double fraction);
 
 }  // namespace fleettune::engine::search
 

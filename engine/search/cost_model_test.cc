@@ -3,6 +3,7 @@
 #include "engine/base/status_matchers.h"
 #include "engine/compile/compiler.h"
 #include "engine/models/zoo.h"
+#include "engine/runtime/executable.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -69,6 +70,36 @@ TEST(CostModel, CachesBySchemeTextAndComputesMarginals) {
   ASSERT_OK_AND_ASSIGN(SchemeCost swap, costs.Marginal({all[0], all[1]}, all[4]));
   ASSERT_OK_AND_ASSIGN(SchemeCost eighth_set, costs.Cost({all[0], all[1]}));
   EXPECT_EQ(swap.memory_bytes, with.memory_bytes - eighth_set.memory_bytes);
+}
+
+TEST(CostModel, InferenceBytesAreWhatTheForwardPassAllocates) {
+  for (const char* name : {"mlp", "cnn"}) {
+    models::Model model = Zoo(name);
+    CostModel costs(model, {"x", 2, 1e9});
+    ASSERT_OK_AND_ASSIGN(int64_t inference, costs.InferenceBytes());
+    ASSERT_OK_AND_ASSIGN(const models::ZooEntry* zoo, models::FindZooModel(name));
+    runtime::ParameterStore params;
+    ASSERT_OK(zoo->initialize(model, 0, &params));
+    runtime::CompileOptions options;
+    options.threads = 2;
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<runtime::Executable> exe,
+                         runtime::Executable::Compile(model.graph, &params, options));
+    EXPECT_EQ(inference, static_cast<int64_t>(exe->memory().total_bytes())) << name;
+
+    // A third of full fine-tuning's overhead on top of inference.
+    ASSERT_OK_AND_ASSIGN(scheme::UpdateScheme full, scheme::PresetScheme(model, "full"));
+    ASSERT_OK_AND_ASSIGN(SchemeCost full_cost, costs.Cost(full));
+    EXPECT_GT(full_cost.memory_bytes, inference) << name;
+    ASSERT_OK_AND_ASSIGN(int64_t all, OverheadFractionBudget(costs, model, 1.0));
+    EXPECT_EQ(all, full_cost.memory_bytes);
+    ASSERT_OK_AND_ASSIGN(int64_t third, OverheadFractionBudget(costs, model, 1.0 / 3));
+    EXPECT_NEAR(static_cast<double>(third - inference),
+                static_cast<double>(full_cost.memory_bytes - inference) / 3, 1.0);
+    EXPECT_THAT(OverheadFractionBudget(costs, model, 0.0),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fraction")));
+    EXPECT_THAT(OverheadFractionBudget(costs, model, 1.5),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fraction")));
+  }
 }
 
 TEST(CostModel, RejectsBadInputs) {
