@@ -1,6 +1,7 @@
 #include "server/compiler/device_classes.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -45,6 +46,14 @@ constexpr int64_t kGiB = int64_t{1} << 30;
 //   jetson-orin-nano  16 MiB: full with every optimizer.
 //   x86-avx2          64 MiB: full with every optimizer.
 //
+// Training throughput (FLOP/s with the class's threads) feeds the scheme search's step-time
+// model only. x86-avx2's is measured: the engine sustains about 15 GFLOP/s per 2 cores of this
+// project's CI machine on the zoo CNN and MobileNetV2 training steps (bench/search_acceptance),
+// so 4 threads get 30e9. The Arm classes have no hardware here: their figures scale that
+// efficiency by each core's peak single-precision FMA rate and clock (A72 1.5-1.8 GHz, A76
+// 2.4 GHz, A78AE 1.5 GHz with 6 cores) and are estimates for a fleet to replace with its own
+// measurement (fleettune-train prints ms/step; the plan summary prints FLOPs per step).
+//
 // Memory minimums sit below the nominal RAM because the kernel reports less than the board
 // carries (a 4 GB Raspberry Pi 4 shows about 3.7 GiB: firmware and GPU carve-outs).
 struct DefaultClass {
@@ -57,24 +66,27 @@ struct DefaultClass {
   int64_t training_memory_budget_bytes;
   int32_t threads;
   int32_t priority;
+  double training_flops_per_second;
 };
 
 const std::vector<DefaultClass>& DefaultTable() {
   // clang-format off
   static const auto* table = new std::vector<DefaultClass>{
       // name, description,
-      //   arch, required_isa, min_memory_bytes, accelerator, budget, threads, priority
+      //   arch, required_isa, min_memory_bytes, accelerator, budget, threads, priority,
+      //   training FLOP/s (see kThroughputNote)
       {"rpi4", "Raspberry Pi 4 Model B, 4 GB or more (Cortex-A72, 4 cores)",
-         "aarch64", {"asimd"}, 3 * kGiB + kGiB / 2, "", 2 * kMiB, 4, 10},
+         "aarch64", {"asimd"}, 3 * kGiB + kGiB / 2, "", 2 * kMiB, 4, 10, 5e9},
       // asimddp (dot product, Armv8.2) separates a Pi 5's Cortex-A76 from a Pi 4's A72; a Pi 5
       // matches rpi4 too, and the higher priority picks rpi5.
       {"rpi5", "Raspberry Pi 5, 4 GB or more (Cortex-A76, 4 cores)",
-         "aarch64", {"asimd", "asimddp"}, 3 * kGiB + kGiB / 2, "", 3 * kMiB + kMiB / 2, 4, 20},
+         "aarch64", {"asimd", "asimddp"}, 3 * kGiB + kGiB / 2, "", 3 * kMiB + kMiB / 2, 4, 20,
+         12e9},
       // The 4 GB Orin Nano reports about 3.3 GiB; the accelerator is what sets it apart.
       {"jetson-orin-nano", "NVIDIA Jetson Orin Nano (Cortex-A78AE, 6 cores, Ampere GPU)",
-         "aarch64", {"asimd"}, 3 * kGiB, "cuda", 16 * kMiB, 6, 30},
+         "aarch64", {"asimd"}, 3 * kGiB, "cuda", 16 * kMiB, 6, 30, 10e9},
       {"x86-avx2", "x86-64 with AVX2 and FMA (Haswell and newer, Zen)",
-         "x86_64", {"avx2", "fma"}, 2 * kGiB, "", 64 * kMiB, 4, 10},
+         "x86_64", {"avx2", "fma"}, 2 * kGiB, "", 64 * kMiB, 4, 10, 30e9},
   };
   // clang-format on
   return *table;
@@ -117,6 +129,11 @@ std::optional<ClassError> CheckClass(const v1::DeviceClass& c) {
   }
   if (c.threads() < 1) {
     return ClassError{"threads", -1, absl::StrCat("threads must be >= 1, got ", c.threads())};
+  }
+  if (!std::isfinite(c.training_flops_per_second()) || c.training_flops_per_second() < 0) {
+    return ClassError{"training_flops_per_second", -1,
+                      absl::StrCat("training_flops_per_second must be finite and >= 0, got ",
+                                   c.training_flops_per_second())};
   }
   return std::nullopt;
 }
@@ -267,6 +284,7 @@ DeviceClassRegistry DeviceClassRegistry::Defaults() {
     c.set_training_memory_budget_bytes(d.training_memory_budget_bytes);
     c.set_threads(d.threads);
     c.set_priority(d.priority);
+    c.set_training_flops_per_second(d.training_flops_per_second);
   }
   return registry;
 }

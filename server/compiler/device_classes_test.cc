@@ -201,6 +201,15 @@ TEST(DeviceClassRegistry, InvalidFieldsNameClassFieldAndLine) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("line 4, column 3: classes[0]: training_memory_budget_bytes "
                                  "must be > 0, got -5")));
+  EXPECT_THAT(DeviceClassRegistry::FromTextProto(
+                  "classes { name: \"a\" arch: \"x\" training_memory_budget_bytes: 1 threads: 1 "
+                  "training_flops_per_second: -1 }"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("training_flops_per_second must be finite and >= 0, got -1")));
+  EXPECT_THAT(DeviceClassRegistry::FromTextProto(
+                  "classes { name: \"a\" arch: \"x\" training_memory_budget_bytes: 1 threads: 1 "
+                  "training_flops_per_second: nan }"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("training_flops_per_second")));
   // threads is absent, so the error points at the class.
   EXPECT_THAT(DeviceClassRegistry::FromTextProto("classes { name: \"a\" arch: \"x\" "
                                                  "training_memory_budget_bytes: 1 }\n"
