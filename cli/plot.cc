@@ -137,27 +137,31 @@ std::string PowerOfTenLabel(int k) {
   return absl::StrFormat("%.*f", -k, std::pow(10.0, k));
 }
 
+// The axis spans [lo, hi] with a margin that keeps points off the frame: 5%
+// of the span, or 2% at an end that is exactly 0 (usually y's, which always
+// includes 0), so the y = 0 line sits just inside the frame without wasting a
+// band below it. Ticks are the multiples of a nice step inside the span.
 absl::StatusOr<Axis> LinearAxis(double lo, double hi, int target, absl::string_view name) {
   if (hi - lo <= 0.0) {  // one distinct value: show a unit (or 10%) around it
     const double pad = lo == 0.0 ? 1.0 : std::fabs(lo) * 0.1;
     lo -= pad;
     hi += pad;
-  } else {  // keep points off the frame
-    const double pad = (hi - lo) * 0.04;
-    lo -= pad;
-    hi += pad;
+  } else {
+    const double span = hi - lo;
+    lo -= span * (lo == 0.0 ? 0.02 : 0.05);
+    hi += span * (hi == 0.0 ? 0.02 : 0.05);
   }
   if (!std::isfinite(hi - lo)) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, " coordinates span too wide a range to plot"));
   }
   const double step = NiceStep(hi - lo, target);
-  const double first = std::floor(lo / step);
-  const double last = std::ceil(hi / step);
+  const double first = std::ceil(lo / step);
+  const double last = std::floor(hi / step);
   Axis axis;
-  axis.lo = first * step;
-  axis.hi = last * step;
-  // (last - first) is about `target`; the cap guards against rounding.
+  axis.lo = lo;
+  axis.hi = hi;
+  // (last - first) is below `target`; the cap guards against rounding.
   const int steps = static_cast<int>(std::min(last - first, 100.0));
   for (int i = 0; i <= steps; ++i) {
     double t = (first + i) * step;
@@ -406,22 +410,44 @@ class Renderer {
       DrawText(cr_, y_.labels[i], frame_.left - kTickLength - 4.0, PixelY(y_.ticks[i]), -1.0);
     }
 
-    SetFont(cr_, kLabelSize);
+    // Titles and axis labels are centred on the plot area; at small sizes
+    // they shrink and shift to stay inside the image.
+    const double width = plot_.width, height = plot_.height;
     const double center_x = (frame_.left + frame_.right) / 2.0;
     if (!plot_.x_label.empty()) {
-      DrawText(cr_, plot_.x_label, center_x, plot_.height - 10.0 - kLabelSize / 2.0, -0.5);
+      DrawCentred(plot_.x_label, kLabelSize, /*bold=*/false, center_x, width,
+                  height - 10.0 - kLabelSize / 2.0);
     }
     if (!plot_.y_label.empty()) {
       cairo_save(cr_);
-      cairo_translate(cr_, 10.0 + kLabelSize / 2.0, (frame_.top + frame_.bottom) / 2.0);
+      // Rotated a quarter turn: image y runs along the text, from the bottom.
+      cairo_translate(cr_, 10.0 + kLabelSize / 2.0, height);
       cairo_rotate(cr_, -kPi / 2.0);
-      DrawText(cr_, plot_.y_label, 0.0, 0.0, -0.5);
+      DrawCentred(plot_.y_label, kLabelSize, /*bold=*/false,
+                  height - (frame_.top + frame_.bottom) / 2.0, height, 0.0);
       cairo_restore(cr_);
     }
     if (!plot_.title.empty()) {
-      SetFont(cr_, kTitleSize, /*bold=*/true);
-      DrawText(cr_, plot_.title, center_x, 10.0 + kTitleSize / 2.0 + 2.0, -0.5);
+      DrawCentred(plot_.title, kTitleSize, /*bold=*/true, center_x, width,
+                  10.0 + kTitleSize / 2.0 + 2.0);
     }
+  }
+
+  // Draws `text` centred on `center` along a line `extent` pixels long,
+  // shrinking the font (to no less than 6 pixels) and moving the text so that
+  // it stays 10 pixels from either end.
+  void DrawCentred(const std::string& text, double size, bool bold, double center, double extent,
+                   double y) {
+    const double room = extent - 20.0;
+    SetFont(cr_, size, bold);
+    double text_width = TextWidth(cr_, text);
+    if (text_width > room && text_width > 0.0) {
+      SetFont(cr_, std::max(6.0, size * room / text_width), bold);
+      text_width = TextWidth(cr_, text);
+    }
+    const double left =
+        std::max(10.0, std::min(center - text_width / 2.0, extent - 10.0 - text_width));
+    DrawText(cr_, text, left, y, 0.0);
   }
 
   void DrawPoint(const ScatterPoint& p) {
