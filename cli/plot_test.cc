@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -206,8 +207,8 @@ TEST(WriteScatterPng, GainsAboveZeroDrawnAboveTheLineAndLossesBelow) {
   plot.series_names = {"gain", "loss"};
   const Image image = Render(plot, "above_below.png");
   const int zero_row = image.FullestRow(kZeroLine).first;
-  // The legend (right of the plot) also holds both colours; it starts at the top,
-  // so only the first series' rows are checked against the line from above.
+  // The legend (right of the plot, at the top) holds both colours too, so
+  // compare each colour's lowest row: the gain point's, and the loss point's.
   const std::vector<int> gain_rows = image.Rows(kSeries0);
   const std::vector<int> loss_rows = image.Rows(kSeries1);
   ASSERT_FALSE(gain_rows.empty());
