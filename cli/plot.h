@@ -53,7 +53,8 @@ struct ScatterPlot {
 // or PNG encoding fails.
 //
 // Axes have tick marks and numeric tick labels at round steps (1, 2, 2.5 or 5 times a power
-// of ten); a log axis has labelled powers of ten and unlabelled minor ticks. Large values
+// of ten); a log axis has labelled powers of ten (every few past eight decades) and, over
+// up to six decades, unlabelled minor ticks at 2..9 times each. Large values
 // take decimal SI suffixes (1.5M = 1.5e6, not MiB). The y range always includes 0, with a
 // horizontal line at y = 0, so gains above and below zero are visible. A light grid sits
 // behind the points; highlighted points are drawn last, larger, outlined in black and
