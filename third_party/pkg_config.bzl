@@ -39,6 +39,7 @@ _LIBRARIES = {
     "sqlite3": ["sqlite3"],
     "nlohmann_json": ["nlohmann_json"],
     "png": ["libpng"],
+    "cairo": ["cairo"],
     "cpuinfo": ["libcpuinfo"],
 }
 

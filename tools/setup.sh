@@ -14,6 +14,8 @@ PACKAGES=(
   libssl-dev prometheus-cpp-dev libdnnl-dev libopenblas-dev zlib1g-dev libsqlite3-dev nlohmann-json3-dev
   libcpuinfo-dev
   libpng-dev
+  # cli/plot: scatter plots as PNG; cairo draws text with a system font.
+  libcairo2-dev fonts-dejavu-core
   libgtest-dev libgmock-dev
   # Tooling and data.
   clang-format dataset-fashion-mnist
