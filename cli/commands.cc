@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "cli/compile.h"
 #include "cli/format.h"
+#include "cli/search.h"
 #include "engine/base/file.h"
 #include "engine/base/status_macros.h"
 #include "google/protobuf/io/tokenizer.h"
@@ -122,6 +123,38 @@ const std::vector<CommandInfo>& Commands() {
            {"lr", "RATE", "learning rate > 0 (default 0.01)"},
            {"momentum", "M", "SGD momentum in [0, 1) (default 0.9)"},
            {"out", "PATH", "write the compiled plan here"},
+       }},
+      {Command::kSearch,
+       "search",
+       nullptr,
+       "choose what to train per device class from each update\ncandidate's measured "
+       "contribution and cost (no coordinator needed)",
+       {
+           {"model", "NAME", "zoo model, e.g. mlp or cnn (required)"},
+           {"base", "PATH", "base weights, safetensors (required)"},
+           {"calibration", "FORMAT:PATH",
+            "calibration data: mnist-json, opencv-digits-png or idx\n(public or proxy data; "
+            "required)"},
+           {"calibration-shard", "I/N", "use shard I of N of it (default all)"},
+           {"calibration-holdout", "F", "fraction held out to measure gains (default 0.5)"},
+           {"task", "NAME", "the profile's label (default the data file's name)"},
+           {"steps", "N", "fine-tuning steps per candidate (default 60)"},
+           {"calibration-batch", "N", "batch of those steps (default 32)"},
+           {"lr", "RATE", "SGD learning rate (default 0.05)"},
+           {"momentum", "M", "SGD momentum in [0, 1) (default 0.9)"},
+           {"gain", "accuracy|loss", "what a contribution is (default accuracy)"},
+           {"seed", "N", "(default 0)"},
+           {"threads", "N", "threads for the calibration runs (default 2)"},
+           {"batch", "N", "training batch plans are costed at (default 32)"},
+           {"classes", "A,B", "device classes (default all)"},
+           {"device-classes", "PATH", "class config, text proto (default built-in classes)"},
+           {"budget", "class|overhead:F",
+            "each class's budget, or F of full fine-tuning's\ntraining overhead (default class)"},
+           {"step-budget-ms", "MS", "step-time budget (modelled per class)"},
+           {"profile-cache", "DIR",
+            "cached profiles (default ~/.cache/fleettune/profiles;\nnone: no cache)"},
+           {"plot", "PATH", "write contribution against cost per candidate (PNG)"},
+           {"out-dir", "DIR", "write <class>.scheme files here"},
        }},
       {Command::kHelp, "help", nullptr, "show this text", {}},
   };
@@ -735,6 +768,9 @@ absl::StatusOr<Invocation> BuildInvocation(const CommandLine& line, absl::string
     case Command::kCompile:
       invocation.compile_flags = line.flags;
       break;
+    case Command::kSearch:
+      invocation.search_flags = line.flags;
+      break;
     case Command::kClasses:
     case Command::kHelp:
       break;
@@ -792,6 +828,8 @@ absl::Status Cli::Run(const Invocation& invocation) {
       return Classes();
     case Command::kCompile:
       return RunCompile(invocation.compile_flags, options_.global.json, out_);
+    case Command::kSearch:
+      return RunSearch(invocation.search_flags, options_.global.json, out_);
     case Command::kHelp:
       *out_ << Usage();
       return absl::OkStatus();

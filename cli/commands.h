@@ -45,7 +45,18 @@ inline constexpr int kMaxResponseBytes = 64 << 20;
 // ---------------------------------------------------------------------------
 // Step 1: syntax.
 
-enum class Command { kHelp, kSubmit, kList, kGet, kWatch, kCancel, kDevices, kClasses, kCompile };
+enum class Command {
+  kHelp,
+  kSubmit,
+  kList,
+  kGet,
+  kWatch,
+  kCancel,
+  kDevices,
+  kClasses,
+  kCompile,
+  kSearch
+};
 
 struct CommandLine {
   Command command = Command::kHelp;
@@ -87,6 +98,7 @@ struct Invocation {
   std::string job_id;                                // get, watch, cancel
   std::string device_class;                          // devices (empty = all)
   std::map<std::string, std::string> compile_flags;  // compile (checked by RunCompile)
+  std::map<std::string, std::string> search_flags;   // search (checked by RunSearch)
 };
 
 // Checks and converts the flag values of `line`. `env_token` is

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <set>
 #include <vector>
@@ -56,8 +57,8 @@ absl::StatusOr<double> Number(const Flags& flags, const std::string& name,
   double v = 0;
   const std::string text = Flag(flags, name, fallback);
   if (!absl::SimpleAtod(text, &v) || !(lo_inclusive ? v >= lo : v > lo) || !(v <= hi)) {
-    return FlagError(name, absl::StrCat("'", text, "' is not a number in ", lo_inclusive ? "[" : "(",
-                                        lo, ", ", hi, "]"));
+    return FlagError(name, absl::StrCat("'", text, "' is not a number in ",
+                                        lo_inclusive ? "[" : "(", lo, ", ", hi, "]"));
   }
   return v;
 }
@@ -150,7 +151,7 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
 
   const std::string base_path = Flag(flags, "base", "");
   if (base_path.empty()) return FlagError("base", "required (base weights, safetensors)");
-  auto base_tensors = engine::ReadSafetensors(base_path);
+  auto base_tensors = engine::io::ReadSafetensors(base_path);
   if (!base_tensors.ok()) return FlagError("base", base_tensors.status());
   engine::runtime::ParameterStore base;
   for (auto& [name, tensor] : *base_tensors) RETURN_IF_ERROR(base.Set(name, tensor));
@@ -216,8 +217,8 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
     step_budget_seconds = ms / 1e3;
     for (const v1::DeviceClass* c : classes) {
       if (!(c->training_flops_per_second() > 0)) {
-        return FlagError("step-budget-ms", absl::StrCat("class ", c->name(),
-                                                        " has no training_flops_per_second"));
+        return FlagError("step-budget-ms",
+                         absl::StrCat("class ", c->name(), " has no training_flops_per_second"));
       }
     }
   }
@@ -227,9 +228,9 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
   if (cache_dir == "none") cache_dir.clear();
   ASSIGN_OR_RETURN(std::vector<search::Candidate> candidates, search::ListCandidates(probe));
   const absl::Time profile_start = absl::Now();
-  ASSIGN_OR_RETURN(search::CachedProfile cached,
-                   search::AnalyzeContributionsCached(build, base, candidates, data, options,
-                                                      cache_dir));
+  ASSIGN_OR_RETURN(
+      search::CachedProfile cached,
+      search::AnalyzeContributionsCached(build, base, candidates, data, options, cache_dir));
   const double profile_seconds = absl::ToDoubleSeconds(absl::Now() - profile_start);
   ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
                    search::ScoreCandidates(probe, cached.profile, metric));
@@ -240,9 +241,9 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
   for (const v1::DeviceClass* c : classes) {
     ClassResult r;
     r.device_class = c;
-    search::DeviceClass device{c->name(), c->threads(),
-                               c->training_flops_per_second() > 0 ? c->training_flops_per_second()
-                                                                  : 1e9};
+    search::DeviceClass device{
+        c->name(), c->threads(),
+        c->training_flops_per_second() > 0 ? c->training_flops_per_second() : 1e9};
     search::CostModel costs(model, device, options.optimizer);
     ASSIGN_OR_RETURN(r.inference_bytes, costs.InferenceBytes());
     if (overhead_fraction > 0) {
@@ -257,9 +258,9 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
     r.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     r.compiles = costs.compiles();
     if (!r.selection.ok() && first_error.ok()) {
-      first_error = absl::Status(r.selection.status().code(),
-                                 absl::StrCat("class ", c->name(), ": ",
-                                              r.selection.status().message()));
+      first_error =
+          absl::Status(r.selection.status().code(),
+                       absl::StrCat("class ", c->name(), ": ", r.selection.status().message()));
     }
     results.push_back(std::move(r));
   }
@@ -287,13 +288,15 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
 
   // --- Files.
   if (auto it = flags.find("out-dir"); it != flags.end()) {
+    std::error_code ec;
+    std::filesystem::create_directories(it->second, ec);
+    if (ec) return FlagError("out-dir", absl::StrCat(it->second, ": ", ec.message()));
     for (const ClassResult& r : results) {
       if (!r.selection.ok()) continue;
       engine::scheme::UpdateScheme s = r.selection->scheme;
       s.name = absl::StrCat("searched-", r.device_class->name());
       const std::string path = absl::StrCat(it->second, "/", r.device_class->name(), ".scheme");
-      absl::Status written =
-          engine::WriteFileAtomically(path, engine::plan::SchemeToText(s));
+      absl::Status written = engine::WriteFileAtomically(path, engine::plan::SchemeToText(s));
       if (!written.ok()) return FlagError("out-dir", written);
     }
   }
@@ -381,18 +384,18 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
                     it == chosen_by.end() ? "" : absl::StrJoin(it->second, ",")});
   }
   *out << "\n" << RenderTable(columns, rows);
-  *out << absl::StrFormat("\n(extra memory: what training the candidate alone adds to inference, "
-                          "%s for %s at batch %d)\n",
-                          FormatBytes(inference), first.name(), batch);
+  *out << absl::StrFormat(
+      "\n(extra memory: what training the candidate alone adds to inference, "
+      "%s for %s at batch %d)\n",
+      FormatBytes(inference), first.name(), batch);
   for (const ClassResult& r : results) {
     const v1::DeviceClass& c = *r.device_class;
-    *out << absl::StrFormat("\nclass %s: budget %s (%s), %d threads\n", c.name(),
-                            FormatBytes(r.budget_bytes),
-                            overhead_fraction > 0
-                                ? absl::StrFormat("inference + %.3g of full fine-tuning's overhead",
-                                                  overhead_fraction)
-                                : "the class's training-memory budget",
-                            c.threads());
+    *out << absl::StrFormat(
+        "\nclass %s: budget %s (%s), %d threads\n", c.name(), FormatBytes(r.budget_bytes),
+        overhead_fraction > 0
+            ? absl::StrFormat("inference + %.3g of full fine-tuning's overhead", overhead_fraction)
+            : "the class's training-memory budget",
+        c.threads());
     if (!r.selection.ok()) {
       *out << "  no scheme: " << r.selection.status().message() << "\n";
       continue;
@@ -417,7 +420,8 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
       *out << "  scheme     " << it->second << "/" << c.name() << ".scheme\n";
     }
   }
-  if (auto it = flags.find("plot"); it != flags.end()) *out << "\nplot written to " << it->second << "\n";
+  if (auto it = flags.find("plot"); it != flags.end())
+    *out << "\nplot written to " << it->second << "\n";
   return first_error;
 }
 
