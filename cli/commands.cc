@@ -22,6 +22,8 @@
 #include "cli/search.h"
 #include "engine/base/file.h"
 #include "engine/base/status_macros.h"
+#include "engine/plan/profile_io.h"
+#include "engine/search/contribution.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 
@@ -82,6 +84,9 @@ const std::vector<CommandInfo>& Commands() {
             "sparse, pockengine (engine/scheme/scheme.h),\n"
             "or fit: per class, the most training that fits\n"
             "its memory budget (default fit)"},
+           {"profile", "PATH",
+            "with fit: a contribution profile from `fleettune\nsearch` (in its --profile-cache); "
+            "each class then\ntrains its searched scheme"},
            {"classes", "CLASS:N,...", "devices per class: rpi4:2,x86-avx2:1 (required)"},
            {"min-devices", "N", "succeed once N devices completed (default 0 = all)"},
            {"deadline", "WHEN", "RFC 3339 time, or a duration from now: 30m, 2h\n(default none)"},
@@ -113,7 +118,7 @@ const std::vector<CommandInfo>& Commands() {
            {"model", "NAME",
             "zoo model: mlp, cnn, mobilenet_v2, resnet18,\nbert_mini, llama_mini (required)"},
            {"scheme", "SCHEME",
-            "full, bias-only, last-k:N, freeze:LAYER,..., sparse,\npockengine (default full)"},
+            "full, bias-only, last-k:N, freeze:LAYER,...,\nsparse, pockengine (default full)"},
            {"scheme-file", "PATH", "an UpdateScheme in protobuf text format"},
            {"device-class", "CLASS", "device class (default x86-avx2)"},
            {"device-classes", "PATH", "class config, text proto (default built-in classes)"},
@@ -133,7 +138,7 @@ const std::vector<CommandInfo>& Commands() {
            {"model", "NAME", "zoo model, e.g. mlp or cnn (required)"},
            {"base", "PATH", "base weights, safetensors (required)"},
            {"calibration", "FORMAT:PATH",
-            "calibration data: mnist-json, opencv-digits-png or idx\n(public or proxy data; "
+            "calibration data: mnist-json, opencv-digits-png\nor idx (public or proxy data; "
             "required)"},
            {"calibration-shard", "I/N", "use shard I of N of it (default all)"},
            {"calibration-holdout", "F", "fraction held out to measure gains (default 0.5)"},
@@ -152,7 +157,7 @@ const std::vector<CommandInfo>& Commands() {
             "each class's budget, or F of full fine-tuning's\ntraining overhead (default class)"},
            {"step-budget-ms", "MS", "step-time budget (modelled per class)"},
            {"profile-cache", "DIR",
-            "cached profiles (default ~/.cache/fleettune/profiles;\nnone: no cache)"},
+            "cached profiles (default\n~/.cache/fleettune/profiles; none: no cache)"},
            {"plot", "PATH", "write contribution against cost per candidate (PNG)"},
            {"out-dir", "DIR", "write <class>.scheme files here"},
        }},
@@ -687,6 +692,14 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const std::map<std::string, std::string
   }
   if (const std::string* v = flag("scheme")) {
     ASSIGN_OR_RETURN(*spec.mutable_scheme(), ParseScheme(*v));
+  }
+  if (const std::string* v = flag("profile")) {
+    if (spec.scheme().kind_case() != v1::SchemeSpec::kFitClassBudget) {
+      return FlagError("profile", "needs --scheme=fit (the per-class search)");
+    }
+    auto profile = engine::search::ReadProfile(*v);
+    if (!profile.ok()) return FlagError("profile", std::string(profile.status().message()));
+    *spec.mutable_scheme()->mutable_contribution_profile() = engine::plan::ProfileToProto(*profile);
   }
   if (const std::string* v = flag("classes")) {
     ASSIGN_OR_RETURN(std::vector<v1::ClassTarget> targets, ParseClasses(*v));

@@ -14,6 +14,7 @@
 #include "absl/time/time.h"
 #include "engine/base/file.h"
 #include "engine/base/status_matchers.h"
+#include "engine/search/contribution.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -340,6 +341,33 @@ TEST(BuildJobSpec, SchemesAndDeadlines) {
   ASSERT_OK_AND_ASSIGN(v1::JobSpec spec, BuildJobSpec(flags, kNow));
   EXPECT_EQ(spec.completion().deadline().seconds(), 1748815200);
   EXPECT_EQ(spec.completion().deadline().nanos(), 500000000);
+}
+
+TEST(BuildJobSpec, ProfileRidesWithFit) {
+  engine::search::ContributionProfile profile;
+  profile.model_name = "mlp";
+  profile.base_accuracy = 0.5;
+  profile.base_loss = 1.0;
+  profile.entries = {{"fc1.bias", 0.75, 0.5, 0.25, 0.5}};
+  const std::string path = WriteTempFile("mlp.profile", engine::search::ProfileToText(profile));
+  Flags flags = MinimalSubmit();
+  flags["profile"] = path;
+  ASSERT_OK_AND_ASSIGN(v1::JobSpec spec, BuildJobSpec(flags, kNow));
+  EXPECT_TRUE(spec.scheme().fit_class_budget());
+  ASSERT_EQ(spec.scheme().contribution_profile().entries_size(), 1);
+  EXPECT_EQ(spec.scheme().contribution_profile().entries(0).candidate(), "fc1.bias");
+  EXPECT_EQ(spec.scheme().contribution_profile().entries(0).accuracy(), 0.75);
+
+  flags["scheme"] = "full";
+  EXPECT_THAT(BuildJobSpec(flags, kNow), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                  HasSubstr("--profile: needs --scheme=fit")));
+  flags["scheme"] = "fit";
+  flags["profile"] = WriteTempFile("bad.profile", "not a profile\n");
+  EXPECT_THAT(BuildJobSpec(flags, kNow),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--profile:")));
+  flags["profile"] = absl::StrCat(::testing::TempDir(), "/missing.profile");
+  EXPECT_THAT(BuildJobSpec(flags, kNow),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing.profile")));
 }
 
 constexpr char kJobFile[] = R"pb(

@@ -20,9 +20,13 @@
 #include "engine/ir/graph.h"
 #include "engine/models/mlp.h"
 #include "engine/plan/plan_io.h"
+#include "engine/plan/profile_io.h"
 #include "engine/plan/scheme_io.h"
 #include "engine/runtime/executable.h"
 #include "engine/scheme/scheme.h"
+#include "engine/search/contribution.h"
+#include "engine/search/cost_model.h"
+#include "engine/search/select.h"
 #include "engine/train/trainer.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -43,7 +47,7 @@ using engine::TensorType;
 
 // Bump whenever the compiler's output for the same inputs changes (new passes, new metadata),
 // so that a cache key computed by an older build never names a newer plan.
-constexpr int kCompilerRevision = 1;
+constexpr int kCompilerRevision = 2;
 
 // An MLP with more layers than this is not a model anyone fine-tunes on an edge device; the cap
 // bounds the work a hostile spec can cause before the budget check.
@@ -135,6 +139,10 @@ absl::Status ValidateHyperParameters(const v1::HyperParameters& h) {
 }
 
 absl::Status ValidateScheme(const v1::SchemeSpec& scheme) {
+  if (scheme.has_contribution_profile() && scheme.kind_case() != v1::SchemeSpec::kFitClassBudget) {
+    return absl::InvalidArgumentError(
+        "scheme.contribution_profile applies to scheme.fit_class_budget only");
+  }
   switch (scheme.kind_case()) {
     case v1::SchemeSpec::kPreset:
       if (scheme.preset().empty()) {
@@ -160,6 +168,15 @@ absl::Status ValidateScheme(const v1::SchemeSpec& scheme) {
       if (!scheme.fit_class_budget()) {
         return absl::InvalidArgumentError(
             "scheme.fit_class_budget is false; set it to true or give scheme.preset");
+      }
+      if (scheme.has_contribution_profile()) {
+        // Syntax and ranges only; its candidates are checked against the model later.
+        absl::Status parsed =
+            engine::plan::ProfileFromProto(scheme.contribution_profile()).status();
+        if (!parsed.ok()) {
+          return absl::Status(parsed.code(),
+                              absl::StrCat("scheme.contribution_profile: ", parsed.message()));
+        }
       }
       return absl::OkStatus();
     case v1::SchemeSpec::KIND_NOT_SET:
@@ -234,7 +251,20 @@ std::string CacheKey(const v1::JobSpec& spec, const v1::DeviceClass& device_clas
     }
   } else {
     key.Add("scheme.fit_class_budget", 1);
+    if (spec.scheme().has_contribution_profile()) {
+      // Deterministic serialization: equal profiles give equal bytes.
+      std::string bytes;
+      {
+        google::protobuf::io::StringOutputStream stream(&bytes);
+        google::protobuf::io::CodedOutputStream coded(&stream);
+        coded.SetSerializationDeterministic(true);
+        spec.scheme().contribution_profile().SerializeToCodedStream(&coded);
+      }
+      key.Add("scheme.contribution_profile_sha256", Sha256Hex(bytes));
+    }
   }
+  key.AddFloat("class.training_flops_per_second",
+               static_cast<float>(device_class.training_flops_per_second()));
   key.Add("class.name", device_class.name());
   key.Add("class.arch", device_class.arch());
   key.Add("class.required_isa", device_class.required_isa_size());
@@ -384,6 +414,41 @@ absl::StatusOr<std::string> SerializeDeterministic(const v1::CompiledPlan& plan)
   return bytes;
 }
 
+// fit_class_budget with a contribution profile: the scheme search (engine/search) picks the
+// candidate set with the largest measured gain within the class's budget, costing each set
+// with the same compiler that builds the plan.
+absl::StatusOr<Candidate> SearchCandidate(const engine::models::Model& model,
+                                          const std::string& model_name,
+                                          const v1::SchemeSpec& scheme,
+                                          const engine::autodiff::OptimizerConfig& optimizer,
+                                          const v1::DeviceClass& device_class) {
+  ASSIGN_OR_RETURN(engine::search::ContributionProfile profile,
+                   engine::plan::ProfileFromProto(scheme.contribution_profile()));
+  ASSIGN_OR_RETURN(std::vector<engine::search::ScoredCandidate> scored,
+                   engine::search::ScoreCandidates(model, profile));
+  engine::search::DeviceClass device;
+  device.name = device_class.name();
+  device.threads = std::max(1, device_class.threads());
+  // Only memory is budgeted here; the throughput only labels predicted step times.
+  device.flops_per_second =
+      device_class.training_flops_per_second() > 0 ? device_class.training_flops_per_second() : 1e9;
+  engine::search::CostModel costs(model, device, optimizer);
+  absl::StatusOr<engine::search::Selection> selection = engine::search::SelectScheme(
+      model, scored, costs, {device_class.training_memory_budget_bytes(), 0.0});
+  if (!selection.ok()) {
+    const absl::StatusCode code = selection.status().code() == absl::StatusCode::kResourceExhausted
+                                      ? absl::StatusCode::kFailedPrecondition
+                                      : selection.status().code();
+    return absl::Status(code,
+                        absl::StrCat("no searched scheme for class ", device_class.name(), "'s ",
+                                     Bytes(device_class.training_memory_budget_bytes()),
+                                     " budget: ", selection.status().message()));
+  }
+  ASSIGN_OR_RETURN(engine::scheme::ResolvedScheme resolved,
+                   engine::scheme::ResolveScheme(model, selection->scheme));
+  return BuildCandidate(model, model_name, std::move(resolved), optimizer, device_class);
+}
+
 absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
                                                   const v1::DeviceClass& device_class) {
   const v1::ModelSpec& model_spec = spec.base_model();
@@ -439,6 +504,20 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
           device_class.name(), ", ", Bytes(chosen->total_bytes() - budget), " over its ",
           Bytes(budget), " budget (", Breakdown(*chosen),
           "); choose a sparser scheme or scheme.fit_class_budget"));
+    }
+  } else if (spec.scheme().has_contribution_profile()) {
+    absl::StatusOr<Candidate> c =
+        SearchCandidate(model, model_name, spec.scheme(), optimizer, device_class);
+    if (!c.ok()) {
+      return absl::Status(c.status().code(),
+                          absl::StrCat("scheme.contribution_profile: ", c.status().message()));
+    }
+    chosen = *std::move(c);
+    if (chosen->total_bytes() > budget) {
+      // The search costs every set with this compiler, so this is a bug, not bad input.
+      return absl::InternalError(
+          absl::StrCat("the searched scheme needs ", Bytes(chosen->total_bytes()), " on class ",
+                       device_class.name(), ", over its ", Bytes(budget), " budget"));
     }
   } else {
     std::vector<std::string> order = {"full"};

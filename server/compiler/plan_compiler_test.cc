@@ -487,6 +487,105 @@ TEST(PlanCompiler, OneLayerModelFallsBackToBiasOnly) {
   EXPECT_EQ(fitted.summary.trainable_parameters(), 10);
 }
 
+// A profile for the reference MLP: every candidate helps, more channels help more.
+v1::ContributionProfile ReferenceProfile() {
+  v1::ContributionProfile p;
+  p.set_model("mlp");
+  p.set_task("digits");
+  p.set_steps(60);
+  p.set_base_accuracy(0.5);
+  p.set_base_loss(1.5);
+  const std::map<std::string, std::vector<double>> gains = {{"fc1", {0.05, 0.10, 0.15, 0.20}},
+                                                            {"fc2", {0.02, 0.04, 0.06, 0.08}},
+                                                            {"fc3", {0.01, 0.02, 0.03, 0.10}}};
+  const char* ratios[] = {"1/8", "1/4", "1/2", "1"};
+  for (const auto& [layer, g] : gains) {
+    v1::ContributionProfile::Entry* bias = p.add_entries();
+    bias->set_candidate(layer + ".bias");
+    bias->set_accuracy(0.6);
+    bias->set_loss(1.2);
+    for (int i = 0; i < 4; ++i) {
+      v1::ContributionProfile::Entry* e = p.add_entries();
+      e->set_candidate(absl::StrCat(layer, ".weight@", ratios[i]));
+      e->set_accuracy(0.5 + g[i]);
+      e->set_loss(1.5 - g[i]);
+    }
+  }
+  return p;
+}
+
+TEST(PlanCompiler, FitClassBudgetWithAProfileSearchesEachClasssScheme) {
+  PlanCompiler compiler;
+  v1::JobSpec spec = ReferenceSpec();
+  *spec.mutable_scheme()->mutable_contribution_profile() = ReferenceProfile();
+  std::map<std::string, v1::PlanSummary> summaries;
+  for (const char* name : {"rpi4", "x86-avx2"}) {
+    ASSERT_OK_AND_ASSIGN(CompiledClassPlan plan, compiler.Compile(spec, DefaultClass(name)));
+    EXPECT_EQ(plan.summary.scheme(), "searched") << name;
+    EXPECT_LE(plan.summary.total_bytes(), plan.summary.budget_bytes()) << name;
+    summaries[name] = plan.summary;
+  }
+  // 64 MiB: every candidate at its best ratio, which is all of every weight.
+  EXPECT_EQ(summaries["x86-avx2"].trainable_parameters(), 235146);
+  // 2 MiB cannot hold full fine-tuning with momentum (2.82 MiB): the search trains less, and
+  // more than the preset ladder's last-k:2 would (it fills the budget with fc1 channels).
+  EXPECT_LT(summaries["rpi4"].trainable_parameters(), 235146);
+  EXPECT_GT(summaries["rpi4"].trainable_parameters(), 256 * 128 + 128 + 128 * 10 + 10);
+  EXPECT_GT(summaries["rpi4"].total_bytes(), summaries["rpi4"].budget_bytes() * 9 / 10);
+
+  // The profile is part of the cache key: another profile, another plan.
+  v1::JobSpec other = spec;
+  other.mutable_scheme()->mutable_contribution_profile()->mutable_entries(1)->set_accuracy(0.99);
+  const int64_t before = compiler.compilations();
+  ASSERT_OK(compiler.Compile(other, DefaultClass("rpi4")).status());
+  EXPECT_EQ(compiler.compilations(), before + 1);
+  ASSERT_OK(compiler.Compile(spec, DefaultClass("rpi4")).status());
+  EXPECT_EQ(compiler.compilations(), before + 1);  // cached
+}
+
+TEST(PlanCompiler, RejectsBadProfiles) {
+  PlanCompiler compiler;
+  auto with = [](const std::function<void(v1::JobSpec&)>& edit) {
+    v1::JobSpec spec = ReferenceSpec();
+    *spec.mutable_scheme()->mutable_contribution_profile() = ReferenceProfile();
+    edit(spec);
+    return spec;
+  };
+  EXPECT_THAT(
+      compiler.Compile(
+          with([](v1::JobSpec& s) {
+            s.mutable_scheme()->mutable_contribution_profile()->mutable_entries(0)->set_candidate(
+                "fc9.bias");
+          }),
+          DefaultClass("rpi4")),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("scheme.contribution_profile"), HasSubstr("fc9.bias"))));
+  EXPECT_THAT(
+      compiler.Compile(
+          with([](v1::JobSpec& s) {
+            s.mutable_scheme()->mutable_contribution_profile()->mutable_entries(2)->set_accuracy(7);
+          }),
+          DefaultClass("rpi4")),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("entry 2")));
+  EXPECT_THAT(compiler.Compile(with([](v1::JobSpec& s) { s.mutable_scheme()->set_preset("full"); }),
+                               DefaultClass("rpi4")),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("contribution_profile applies to scheme.fit_class_budget only")));
+  // Nothing helped: nothing to choose.
+  EXPECT_THAT(
+      compiler.Compile(
+          with([](v1::JobSpec& s) {
+            for (auto& e : *s.mutable_scheme()->mutable_contribution_profile()->mutable_entries()) {
+              e.set_accuracy(0.4);
+            }
+          }),
+          DefaultClass("rpi4")),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("positive gain")));
+  // A budget below every candidate: FailedPrecondition, like the preset ladder's.
+  EXPECT_THAT(compiler.Compile(with([](v1::JobSpec&) {}), ClassWithBudget(1 << 20)),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("tiny")));
+}
+
 struct BadHyperCase {
   std::function<void(v1::JobSpec&)> mutate;
   const char* message;

@@ -1,0 +1,73 @@
+#include "engine/plan/profile_io.h"
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace fleettune::engine::plan {
+namespace {
+
+bool ValidAccuracy(double a) { return std::isfinite(a) && a >= 0.0 && a <= 1.0; }
+bool ValidLoss(double l) { return std::isfinite(l) && l >= 0.0; }
+
+}  // namespace
+
+v1::ContributionProfile ProfileToProto(const search::ContributionProfile& p) {
+  v1::ContributionProfile out;
+  out.set_model(p.model_name);
+  out.set_task(p.task);
+  out.set_key(p.key);
+  out.set_steps(p.steps);
+  out.set_seed(p.seed);
+  out.set_base_accuracy(p.base_accuracy);
+  out.set_base_loss(p.base_loss);
+  for (const search::Contribution& c : p.entries) {
+    v1::ContributionProfile::Entry* e = out.add_entries();
+    e->set_candidate(c.id);
+    e->set_accuracy(c.accuracy);
+    e->set_loss(c.loss);
+  }
+  return out;
+}
+
+absl::StatusOr<search::ContributionProfile> ProfileFromProto(const v1::ContributionProfile& proto) {
+  if (proto.entries_size() == 0 || proto.entries_size() > kMaxProfileEntries) {
+    return absl::InvalidArgumentError(absl::StrCat("contribution profile has ",
+                                                   proto.entries_size(), " entries; 1 to ",
+                                                   kMaxProfileEntries, " expected"));
+  }
+  if (!ValidAccuracy(proto.base_accuracy()) || !ValidLoss(proto.base_loss())) {
+    return absl::InvalidArgumentError(absl::StrCat("contribution profile: base accuracy ",
+                                                   proto.base_accuracy(), " or loss ",
+                                                   proto.base_loss(), " is out of range"));
+  }
+  search::ContributionProfile p;
+  p.model_name = proto.model();
+  p.task = proto.task();
+  p.key = proto.key();
+  p.steps = proto.steps();
+  p.seed = proto.seed();
+  p.base_accuracy = proto.base_accuracy();
+  p.base_loss = proto.base_loss();
+  std::set<std::string> seen;
+  for (int i = 0; i < proto.entries_size(); ++i) {
+    const v1::ContributionProfile::Entry& e = proto.entries(i);
+    auto bad = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat("contribution profile entry ", i, " ('",
+                                                     absl::CHexEscape(e.candidate().substr(0, 200)),
+                                                     "'): ", why));
+    };
+    if (e.candidate().empty()) return bad("empty candidate id");
+    if (!seen.insert(e.candidate()).second) return bad("duplicate candidate");
+    if (!ValidAccuracy(e.accuracy())) return bad("accuracy outside [0, 1]");
+    if (!ValidLoss(e.loss())) return bad("loss negative or not finite");
+    p.entries.push_back({e.candidate(), e.accuracy(), e.loss(), e.accuracy() - p.base_accuracy,
+                         p.base_loss - e.loss()});
+  }
+  return p;
+}
+
+}  // namespace fleettune::engine::plan
