@@ -339,6 +339,8 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
       j["model"] = model_name;
       j["task"] = task;
       j["profile_key"] = cached.profile.key;
+      j["profile_path"] = cached.path;
+      j["profile_cached"] = cached.hit;
       j["budget_bytes"] = r.budget_bytes;
       j["inference_bytes"] = r.inference_bytes;
       if (r.selection.ok()) {

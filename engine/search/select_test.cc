@@ -7,6 +7,7 @@
 
 #include "engine/base/status_matchers.h"
 #include "engine/models/zoo.h"
+#include "engine/train/trainer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -202,6 +203,40 @@ TEST_F(SelectOnMlp, ReportsBadInputs) {
   std::vector<ScoredCandidate> ghost = {{{CandidateKind::kBias, "fc9.bias", "fc9", 1.0}, 1.0}};
   EXPECT_THAT(SelectScheme(model_, ghost, costs, {max_}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fc9.bias")));
+}
+
+// Issue #7: the predicted memory of a chosen scheme is what the runtime
+// allocates for it (within 5%; it is in fact exact, since the cost model
+// compiles the plan the trainer runs).
+TEST(Select, ChosenSchemesPredictMemoryTheRuntimeAllocates) {
+  for (const std::string name : {"mlp", "cnn"}) {
+    ASSERT_OK_AND_ASSIGN(const models::ZooEntry* zoo, models::FindZooModel(name));
+    const train::ModelBuilder build = [zoo](int64_t batch, models::Mode) {
+      return zoo->build(batch, models::Mode::kEval);
+    };
+    ASSERT_OK_AND_ASSIGN(models::Model model, build(16, models::Mode::kEval));
+    ASSERT_OK_AND_ASSIGN(std::vector<Candidate> all, ListCandidates(model));
+    const autodiff::OptimizerConfig sgd = autodiff::OptimizerConfig::Sgd({0.05f, 0.9f});
+    CostModel costs(model, {"x", 2, 1e9}, sgd);
+    for (double fraction : {0.2, 0.5}) {
+      ASSERT_OK_AND_ASSIGN(int64_t budget, OverheadFractionBudget(costs, model, fraction));
+      ASSERT_OK_AND_ASSIGN(Selection s, SelectScheme(model, Profile(all), costs, {budget, 0.0}));
+      ExpectValid(s, budget);
+      runtime::ParameterStore params;
+      ASSERT_OK(zoo->initialize(model, 0, &params));
+      train::TrainerOptions options;
+      ASSERT_OK_AND_ASSIGN(options.scheme, scheme::ResolveScheme(model, s.scheme));
+      options.batch = 16;
+      options.threads = 2;
+      options.optimizer = sgd;
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<train::Trainer> trainer,
+                           train::Trainer::Create(build, &params, options));
+      const double actual =
+          static_cast<double>(trainer->train_executable().memory().total_bytes());
+      EXPECT_NEAR(static_cast<double>(s.cost.memory_bytes), actual, 0.05 * actual)
+          << name << " at " << fraction;
+    }
+  }
 }
 
 }  // namespace

@@ -210,6 +210,30 @@ def digits_dataset(data_dir, shard, shards, path=None):
             (path or os.path.join(data_dir, "opencv/digits.png"), shard, shards))
 
 
+# Devices hold shards 0..2 of 4 of the OpenCV digits; the operator's calibration set for the
+# scheme search is shard 3, which no device holds (public proxy data, never a device's).
+SHARDS = 4
+CALIBRATION_SHARD = 3
+
+
+def search(fleet, weights, classes):
+    """`fleettune search`: the per-class schemes; returns (profile path, {class: result})."""
+    out = subprocess.run(
+        [fleet.bins["cli"], "--json", "search", "--model=mlp", "--base=" + weights,
+         "--calibration=opencv-digits-png:" + os.path.join(fleet.data_dir, "opencv/digits.png"),
+         "--calibration-shard=%d/%d" % (CALIBRATION_SHARD, SHARDS), "--batch=32",
+         "--classes=" + ",".join(classes), "--profile-cache=" + os.path.join(fleet.work, "profiles"),
+         "--plot=" + os.path.join(fleet.work, "search.png")],
+        capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError("fleettune search failed: " + out.stderr)
+    results = {}
+    for line in out.stdout.splitlines():
+        r = json.loads(line)
+        results[r["class"]] = r
+    return next(iter(results.values()))["profile_path"], results
+
+
 def submit(fleet, weights, epochs, classes, name="adapt-handwriting", extra=()):
     args = ["submit", "--name=" + name, "--layers=784,256,128,10", "--weights=" + weights,
             "--dataset=opencv-digits", "--epochs=%d" % epochs, "--batch=32", "--lr=0.02",
@@ -342,8 +366,13 @@ def demo(fleet, args):
     weights = train_base(fleet.bins, args.data_dir, fleet.work, fleet.log)
     fleet.start_coordinator()
     for i, cls in enumerate(CLASSES):
-        fleet.start_agent("device-%d-%s" % (i, cls), cls, digits_dataset(args.data_dir, i, 3))
-    job_id = submit(fleet, weights, args.epochs, CLASSES)
+        fleet.start_agent("device-%d-%s" % (i, cls), cls, digits_dataset(args.data_dir, i, SHARDS))
+    profile, searched = search(fleet, weights, CLASSES)
+    for cls in CLASSES:
+        r = searched[cls]
+        fleet.log("search: %s trains %s (predicted %s of its %s budget)" % (
+            cls, " ".join(r["chosen"]), mib(r["predicted_memory_bytes"]), mib(r["budget_bytes"])))
+    job_id = submit(fleet, weights, args.epochs, CLASSES, extra=["--profile=" + profile])
     fleet.log("submitted %s: each device adapts the MNIST model to its own digits" % job_id)
     job = fleet.wait_job(job_id)
     print()
@@ -367,7 +396,7 @@ def test(fleet, args):
     names = {}
     for i, cls in enumerate(CLASSES):
         names[cls] = "device-%d-%s" % (i, cls)
-        fleet.start_agent(names[cls], cls, digits_dataset(args.data_dir, i, 3))
+        fleet.start_agent(names[cls], cls, digits_dataset(args.data_dir, i, SHARDS))
     job_id = submit(fleet, weights, args.epochs, CLASSES)
 
     # Fault 1: kill -9 the rpi4 agent once it is training, then restart it.
@@ -381,7 +410,7 @@ def test(fleet, args):
     fleet.stop_coordinator()
     time.sleep(1.0)
     fleet.start_coordinator()
-    fleet.start_agent(names["rpi4"], "rpi4", digits_dataset(args.data_dir, 0, 3))
+    fleet.start_agent(names["rpi4"], "rpi4", digits_dataset(args.data_dir, 0, SHARDS))
     job = fleet.wait_job(job_id)
     check(job["state"] == "JOB_STATE_SUCCEEDED", "job succeeded after both faults (%s)" % job["state"])
     rpi4_log = open(os.path.join(fleet.work, names["rpi4"] + ".log")).read()
@@ -415,6 +444,28 @@ def test(fleet, args):
               "%s answers local inference with its personalized model (P[3] = %.2f)" % (cls, probs[3]))
         check(max((len(m) for _, m in sent), default=0) < 16384,
               "%s: largest message %d bytes" % (cls, max((len(m) for _, m in sent), default=0)))
+
+    # The scheme search: from the operator's calibration shard, each class's own scheme; the
+    # coordinator searches again with the same profile and ships exactly that scheme.
+    profile, searched = search(fleet, weights, ["rpi4", "x86-avx2"])
+    check(os.path.exists(profile), "fleettune search cached its profile")
+    check(os.path.exists(os.path.join(fleet.work, "search.png")), "fleettune search drew its plot")
+    _, again = search(fleet, weights, ["rpi4"])
+    check(again["rpi4"]["profile_cached"], "a second search reads the cached profile")
+    check(searched["rpi4"]["predicted_memory_bytes"] <= searched["rpi4"]["budget_bytes"],
+          "the searched rpi4 scheme fits its budget")
+    job4 = submit(fleet, weights, 2, ["rpi4"], name="searched", extra=["--profile=" + profile])
+    job = fleet.wait_job(job4)
+    p = job["progress"][0]
+    check(job["state"] == "JOB_STATE_SUCCEEDED" and p["plan"]["scheme"] == "searched",
+          "the rpi4 device trained the searched scheme (%s, %s)" % (job["state"], p["plan"]["scheme"]))
+    check(int(p["plan"]["totalBytes"]) == searched["rpi4"]["predicted_memory_bytes"],
+          "the shipped plan needs what the search predicted (%s)" % p["plan"]["totalBytes"])
+    check(int(p.get("peakMemoryBytes", 0)) <= int(p["plan"]["budgetBytes"]),
+          "the searched scheme stayed within rpi4's budget on the device")
+    check(p.get("accuracyAfter", 0) > p.get("accuracyBefore", 1),
+          "the searched scheme improved rpi4's accuracy %.3f -> %.3f" % (
+              p.get("accuracyBefore", 0), p.get("accuracyAfter", 0)))
 
     # Bad local data: the only rpi5 device has no dataset file.
     fleet.start_agent("device-3-broken", "rpi5",
