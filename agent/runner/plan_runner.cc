@@ -323,10 +323,17 @@ absl::StatusOr<v1::MetricsReport> RunPlan(const PlanRunInputs& in, const ReportF
     ASSIGN_OR_RETURN(const size_t dense_total, TotalBytes(dense, options));
     saving = static_cast<double>(dense_total) / static_cast<double>(plan_total);
     dense_fits = a.memory_budget_bytes() == 0 || dense_total <= a.memory_budget_bytes();
-    // A plan that updates every weight is the dense plan: nothing to compare.
+    // A plan that updates every element of every weight is the dense plan: nothing to compare.
+    // (An update with `rows` set trains only some output channels: a sparse plan.)
     int updates = 0, weights = 0;
     for (const Node& n : p.train.nodes()) {
-      updates += n.op == OpKind::kSgdUpdate || n.op == OpKind::kAdamWUpdate;
+      if (const auto* sgd = std::get_if<engine::SgdAttrs>(&n.attrs);
+          n.op == OpKind::kSgdUpdate && sgd != nullptr) {
+        updates += sgd->rows == 0;
+      } else if (const auto* adamw = std::get_if<engine::AdamWAttrs>(&n.attrs);
+                 n.op == OpKind::kAdamWUpdate && adamw != nullptr) {
+        updates += adamw->rows == 0;
+      }
       const auto* pa = std::get_if<engine::ParameterAttrs>(&n.attrs);
       weights +=
           n.op == OpKind::kParameter && pa != nullptr && pa->role == engine::ParamRole::kWeight;
@@ -334,7 +341,20 @@ absl::StatusOr<v1::MetricsReport> RunPlan(const PlanRunInputs& in, const ReportF
     if (updates == weights) {
       speedup = 1.0;
     } else if (dense_fits) {
-      ParameterStore dense_params = params, plan_params = params;
+      // The dense plan starts from the same weights, with optimizer state of its own (the
+      // plan's may hold only some rows of each weight).
+      ParameterStore dense_params, plan_params = params;
+      for (ValueId id = 0; id < p.train.num_nodes(); ++id) {
+        const Node& n = p.train.node(id);
+        const auto* pa = std::get_if<engine::ParameterAttrs>(&n.attrs);
+        if (n.op != OpKind::kParameter || pa == nullptr ||
+            pa->role == engine::ParamRole::kOptimizerState) {
+          continue;
+        }
+        if (const Tensor* t = params.Find(n.name); t != nullptr) {
+          RETURN_IF_ERROR(dense_params.Set(n.name, *t));
+        }
+      }
       ASSIGN_OR_RETURN(auto dense_exe, Executable::Compile(dense, &dense_params, options));
       ASSIGN_OR_RETURN(auto plan_exe, Executable::Compile(p.train, &plan_params, options));
       std::vector<int64_t> order = EpochOrder(n_train, 1, 0);
