@@ -77,6 +77,8 @@ ABSL_FLAG(double, fraction, 1.0 / 3.0,
 ABSL_FLAG(int, epochs, 0, "Fine-tuning epochs on the device data (0: the setting's default)");
 ABSL_FLAG(int, steps, 0, "Contribution steps per candidate (0: the setting's default)");
 ABSL_FLAG(int, threads, 2, "Engine threads");
+ABSL_FLAG(int, seeds, 3,
+          "Fine-tuning runs per scheme (shuffling seeds 0..N-1); accuracy is their mean");
 ABSL_FLAG(int, samples, 256, "mobilenet_timing: calibration samples (half held out)");
 ABSL_FLAG(std::string, profile_cache, "", "Profile cache directory (empty: none)");
 ABSL_FLAG(std::string, base_dir, "",
@@ -224,7 +226,8 @@ engine::autodiff::OptimizerConfig Sgd(float lr) {
 
 struct Outcome {
   std::string name;
-  double accuracy = 0.0;
+  double accuracy = 0.0;  // mean over --seeds fine-tuning runs
+  double accuracy_min = 1.0, accuracy_max = 0.0;
   int64_t predicted_bytes = 0;
   int64_t actual_bytes = 0;
   int64_t flops_per_step = 0;
@@ -243,32 +246,40 @@ absl::StatusOr<Outcome> FineTune(const Setting& s, const engine::runtime::Parame
   o.predicted_bytes = cost.memory_bytes;
   o.flops_per_step = cost.flops_per_step;
   o.fits = cost.memory_bytes <= budget;
-  engine::runtime::ParameterStore params;
   ASSIGN_OR_RETURN(models::Model probe, s.tune_build(1, models::Mode::kTrain));
-  for (const models::Layer& layer : probe.layers) {
-    for (const std::string& w : layer.weights) RETURN_IF_ERROR(params.Set(w, *base.Find(w)));
-  }
-  for (const std::string& b : probe.buffers) {
-    if (base.Find(b) != nullptr) RETURN_IF_ERROR(params.Set(b, *base.Find(b)));
-  }
-  train::TrainerOptions options;
-  ASSIGN_OR_RETURN(options.scheme, engine::scheme::ResolveScheme(model, scheme));
-  options.batch = kBatch;
-  options.threads = absl::GetFlag(FLAGS_threads);
-  options.optimizer = Sgd(s.lr);
-  ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
-                   train::Trainer::Create(s.tune_build, &params, options));
-  o.actual_bytes = static_cast<int64_t>(trainer->train_executable().memory().total_bytes());
+  const int seeds = absl::GetFlag(FLAGS_seeds);
   double seconds = 0;
   int64_t steps = 0;
-  for (int e = 0; e < s.epochs; ++e) {
-    ASSIGN_OR_RETURN(train::EpochStats stats,
-                     trainer->TrainEpoch(s.device_train.images, s.device_train.labels));
-    seconds += stats.step_seconds;
-    steps += stats.steps;
+  for (int seed = 0; seed < seeds; ++seed) {
+    engine::runtime::ParameterStore params;
+    for (const models::Layer& layer : probe.layers) {
+      for (const std::string& w : layer.weights) RETURN_IF_ERROR(params.Set(w, *base.Find(w)));
+    }
+    for (const std::string& b : probe.buffers) {
+      if (base.Find(b) != nullptr) RETURN_IF_ERROR(params.Set(b, *base.Find(b)));
+    }
+    train::TrainerOptions options;
+    ASSIGN_OR_RETURN(options.scheme, engine::scheme::ResolveScheme(model, scheme));
+    options.batch = kBatch;
+    options.seed = static_cast<uint64_t>(seed);
+    options.threads = absl::GetFlag(FLAGS_threads);
+    options.optimizer = Sgd(s.lr);
+    ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
+                     train::Trainer::Create(s.tune_build, &params, options));
+    o.actual_bytes = static_cast<int64_t>(trainer->train_executable().memory().total_bytes());
+    for (int e = 0; e < s.epochs; ++e) {
+      ASSIGN_OR_RETURN(train::EpochStats stats,
+                       trainer->TrainEpoch(s.device_train.images, s.device_train.labels));
+      seconds += stats.step_seconds;
+      steps += stats.steps;
+    }
+    ASSIGN_OR_RETURN(double accuracy,
+                     trainer->Evaluate(s.device_test.images, s.device_test.labels));
+    o.accuracy += accuracy / seeds;
+    o.accuracy_min = std::min(o.accuracy_min, accuracy);
+    o.accuracy_max = std::max(o.accuracy_max, accuracy);
   }
   o.ms_per_step = 1e3 * seconds / std::max<int64_t>(1, steps);
-  ASSIGN_OR_RETURN(o.accuracy, trainer->Evaluate(s.device_test.images, s.device_test.labels));
   return o;
 }
 
@@ -412,7 +423,8 @@ absl::Status RunAdaptation(Setting s) {
   std::cout << absl::StrFormat("base model on the device's test data: %.2f%%\n\n",
                                100 * base_accuracy);
 
-  std::cout << "| scheme | test accuracy | training memory, MiB (predicted / actual) | "
+  std::cout << "| scheme | test accuracy, mean (min–max) of " << absl::GetFlag(FLAGS_seeds)
+            << " | training memory, MiB (predicted / actual) | "
                "overhead over inference | fits the budget | GFLOP/step | ms/step |\n"
                "| --- | --- | --- | --- | --- | --- | --- |\n";
   std::vector<Outcome> outcomes;
@@ -423,8 +435,9 @@ absl::Status RunAdaptation(Setting s) {
                          static_cast<double>(o.actual_bytes);
     memory_ok &= error <= 0.05;
     std::cout << absl::StrFormat(
-        "| %s | %.2f%% | %s / %s (%+.1f%%) | %.2f× full's | %s | %.4f | %.2f |\n", o.name,
-        100 * o.accuracy, MiB(o.predicted_bytes), MiB(o.actual_bytes),
+        "| %s | %.2f%% (%.2f–%.2f) | %s / %s (%+.1f%%) | %.2f× full's | %s | %.4f | %.2f |\n",
+        o.name, 100 * o.accuracy, 100 * o.accuracy_min, 100 * o.accuracy_max,
+        MiB(o.predicted_bytes), MiB(o.actual_bytes),
         100.0 * (o.actual_bytes - o.predicted_bytes) / o.actual_bytes,
         static_cast<double>(o.predicted_bytes - inference) / (full_cost.memory_bytes - inference),
         o.fits ? "yes" : "no", o.flops_per_step / 1e9, o.ms_per_step);

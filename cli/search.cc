@@ -145,8 +145,9 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
   ASSIGN_OR_RETURN(int64_t batch, Integer(flags, "batch", "32", 1, 65536));
   ASSIGN_OR_RETURN(engine::models::Model model, zoo->build(batch, engine::models::Mode::kEval));
   ASSIGN_OR_RETURN(engine::models::Model probe, zoo->build(1, engine::models::Mode::kEval));
-  const engine::train::ModelBuilder build = [zoo](int64_t b, engine::models::Mode mode) {
-    return zoo->build(b, mode);
+  // BatchNorm statistics stay frozen while a candidate fine-tunes, as in every compiled plan.
+  const engine::train::ModelBuilder build = [zoo](int64_t b, engine::models::Mode) {
+    return zoo->build(b, engine::models::Mode::kEval);
   };
 
   const std::string base_path = Flag(flags, "base", "");

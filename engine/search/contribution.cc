@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <memory>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -72,53 +73,79 @@ absl::StatusOr<runtime::ParameterStore> CopyModelState(const models::Model& mode
 
 }  // namespace
 
+namespace {
+
+// The evaluation graph compiled once, bound to `params`: later changes to the
+// store's tensors (Set copies into the bound storage) are what it evaluates.
+class HeldOutEvaluator {
+ public:
+  static absl::StatusOr<HeldOutEvaluator> Create(const train::ModelBuilder& build,
+                                                 runtime::ParameterStore* params,
+                                                 const Tensor& images, const Tensor& labels) {
+    RETURN_IF_ERROR(CheckData(images, labels, "held-out"));
+    HeldOutEvaluator e;
+    e.n_ = images.shape()[0];
+    e.batch_ = std::min<int64_t>(e.n_, 256);
+    ASSIGN_OR_RETURN(models::Model model, build(e.batch_, models::Mode::kEval));
+    ASSIGN_OR_RETURN(e.exe_, runtime::Executable::Compile(model.graph, params));
+    const Shape& xs = model.graph.type(model.input).shape;
+    e.sample_ = NumElements(xs) / xs[0];
+    if (e.sample_ * e.n_ != images.num_elements()) {
+      return absl::InvalidArgumentError(absl::StrCat("contribution: held-out samples have ",
+                                                     images.num_elements() / e.n_,
+                                                     " elements, the model takes ", e.sample_));
+    }
+    e.classes_ = model.graph.type(model.logits).shape.back();
+    e.logits_id_ = model.logits;
+    return e;
+  }
+
+  absl::StatusOr<Evaluation> Run(const Tensor& images, const Tensor& labels) {
+    ASSIGN_OR_RETURN(TensorView x, exe_->Input("x"));
+    ASSIGN_OR_RETURN(TensorView y, exe_->Input("labels"));
+    ASSIGN_OR_RETURN(TensorView logits, exe_->Output(logits_id_));
+    int64_t correct = 0;
+    double loss = 0.0;
+    for (int64_t start = 0; start < n_; start += batch_) {
+      const int64_t rows = std::min(batch_, n_ - start);
+      std::memset(x.f32(), 0, batch_ * sample_ * sizeof(float));
+      std::memcpy(x.f32(), images.f32() + start * sample_, rows * sample_ * sizeof(float));
+      for (int64_t r = 0; r < batch_; ++r) {
+        y.i32()[r] = r < rows ? labels.i32()[start + r] : CrossEntropyAttrs{}.ignore_index;
+      }
+      RETURN_IF_ERROR(exe_->Run());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = logits.f32() + r * classes_;
+        const int32_t label = labels.i32()[start + r];
+        if (label < 0 || label >= classes_) {
+          return absl::InvalidArgumentError(absl::StrCat("contribution: held-out label ", label,
+                                                         " at ", start + r, " outside [0, ",
+                                                         classes_, ")"));
+        }
+        const float* top = std::max_element(row, row + classes_);
+        correct += (top - row) == label;
+        // −log softmax(row)[label], stabilized by the max.
+        double sum = 0.0;
+        for (int64_t c = 0; c < classes_; ++c) sum += std::exp(static_cast<double>(row[c] - *top));
+        loss += std::log(sum) - static_cast<double>(row[label] - *top);
+      }
+    }
+    return Evaluation{static_cast<double>(correct) / n_, loss / n_};
+  }
+
+ private:
+  std::unique_ptr<runtime::Executable> exe_;
+  int64_t n_ = 0, batch_ = 0, sample_ = 0, classes_ = 0;
+  ValueId logits_id_ = kNoValue;
+};
+
+}  // namespace
+
 absl::StatusOr<Evaluation> EvaluateHeldOut(const train::ModelBuilder& build,
                                            runtime::ParameterStore* params, const Tensor& images,
                                            const Tensor& labels) {
-  RETURN_IF_ERROR(CheckData(images, labels, "held-out"));
-  const int64_t n = images.shape()[0];
-  const int64_t batch = std::min<int64_t>(n, 256);
-  ASSIGN_OR_RETURN(models::Model model, build(batch, models::Mode::kEval));
-  ASSIGN_OR_RETURN(std::unique_ptr<runtime::Executable> exe,
-                   runtime::Executable::Compile(model.graph, params));
-  const Shape& xs = model.graph.type(model.input).shape;
-  const int64_t sample = NumElements(xs) / xs[0];
-  if (sample * n != images.num_elements()) {
-    return absl::InvalidArgumentError(absl::StrCat("contribution: held-out samples have ",
-                                                   images.num_elements() / n,
-                                                   " elements, the model takes ", sample));
-  }
-  const int64_t classes = model.graph.type(model.logits).shape.back();
-  ASSIGN_OR_RETURN(TensorView x, exe->Input("x"));
-  ASSIGN_OR_RETURN(TensorView y, exe->Input("labels"));
-  ASSIGN_OR_RETURN(TensorView logits, exe->Output(model.logits));
-  int64_t correct = 0;
-  double loss = 0.0;
-  for (int64_t start = 0; start < n; start += batch) {
-    const int64_t rows = std::min(batch, n - start);
-    std::memset(x.f32(), 0, batch * sample * sizeof(float));
-    std::memcpy(x.f32(), images.f32() + start * sample, rows * sample * sizeof(float));
-    for (int64_t r = 0; r < batch; ++r) {
-      y.i32()[r] = r < rows ? labels.i32()[start + r] : CrossEntropyAttrs{}.ignore_index;
-    }
-    RETURN_IF_ERROR(exe->Run());
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = logits.f32() + r * classes;
-      const int32_t label = labels.i32()[start + r];
-      if (label < 0 || label >= classes) {
-        return absl::InvalidArgumentError(absl::StrCat("contribution: held-out label ", label,
-                                                       " at ", start + r, " outside [0, ", classes,
-                                                       ")"));
-      }
-      const float* top = std::max_element(row, row + classes);
-      correct += (top - row) == label;
-      // −log softmax(row)[label], stabilized by the max.
-      double sum = 0.0;
-      for (int64_t c = 0; c < classes; ++c) sum += std::exp(static_cast<double>(row[c] - *top));
-      loss += std::log(sum) - static_cast<double>(row[label] - *top);
-    }
-  }
-  return Evaluation{static_cast<double>(correct) / n, loss / n};
+  ASSIGN_OR_RETURN(HeldOutEvaluator e, HeldOutEvaluator::Create(build, params, images, labels));
+  return e.Run(images, labels);
 }
 
 absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuilder& build,
@@ -140,10 +167,14 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
   profile.task = options.task;
   profile.steps = options.steps;
   profile.seed = options.seed;
+  // One evaluation graph for the base and every candidate: after a candidate's
+  // run its one trained tensor is copied in, evaluated, and restored.
+  ASSIGN_OR_RETURN(runtime::ParameterStore eval_params, CopyModelState(probe, base));
+  ASSIGN_OR_RETURN(
+      HeldOutEvaluator evaluator,
+      HeldOutEvaluator::Create(build, &eval_params, data.heldout_images, data.heldout_labels));
   {
-    ASSIGN_OR_RETURN(runtime::ParameterStore params, CopyModelState(probe, base));
-    ASSIGN_OR_RETURN(Evaluation e,
-                     EvaluateHeldOut(build, &params, data.heldout_images, data.heldout_labels));
+    ASSIGN_OR_RETURN(Evaluation e, evaluator.Run(data.heldout_images, data.heldout_labels));
     profile.base_accuracy = e.accuracy;
     profile.base_loss = e.loss;
   }
@@ -158,7 +189,9 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
     train::TrainerOptions topts;
     ASSIGN_OR_RETURN(topts.scheme, scheme::ResolveScheme(probe, *s));
     topts.batch = options.batch;
-    topts.eval_batch = std::min<int64_t>(data.heldout_images.shape()[0], 256);
+    // The trainer's own evaluation graph goes unused (EvaluateHeldOut below also
+    // gives the loss): the smallest one, so that no large arena is allocated.
+    topts.eval_batch = 1;
     topts.seed = options.seed;
     topts.threads = options.threads;
     topts.optimizer = options.optimizer;
@@ -167,8 +200,20 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
                      train::Trainer::Create(build, &params, topts));
     RETURN_IF_ERROR(trainer->TrainEpoch(train_x, train_y).status());
     trainer.reset();
-    ASSIGN_OR_RETURN(Evaluation e,
-                     EvaluateHeldOut(build, &params, data.heldout_images, data.heldout_labels));
+    // What the run changed: the candidate's tensor, and BatchNorm statistics
+    // when `build` trains them.
+    std::vector<std::string> changed = {c.tensor};
+    for (const std::string& b : probe.buffers) {
+      if (params.Find(b) != nullptr) changed.push_back(b);
+    }
+    for (const std::string& name : changed) {
+      RETURN_IF_ERROR(eval_params.Set(name, *params.Find(name)));
+    }
+    auto evaluated = evaluator.Run(data.heldout_images, data.heldout_labels);
+    for (const std::string& name : changed) {
+      RETURN_IF_ERROR(eval_params.Set(name, *base.Find(name)));
+    }
+    ASSIGN_OR_RETURN(Evaluation e, std::move(evaluated));
     profile.entries.push_back({c.Id(), e.accuracy, e.loss, e.accuracy - profile.base_accuracy,
                                profile.base_loss - e.loss});
   }

@@ -231,8 +231,7 @@ TEST(Select, ChosenSchemesPredictMemoryTheRuntimeAllocates) {
       options.optimizer = sgd;
       ASSERT_OK_AND_ASSIGN(std::unique_ptr<train::Trainer> trainer,
                            train::Trainer::Create(build, &params, options));
-      const double actual =
-          static_cast<double>(trainer->train_executable().memory().total_bytes());
+      const double actual = static_cast<double>(trainer->train_executable().memory().total_bytes());
       EXPECT_NEAR(static_cast<double>(s.cost.memory_bytes), actual, 0.05 * actual)
           << name << " at " << fraction;
     }
