@@ -110,13 +110,14 @@ std::string DefaultCacheDir() {
                       "/.cache/fleettune/profiles");
 }
 
-// "fc1.weight@1/4" -> its series in the plot: biases, then one per channel ratio.
+// A candidate's series in the plot: biases, scales, then one per channel ratio.
 int SeriesOf(const search::Candidate& c) {
   if (c.kind == search::CandidateKind::kBias) return 0;
+  if (c.kind == search::CandidateKind::kScale) return 1;
   for (int i = 0; i < 4; ++i) {
-    if (c.fraction == search::kChannelFractions[i]) return i + 1;
+    if (c.fraction == search::kChannelFractions[i]) return i + 2;
   }
-  return 4;
+  return 5;
 }
 
 struct ClassResult {
@@ -309,8 +310,12 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
                                 ", batch ", batch, ")");
     plot.y_label = metric == search::GainMetric::kAccuracy ? "held-out accuracy gain"
                                                            : "held-out loss reduction";
-    plot.series_names = {"bias", "weight, 1/8 channels", "weight, 1/4 channels",
-                         "weight, 1/2 channels", "weight, all channels"};
+    plot.series_names = {"bias",
+                         "normalization scale",
+                         "weight, 1/8 channels",
+                         "weight, 1/4 channels",
+                         "weight, 1/2 channels",
+                         "weight, all channels"};
     plot.log_x = true;
     const ClassResult& r0 = results.front();
     for (size_t i = 0; i < scored.size(); ++i) {

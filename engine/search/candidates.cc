@@ -27,12 +27,12 @@ bool AcceptsChannels(const models::Model& model, const std::string& tensor) {
 }  // namespace
 
 std::string Candidate::Id() const {
-  if (kind == CandidateKind::kBias) return tensor;
+  if (kind != CandidateKind::kChannels) return tensor;
   return absl::StrCat(tensor, "@", FractionText(fraction));
 }
 
 scheme::Rule Candidate::ToRule() const {
-  if (kind == CandidateKind::kBias) return {tensor, scheme::UpdateMode::kFull, 0.0};
+  if (kind != CandidateKind::kChannels) return {tensor, scheme::UpdateMode::kFull, 0.0};
   return {tensor, scheme::UpdateMode::kChannels, fraction};
 }
 
@@ -52,13 +52,26 @@ absl::StatusOr<std::vector<Candidate>> ListCandidates(const models::Model& model
       }
     }
     for (const std::string& w : layer.weights) {
-      if (absl::EndsWith(w, ".bias") || !AcceptsChannels(model, w)) continue;
+      auto it = plans.find(w);
+      // A 1-D weight that is not a bias: a normalization layer's scale.
+      if (it != plans.end() && !absl::EndsWith(w, ".bias") &&
+          it->second->dim0 == it->second->elements) {
+        out.push_back({CandidateKind::kScale, w, layer.name, 1.0});
+      }
+    }
+    for (const std::string& w : layer.weights) {
+      auto it = plans.find(w);
+      if (absl::EndsWith(w, ".bias") || it == plans.end() ||
+          it->second->dim0 == it->second->elements || !AcceptsChannels(model, w)) {
+        continue;
+      }
       for (double f : kChannelFractions)
         out.push_back({CandidateKind::kChannels, w, layer.name, f});
     }
   }
   if (out.empty()) {
-    return absl::InvalidArgumentError("search: the model has no bias or linear/conv weight");
+    return absl::InvalidArgumentError(
+        "search: the model has no bias, normalization scale or linear/conv weight");
   }
   return out;
 }

@@ -37,19 +37,23 @@ TEST(ListCandidates, CnnAndMobileNetV2CoverConvsAndBatchNormBiases) {
   for (const std::string name : {"cnn", "mobilenet_v2"}) {
     models::Model model = Zoo(name);
     ASSERT_OK_AND_ASSIGN(std::vector<Candidate> c, ListCandidates(model));
-    int biases = 0, channels = 0;
+    int biases = 0, scales = 0, channels = 0;
     for (const Candidate& x : c) {
-      (x.kind == CandidateKind::kBias ? biases : channels)++;
+      (x.kind == CandidateKind::kBias    ? biases
+       : x.kind == CandidateKind::kScale ? scales
+                                         : channels)++;
       // Every candidate resolves on its own.
       ASSERT_OK_AND_ASSIGN(scheme::UpdateScheme s, ToScheme(model, {x}, "one"));
       EXPECT_OK(scheme::ResolveScheme(model, s).status()) << x.Id();
     }
     EXPECT_GT(biases, 0) << name;
+    EXPECT_EQ(scales, biases - 1) << name;  // every BatchNorm's scale; the classifier has none
     EXPECT_EQ(channels % 4, 0) << name;
     if (name == "mobilenet_v2") {
       // 52 convs + the classifier; BatchNorm biases of conv layers included.
       EXPECT_EQ(channels / 4, 53);
       EXPECT_THAT(Ids(c), ::testing::Contains("features.0.1.bias"));
+      EXPECT_THAT(Ids(c), ::testing::Contains("features.0.1.weight"));  // BatchNorm's scale
       EXPECT_THAT(Ids(c), ::testing::Contains("classifier.1.weight@1/4"));
     }
   }
