@@ -120,6 +120,125 @@ int SeriesOf(const search::Candidate& c) {
   return 5;
 }
 
+std::string Millis(double seconds) { return absl::StrFormat("%.1f ms", seconds * 1e3); }
+
+std::string Gain(double g, search::GainMetric metric) {
+  return metric == search::GainMetric::kAccuracy ? absl::StrFormat("%+.2f pt", 100 * g)
+                                                 : absl::StrFormat("%+.4f", g);
+}
+
+// Everything the flags say, checked.
+struct SearchInputs {
+  std::string model_name;
+  int64_t batch = 32;                 // plans are costed at this training batch
+  engine::models::Model model;        // at `batch`
+  engine::models::Model probe;        // at batch 1: candidates and scores
+  engine::train::ModelBuilder build;  // frozen BatchNorm statistics
+  engine::runtime::ParameterStore base;
+  std::string task;
+  search::CalibrationData data;
+  search::ContributionOptions options;
+  search::GainMetric metric = search::GainMetric::kAccuracy;
+  std::vector<v1::DeviceClass> classes;  // at least one
+  double overhead_fraction = 0.0;        // 0: each class's own budget
+  double step_budget_seconds = 0.0;      // 0: none
+  std::string cache_dir;                 // empty: no profile cache
+  std::string plot_path, out_dir;        // empty: not written
+};
+
+absl::StatusOr<SearchInputs> ParseInputs(const Flags& flags) {
+  SearchInputs in;
+  in.model_name = Flag(flags, "model", "");
+  if (in.model_name.empty()) return FlagError("model", "required (a zoo model, e.g. mlp)");
+  ASSIGN_OR_RETURN(const engine::models::ZooEntry* zoo,
+                   engine::models::FindZooModel(in.model_name));
+  ASSIGN_OR_RETURN(in.batch, Integer(flags, "batch", "32", 1, 65536));
+  ASSIGN_OR_RETURN(in.model, zoo->build(in.batch, engine::models::Mode::kEval));
+  ASSIGN_OR_RETURN(in.probe, zoo->build(1, engine::models::Mode::kEval));
+  // BatchNorm statistics stay frozen while a candidate fine-tunes, as in every compiled plan.
+  in.build = [zoo](int64_t b, engine::models::Mode) {
+    return zoo->build(b, engine::models::Mode::kEval);
+  };
+
+  const std::string base_path = Flag(flags, "base", "");
+  if (base_path.empty()) return FlagError("base", "required (base weights, safetensors)");
+  auto base_tensors = engine::io::ReadSafetensors(base_path);
+  if (!base_tensors.ok()) return FlagError("base", base_tensors.status());
+  for (auto& [name, tensor] : *base_tensors) RETURN_IF_ERROR(in.base.Set(name, tensor));
+
+  in.task = Flag(flags, "task", "");
+  if (in.task.empty()) {
+    const std::string spec = Flag(flags, "calibration", "");
+    in.task = spec.substr(spec.find_last_of("/:") + 1);
+  }
+  ASSIGN_OR_RETURN(in.data, LoadCalibration(flags, in.task));
+
+  search::ContributionOptions& o = in.options;
+  o.model_name = in.model_name;
+  o.task = in.task;
+  ASSIGN_OR_RETURN(o.steps, Integer(flags, "steps", "60", 1, 100000));
+  ASSIGN_OR_RETURN(o.batch, Integer(flags, "calibration-batch", "32", 1, 65536));
+  ASSIGN_OR_RETURN(int64_t seed, Integer(flags, "seed", "0", 0, INT64_MAX));
+  o.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(int64_t threads, Integer(flags, "threads", "2", 1, 256));
+  o.threads = static_cast<int>(threads);
+  ASSIGN_OR_RETURN(double lr, Number(flags, "lr", "0.05", 0.0, 1e3, false));
+  ASSIGN_OR_RETURN(double momentum, Number(flags, "momentum", "0.9", 0.0, 0.999999, true));
+  o.optimizer = engine::autodiff::OptimizerConfig::Sgd(
+      {static_cast<float>(lr), static_cast<float>(momentum), 0.0f});
+  const std::string gain = Flag(flags, "gain", "accuracy");
+  if (gain != "accuracy" && gain != "loss") return FlagError("gain", "must be accuracy or loss");
+  in.metric = gain == "accuracy" ? search::GainMetric::kAccuracy : search::GainMetric::kLoss;
+
+  server::DeviceClassRegistry registry = server::DeviceClassRegistry::Defaults();
+  if (auto it = flags.find("device-classes"); it != flags.end()) {
+    auto loaded = server::DeviceClassRegistry::FromFile(it->second);
+    if (!loaded.ok()) return FlagError("device-classes", loaded.status());
+    registry = *std::move(loaded);
+  }
+  if (auto it = flags.find("classes"); it != flags.end()) {
+    for (absl::string_view name : absl::StrSplit(it->second, ',', absl::SkipEmpty())) {
+      auto found = registry.Find(name);
+      if (!found.ok()) return FlagError("classes", found.status());
+      in.classes.push_back(**found);
+    }
+    if (in.classes.empty()) return FlagError("classes", "names no class");
+  } else {
+    in.classes = registry.classes();
+  }
+  const std::string budget = Flag(flags, "budget", "class");
+  if (absl::StartsWith(budget, "overhead:")) {
+    if (!absl::SimpleAtod(budget.substr(9), &in.overhead_fraction) ||
+        !(in.overhead_fraction > 0 && in.overhead_fraction <= 1)) {
+      return FlagError("budget", "overhead:F needs F in (0, 1]");
+    }
+  } else if (budget != "class") {
+    return FlagError("budget", "must be class or overhead:F");
+  }
+  if (flags.count("step-budget-ms")) {
+    ASSIGN_OR_RETURN(double ms, Number(flags, "step-budget-ms", "", 0.0, 1e9, false));
+    in.step_budget_seconds = ms / 1e3;
+    for (const v1::DeviceClass& c : in.classes) {
+      if (!(c.training_flops_per_second() > 0)) {
+        return FlagError("step-budget-ms",
+                         absl::StrCat("class ", c.name(), " has no training_flops_per_second"));
+      }
+    }
+  }
+  in.cache_dir = Flag(flags, "profile-cache", DefaultCacheDir());
+  if (in.cache_dir == "none") in.cache_dir.clear();
+  in.plot_path = Flag(flags, "plot", "");
+  in.out_dir = Flag(flags, "out-dir", "");
+  return in;
+}
+
+search::DeviceClass ForCostModel(const v1::DeviceClass& c) {
+  // Without a throughput, step times are not modelled (and not printed); 1e9
+  // only keeps the cost model's arithmetic defined.
+  return {c.name(), c.threads(),
+          c.training_flops_per_second() > 0 ? c.training_flops_per_second() : 1e9};
+}
+
 struct ClassResult {
   const v1::DeviceClass* device_class = nullptr;
   int64_t budget_bytes = 0;
@@ -129,157 +248,145 @@ struct ClassResult {
   int64_t compiles = 0;
 };
 
-std::string Millis(double seconds) { return absl::StrFormat("%.1f ms", seconds * 1e3); }
-
-std::string Gain(double g, search::GainMetric metric) {
-  return metric == search::GainMetric::kAccuracy ? absl::StrFormat("%+.2f pt", 100 * g)
-                                                 : absl::StrFormat("%+.4f", g);
-}
-
-}  // namespace
-
-absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
-  // --- The model, its base weights and the options.
-  const std::string model_name = Flag(flags, "model", "");
-  if (model_name.empty()) return FlagError("model", "required (a zoo model, e.g. mlp)");
-  ASSIGN_OR_RETURN(const engine::models::ZooEntry* zoo, engine::models::FindZooModel(model_name));
-  ASSIGN_OR_RETURN(int64_t batch, Integer(flags, "batch", "32", 1, 65536));
-  ASSIGN_OR_RETURN(engine::models::Model model, zoo->build(batch, engine::models::Mode::kEval));
-  ASSIGN_OR_RETURN(engine::models::Model probe, zoo->build(1, engine::models::Mode::kEval));
-  // BatchNorm statistics stay frozen while a candidate fine-tunes, as in every compiled plan.
-  const engine::train::ModelBuilder build = [zoo](int64_t b, engine::models::Mode) {
-    return zoo->build(b, engine::models::Mode::kEval);
-  };
-
-  const std::string base_path = Flag(flags, "base", "");
-  if (base_path.empty()) return FlagError("base", "required (base weights, safetensors)");
-  auto base_tensors = engine::io::ReadSafetensors(base_path);
-  if (!base_tensors.ok()) return FlagError("base", base_tensors.status());
-  engine::runtime::ParameterStore base;
-  for (auto& [name, tensor] : *base_tensors) RETURN_IF_ERROR(base.Set(name, tensor));
-
-  std::string task = Flag(flags, "task", "");
-  if (task.empty()) {
-    const std::string spec = Flag(flags, "calibration", "");
-    task = spec.substr(spec.find_last_of("/:") + 1);
-  }
-  ASSIGN_OR_RETURN(search::CalibrationData data, LoadCalibration(flags, task));
-
-  search::ContributionOptions options;
-  options.model_name = model_name;
-  options.task = task;
-  ASSIGN_OR_RETURN(options.steps, Integer(flags, "steps", "60", 1, 100000));
-  ASSIGN_OR_RETURN(options.batch, Integer(flags, "calibration-batch", "32", 1, 65536));
-  ASSIGN_OR_RETURN(int64_t seed, Integer(flags, "seed", "0", 0, INT64_MAX));
-  options.seed = static_cast<uint64_t>(seed);
-  ASSIGN_OR_RETURN(int64_t threads, Integer(flags, "threads", "2", 1, 256));
-  options.threads = static_cast<int>(threads);
-  ASSIGN_OR_RETURN(double lr, Number(flags, "lr", "0.05", 0.0, 1e3, false));
-  ASSIGN_OR_RETURN(double momentum, Number(flags, "momentum", "0.9", 0.0, 0.999999, true));
-  options.optimizer = engine::autodiff::OptimizerConfig::Sgd(
-      {static_cast<float>(lr), static_cast<float>(momentum), 0.0f});
-  const std::string gain_name = Flag(flags, "gain", "accuracy");
-  if (gain_name != "accuracy" && gain_name != "loss") {
-    return FlagError("gain", "must be accuracy or loss");
-  }
-  const search::GainMetric metric =
-      gain_name == "accuracy" ? search::GainMetric::kAccuracy : search::GainMetric::kLoss;
-
-  // --- Classes and budgets.
-  server::DeviceClassRegistry registry = server::DeviceClassRegistry::Defaults();
-  if (auto it = flags.find("device-classes"); it != flags.end()) {
-    auto loaded = server::DeviceClassRegistry::FromFile(it->second);
-    if (!loaded.ok()) return FlagError("device-classes", loaded.status());
-    registry = *std::move(loaded);
-  }
-  std::vector<const v1::DeviceClass*> classes;
-  if (auto it = flags.find("classes"); it != flags.end()) {
-    for (absl::string_view name : absl::StrSplit(it->second, ',', absl::SkipEmpty())) {
-      auto found = registry.Find(name);
-      if (!found.ok()) return FlagError("classes", found.status());
-      classes.push_back(*found);
-    }
-    if (classes.empty()) return FlagError("classes", "names no class");
-  } else {
-    for (const v1::DeviceClass& c : registry.classes()) classes.push_back(&c);
-  }
-  const std::string budget_spec = Flag(flags, "budget", "class");
-  double overhead_fraction = 0.0;
-  if (absl::StartsWith(budget_spec, "overhead:")) {
-    if (!absl::SimpleAtod(budget_spec.substr(9), &overhead_fraction) ||
-        !(overhead_fraction > 0 && overhead_fraction <= 1)) {
-      return FlagError("budget", "overhead:F needs F in (0, 1]");
-    }
-  } else if (budget_spec != "class") {
-    return FlagError("budget", "must be class or overhead:F");
-  }
-  double step_budget_seconds = 0.0;
-  if (flags.count("step-budget-ms")) {
-    ASSIGN_OR_RETURN(double ms, Number(flags, "step-budget-ms", "", 0.0, 1e9, false));
-    step_budget_seconds = ms / 1e3;
-    for (const v1::DeviceClass* c : classes) {
-      if (!(c->training_flops_per_second() > 0)) {
-        return FlagError("step-budget-ms",
-                         absl::StrCat("class ", c->name(), " has no training_flops_per_second"));
-      }
-    }
-  }
-
-  // --- The profile: cached per model, weights, data and options.
-  std::string cache_dir = Flag(flags, "profile-cache", DefaultCacheDir());
-  if (cache_dir == "none") cache_dir.clear();
-  ASSIGN_OR_RETURN(std::vector<search::Candidate> candidates, search::ListCandidates(probe));
-  const absl::Time profile_start = absl::Now();
-  ASSIGN_OR_RETURN(
-      search::CachedProfile cached,
-      search::AnalyzeContributionsCached(build, base, candidates, data, options, cache_dir));
-  const double profile_seconds = absl::ToDoubleSeconds(absl::Now() - profile_start);
-  ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
-                   search::ScoreCandidates(probe, cached.profile, metric));
-
-  // --- Selection per class.
+// Each class's selection under its budget. A class whose budget fits nothing
+// keeps its error in `selection`; other errors end the search.
+absl::StatusOr<std::vector<ClassResult>> SelectPerClass(
+    const SearchInputs& in, const std::vector<search::ScoredCandidate>& scored) {
   std::vector<ClassResult> results;
-  absl::Status first_error;
-  for (const v1::DeviceClass* c : classes) {
+  for (const v1::DeviceClass& c : in.classes) {
     ClassResult r;
-    r.device_class = c;
-    search::DeviceClass device{
-        c->name(), c->threads(),
-        c->training_flops_per_second() > 0 ? c->training_flops_per_second() : 1e9};
-    search::CostModel costs(model, device, options.optimizer);
+    r.device_class = &c;
+    search::CostModel costs(in.model, ForCostModel(c), in.options.optimizer);
     ASSIGN_OR_RETURN(r.inference_bytes, costs.InferenceBytes());
-    if (overhead_fraction > 0) {
+    if (in.overhead_fraction > 0) {
       ASSIGN_OR_RETURN(r.budget_bytes,
-                       search::OverheadFractionBudget(costs, model, overhead_fraction));
+                       search::OverheadFractionBudget(costs, in.model, in.overhead_fraction));
     } else {
-      r.budget_bytes = c->training_memory_budget_bytes();
+      r.budget_bytes = c.training_memory_budget_bytes();
     }
     const absl::Time start = absl::Now();
-    r.selection = search::SelectScheme(model, scored, costs, {r.budget_bytes, step_budget_seconds},
-                                       {.seed = options.seed});
+    r.selection =
+        search::SelectScheme(in.model, scored, costs, {r.budget_bytes, in.step_budget_seconds},
+                             {.seed = in.options.seed});
     r.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     r.compiles = costs.compiles();
-    if (!r.selection.ok() && first_error.ok()) {
-      first_error =
-          absl::Status(r.selection.status().code(),
-                       absl::StrCat("class ", c->name(), ": ", r.selection.status().message()));
-    }
     results.push_back(std::move(r));
   }
+  return results;
+}
 
-  // --- Each candidate alone, costed for the first class (what the table and plot show).
-  const v1::DeviceClass& first = *classes.front();
-  search::CostModel alone_costs(
-      model,
-      {first.name(), first.threads(),
-       first.training_flops_per_second() > 0 ? first.training_flops_per_second() : 1e9},
-      options.optimizer);
-  ASSIGN_OR_RETURN(int64_t inference, alone_costs.InferenceBytes());
-  std::vector<search::SchemeCost> alone;
-  for (const search::ScoredCandidate& s : scored) {
-    ASSIGN_OR_RETURN(search::SchemeCost cost, alone_costs.Cost({s.candidate}));
-    alone.push_back(cost);
+absl::Status WriteSchemes(const std::string& dir, const std::vector<ClassResult>& results) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return FlagError("out-dir", absl::StrCat(dir, ": ", ec.message()));
+  for (const ClassResult& r : results) {
+    if (!r.selection.ok()) continue;
+    engine::scheme::UpdateScheme s = r.selection->scheme;
+    s.name = absl::StrCat("searched-", r.device_class->name());
+    const std::string path = absl::StrCat(dir, "/", r.device_class->name(), ".scheme");
+    absl::Status written = engine::WriteFileAtomically(path, engine::plan::SchemeToText(s));
+    if (!written.ok()) return FlagError("out-dir", written);
   }
+  return absl::OkStatus();
+}
+
+// Each candidate alone, costed for the first class: what the table and the plot show.
+struct AloneCosts {
+  int64_t inference_bytes = 0;
+  std::vector<search::SchemeCost> costs;  // per scored candidate
+};
+
+absl::StatusOr<AloneCosts> CostAlone(const SearchInputs& in,
+                                     const std::vector<search::ScoredCandidate>& scored) {
+  search::CostModel costs(in.model, ForCostModel(in.classes.front()), in.options.optimizer);
+  AloneCosts out;
+  ASSIGN_OR_RETURN(out.inference_bytes, costs.InferenceBytes());
+  for (const search::ScoredCandidate& s : scored) {
+    ASSIGN_OR_RETURN(search::SchemeCost cost, costs.Cost({s.candidate}));
+    out.costs.push_back(cost);
+  }
+  return out;
+}
+
+absl::Status WritePlot(const SearchInputs& in, const std::vector<search::ScoredCandidate>& scored,
+                       const AloneCosts& alone, const ClassResult& first) {
+  const std::string& class_name = first.device_class->name();
+  ScatterPlot plot;
+  plot.title = absl::StrCat(in.model_name, " on ", in.task, ": each update candidate alone (",
+                            in.options.steps, " steps); outlined = chosen for ", class_name);
+  plot.x_label = absl::StrCat("extra training memory over inference, bytes (", class_name,
+                              ", batch ", in.batch, ")");
+  plot.y_label = in.metric == search::GainMetric::kAccuracy ? "held-out accuracy gain"
+                                                            : "held-out loss reduction";
+  plot.series_names = {"bias",
+                       "normalization scale",
+                       "weight, 1/8 channels",
+                       "weight, 1/4 channels",
+                       "weight, 1/2 channels",
+                       "weight, all channels"};
+  plot.log_x = true;
+  for (size_t i = 0; i < scored.size(); ++i) {
+    ScatterPoint p;
+    // At least one byte, so that the log axis can show a candidate that costs
+    // nothing beyond inference.
+    p.x = std::max<double>(
+        1.0, static_cast<double>(alone.costs[i].memory_bytes - alone.inference_bytes));
+    p.y = scored[i].gain;
+    p.series = SeriesOf(scored[i].candidate);
+    p.label = scored[i].candidate.Id();
+    if (first.selection.ok()) {
+      for (const search::ScoredCandidate& s : first.selection->chosen) {
+        p.highlighted |= s.candidate == scored[i].candidate;
+      }
+    }
+    plot.points.push_back(std::move(p));
+  }
+  absl::Status written = WriteScatterPng(plot, in.plot_path);
+  return written.ok() ? written : FlagError("plot", written);
+}
+
+void PrintJson(const SearchInputs& in, const search::CachedProfile& cached,
+               const std::vector<ClassResult>& results, std::ostream* out) {
+  for (const ClassResult& r : results) {
+    nlohmann::json j;
+    j["class"] = r.device_class->name();
+    j["model"] = in.model_name;
+    j["task"] = in.task;
+    j["profile_key"] = cached.profile.key;
+    j["profile_path"] = cached.path;
+    j["profile_cached"] = cached.hit;
+    j["budget_bytes"] = r.budget_bytes;
+    j["inference_bytes"] = r.inference_bytes;
+    if (r.selection.ok()) {
+      const search::Selection& s = *r.selection;
+      j["predicted_memory_bytes"] = s.cost.memory_bytes;
+      j["predicted_flops_per_step"] = s.cost.flops_per_step;
+      if (r.device_class->training_flops_per_second() > 0) {
+        j["predicted_step_seconds"] = s.cost.step_seconds;
+      }
+      j["predicted_gain"] = s.total_gain;
+      j["chosen"] = nlohmann::json::array();
+      for (const search::ScoredCandidate& c : s.chosen) j["chosen"].push_back(c.candidate.Id());
+      j["scheme"] = engine::plan::SchemeToText(s.scheme);
+    } else {
+      j["error"] = std::string(r.selection.status().message());
+    }
+    *out << j.dump() << "\n";
+  }
+}
+
+void PrintReport(const SearchInputs& in, const search::CachedProfile& cached,
+                 double profile_seconds, const std::vector<search::ScoredCandidate>& scored,
+                 const AloneCosts& alone, const std::vector<ClassResult>& results,
+                 std::ostream* out) {
+  *out << absl::StrFormat(
+      "profile    %s on %s: %d candidates, %d steps each; base held-out accuracy %s, loss %.4f\n",
+      in.model_name, in.task, scored.size(), in.options.steps,
+      FormatPercent(cached.profile.base_accuracy), cached.profile.base_loss);
+  *out << absl::StrFormat("           %s in %.1f s%s\n",
+                          cached.hit ? "read from the cache" : "measured", profile_seconds,
+                          cached.path.empty() ? "" : absl::StrCat(": ", cached.path));
+
   std::map<std::string, std::vector<std::string>> chosen_by;  // candidate id -> classes
   for (const ClassResult& r : results) {
     if (!r.selection.ok()) continue;
@@ -287,94 +394,6 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
       chosen_by[s.candidate.Id()].push_back(r.device_class->name());
     }
   }
-
-  // --- Files.
-  if (auto it = flags.find("out-dir"); it != flags.end()) {
-    std::error_code ec;
-    std::filesystem::create_directories(it->second, ec);
-    if (ec) return FlagError("out-dir", absl::StrCat(it->second, ": ", ec.message()));
-    for (const ClassResult& r : results) {
-      if (!r.selection.ok()) continue;
-      engine::scheme::UpdateScheme s = r.selection->scheme;
-      s.name = absl::StrCat("searched-", r.device_class->name());
-      const std::string path = absl::StrCat(it->second, "/", r.device_class->name(), ".scheme");
-      absl::Status written = engine::WriteFileAtomically(path, engine::plan::SchemeToText(s));
-      if (!written.ok()) return FlagError("out-dir", written);
-    }
-  }
-  if (auto it = flags.find("plot"); it != flags.end()) {
-    ScatterPlot plot;
-    plot.title = absl::StrCat(model_name, " on ", task, ": each update candidate alone (",
-                              options.steps, " steps); outlined = chosen for ", first.name());
-    plot.x_label = absl::StrCat("extra training memory over inference, bytes (", first.name(),
-                                ", batch ", batch, ")");
-    plot.y_label = metric == search::GainMetric::kAccuracy ? "held-out accuracy gain"
-                                                           : "held-out loss reduction";
-    plot.series_names = {"bias",
-                         "normalization scale",
-                         "weight, 1/8 channels",
-                         "weight, 1/4 channels",
-                         "weight, 1/2 channels",
-                         "weight, all channels"};
-    plot.log_x = true;
-    const ClassResult& r0 = results.front();
-    for (size_t i = 0; i < scored.size(); ++i) {
-      ScatterPoint p;
-      // At least one byte so that the log axis can show a candidate that costs
-      // nothing beyond inference.
-      p.x = std::max<double>(1.0, static_cast<double>(alone[i].memory_bytes - inference));
-      p.y = scored[i].gain;
-      p.series = SeriesOf(scored[i].candidate);
-      p.label = scored[i].candidate.Id();
-      if (r0.selection.ok()) {
-        for (const search::ScoredCandidate& s : r0.selection->chosen) {
-          p.highlighted |= s.candidate == scored[i].candidate;
-        }
-      }
-      plot.points.push_back(std::move(p));
-    }
-    absl::Status written = WriteScatterPng(plot, it->second);
-    if (!written.ok()) return FlagError("plot", written);
-  }
-
-  // --- Report.
-  if (json) {
-    for (const ClassResult& r : results) {
-      nlohmann::json j;
-      j["class"] = r.device_class->name();
-      j["model"] = model_name;
-      j["task"] = task;
-      j["profile_key"] = cached.profile.key;
-      j["profile_path"] = cached.path;
-      j["profile_cached"] = cached.hit;
-      j["budget_bytes"] = r.budget_bytes;
-      j["inference_bytes"] = r.inference_bytes;
-      if (r.selection.ok()) {
-        const search::Selection& s = *r.selection;
-        j["predicted_memory_bytes"] = s.cost.memory_bytes;
-        j["predicted_flops_per_step"] = s.cost.flops_per_step;
-        if (r.device_class->training_flops_per_second() > 0) {
-          j["predicted_step_seconds"] = s.cost.step_seconds;
-        }
-        j["predicted_gain"] = s.total_gain;
-        j["chosen"] = nlohmann::json::array();
-        for (const search::ScoredCandidate& c : s.chosen) j["chosen"].push_back(c.candidate.Id());
-        j["scheme"] = engine::plan::SchemeToText(s.scheme);
-      } else {
-        j["error"] = std::string(r.selection.status().message());
-      }
-      *out << j.dump() << "\n";
-    }
-    return first_error;
-  }
-
-  *out << absl::StrFormat(
-      "profile    %s on %s: %d candidates, %d steps each; base held-out accuracy %s, loss %.4f\n",
-      model_name, task, scored.size(), options.steps, FormatPercent(cached.profile.base_accuracy),
-      cached.profile.base_loss);
-  *out << absl::StrFormat("           %s in %.1f s%s\n",
-                          cached.hit ? "read from the cache" : "measured", profile_seconds,
-                          cached.path.empty() ? "" : absl::StrCat(": ", cached.path));
   std::vector<Column> columns = {{"CANDIDATE"},
                                  {"EXTRA MEMORY", Align::kRight},
                                  {"GFLOP/STEP", Align::kRight},
@@ -385,25 +404,27 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
   for (size_t i = 0; i < scored.size(); ++i) {
     const search::Contribution& e = cached.profile.entries[i];
     auto it = chosen_by.find(scored[i].candidate.Id());
-    rows.push_back({scored[i].candidate.Id(), FormatBytes(alone[i].memory_bytes - inference),
-                    absl::StrFormat("%.3f", alone[i].flops_per_step / 1e9),
-                    absl::StrFormat("%+.2f pt", 100 * e.accuracy_gain),
-                    absl::StrFormat("%+.4f", e.loss_gain),
-                    it == chosen_by.end() ? "" : absl::StrJoin(it->second, ",")});
+    rows.push_back(
+        {scored[i].candidate.Id(), FormatBytes(alone.costs[i].memory_bytes - alone.inference_bytes),
+         absl::StrFormat("%.3f", alone.costs[i].flops_per_step / 1e9),
+         absl::StrFormat("%+.2f pt", 100 * e.accuracy_gain), absl::StrFormat("%+.4f", e.loss_gain),
+         it == chosen_by.end() ? "" : absl::StrJoin(it->second, ",")});
   }
   *out << "\n" << RenderTable(columns, rows);
   *out << absl::StrFormat(
       "\n(extra memory: what training the candidate alone adds to inference, "
       "%s for %s at batch %d)\n",
-      FormatBytes(inference), first.name(), batch);
+      FormatBytes(alone.inference_bytes), in.classes.front().name(), in.batch);
+
   for (const ClassResult& r : results) {
     const v1::DeviceClass& c = *r.device_class;
-    *out << absl::StrFormat(
-        "\nclass %s: budget %s (%s), %d threads\n", c.name(), FormatBytes(r.budget_bytes),
-        overhead_fraction > 0
-            ? absl::StrFormat("inference + %.3g of full fine-tuning's overhead", overhead_fraction)
-            : "the class's training-memory budget",
-        c.threads());
+    *out << absl::StrFormat("\nclass %s: budget %s (%s), %d threads\n", c.name(),
+                            FormatBytes(r.budget_bytes),
+                            in.overhead_fraction > 0
+                                ? absl::StrFormat("inference + %.3g of full fine-tuning's overhead",
+                                                  in.overhead_fraction)
+                                : "the class's training-memory budget",
+                            c.threads());
     if (!r.selection.ok()) {
       *out << "  no scheme: " << r.selection.status().message() << "\n";
       continue;
@@ -415,7 +436,7 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
                             s.cost.flops_per_step / 1e9);
     if (c.training_flops_per_second() > 0) *out << ", " << Millis(s.cost.step_seconds) << "/step";
     *out << absl::StrFormat("\n  gain       %s (sum of the chosen candidates' own gains)\n",
-                            Gain(s.total_gain, metric));
+                            Gain(s.total_gain, in.metric));
     *out << absl::StrFormat("  search     %s, %d rounds, %d compiles, %.2f s\n",
                             s.method == search::SearchMethod::kDynamicProgramming
                                 ? "dynamic programming"
@@ -424,13 +445,45 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
     std::vector<std::string> ids;
     for (const search::ScoredCandidate& x : s.chosen) ids.push_back(x.candidate.Id());
     *out << "  trains     " << absl::StrJoin(ids, " ") << "\n";
-    if (auto it = flags.find("out-dir"); it != flags.end()) {
-      *out << "  scheme     " << it->second << "/" << c.name() << ".scheme\n";
+    if (!in.out_dir.empty())
+      *out << "  scheme     " << in.out_dir << "/" << c.name() << ".scheme\n";
+  }
+  if (!in.plot_path.empty()) *out << "\nplot written to " << in.plot_path << "\n";
+}
+
+}  // namespace
+
+absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
+  ASSIGN_OR_RETURN(SearchInputs in, ParseInputs(flags));
+
+  // The profile: measured once per model, weights, data and options.
+  ASSIGN_OR_RETURN(std::vector<search::Candidate> candidates, search::ListCandidates(in.probe));
+  const absl::Time start = absl::Now();
+  ASSIGN_OR_RETURN(search::CachedProfile cached,
+                   search::AnalyzeContributionsCached(in.build, in.base, candidates, in.data,
+                                                      in.options, in.cache_dir));
+  const double profile_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
+                   search::ScoreCandidates(in.probe, cached.profile, in.metric));
+
+  ASSIGN_OR_RETURN(std::vector<ClassResult> results, SelectPerClass(in, scored));
+  ASSIGN_OR_RETURN(AloneCosts alone, CostAlone(in, scored));
+  if (!in.out_dir.empty()) RETURN_IF_ERROR(WriteSchemes(in.out_dir, results));
+  if (!in.plot_path.empty()) RETURN_IF_ERROR(WritePlot(in, scored, alone, results.front()));
+  if (json) {
+    PrintJson(in, cached, results, out);
+  } else {
+    PrintReport(in, cached, profile_seconds, scored, alone, results, out);
+  }
+  // Every class was searched and printed; the first one without a scheme is the error.
+  for (const ClassResult& r : results) {
+    if (!r.selection.ok()) {
+      return absl::Status(
+          r.selection.status().code(),
+          absl::StrCat("class ", r.device_class->name(), ": ", r.selection.status().message()));
     }
   }
-  if (auto it = flags.find("plot"); it != flags.end())
-    *out << "\nplot written to " << it->second << "\n";
-  return first_error;
+  return absl::OkStatus();
 }
 
 }  // namespace fleettune::cli
