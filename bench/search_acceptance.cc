@@ -444,6 +444,34 @@ absl::Status RunAdaptation(Setting s) {
     std::cout.flush();
     outcomes.push_back(o);
   }
+  // The step-time model (FLOPs / a class's throughput) against the measured
+  // steps: the throughput each scheme reached, and whether the model ranks the
+  // schemes' step times as measured (Spearman's rank correlation).
+  {
+    auto ranks = [&](auto key) {
+      std::vector<size_t> order(outcomes.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      std::sort(order.begin(), order.end(),
+                [&](size_t a, size_t b) { return key(outcomes[a]) < key(outcomes[b]); });
+      std::vector<double> r(order.size());
+      for (size_t i = 0; i < order.size(); ++i) r[order[i]] = static_cast<double>(i);
+      return r;
+    };
+    const std::vector<double> by_flops = ranks([](const Outcome& o) { return o.flops_per_step; });
+    const std::vector<double> by_time = ranks([](const Outcome& o) { return o.ms_per_step; });
+    double d2 = 0, lo = 1e30, hi = 0;
+    for (size_t i = 0; i < outcomes.size(); ++i) {
+      d2 += (by_flops[i] - by_time[i]) * (by_flops[i] - by_time[i]);
+      const double gflops = outcomes[i].flops_per_step / (outcomes[i].ms_per_step * 1e6);
+      lo = std::min(lo, gflops);
+      hi = std::max(hi, gflops);
+    }
+    const double n = static_cast<double>(outcomes.size());
+    std::cout << absl::StrFormat(
+        "\nstep-time model: measured throughput %.1f to %.1f GFLOP/s across the schemes (%d "
+        "threads); rank correlation of predicted and measured step times %.2f\n",
+        lo, hi, absl::GetFlag(FLAGS_threads), 1.0 - 6.0 * d2 / (n * (n * n - 1.0)));
+  }
   const Outcome& full = outcomes[0];
   const Outcome& searched = outcomes[1];
   double best_other = 0;
