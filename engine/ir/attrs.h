@@ -298,7 +298,8 @@ inline constexpr int kMaxElementwiseChainSteps = 8;
 //   kActivationGrad          (a = dy, b = v) as activation_grad with fn
 // An operand is kPrevious (the previous step's result) or the index of one of
 // the node's inputs. Unary steps read `a` only and keep b = kPrevious; `fn`
-// and `value` are 0-defaults unless the op reads them.
+// keeps its default unless the op reads it (the verifier checks both);
+// `value` is read by kScale only.
 struct ElementwiseStep {
   static constexpr int32_t kPrevious = -1;
   OpKind op = OpKind::kAdd;
