@@ -39,7 +39,13 @@ uint64_t NodeFlops(const Graph& graph, ValueId id) {
       return Elements(node.type.shape) * (2 * ConvMacsPerOutput(in(1)) + 1);
     case OpKind::kAddActivation:
     case OpKind::kBatchNormInferenceActivation:
+    case OpKind::kLayerNormActivation:
+    case OpKind::kRmsNormActivation:
       return 2 * Elements(node.type.shape);
+    case OpKind::kElementwiseChain: {
+      const auto* attrs = std::get_if<ElementwiseChainAttrs>(&node.attrs);
+      return (attrs == nullptr ? 1 : attrs->steps.size()) * Elements(node.type.shape);
+    }
     case OpKind::kMatMul: {
       const auto* attrs = std::get_if<MatMulAttrs>(&node.attrs);
       const Shape& a = in(0);

@@ -10,6 +10,7 @@
 #include <variant>
 #include <vector>
 
+#include "engine/ir/op_kind.h"
 #include "engine/ir/tensor.h"
 
 namespace fleettune::engine {
@@ -277,12 +278,54 @@ struct FusedBatchNormAttrs {
   bool operator==(const FusedBatchNormAttrs& o) const { return bn == o.bn && act == o.act; }
 };
 
+// kLayerNormActivation: act(layer_norm(x[, w[, b]])); kRmsNormActivation:
+// act(rms_norm(x[, w])).
+struct FusedNormAttrs {
+  NormAttrs norm;
+  FusedActivationFn act = FusedActivationFn::kRelu;
+  bool operator==(const FusedNormAttrs& o) const { return norm == o.norm && act == o.act; }
+};
+
+// The most steps one kElementwiseChain runs (and so at most this + 1 inputs).
+inline constexpr int kMaxElementwiseChainSteps = 8;
+
+// One step of kElementwiseChain: op `op` with that op's semantics on operands
+// of the chain's shape. `op` is one of
+//   kAdd, kSub, kMul, kDiv   binary: a op b
+//   kScale                   value · a
+//   kRelu, kActivation       unary: relu(a), fn(a)
+//   kReluGrad                (a = dy, b = y) as relu_grad
+//   kActivationGrad          (a = dy, b = v) as activation_grad with fn
+// An operand is kPrevious (the previous step's result) or the index of one of
+// the node's inputs. Unary steps read `a` only and keep b = kPrevious; `fn`
+// keeps its default unless the op reads it (the verifier checks both);
+// `value` is read by kScale only.
+struct ElementwiseStep {
+  static constexpr int32_t kPrevious = -1;
+  OpKind op = OpKind::kAdd;
+  int32_t a = 0;
+  int32_t b = kPrevious;
+  ActivationFn fn = ActivationFn::kRelu6;
+  float value = 0.0f;
+  bool operator==(const ElementwiseStep& o) const {
+    return op == o.op && a == o.a && b == o.b && fn == o.fn && value == o.value;
+  }
+};
+
+// kElementwiseChain: y = the last step's result; step 0 reads inputs only,
+// every later step reads the previous result (at least once).
+struct ElementwiseChainAttrs {
+  std::vector<ElementwiseStep> steps;
+  bool operator==(const ElementwiseChainAttrs& o) const { return steps == o.steps; }
+};
+
 using Attrs =
     std::variant<NoAttrs, ParameterAttrs, MatMulAttrs, ShapeAttrs, ReduceAttrs, ScalarAttrs,
                  FillAttrs, CrossEntropyAttrs, SgdAttrs, AdamWAttrs, Conv2dAttrs, Conv2dGradAttrs,
                  Pool2dAttrs, Pool2dGradAttrs, BatchNormAttrs, ActivationAttrs, DropoutAttrs,
                  NormAttrs, SoftmaxAttrs, PermuteAttrs, AxisAttrs, SliceAttrs, SliceGradAttrs,
-                 RopeAttrs, FusedConvAttrs, FusedActivationAttrs, FusedBatchNormAttrs>;
+                 RopeAttrs, FusedConvAttrs, FusedActivationAttrs, FusedBatchNormAttrs,
+                 FusedNormAttrs, ElementwiseChainAttrs>;
 
 }  // namespace fleettune::engine
 

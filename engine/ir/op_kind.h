@@ -70,11 +70,15 @@ enum class OpKind : uint8_t {
   kSliceGrad,
   kRope,
   // Fused ops (engine/ops/fused.cc), emitted only by the fusion pass
-  // (engine/passes/fuse.h) after autodiff: op + activation in one kernel.
+  // (engine/passes/fuse.h, fuse_elementwise.h) after autodiff: op + activation
+  // in one kernel; elementwise chains in one loop.
   kConv2dActivation,
   kLinearActivation,
   kBatchNormInferenceActivation,
   kAddActivation,
+  kLayerNormActivation,  // layer_norm + activation
+  kRmsNormActivation,    // rms_norm + activation
+  kElementwiseChain,     // a chain of elementwise ops run as one pass over the data
   kCount,
 };
 

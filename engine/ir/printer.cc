@@ -80,6 +80,21 @@ std::string SliceFields(const SliceAttrs& a) {
                       absl::StrJoin(a.end, ", "), "], step=[", absl::StrJoin(a.step, ", "), "]");
 }
 
+// "add(in0, in1)", "scale(prev, value=0.5)", "activation_grad(prev, in2, fn=silu)"
+std::string StepText(const ElementwiseStep& s) {
+  auto operand = [](int32_t i) {
+    return i == ElementwiseStep::kPrevious ? std::string("prev") : absl::StrCat("in", i);
+  };
+  const bool unary = s.op == OpKind::kScale || s.op == OpKind::kRelu || s.op == OpKind::kActivation;
+  std::string out = absl::StrCat(ops::GetOpDef(s.op).name, "(", operand(s.a));
+  if (!unary) absl::StrAppend(&out, ", ", operand(s.b));
+  if (s.op == OpKind::kScale) absl::StrAppend(&out, ", value=", s.value);
+  if (s.op == OpKind::kActivation || s.op == OpKind::kActivationGrad) {
+    absl::StrAppend(&out, ", fn=", ActivationName(s.fn));
+  }
+  return out + ")";
+}
+
 }  // namespace
 
 std::string PrintAttrs(const Attrs& attrs) {
@@ -135,6 +150,14 @@ std::string PrintAttrs(const Attrs& attrs) {
           [](const FusedBatchNormAttrs& a) {
             return absl::StrCat("{eps=", a.bn.eps, ", momentum=", a.bn.momentum,
                                 ", act=", FusedActivationName(a.act), "}");
+          },
+          [](const FusedNormAttrs& a) {
+            return absl::StrCat("{eps=", a.norm.eps, ", act=", FusedActivationName(a.act), "}");
+          },
+          [](const ElementwiseChainAttrs& a) {
+            std::vector<std::string> steps;
+            for (const ElementwiseStep& s : a.steps) steps.push_back(StepText(s));
+            return absl::StrCat("{steps=[", absl::StrJoin(steps, ", "), "]}");
           },
           [](const NormAttrs& a) { return absl::StrCat("{eps=", a.eps, "}"); },
           [](const SoftmaxAttrs& a) { return absl::StrCat("{causal=", Bool(a.causal), "}"); },

@@ -13,6 +13,7 @@
 #include "engine/base/status_macros.h"
 #include "engine/kernels/parallel.h"
 #include "engine/kernels/vec_math.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -207,9 +208,7 @@ void FastKernel(const KernelArgs& args) {
   float* y = args.output.f32();
   kernels::ParallelFor(args.output.num_elements(), CostPerElement(fn),
                        [&](int64_t begin, int64_t end) {
-                         if (!ApplyVectorized(fn, x + begin, y + begin, end - begin)) {
-                           ApplyN(fn, x + begin, y + begin, end - begin);
-                         }
+                         parts::ActivationFast(fn, x + begin, y + begin, end - begin);
                        });
 }
 
@@ -218,13 +217,10 @@ void FastGradKernel(const KernelArgs& args) {
   const float* dy = args.in(0).f32();
   const float* v = args.in(1).f32();
   float* dx = args.output.f32();
-  kernels::ParallelFor(args.output.num_elements(), CostPerElement(fn),
-                       [&](int64_t begin, int64_t end) {
-                         const int64_t n = end - begin;
-                         if (!DerivativeVectorized(fn, dy + begin, v + begin, dx + begin, n)) {
-                           DerivativeN(fn, dy + begin, v + begin, dx + begin, n);
-                         }
-                       });
+  kernels::ParallelFor(
+      args.output.num_elements(), CostPerElement(fn), [&](int64_t begin, int64_t end) {
+        parts::ActivationGradFast(fn, dy + begin, v + begin, dx + begin, end - begin);
+      });
 }
 
 // y = f(x):  dx = dy ⊙ f'(x), f' computed from y (ReLU6, sigmoid, tanh) or x.
@@ -274,6 +270,20 @@ std::vector<OpTestCase> GradTestCases() {
 }
 
 }  // namespace
+
+namespace parts {
+
+void ActivationFast(ActivationFn fn, const float* x, float* y, int64_t n) {
+  if (!ApplyVectorized(fn, x, y, n)) ApplyN(fn, x, y, n);
+}
+
+void ActivationGradFast(ActivationFn fn, const float* dy, const float* v, float* dx, int64_t n) {
+  if (!DerivativeVectorized(fn, dy, v, dx, n)) DerivativeN(fn, dy, v, dx, n);
+}
+
+int64_t ActivationCost(ActivationFn fn) { return CostPerElement(fn); }
+
+}  // namespace parts
 
 OpDef ActivationOpDef() {
   OpDef def;

@@ -2,7 +2,9 @@
 // cases keep small for the gradient check: large channel counts, rows wider
 // than the vector lanes, odd sizes, and enough work that ParallelFor splits
 // it over two threads. Kernels are called directly through their OpDef.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -197,6 +199,124 @@ TEST(FastKernels, NormsAndSoftmaxSplitOverRows) {
   ExpectFastMatchesReference({OpKind::kSoftmax, {scores}, SoftmaxAttrs{false}});
   ExpectFastMatchesReference({OpKind::kSoftmax, {scores}, SoftmaxAttrs{true}});
   ExpectFastMatchesReference({OpKind::kSoftmaxGrad, {scores, scores}});
+}
+
+// Runs op `kind`'s fast kernel (its reference where it has none) on `inputs`.
+Tensor RunFast(OpKind kind, const Attrs& attrs, const std::vector<const Tensor*>& inputs) {
+  const OpDef& def = GetOpDef(kind);
+  Node node;
+  node.op = kind;
+  node.attrs = attrs;
+  std::vector<TensorType> types;
+  std::vector<const TensorType*> type_ptrs;
+  for (const Tensor* t : inputs) types.push_back(t->type());
+  for (const TensorType& t : types) type_ptrs.push_back(&t);
+  absl::StatusOr<TensorType> out = InferType(node, type_ptrs);
+  EXPECT_OK(out.status());
+  if (!out.ok()) return Tensor();
+  std::vector<TensorView> views;
+  for (const Tensor* t : inputs) views.push_back(const_cast<Tensor*>(t)->view());
+  Tensor output(out->dtype, out->shape);
+  StepInfo step;
+  KernelArgs args;
+  args.node = &node;
+  args.inputs = views.data();
+  args.num_inputs = static_cast<int>(views.size());
+  args.output = output.view();
+  args.step = &step;
+  (def.fast != nullptr ? def.fast : def.reference)(args);
+  return output;
+}
+
+void ExpectBitIdentical(const Tensor& want, const Tensor& got) {
+  ASSERT_EQ(want.num_elements(), got.num_elements());
+  int bad = 0;
+  for (int64_t i = 0; i < want.num_elements() && bad < 5; ++i) {
+    if (std::memcmp(&want.f32()[i], &got.f32()[i], sizeof(float)) != 0) {
+      ++bad;
+      ADD_FAILURE() << "element " << i << ": unfused " << want.f32()[i] << " fused "
+                    << got.f32()[i];
+    }
+  }
+}
+
+constexpr FusedActivationFn kAllFusedActs[] = {
+    FusedActivationFn::kRelu,     FusedActivationFn::kRelu6,   FusedActivationFn::kSilu,
+    FusedActivationFn::kGeluTanh, FusedActivationFn::kGeluErf, FusedActivationFn::kSigmoid,
+    FusedActivationFn::kTanh};
+
+// Norm + activation, rows of an odd width split over threads: the fused fast
+// kernel matches its reference, and is bit for bit the norm's fast kernel
+// followed by the activation's (what the graph ran before fusion).
+TEST(FastKernels, NormActivationSplitOverRows) {
+  const TensorType x = F32({8, 128, 257}), w = F32({257});
+  std::mt19937_64 rng(11);
+  const Tensor xt = testing::RandomTensor(x, rng), wt = testing::RandomTensor(w, rng),
+               bt = testing::RandomTensor(w, rng);
+  for (FusedActivationFn act : kAllFusedActs) {
+    SCOPED_TRACE(static_cast<int>(act));
+    const FusedNormAttrs attrs{NormAttrs{1e-5f}, act};
+    ExpectFastMatchesReference({OpKind::kLayerNormActivation, {x, w, w}, attrs});
+    ExpectFastMatchesReference({OpKind::kRmsNormActivation, {x, w}, attrs});
+    ExpectFastMatchesReference({OpKind::kLayerNormActivation, {x}, attrs});
+    const OpKind act_op = act == FusedActivationFn::kRelu ? OpKind::kRelu : OpKind::kActivation;
+    const Attrs act_attrs =
+        act == FusedActivationFn::kRelu
+            ? Attrs{NoAttrs{}}
+            : Attrs{ActivationAttrs{static_cast<ActivationFn>(static_cast<int>(act) - 1)}};
+    for (bool rms : {false, true}) {
+      std::vector<const Tensor*> in = {&xt, &wt};
+      if (!rms) in.push_back(&bt);
+      const Tensor norm = RunFast(rms ? OpKind::kRmsNorm : OpKind::kLayerNorm, attrs.norm, in);
+      const Tensor want = RunFast(act_op, act_attrs, {&norm});
+      const Tensor got =
+          RunFast(rms ? OpKind::kRmsNormActivation : OpKind::kLayerNormActivation, attrs, in);
+      ExpectBitIdentical(want, got);
+    }
+  }
+}
+
+// Every conformance program of elementwise_chain on an odd element count
+// (not a multiple of the tile or the vector width) split over threads:
+// the fused fast kernel matches its reference, and is bit for bit each step's
+// own kernel run one after another into separate tensors.
+TEST(FastKernels, ElementwiseChainSplitOverThreads) {
+  const Shape shape = {37, 1031};
+  std::mt19937_64 rng(5);
+  for (const OpTestCase& c : GetOpDef(OpKind::kElementwiseChain).test_cases()) {
+    const auto& steps = std::get<ElementwiseChainAttrs>(c.attrs).steps;
+    SCOPED_TRACE(steps.size());
+    Case big{OpKind::kElementwiseChain, {}, c.attrs, c.positive_inputs};
+    std::vector<Tensor> inputs;
+    for (size_t i = 0; i < c.inputs.size(); ++i) {
+      big.inputs.push_back(F32(shape));
+      inputs.push_back(testing::RandomTensor(F32(shape), rng));
+      if (std::count(c.positive_inputs.begin(), c.positive_inputs.end(), static_cast<int>(i))) {
+        for (float& v : inputs.back().f32_span()) v = std::abs(v) + 0.1f;
+      }
+    }
+    ExpectFastMatchesReference(big);
+    Tensor prev;
+    for (const ElementwiseStep& step : steps) {
+      auto operand = [&](int32_t i) {
+        return i == ElementwiseStep::kPrevious ? &prev : &inputs[i];
+      };
+      std::vector<const Tensor*> in = {operand(step.a)};
+      if (step.op != OpKind::kScale && step.op != OpKind::kRelu && step.op != OpKind::kActivation) {
+        in.push_back(operand(step.b));
+      }
+      Attrs attrs = NoAttrs{};
+      if (step.op == OpKind::kScale) attrs = ScalarAttrs{step.value};
+      if (step.op == OpKind::kActivation || step.op == OpKind::kActivationGrad) {
+        attrs = ActivationAttrs{step.fn};
+      }
+      Tensor next = RunFast(step.op, attrs, in);
+      prev = std::move(next);
+    }
+    std::vector<const Tensor*> in;
+    for (const Tensor& t : inputs) in.push_back(&t);
+    ExpectBitIdentical(prev, RunFast(OpKind::kElementwiseChain, c.attrs, in));
+  }
 }
 
 }  // namespace

@@ -11,16 +11,26 @@
 //       y = act(batch_norm_inference(x, mean, var, γ, β))
 //   kAddActivation                 inputs (a, b), FusedActivationAttrs
 //       y = act(a + b)   (broadcasting as kAdd; a residual add + ReLU)
+//   kLayerNormActivation           inputs (x[, w[, b]]), FusedNormAttrs
+//       y = act(layer_norm(x[, w[, b]]))
+//   kRmsNormActivation             inputs (x[, w]), FusedNormAttrs
+//       y = act(rms_norm(x[, w]))
 //
 // Only the fusion pass (engine/passes/fuse.h) emits them, and it runs after
 // autodiff, so they are not differentiable: no gradient rule. Each kernel
 // delegates to the producer's kernel (its fast kernel when the fused op's fast
 // kernel runs, its reference kernel otherwise) and then applies the
 // activation in place with the activation op's kernel, so a fused op computes
-// bit for bit what the unfused pair computes.
+// bit for bit what the unfused pair computes. The norms' fast kernel goes one
+// step further: each thread normalizes a block of rows and applies the
+// activation to them while they are in cache (kernel_parts.h keeps the
+// per-element arithmetic the unfused kernels'). Elementwise chains are
+// elementwise_chain.cc.
 #include <algorithm>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -46,6 +56,7 @@ Node InnerNode(OpKind op, const Attrs& attrs) {
 FusedActivationFn ActOf(const Node& node) {
   if (const auto* a = std::get_if<FusedConvAttrs>(&node.attrs)) return a->act;
   if (const auto* a = std::get_if<FusedActivationAttrs>(&node.attrs)) return a->act;
+  if (const auto* a = std::get_if<FusedNormAttrs>(&node.attrs)) return a->act;
   return std::get<FusedBatchNormAttrs>(node.attrs).act;
 }
 
@@ -58,6 +69,10 @@ Node Producer(const Node& node) {
       return InnerNode(OpKind::kLinear, NoAttrs{});
     case OpKind::kAddActivation:
       return InnerNode(OpKind::kAdd, NoAttrs{});
+    case OpKind::kLayerNormActivation:
+      return InnerNode(OpKind::kLayerNorm, std::get<FusedNormAttrs>(node.attrs).norm);
+    case OpKind::kRmsNormActivation:
+      return InnerNode(OpKind::kRmsNorm, std::get<FusedNormAttrs>(node.attrs).norm);
     default:
       return InnerNode(OpKind::kBatchNormInference, std::get<FusedBatchNormAttrs>(node.attrs).bn);
   }
@@ -121,12 +136,36 @@ std::vector<OpTestCase> TestCases() {
       t.attrs = FusedConvAttrs{std::get<Conv2dAttrs>(base.attrs), act};
     } else if constexpr (kProducer == OpKind::kLinear || kProducer == OpKind::kAdd) {
       t.attrs = FusedActivationAttrs{act};
+    } else if constexpr (kProducer == OpKind::kLayerNorm || kProducer == OpKind::kRmsNorm) {
+      t.attrs = FusedNormAttrs{std::get<NormAttrs>(base.attrs), act};
     } else {
       t.attrs = FusedBatchNormAttrs{std::get<BatchNormAttrs>(base.attrs), act};
     }
     out.push_back(t);
   }
   return out;
+}
+
+// kLayerNormActivation / kRmsNormActivation: rows split over the threads,
+// each block normalized (the norm's row kernel) and then activated in place
+// while it is in cache, instead of two passes over the whole tensor.
+void NormActivationFast(const KernelArgs& args) {
+  const Node inner = Producer(*args.node);
+  const bool centered = inner.op == OpKind::kLayerNorm;
+  const FusedActivationFn act = ActOf(*args.node);
+  KernelArgs a = args;
+  a.node = &inner;
+  const int64_t d = args.in(0).shape->back();
+  const int64_t rows = d == 0 ? 0 : args.in(0).num_elements() / d;
+  const int64_t act_cost =
+      act == FusedActivationFn::kRelu
+          ? 1
+          : parts::ActivationCost(static_cast<ActivationFn>(static_cast<int>(act) - 1));
+  float* y = args.output.f32();
+  kernels::ParallelFor(rows, (4 + act_cost) * d, [&](int64_t begin, int64_t end) {
+    parts::NormRows(a, centered, begin, end);
+    parts::FusedActivationInPlace(act, y + begin * d, (end - begin) * d);
+  });
 }
 
 // Runs while the op table is being built, so it must not call GetOpDef: the
@@ -166,6 +205,20 @@ OpDef LinearActivationOpDef() {
 OpDef AddActivationOpDef() {
   OpDef def = FusedDef("add_activation", AttrsIndexOf<FusedActivationAttrs>(), 2, 2);
   def.test_cases = TestCases<OpKind::kAdd>;
+  return def;
+}
+
+OpDef LayerNormActivationOpDef() {
+  OpDef def = FusedDef("layer_norm_activation", AttrsIndexOf<FusedNormAttrs>(), 1, 3);
+  def.fast = NormActivationFast;
+  def.test_cases = TestCases<OpKind::kLayerNorm>;
+  return def;
+}
+
+OpDef RmsNormActivationOpDef() {
+  OpDef def = FusedDef("rms_norm_activation", AttrsIndexOf<FusedNormAttrs>(), 1, 2);
+  def.fast = NormActivationFast;
+  def.test_cases = TestCases<OpKind::kRmsNorm>;
   return def;
 }
 

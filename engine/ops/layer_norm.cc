@@ -14,6 +14,7 @@
 
 #include "engine/base/status_macros.h"
 #include "engine/kernels/parallel.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -84,8 +85,10 @@ int64_t Rows(const TensorView& v) {
   return d == 0 ? 0 : v.num_elements() / d;
 }
 
+}  // namespace
+
 // Rows [begin, end) of the norm; the fast kernels split rows over threads.
-void NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
+void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
   const float eps = args.attrs<NormAttrs>().eps;
   const int64_t d = args.in(0).shape->back();
   const float* x = args.in(0).f32();
@@ -105,6 +108,10 @@ void NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end)
     }
   }
 }
+
+namespace {
+
+using parts::NormRows;
 
 void NormKernel(const KernelArgs& args, bool centered) {
   NormRows(args, centered, 0, Rows(args.in(0)));

@@ -66,6 +66,9 @@ OpDef Conv2dActivationOpDef();
 OpDef LinearActivationOpDef();
 OpDef BatchNormInferenceActivationOpDef();
 OpDef AddActivationOpDef();
+OpDef LayerNormActivationOpDef();
+OpDef RmsNormActivationOpDef();
+OpDef ElementwiseChainOpDef();
 
 namespace {
 
@@ -131,6 +134,9 @@ Table BuildTable() {
   Register(t, OpKind::kLinearActivation, LinearActivationOpDef());
   Register(t, OpKind::kBatchNormInferenceActivation, BatchNormInferenceActivationOpDef());
   Register(t, OpKind::kAddActivation, AddActivationOpDef());
+  Register(t, OpKind::kLayerNormActivation, LayerNormActivationOpDef());
+  Register(t, OpKind::kRmsNormActivation, RmsNormActivationOpDef());
+  Register(t, OpKind::kElementwiseChain, ElementwiseChainOpDef());
   return t;
 }
 
@@ -162,7 +168,8 @@ absl::StatusOr<TensorType> InferType(const Node& node, absl::Span<const TensorTy
         "ActivationAttrs", "DropoutAttrs",         "NormAttrs",
         "SoftmaxAttrs",    "PermuteAttrs",         "AxisAttrs",
         "SliceAttrs",      "SliceGradAttrs",       "RopeAttrs",
-        "FusedConvAttrs",  "FusedActivationAttrs", "FusedBatchNormAttrs"};
+        "FusedConvAttrs",  "FusedActivationAttrs", "FusedBatchNormAttrs",
+        "FusedNormAttrs",  "ElementwiseChainAttrs"};
     static_assert(sizeof(kAttrNames) / sizeof(kAttrNames[0]) == std::variant_size_v<Attrs>);
     return OpError(node, "takes ", kAttrNames[def.attrs_index], ", got ",
                    kAttrNames[node.attrs.index()]);

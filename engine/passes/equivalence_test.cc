@@ -1,7 +1,8 @@
-// Every pass, alone and all together, trains MobileNetV2, BERT, ResNet and an MLP
+// Every pass, alone and all together, trains MobileNetV2, BERT, Llama, ResNet and an MLP
 // exactly as the unoptimized graph does: same losses and same weights (and
 // optimizer state) after 3 steps. Passes that run the same kernels on the
-// same values are bit-exact; BatchNorm folding reassociates the convolution
+// same values are bit-exact (fusion included: fused kernels do each element's
+// arithmetic as the unfused kernels do); BatchNorm folding reassociates the convolution
 // (W·s)·x vs (W·x)·s, so it gets a relative tolerance.
 #include "engine/base/status_matchers.h"
 #include "engine/ir/verifier.h"
@@ -31,6 +32,7 @@ absl::StatusOr<testing::TestModel> MobileNetFrozenBnFull() {
 }
 absl::StatusOr<testing::TestModel> Bert() { return testing::SmallBert("full"); }
 absl::StatusOr<testing::TestModel> BertLast() { return testing::SmallBert("last-k:2"); }
+absl::StatusOr<testing::TestModel> Llama() { return testing::SmallLlama("full"); }
 absl::StatusOr<testing::TestModel> Mlp() { return testing::SmallMlp(); }
 absl::StatusOr<testing::TestModel> ResNetTrain() {
   return testing::SmallResNet(models::Mode::kTrain, "full");
@@ -47,6 +49,7 @@ const ModelCase kModels[] = {
     {"mobilenet_v2_frozen_bn_full", MobileNetFrozenBnFull},
     {"bert", Bert},
     {"bert_last2", BertLast},
+    {"llama", Llama},
     {"mlp", Mlp},
     {"resnet_train", ResNetTrain},
     {"resnet_frozen_bn", ResNetFrozenBn},

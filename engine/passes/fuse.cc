@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "engine/base/status_macros.h"
+#include "engine/passes/fuse_elementwise.h"
 #include "engine/passes/rewrite.h"
 
 namespace fleettune::engine::passes {
@@ -33,6 +34,12 @@ std::optional<std::pair<OpKind, Attrs>> FusedFor(const Node& p, FusedActivationF
     case OpKind::kBatchNormInference:
       return std::make_pair(OpKind::kBatchNormInferenceActivation,
                             Attrs{FusedBatchNormAttrs{std::get<BatchNormAttrs>(p.attrs), act}});
+    case OpKind::kLayerNorm:
+      return std::make_pair(OpKind::kLayerNormActivation,
+                            Attrs{FusedNormAttrs{std::get<NormAttrs>(p.attrs), act}});
+    case OpKind::kRmsNorm:
+      return std::make_pair(OpKind::kRmsNormActivation,
+                            Attrs{FusedNormAttrs{std::get<NormAttrs>(p.attrs), act}});
     default:
       return std::nullopt;
   }
@@ -114,6 +121,20 @@ absl::StatusOr<bool> UnfuseActivations(Graph& graph, std::vector<ValueId>* old_t
         producer_attrs = a.bn;
         act = a.act;
         break;
+      }
+      case OpKind::kLayerNormActivation:
+      case OpKind::kRmsNormActivation: {
+        const auto& a = std::get<FusedNormAttrs>(node.attrs);
+        producer = node.op == OpKind::kLayerNormActivation ? OpKind::kLayerNorm : OpKind::kRmsNorm;
+        producer_attrs = a.norm;
+        act = a.act;
+        break;
+      }
+      case OpKind::kElementwiseChain: {
+        ASSIGN_OR_RETURN(ValueId out, EmitUnfusedChain(rw, node));
+        rw.Map(id, out);
+        changed = true;
+        continue;
       }
       default:
         RETURN_IF_ERROR(rw.Copy(id));

@@ -8,6 +8,8 @@
 //   linear               → relu | activation   ⇒ linear_activation
 //   batch_norm_inference → relu | activation   ⇒ batch_norm_inference_activation
 //   add                  → relu | activation   ⇒ add_activation (residual + ReLU)
+//   layer_norm           → relu | activation   ⇒ layer_norm_activation
+//   rms_norm             → relu | activation   ⇒ rms_norm_activation
 //
 // A conv's bias is its third input, so conv + bias + activation is covered.
 // Fusion is legal only when nothing but the activation reads the producer's
@@ -16,11 +18,12 @@
 // relu_grad and activation_grad for ReLU6, sigmoid and tanh read the
 // activation's OUTPUT, so those fuse; for SiLU and GELU activation_grad reads
 // the INPUT (the producer's output), so they fuse only where no gradient flows
-// (frozen layers, forward graphs). Runs after autodiff: fused ops have no
-// gradient rule.
+// (frozen layers, forward graphs). The norms' gradients read their input,
+// never their output, so norm + ReLU (ReLU6, sigmoid, tanh) fuses in trained
+// layers too. Runs after autodiff: fused ops have no gradient rule.
 //
-// TODO(#6): longer elementwise chains (scale → add → activation) and layer
-// norm + activation are not fused yet; add → activation is.
+// Chains of elementwise ops are fuse_elementwise.h's (the pipeline's "fuse"
+// runs both, this one first).
 //
 // Expects a graph that passes VerifyGraph (RunPasses checks before any pass).
 #ifndef FLEETTUNE_ENGINE_PASSES_FUSE_H_
@@ -39,11 +42,12 @@ namespace fleettune::engine::passes {
 absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_new = nullptr,
                                      int* fused = nullptr);
 
-// The inverse: every fused op becomes its producer followed by its activation
-// again, so autodiff can run over an optimized forward graph (a device builds
-// its dense baseline from a fused plan this way). Values keep their meaning;
-// `old_to_new` maps each fused node to its activation. Returns whether
-// anything changed.
+// The inverse of both fusion passes: every fused op becomes its producer
+// followed by its activation again, and every elementwise_chain its steps, so
+// autodiff can run over an optimized forward graph (a device builds its dense
+// baseline from a fused plan this way). Values keep their meaning;
+// `old_to_new` maps each fused node to its activation (a chain to its last
+// step). Returns whether anything changed.
 absl::StatusOr<bool> UnfuseActivations(Graph& graph, std::vector<ValueId>* old_to_new = nullptr);
 
 }  // namespace fleettune::engine::passes

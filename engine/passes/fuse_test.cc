@@ -190,5 +190,113 @@ TEST(FuseActivations, RespectsWhatActivationGradientsRead) {
   }
 }
 
+// x → linear → norm → act → linear → mean; `train`: both linears and the
+// norm's affine weights trained with SGD (autodiff first, as the pipeline).
+struct NormGraph {
+  Graph g;
+  ValueId norm, act, loss;
+};
+
+NormGraph BuildNormGraph(OpKind norm_op, OpKind act_op, ActivationFn fn, bool train) {
+  NormGraph n;
+  Graph& g = n.g;
+  const ValueId x = *g.AddInput("x", {DType::kF32, {3, 4, 8}});
+  const ValueId w1 = *g.AddParameter("l1.weight", {DType::kF32, {8, 8}});
+  const ValueId gamma = *g.AddParameter("norm.weight", {DType::kF32, {8}});
+  const ValueId beta = *g.AddParameter("norm.bias", {DType::kF32, {8}});
+  const ValueId w2 = *g.AddParameter("l2.weight", {DType::kF32, {5, 8}});
+  const ValueId h = *g.AddNode(OpKind::kLinear, {x, w1});
+  std::vector<ValueId> norm_in = {h, gamma};
+  if (norm_op == OpKind::kLayerNorm) norm_in.push_back(beta);
+  n.norm = *g.AddNode(norm_op, norm_in, NormAttrs{1e-5f});
+  const Attrs act_attrs = act_op == OpKind::kRelu ? Attrs{NoAttrs{}} : Attrs{ActivationAttrs{fn}};
+  n.act = *g.AddNode(act_op, {n.norm}, act_attrs);
+  const ValueId out = *g.AddNode(OpKind::kLinear, {n.act, w2});
+  n.loss = *g.AddNode(OpKind::kReduceMean, {out}, ReduceAttrs{{0, 1, 2}});
+  g.MarkOutput(n.loss);
+  if (train) {
+    std::vector<ValueId> trainable = {w1, gamma, w2};
+    if (norm_op == OpKind::kLayerNorm) trainable.push_back(beta);
+    absl::StatusOr<autodiff::GradientMap> grads = autodiff::BuildBackward(g, n.loss, trainable);
+    EXPECT_OK(grads.status());
+    EXPECT_OK(autodiff::AddOptimizerUpdates(g, *grads,
+                                            autodiff::OptimizerConfig::Sgd({0.1f, 0.9f, 0.0f})));
+  }
+  return n;
+}
+
+// The norms' gradients read their input, not their output, and ReLU's (like
+// ReLU6's, sigmoid's, tanh's) reads the activation's output: the norm's value
+// has one reader even in a trained layer, so norm + ReLU fuses, and training
+// is bit for bit the same.
+TEST(FuseActivations, FusesTrainedNormsWithActivationsWhoseGradientReadsTheOutput) {
+  const std::pair<OpKind, ActivationFn> acts[] = {{OpKind::kRelu, ActivationFn::kRelu6},
+                                                  {OpKind::kActivation, ActivationFn::kRelu6},
+                                                  {OpKind::kActivation, ActivationFn::kTanh}};
+  for (OpKind norm_op : {OpKind::kLayerNorm, OpKind::kRmsNorm}) {
+    const OpKind fused_op =
+        norm_op == OpKind::kLayerNorm ? OpKind::kLayerNormActivation : OpKind::kRmsNormActivation;
+    for (const auto& [op, fn] : acts) {
+      NormGraph n = BuildNormGraph(norm_op, op, fn, /*train=*/true);
+      Graph g = n.g;
+      std::vector<ValueId> map;
+      int fused = 0;
+      ASSERT_OK(FuseActivations(g, &map, &fused).status());
+      ASSERT_OK(VerifyGraph(g));
+      EXPECT_EQ(Count(g, fused_op), 1);
+      EXPECT_EQ(map[n.norm], kNoValue);
+      const Node& node = g.node(map[n.act]);
+      ASSERT_EQ(node.op, fused_op);
+      const FusedActivationFn want_act =
+          op == OpKind::kRelu ? FusedActivationFn::kRelu
+                              : static_cast<FusedActivationFn>(static_cast<int>(fn) + 1);
+      EXPECT_EQ(std::get<FusedNormAttrs>(node.attrs), (FusedNormAttrs{NormAttrs{1e-5f}, want_act}));
+      testing::TestModel m;
+      m.graph = n.g;
+      ASSERT_OK(testing::InitializeParams(n.g, 5, &m.params));
+      ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(n.g, n.loss, m, 3));
+      ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(g, map[n.loss], m, 3));
+      testing::ExpectSameTraining(want, got, 0.0);
+      // Unfused again, it is the original graph.
+      std::vector<ValueId> back;
+      ASSERT_OK(UnfuseActivations(g, &back).status());
+      ASSERT_OK(VerifyGraph(g));
+      ASSERT_EQ(g.num_nodes(), n.g.num_nodes());
+      for (ValueId id = 0; id < g.num_nodes(); ++id) {
+        EXPECT_EQ(g.node(id).op, n.g.node(id).op);
+        EXPECT_EQ(g.node(id).attrs, n.g.node(id).attrs);
+      }
+    }
+  }
+}
+
+// GELU's and SiLU's gradients read their input, the norm's output: fused only
+// where no gradient flows (a forward graph), never in a trained layer.
+TEST(FuseActivations, FusesNormAndGeluOnlyWhereNoGradientReadsTheNorm) {
+  for (OpKind norm_op : {OpKind::kLayerNorm, OpKind::kRmsNorm}) {
+    for (ActivationFn fn : {ActivationFn::kGeluErf, ActivationFn::kSilu}) {
+      NormGraph trained = BuildNormGraph(norm_op, OpKind::kActivation, fn, /*train=*/true);
+      int fused = -1;
+      ASSERT_OK(FuseActivations(trained.g, nullptr, &fused).status());
+      EXPECT_EQ(fused, 0);
+      NormGraph forward = BuildNormGraph(norm_op, OpKind::kActivation, fn, /*train=*/false);
+      Graph g = forward.g;
+      std::vector<ValueId> map;
+      ASSERT_OK(FuseActivations(g, &map, &fused).status());
+      ASSERT_OK(VerifyGraph(g));
+      EXPECT_EQ(fused, 1);
+      EXPECT_EQ(Count(g, OpKind::kLayerNormActivation) + Count(g, OpKind::kRmsNormActivation), 1);
+      testing::TestModel m;
+      m.graph = forward.g;
+      ASSERT_OK(testing::InitializeParams(forward.g, 5, &m.params));
+      ASSERT_OK_AND_ASSIGN(testing::TrainResult want,
+                           testing::TrainSteps(forward.g, forward.loss, m, 1));
+      ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
+                           testing::TrainSteps(g, map[forward.loss], m, 1));
+      testing::ExpectSameTraining(want, got, 0.0);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fleettune::engine::passes

@@ -12,6 +12,7 @@
 #include "engine/passes/dce.h"
 #include "engine/passes/fold_batch_norm.h"
 #include "engine/passes/fuse.h"
+#include "engine/passes/fuse_elementwise.h"
 #include "engine/passes/reorder_updates.h"
 #include "engine/passes/rewrite.h"
 #include "engine/runtime/executable.h"
@@ -109,9 +110,16 @@ absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options) {
   RETURN_IF_ERROR(
       run("fold_batch_norm", options.fold_batch_norm,
           [&](std::vector<ValueId>* map, int* n) { return FoldBatchNorm(graph, map, n); }));
-  RETURN_IF_ERROR(run("fuse", options.fuse, [&](std::vector<ValueId>* map, int* n) {
-    return FuseActivations(graph, map, n);
-  }));
+  RETURN_IF_ERROR(
+      run("fuse", options.fuse, [&](std::vector<ValueId>* map, int* n) -> absl::StatusOr<bool> {
+        std::vector<ValueId> pairs_map, chains_map;
+        int pairs = 0, chains = 0;
+        ASSIGN_OR_RETURN(bool paired, FuseActivations(graph, &pairs_map, &pairs));
+        ASSIGN_OR_RETURN(bool chained, FuseElementwiseChains(graph, &chains_map, &chains));
+        *map = ComposeMaps(pairs_map, chains_map);
+        *n = pairs + chains;
+        return paired || chained;
+      }));
   RETURN_IF_ERROR(run("dce", options.dce, [&](std::vector<ValueId>* map, int* n) {
     const int before = graph.num_nodes();
     absl::StatusOr<bool> changed = EliminateDeadCode(graph, map);

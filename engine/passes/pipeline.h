@@ -14,7 +14,9 @@
 //
 // Graph passes, in this order (each is one file with its own test):
 //   fold_batch_norm  conv2d + frozen batch_norm_inference → one conv (fold_batch_norm.h)
-//   fuse             conv/linear/frozen BN + activation → fused op (fuse.h)
+//   fuse             conv/linear/frozen BN/add/norm + activation → fused op
+//                    (fuse.h), then elementwise chains → elementwise_chain
+//                    (fuse_elementwise.h); rewrites = pairs + chains
 //   dce              drop nodes no output, loss or update needs (dce.h)
 //   reorder_updates  each update right after its gradient (reorder_updates.h)
 // Runtime features the report measures but Compile() applies:

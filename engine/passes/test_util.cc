@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
 #include "engine/models/bert.h"
+#include "engine/models/llama.h"
 #include "engine/models/mlp.h"
 #include "engine/models/mobilenet_v2.h"
 #include "engine/models/resnet.h"
@@ -97,6 +98,27 @@ absl::StatusOr<TestModel> SmallBert(const std::string& scheme) {
                    Finish(std::move(bert.model), scheme, autodiff::OptimizerConfig::AdamW(adamw)));
   m.int_bounds["input_ids"] = 50;
   m.int_bounds["token_type_ids"] = 2;
+  return m;
+}
+
+absl::StatusOr<TestModel> SmallLlama(const std::string& scheme) {
+  models::LlamaConfig config;
+  config.vocab = 40;
+  config.dim = 32;
+  config.layers = 2;
+  config.heads = 4;
+  config.kv_heads = 2;
+  config.ffn_dim = 48;
+  config.seq_len = 8;
+  config.batch = 2;
+  ASSIGN_OR_RETURN(models::LlamaModel llama, models::BuildLlama(config));
+  AdamWAttrs adamw;
+  adamw.lr = 1e-2f;
+  ASSIGN_OR_RETURN(TestModel m,
+                   Finish(std::move(llama.model), scheme, autodiff::OptimizerConfig::AdamW(adamw)));
+  m.int_bounds["tokens"] = 40;
+  m.int_bounds["targets"] = 40;
+  m.int_bounds[models::kLlamaPositionsInput] = 8;
   return m;
 }
 

@@ -32,6 +32,9 @@ struct TestModel {
 absl::StatusOr<TestModel> SmallMobileNetV2(models::Mode mode, const std::string& scheme);
 // BERT: 2 layers, hidden 32, 2 heads, seq 8, batch 2, no dropout; AdamW.
 absl::StatusOr<TestModel> SmallBert(const std::string& scheme);
+// Llama-style decoder: 2 layers, dim 32, 4 heads / 2 KV heads, SwiGLU 48,
+// vocab 40, seq 8, batch 2; AdamW.
+absl::StatusOr<TestModel> SmallLlama(const std::string& scheme);
 // ResNet with stages {1, 1}, width 8, 16×16 inputs, batch 2, 4 classes, SGD.
 absl::StatusOr<TestModel> SmallResNet(models::Mode mode, const std::string& scheme);
 // MLP 12-16-8-3, batch 4; SGD with momentum and weight decay.

@@ -101,6 +101,9 @@ constexpr OpRow kOps[] = {
     {OpKind::kBatchNormInferenceActivation, v1::OP_KIND_BATCH_NORM_INFERENCE_ACTIVATION,
      v1::Node::kFusedBatchNorm},
     {OpKind::kAddActivation, v1::OP_KIND_ADD_ACTIVATION, v1::Node::kFusedActivation},
+    {OpKind::kLayerNormActivation, v1::OP_KIND_LAYER_NORM_ACTIVATION, v1::Node::kFusedNorm},
+    {OpKind::kRmsNormActivation, v1::OP_KIND_RMS_NORM_ACTIVATION, v1::Node::kFusedNorm},
+    {OpKind::kElementwiseChain, v1::OP_KIND_ELEMENTWISE_CHAIN, v1::Node::kElementwiseChain},
 };
 static_assert(std::size(kOps) == kNumOpKinds, "every OpKind needs a row in kOps");
 
@@ -267,6 +270,18 @@ absl::StatusOr<FusedActivationFn> FusedActFromProto(int wire) {
   return static_cast<FusedActivationFn>(wire - 1);
 }
 
+// Whether an elementwise-chain step carries an activation function.
+bool StepReadsFn(OpKind op) { return op == OpKind::kActivation || op == OpKind::kActivationGrad; }
+
+absl::StatusOr<ActivationFn> ActivationFnFromProto(int fn) {
+  for (const auto& [engine, wire] : kActivationFns) {
+    if (static_cast<int>(wire) == fn) return engine;
+  }
+  return absl::InvalidArgumentError(fn == v1::ACTIVATION_FN_UNSPECIFIED
+                                        ? std::string("activation fn is unspecified")
+                                        : absl::StrCat("unknown activation fn ", fn));
+}
+
 // Sets the oneof from `attrs` and returns the case it set.
 v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
   std::visit(
@@ -361,6 +376,23 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
           },
           [&](const FusedActivationAttrs& a) {
             out->mutable_fused_activation()->set_act(FusedActToProto(a.act));
+          },
+          [&](const FusedNormAttrs& a) {
+            v1::FusedNormAttrs* f = out->mutable_fused_norm();
+            f->mutable_norm()->set_eps(a.norm.eps);
+            f->set_act(FusedActToProto(a.act));
+          },
+          [&](const ElementwiseChainAttrs& a) {
+            v1::ElementwiseChainAttrs* c = out->mutable_elementwise_chain();
+            for (const ElementwiseStep& step : a.steps) {
+              v1::ElementwiseStep* s = c->add_steps();
+              // Graphs reaching here verified: step ops are valid kinds.
+              s->set_op(kOps[static_cast<int>(step.op)].wire);
+              s->set_a(step.a);
+              s->set_b(step.b);
+              if (StepReadsFn(step.op)) s->set_fn(kActivationFns[static_cast<int>(step.fn)].second);
+              s->set_value(step.value);
+            }
           },
           [&](const FusedBatchNormAttrs& a) {
             v1::FusedBatchNormAttrs* f = out->mutable_fused_batch_norm();
@@ -504,13 +536,9 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
     case v1::Node::kBatchNorm:
       return BatchNormAttrs{node.batch_norm().eps(), node.batch_norm().momentum()};
     case v1::Node::kActivation: {
-      const int fn = static_cast<int>(node.activation().fn());
-      for (const auto& [engine, wire] : kActivationFns) {
-        if (static_cast<int>(wire) == fn) return ActivationAttrs{engine};
-      }
-      return absl::InvalidArgumentError(fn == v1::ACTIVATION_FN_UNSPECIFIED
-                                            ? std::string("activation fn is unspecified")
-                                            : absl::StrCat("unknown activation fn ", fn));
+      ASSIGN_OR_RETURN(ActivationFn fn,
+                       ActivationFnFromProto(static_cast<int>(node.activation().fn())));
+      return ActivationAttrs{fn};
     }
     case v1::Node::kDropout:
       return DropoutAttrs{node.dropout().p(), node.dropout().seed()};
@@ -521,6 +549,45 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
     case v1::Node::kFusedActivation: {
       ASSIGN_OR_RETURN(FusedActivationFn act, FusedActFromProto(node.fused_activation().act()));
       return FusedActivationAttrs{act};
+    }
+    case v1::Node::kFusedNorm: {
+      ASSIGN_OR_RETURN(FusedActivationFn act, FusedActFromProto(node.fused_norm().act()));
+      return FusedNormAttrs{NormAttrs{node.fused_norm().norm().eps()}, act};
+    }
+    case v1::Node::kElementwiseChain: {
+      const auto& steps = node.elementwise_chain().steps();
+      if (steps.size() > kMaxElementwiseChainSteps) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(steps.size(), " steps, more than ", kMaxElementwiseChainSteps));
+      }
+      ElementwiseChainAttrs attrs;
+      for (int k = 0; k < steps.size(); ++k) {
+        const v1::ElementwiseStep& in = steps[k];
+        const OpRow* row = FindWireOp(static_cast<int>(in.op()));
+        if (row == nullptr) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("step ", k, ": unknown op ", static_cast<int>(in.op())));
+        }
+        ElementwiseStep step;
+        step.op = row->engine;
+        step.a = in.a();
+        step.b = in.b();
+        step.value = in.value();
+        if (StepReadsFn(step.op)) {
+          absl::StatusOr<ActivationFn> fn = ActivationFnFromProto(static_cast<int>(in.fn()));
+          if (!fn.ok()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("step ", k, ": ", fn.status().message()));
+          }
+          step.fn = *fn;
+        } else if (in.fn() != v1::ACTIVATION_FN_UNSPECIFIED) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("step ", k, ": ", ops::GetOpDef(step.op).name, " takes no fn"));
+        }
+        attrs.steps.push_back(step);
+      }
+      // Operands, ops and arity are checked by the op's shape inference.
+      return attrs;
     }
     case v1::Node::kFusedBatchNorm: {
       ASSIGN_OR_RETURN(FusedActivationFn act, FusedActFromProto(node.fused_batch_norm().act()));

@@ -484,6 +484,94 @@ TEST(PlanIo, CnnAttributesAreValidatedWhenRead) {
   }
 }
 
+// The fused ops of the fusion passes: norm + activation and an elementwise
+// chain using every step kind, activation functions and a scale value.
+absl::StatusOr<Graph> FusedOpsGraph() {
+  Graph g;
+  const TensorType t{DType::kF32, {2, 3, 8}};
+  ASSIGN_OR_RETURN(ValueId x, g.AddInput("x", t));
+  ASSIGN_OR_RETURN(ValueId y, g.AddInput("y", t));
+  ASSIGN_OR_RETURN(ValueId w, g.AddParameter("w", {DType::kF32, {8}}));
+  ASSIGN_OR_RETURN(ValueId ln, g.AddNode(OpKind::kLayerNormActivation, {x, w, w},
+                                         FusedNormAttrs{{1e-5f}, FusedActivationFn::kGeluTanh}));
+  ASSIGN_OR_RETURN(ValueId rms, g.AddNode(OpKind::kRmsNormActivation, {y, w},
+                                          FusedNormAttrs{{1e-6f}, FusedActivationFn::kRelu}));
+  constexpr int32_t kPrev = ElementwiseStep::kPrevious;
+  ElementwiseChainAttrs chain;
+  chain.steps = {{OpKind::kAdd, 0, 1},
+                 {OpKind::kScale, kPrev, kPrev, ActivationFn::kRelu6, -0.25f},
+                 {OpKind::kActivation, kPrev, kPrev, ActivationFn::kSilu},
+                 {OpKind::kDiv, 2, kPrev},
+                 {OpKind::kReluGrad, kPrev, 0},
+                 {OpKind::kActivationGrad, 1, kPrev, ActivationFn::kGeluErf}};
+  ASSIGN_OR_RETURN(ValueId c, g.AddNode(OpKind::kElementwiseChain, {ln, rms, x}, chain, "chain"));
+  g.MarkOutput(c);
+  return g;
+}
+
+TEST(PlanIo, FusedOpsRoundTripAndAreValidatedWhenRead) {
+  ASSERT_OK_AND_ASSIGN(Graph graph, FusedOpsGraph());
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
+  ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
+  ExpectSameGraph(graph, back);
+  const int chain = FindOp(proto, v1::OP_KIND_ELEMENTWISE_CHAIN);
+  ASSERT_GT(chain, 0);
+  EXPECT_EQ(proto.nodes(chain).elementwise_chain().steps(0).fn(), v1::ACTIVATION_FN_UNSPECIFIED);
+  EXPECT_EQ(proto.nodes(chain).elementwise_chain().steps(2).fn(), v1::ACTIVATION_FN_SILU);
+  auto steps = [&](v1::Graph& g) {
+    return g.mutable_nodes(chain)->mutable_elementwise_chain()->mutable_steps();
+  };
+  {
+    v1::Graph bad = proto;
+    (*steps(bad))[0].set_op(v1::OP_KIND_CONV2D);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("conv2d is not an elementwise step")));
+  }
+  {
+    v1::Graph bad = proto;
+    (*steps(bad))[0].set_fn(v1::ACTIVATION_FN_TANH);
+    EXPECT_THAT(GraphFromProto(bad),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("add takes no fn")));
+  }
+  {
+    v1::Graph bad = proto;
+    (*steps(bad))[2].set_fn(v1::ACTIVATION_FN_UNSPECIFIED);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("activation fn is unspecified")));
+  }
+  {
+    v1::Graph bad = proto;
+    (*steps(bad))[3].set_a(7);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("step 3 reads input 7 of 3")));
+  }
+  {
+    v1::Graph bad = proto;
+    (*steps(bad))[0].set_a(-1);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("step 0 reads the previous step")));
+  }
+  {
+    v1::Graph bad = proto;
+    for (int i = 0; i < 3; ++i) *steps(bad)->Add() = (*steps(bad))[1];
+    EXPECT_THAT(GraphFromProto(bad),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("9 steps, more than 8")));
+  }
+  {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(chain)->add_inputs(0);  // read by no step
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("input 3 is not read by any step")));
+  }
+  {
+    v1::Graph bad = proto;
+    const int ln = FindOp(bad, v1::OP_KIND_LAYER_NORM_ACTIVATION);
+    bad.mutable_nodes(ln)->mutable_fused_norm()->set_act(v1::FUSED_ACTIVATION_FN_UNSPECIFIED);
+    EXPECT_THAT(GraphFromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("fused activation fn is unspecified")));
+  }
+}
+
 // --- GraphFromProto on bad input -------------------------------------------
 
 class GraphFromProtoTest : public ::testing::Test {

@@ -95,6 +95,17 @@ std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id) {
     case OpKind::kAddActivation:
       candidates = {0, 1};
       break;
+    case OpKind::kElementwiseChain: {
+      // Inputs only the first step reads: its kernel is in-place safe, and
+      // later steps read only the running value and other inputs.
+      const auto& steps = std::get<ElementwiseChainAttrs>(node.attrs).steps;
+      for (int i = 0; i < static_cast<int>(node.inputs.size()); ++i) {
+        bool later = false;
+        for (size_t k = 1; k < steps.size(); ++k) later |= steps[k].a == i || steps[k].b == i;
+        if (!later) candidates.push_back(i);
+      }
+      break;
+    }
     default:
       return {};
   }

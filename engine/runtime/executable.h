@@ -184,8 +184,9 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
 // The operand of `node` its output may overwrite in place, when the op's
 // kernels allow it: elementwise ops (relu, scale, activation, add, sub, mul,
 // div and their gradients, frozen BatchNorm and its input gradient, the fused
-// activation ops' elementwise tails excluded) whose output has the operand's
-// type. Returns candidate operand indices, best first; empty when none.
+// activation ops' elementwise tails excluded; an elementwise_chain's inputs
+// that only its first step reads) whose output has the operand's type. Returns candidate operand
+// indices, best first; empty when none.
 std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id);
 
 // Values computable once at compile time: kFill, parameters no update node

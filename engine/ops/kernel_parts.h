@@ -1,0 +1,45 @@
+// Pieces of op kernels that fused ops (fused.cc, elementwise_chain.cc) reuse,
+// so a fused kernel computes bit for bit what the ops it replaces compute.
+// Internal to engine/ops. Thread-compatible, no state.
+#ifndef FLEETTUNE_ENGINE_OPS_KERNEL_PARTS_H_
+#define FLEETTUNE_ENGINE_OPS_KERNEL_PARTS_H_
+
+#include <algorithm>
+#include <cstdint>
+
+#include "engine/ir/attrs.h"
+#include "engine/ops/op_registry.h"
+
+namespace fleettune::engine::ops::parts {
+
+// layer_norm.cc: rows [begin, end) of kLayerNorm (centered) or kRmsNorm
+// (not), as both of its kernels compute them; `args` holds a node with
+// NormAttrs and inputs (x[, w[, b]]), x: [rows, D].
+void NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end);
+
+// activation.cc: y[i] = fn(x[i]) and dx[i] = dy[i]·fn'(v[i]) for i < n, as
+// kActivation's / kActivationGrad's fast kernels compute each element
+// (vectorized exp and erf where they have them). Single-threaded; y may be x
+// and dx may be dy or v.
+void ActivationFast(ActivationFn fn, const float* x, float* y, int64_t n);
+void ActivationGradFast(ActivationFn fn, const float* dy, const float* v, float* dx, int64_t n);
+
+// Work per element of ActivationFast / ActivationGradFast, in ParallelFor's
+// units (about one per simple arithmetic operation).
+int64_t ActivationCost(ActivationFn fn);
+
+// What kRelu's kernel computes: y[i] = max(x[i], 0); y may be x.
+inline void ReluRange(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::max(x[i], 0.0f);
+}
+
+// The fused op's activation on y[0, n) in place, as kRelu's kernel or
+// kActivation's fast kernel computes it.
+inline void FusedActivationInPlace(FusedActivationFn act, float* y, int64_t n) {
+  if (act == FusedActivationFn::kRelu) return ReluRange(y, y, n);
+  ActivationFast(static_cast<ActivationFn>(static_cast<int>(act) - 1), y, y, n);
+}
+
+}  // namespace fleettune::engine::ops::parts
+
+#endif  // FLEETTUNE_ENGINE_OPS_KERNEL_PARTS_H_
