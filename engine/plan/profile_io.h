@@ -19,8 +19,9 @@
 
 namespace fleettune::engine::plan {
 
-// More candidates than any model fleettune trains on a device has (MobileNetV2: 265).
-inline constexpr int kMaxProfileEntries = 65536;
+// More candidates than any model fleettune trains on a device has (MobileNetV2:
+// 317); the bound also bounds the compiles a coordinator's search may spend.
+inline constexpr int kMaxProfileEntries = 4096;
 
 v1::ContributionProfile ProfileToProto(const search::ContributionProfile& profile);
 
