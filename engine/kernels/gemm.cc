@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "engine/kernels/parallel.h"
+
 namespace fleettune::engine::kernels {
 
 void Sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -18,6 +20,9 @@ void Sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
 }
 
 // Debian's oneDNN runs on OpenMP.
-void SetGemmThreads(int threads) { omp_set_num_threads(std::max(1, threads)); }
+void SetGemmThreads(int threads) {
+  omp_set_num_threads(std::max(1, threads));
+  FlushDenormals();  // the team just sized is the one every kernel runs on
+}
 
 }  // namespace fleettune::engine::kernels

@@ -3,10 +3,36 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <pmmintrin.h>
+#include <xmmintrin.h>
+#endif
 
 namespace fleettune::engine::kernels {
 
 int MaxThreads() { return std::max(1, omp_get_max_threads()); }
+
+void FlushDenormalsOnThisThread() {
+#if defined(__x86_64__) || defined(__i386__)
+  _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);          // results
+  _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);  // inputs
+#elif defined(__aarch64__)
+  // FPCR.FZ (bit 24) flushes both inputs and results on AArch64.
+  uint64_t fpcr;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+  __asm__ __volatile__("msr fpcr, %0" : : "r"(fpcr | (uint64_t{1} << 24)));
+#endif
+}
+
+void FlushDenormals() {
+  FlushDenormalsOnThisThread();
+  // libgomp keeps its team between regions, so the mode set here stays with
+  // every thread that later runs a GEMM or a ParallelFor.
+#pragma omp parallel num_threads(MaxThreads())
+  FlushDenormalsOnThisThread();
+}
 
 namespace internal {
 

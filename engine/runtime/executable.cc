@@ -11,6 +11,7 @@
 #include "engine/base/status_macros.h"
 #include "engine/ir/verifier.h"
 #include "engine/kernels/gemm.h"
+#include "engine/kernels/parallel.h"
 
 namespace fleettune::engine::runtime {
 namespace {
@@ -442,6 +443,8 @@ absl::StatusOr<TensorView> Executable::Output(ValueId id) const {
 }
 
 absl::Status Executable::Run() {
+  // The caller may not be the thread that compiled (kernels::FlushDenormals).
+  kernels::FlushDenormalsOnThisThread();
   if (profile_) {
     for (size_t i = 0; i < program_.size(); ++i) {
       const auto start = std::chrono::steady_clock::now();
