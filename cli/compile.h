@@ -1,7 +1,7 @@
 // `fleettune compile`: compiles a training plan locally, the way the
 // coordinator does for each device class, and prints its summary.
 //
-//   fleettune compile --model=mobilenet_v2 --scheme=bias-only --device-class=rpi4 \
+//   fleettune compile --model=mobilenet_v2 --scheme=bias-only --device-class=rpi4
 //       --out=/tmp/mobilenet_v2.rpi4.plan
 //
 // Needs no coordinator: it builds the zoo model (engine/models/zoo.h), applies

@@ -1,7 +1,7 @@
 // `fleettune search`: picks an update scheme per device class (issue #7).
 //
-//   fleettune search --model=mlp --base=mnist_mlp.safetensors \
-//       --calibration=opencv-digits-png:third_party/data/opencv/digits.png \
+//   fleettune search --model=mlp --base=mnist_mlp.safetensors
+//       --calibration=opencv-digits-png:third_party/data/opencv/digits.png
 //       --classes=rpi4,x86-avx2 --plot=/tmp/profile.png --out-dir=/tmp/schemes
 //
 // Needs no coordinator. From the operator's calibration data (public or proxy

@@ -1,7 +1,7 @@
 // fleettune-coordinator: the fleet's coordinator process.
 //
-//   fleettune-coordinator --db=/var/lib/fleettune/coordinator.db \
-//       --operator_tokens=/etc/fleettune/operator.tokens \
+//   fleettune-coordinator --db=/var/lib/fleettune/coordinator.db
+//       --operator_tokens=/etc/fleettune/operator.tokens
 //       --enrollment_tokens=/etc/fleettune/enrollment.tokens
 //
 // Flag parsing only; everything else is CoordinatorServer.

@@ -141,16 +141,6 @@ absl::StatusOr<Graph> DenseGraph(const PlanGraph& p) {
   return g;
 }
 
-// Bytes of parameters of a role in `g`.
-size_t ParamBytes(const Graph& g, engine::ParamRole role) {
-  size_t total = 0;
-  for (const Node& n : g.nodes()) {
-    const auto* a = std::get_if<engine::ParameterAttrs>(&n.attrs);
-    if (n.op == OpKind::kParameter && a != nullptr && a->role == role) total += n.type.bytes();
-  }
-  return total;
-}
-
 // What a step of `g` keeps in memory: arena, scratch, folded constants,
 // weights and optimizer state (the engine's own figure, before allocating).
 absl::StatusOr<size_t> TotalBytes(const Graph& g, const engine::runtime::CompileOptions& options) {

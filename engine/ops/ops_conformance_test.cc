@@ -182,7 +182,9 @@ TEST_P(OpConformance, FrozenInputGetsNoGradient) {
     const bool dedicated = full.ComputeUsers()[gi].empty() &&
                            std::count_if(full_grads.begin(), full_grads.end(),
                                          [&](const auto& kv) { return kv.second == gi; }) == 1;
-    if (dedicated) EXPECT_LT(frozen.num_nodes(), full.num_nodes()) << "input " << i;
+    if (dedicated) {
+      EXPECT_LT(frozen.num_nodes(), full.num_nodes()) << "input " << i;
+    }
   }
 }
 
@@ -202,7 +204,9 @@ TEST(OpRegistry, EveryOpIsDefined) {
       EXPECT_NE(def.reference, nullptr);
     }
     // A differentiable op must come with cases for the gradient check.
-    if (def.gradient != nullptr) EXPECT_NE(def.test_cases, nullptr);
+    if (def.gradient != nullptr) {
+      EXPECT_NE(def.test_cases, nullptr);
+    }
   }
 }
 
