@@ -289,6 +289,29 @@ struct FusedNormAttrs {
 // The most steps one kElementwiseChain runs (and so at most this + 1 inputs).
 inline constexpr int kMaxElementwiseChainSteps = 8;
 
+// Of those, the ones with one operand (kScale, kRelu, kActivation).
+inline bool IsUnaryElementwiseChainStepOp(OpKind op) {
+  return op == OpKind::kScale || op == OpKind::kRelu || op == OpKind::kActivation;
+}
+
+// The ops a kElementwiseChain step may be (see ElementwiseStep).
+inline bool IsElementwiseChainStepOp(OpKind op) {
+  switch (op) {
+    case OpKind::kAdd:
+    case OpKind::kSub:
+    case OpKind::kMul:
+    case OpKind::kDiv:
+    case OpKind::kScale:
+    case OpKind::kRelu:
+    case OpKind::kActivation:
+    case OpKind::kReluGrad:
+    case OpKind::kActivationGrad:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // One step of kElementwiseChain: op `op` with that op's semantics on operands
 // of the chain's shape. `op` is one of
 //   kAdd, kSub, kMul, kDiv   binary: a op b

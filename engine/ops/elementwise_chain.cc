@@ -32,27 +32,6 @@ namespace {
 
 using Step = ElementwiseStep;
 
-bool IsUnary(OpKind op) {
-  return op == OpKind::kScale || op == OpKind::kRelu || op == OpKind::kActivation;
-}
-
-bool IsStepOp(OpKind op) {
-  switch (op) {
-    case OpKind::kAdd:
-    case OpKind::kSub:
-    case OpKind::kMul:
-    case OpKind::kDiv:
-    case OpKind::kScale:
-    case OpKind::kRelu:
-    case OpKind::kActivation:
-    case OpKind::kReluGrad:
-    case OpKind::kActivationGrad:
-      return true;
-    default:
-      return false;
-  }
-}
-
 absl::Status CheckOperand(const Node& node, int k, int32_t operand, int num_inputs,
                           std::vector<bool>& used) {
   if (operand == Step::kPrevious) {
@@ -82,7 +61,7 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   std::vector<bool> used(n, false);
   for (int k = 0; k < static_cast<int>(steps.size()); ++k) {
     const Step& s = steps[k];
-    if (!IsStepOp(s.op)) {
+    if (!IsElementwiseChainStepOp(s.op)) {
       return OpError(node, "step ", k, ": ", GetOpDef(s.op).name, " is not an elementwise step");
     }
     if ((s.op == OpKind::kActivation || s.op == OpKind::kActivationGrad) &&
@@ -94,7 +73,7 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
       return OpError(node, "step ", k, ": ", GetOpDef(s.op).name, " takes no activation function");
     }
     RETURN_IF_ERROR(CheckOperand(node, k, s.a, n, used));
-    if (IsUnary(s.op)) {
+    if (IsUnaryElementwiseChainStepOp(s.op)) {
       if (s.b != Step::kPrevious) {
         return OpError(node, "step ", k, ": unary ", GetOpDef(s.op).name, " has operand b");
       }
@@ -102,7 +81,7 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
       RETURN_IF_ERROR(CheckOperand(node, k, s.b, n, used));
     }
     const bool reads_previous =
-        s.a == Step::kPrevious || (!IsUnary(s.op) && s.b == Step::kPrevious);
+        s.a == Step::kPrevious || (!IsUnaryElementwiseChainStepOp(s.op) && s.b == Step::kPrevious);
     if (k > 0 && !reads_previous) {
       return OpError(node, "step ", k, " does not read the previous step's result");
     }
@@ -131,11 +110,12 @@ void Reference(const KernelArgs& args) {
   for (const Step& s : args.attrs<ElementwiseChainAttrs>().steps) {
     const Node inner = StepNode(s);
     auto operand = [&](int32_t i) { return i == Step::kPrevious ? args.output : args.in(i); };
-    const TensorView operands[2] = {operand(s.a), IsUnary(s.op) ? args.output : operand(s.b)};
+    const TensorView operands[2] = {
+        operand(s.a), IsUnaryElementwiseChainStepOp(s.op) ? args.output : operand(s.b)};
     KernelArgs a;
     a.node = &inner;
     a.inputs = operands;
-    a.num_inputs = IsUnary(s.op) ? 1 : 2;
+    a.num_inputs = IsUnaryElementwiseChainStepOp(s.op) ? 1 : 2;
     a.output = args.output;
     a.step = args.step;
     GetOpDef(s.op).reference(a);
@@ -205,8 +185,8 @@ void Fast(const KernelArgs& args) {
         const Step& s = steps[k];
         // The last step writes the output: an input the output overwrites
         // (in place) is read at element i before element i is written.
-        RunStep(s, operand(s.a), IsUnary(s.op) ? nullptr : operand(s.b), k == last ? y + t : tile,
-                n);
+        RunStep(s, operand(s.a), IsUnaryElementwiseChainStepOp(s.op) ? nullptr : operand(s.b),
+                k == last ? y + t : tile, n);
       }
     }
   });

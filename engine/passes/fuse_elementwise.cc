@@ -8,28 +8,11 @@
 namespace fleettune::engine::passes {
 namespace {
 
-bool IsUnary(OpKind op) {
-  return op == OpKind::kScale || op == OpKind::kRelu || op == OpKind::kActivation;
-}
-
 // Whether `id` can be a step: an elementwise op of the chain's kinds whose
 // inputs all have its type (the chain kernel does not broadcast).
 bool Chainable(const Graph& graph, ValueId id) {
   const Node& node = graph.node(id);
-  switch (node.op) {
-    case OpKind::kAdd:
-    case OpKind::kSub:
-    case OpKind::kMul:
-    case OpKind::kDiv:
-    case OpKind::kScale:
-    case OpKind::kRelu:
-    case OpKind::kActivation:
-    case OpKind::kReluGrad:
-    case OpKind::kActivationGrad:
-      break;
-    default:
-      return false;
-  }
+  if (!IsElementwiseChainStepOp(node.op)) return false;
   if (node.type.dtype != DType::kF32) return false;
   for (ValueId in : node.inputs) {
     if (!graph.IsValid(in) || graph.type(in) != node.type) return false;
@@ -102,7 +85,7 @@ absl::StatusOr<bool> FuseElementwiseChains(Graph& graph, std::vector<ValueId>* o
       };
       ElementwiseStep step = StepOf(node);
       step.a = operand(node.inputs[0]);
-      if (!IsUnary(node.op)) step.b = operand(node.inputs[1]);
+      if (!IsUnaryElementwiseChainStepOp(node.op)) step.b = operand(node.inputs[1]);
       attrs.steps.push_back(step);
     }
     std::vector<ValueId> new_inputs;
@@ -125,7 +108,7 @@ absl::StatusOr<ValueId> EmitUnfusedChain(GraphRewriter& rw, const Node& chain) {
       return i == ElementwiseStep::kPrevious ? value : rw.New(chain.inputs[i]);
     };
     std::vector<ValueId> inputs = {operand(s.a)};
-    if (!IsUnary(s.op)) inputs.push_back(operand(s.b));
+    if (!IsUnaryElementwiseChainStepOp(s.op)) inputs.push_back(operand(s.b));
     Attrs attrs = NoAttrs{};
     if (s.op == OpKind::kScale) attrs = ScalarAttrs{s.value};
     if (s.op == OpKind::kActivation || s.op == OpKind::kActivationGrad) {
