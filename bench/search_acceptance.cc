@@ -38,7 +38,6 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -251,13 +250,7 @@ absl::StatusOr<Outcome> FineTune(const Setting& s, const engine::runtime::Parame
   double seconds = 0;
   int64_t steps = 0;
   for (int seed = 0; seed < seeds; ++seed) {
-    engine::runtime::ParameterStore params;
-    for (const models::Layer& layer : probe.layers) {
-      for (const std::string& w : layer.weights) RETURN_IF_ERROR(params.Set(w, *base.Find(w)));
-    }
-    for (const std::string& b : probe.buffers) {
-      if (base.Find(b) != nullptr) RETURN_IF_ERROR(params.Set(b, *base.Find(b)));
-    }
+    ASSIGN_OR_RETURN(engine::runtime::ParameterStore params, search::CopyModelState(probe, base));
     train::TrainerOptions options;
     ASSIGN_OR_RETURN(options.scheme, engine::scheme::ResolveScheme(model, scheme));
     options.batch = kBatch;
@@ -314,14 +307,8 @@ absl::Status RunAdaptation(Setting s) {
     }
     trainer.reset();
     if (!base_cache.empty()) {
-      std::map<std::string, Tensor> weights;
-      for (const models::Layer& layer : probe.layers) {
-        for (const std::string& w : layer.weights) weights[w] = *base.Find(w);
-      }
-      for (const std::string& b : probe.buffers) {
-        if (base.Find(b) != nullptr) weights[b] = *base.Find(b);
-      }
-      RETURN_IF_ERROR(engine::io::WriteSafetensors(base_cache, weights));
+      ASSIGN_OR_RETURN(engine::runtime::ParameterStore state, search::CopyModelState(probe, base));
+      RETURN_IF_ERROR(engine::io::WriteSafetensors(base_cache, state.tensors()));
     }
   }
 
@@ -409,13 +396,7 @@ absl::Status RunAdaptation(Setting s) {
     train::TrainerOptions options;
     options.threads = threads;
     options.scheme = engine::scheme::ResolveScheme(model, schemes[0]).value();
-    engine::runtime::ParameterStore copy;
-    for (const models::Layer& layer : model1.layers) {
-      for (const std::string& w : layer.weights) RETURN_IF_ERROR(copy.Set(w, *base.Find(w)));
-    }
-    for (const std::string& b : model1.buffers) {
-      if (base.Find(b) != nullptr) RETURN_IF_ERROR(copy.Set(b, *base.Find(b)));
-    }
+    ASSIGN_OR_RETURN(engine::runtime::ParameterStore copy, search::CopyModelState(model1, base));
     ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> t,
                      train::Trainer::Create(s.tune_build, &copy, options));
     return t->Evaluate(s.device_test.images, s.device_test.labels);

@@ -248,11 +248,22 @@ struct ClassResult {
   int64_t compiles = 0;
 };
 
+// Each candidate alone, costed for the first class: what the table and the plot show.
+struct AloneCosts {
+  int64_t inference_bytes = 0;
+  std::vector<search::SchemeCost> costs;  // per scored candidate
+};
+
+struct Selections {
+  std::vector<ClassResult> classes;  // in the order of SearchInputs::classes
+  AloneCosts alone;
+};
+
 // Each class's selection under its budget. A class whose budget fits nothing
 // keeps its error in `selection`; other errors end the search.
-absl::StatusOr<std::vector<ClassResult>> SelectPerClass(
-    const SearchInputs& in, const std::vector<search::ScoredCandidate>& scored) {
-  std::vector<ClassResult> results;
+absl::StatusOr<Selections> SelectPerClass(const SearchInputs& in,
+                                          const std::vector<search::ScoredCandidate>& scored) {
+  Selections out;
   for (const v1::DeviceClass& c : in.classes) {
     ClassResult r;
     r.device_class = &c;
@@ -270,9 +281,17 @@ absl::StatusOr<std::vector<ClassResult>> SelectPerClass(
                              {.seed = in.options.seed});
     r.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     r.compiles = costs.compiles();
-    results.push_back(std::move(r));
+    if (out.classes.empty()) {
+      // The selection costed every candidate alone already: these are cache hits.
+      out.alone.inference_bytes = r.inference_bytes;
+      for (const search::ScoredCandidate& s : scored) {
+        ASSIGN_OR_RETURN(search::SchemeCost cost, costs.Cost({s.candidate}));
+        out.alone.costs.push_back(cost);
+      }
+    }
+    out.classes.push_back(std::move(r));
   }
-  return results;
+  return out;
 }
 
 absl::Status WriteSchemes(const std::string& dir, const std::vector<ClassResult>& results) {
@@ -288,24 +307,6 @@ absl::Status WriteSchemes(const std::string& dir, const std::vector<ClassResult>
     if (!written.ok()) return FlagError("out-dir", written);
   }
   return absl::OkStatus();
-}
-
-// Each candidate alone, costed for the first class: what the table and the plot show.
-struct AloneCosts {
-  int64_t inference_bytes = 0;
-  std::vector<search::SchemeCost> costs;  // per scored candidate
-};
-
-absl::StatusOr<AloneCosts> CostAlone(const SearchInputs& in,
-                                     const std::vector<search::ScoredCandidate>& scored) {
-  search::CostModel costs(in.model, ForCostModel(in.classes.front()), in.options.optimizer);
-  AloneCosts out;
-  ASSIGN_OR_RETURN(out.inference_bytes, costs.InferenceBytes());
-  for (const search::ScoredCandidate& s : scored) {
-    ASSIGN_OR_RETURN(search::SchemeCost cost, costs.Cost({s.candidate}));
-    out.costs.push_back(cost);
-  }
-  return out;
 }
 
 absl::Status WritePlot(const SearchInputs& in, const std::vector<search::ScoredCandidate>& scored,
@@ -466,8 +467,9 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
   ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
                    search::ScoreCandidates(in.probe, cached.profile, in.metric));
 
-  ASSIGN_OR_RETURN(std::vector<ClassResult> results, SelectPerClass(in, scored));
-  ASSIGN_OR_RETURN(AloneCosts alone, CostAlone(in, scored));
+  ASSIGN_OR_RETURN(Selections selections, SelectPerClass(in, scored));
+  const std::vector<ClassResult>& results = selections.classes;
+  const AloneCosts& alone = selections.alone;
   if (!in.out_dir.empty()) RETURN_IF_ERROR(WriteSchemes(in.out_dir, results));
   if (!in.plot_path.empty()) RETURN_IF_ERROR(WritePlot(in, scored, alone, results.front()));
   if (json) {

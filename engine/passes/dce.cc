@@ -1,6 +1,5 @@
 #include "engine/passes/dce.h"
 
-#include <numeric>
 #include <utility>
 
 #include "engine/base/status_macros.h"
@@ -30,13 +29,7 @@ absl::StatusOr<bool> EliminateDeadCode(Graph& graph, std::vector<ValueId>* old_t
   for (ValueId id = 0; id < n; ++id) {
     if (live[id]) order.push_back(id);
   }
-  if (static_cast<int>(order.size()) == n) {
-    if (old_to_new != nullptr) {
-      old_to_new->resize(n);
-      std::iota(old_to_new->begin(), old_to_new->end(), 0);
-    }
-    return false;
-  }
+  if (static_cast<int>(order.size()) == n) return Unchanged(n, old_to_new);
   ASSIGN_OR_RETURN(graph, RebuildGraph(graph, order, old_to_new));
   return true;
 }

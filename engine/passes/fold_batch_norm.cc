@@ -1,7 +1,6 @@
 #include "engine/passes/fold_batch_norm.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "engine/base/status_macros.h"
 #include "engine/passes/rewrite.h"
@@ -38,13 +37,7 @@ absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_ne
     ++count;
   }
   if (folded != nullptr) *folded = count;
-  if (count == 0) {
-    if (old_to_new != nullptr) {
-      old_to_new->resize(n);
-      std::iota(old_to_new->begin(), old_to_new->end(), 0);
-    }
-    return false;
-  }
+  if (count == 0) return Unchanged(n, old_to_new);
   GraphRewriter rw(graph);
   for (ValueId id = 0; id < n; ++id) {
     if (skip[id]) continue;

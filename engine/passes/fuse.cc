@@ -1,7 +1,6 @@
 #include "engine/passes/fuse.h"
 
 #include <algorithm>
-#include <numeric>
 #include <optional>
 
 #include "engine/base/status_macros.h"
@@ -68,13 +67,7 @@ absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_
     ++count;
   }
   if (fused != nullptr) *fused = count;
-  if (count == 0) {
-    if (old_to_new != nullptr) {
-      old_to_new->resize(n);
-      std::iota(old_to_new->begin(), old_to_new->end(), 0);
-    }
-    return false;
-  }
+  if (count == 0) return Unchanged(n, old_to_new);
   GraphRewriter rw(graph);
   for (ValueId id = 0; id < n; ++id) {
     if (skip[id]) continue;

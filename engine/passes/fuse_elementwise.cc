@@ -1,7 +1,6 @@
 #include "engine/passes/fuse_elementwise.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "engine/base/status_macros.h"
 
@@ -56,13 +55,7 @@ absl::StatusOr<bool> FuseElementwiseChains(Graph& graph, std::vector<ValueId>* o
   int count = 0;
   for (ValueId id = 0; id < n; ++id) count += prev[id] != kNoValue && !absorbed[id];
   if (chains != nullptr) *chains = count;
-  if (count == 0) {
-    if (old_to_new != nullptr) {
-      old_to_new->resize(n);
-      std::iota(old_to_new->begin(), old_to_new->end(), 0);
-    }
-    return false;
-  }
+  if (count == 0) return Unchanged(n, old_to_new);
   GraphRewriter rw(graph);
   for (ValueId id = 0; id < n; ++id) {
     if (absorbed[id]) continue;  // emitted with its chain's last op

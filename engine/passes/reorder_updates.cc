@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <numeric>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -72,13 +71,7 @@ absl::StatusOr<bool> ReorderUpdates(Graph& graph, std::vector<ValueId>* old_to_n
   }
   bool same = true;
   for (ValueId i = 0; i < n && same; ++i) same = order[i] == i;
-  if (same) {
-    if (old_to_new != nullptr) {
-      old_to_new->resize(n);
-      std::iota(old_to_new->begin(), old_to_new->end(), 0);
-    }
-    return false;
-  }
+  if (same) return Unchanged(n, old_to_new);
   ASSIGN_OR_RETURN(graph, RebuildGraph(graph, order, old_to_new));
   return true;
 }

@@ -1,5 +1,6 @@
 #include "engine/passes/rewrite.h"
 
+#include <numeric>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -76,6 +77,14 @@ std::vector<ValueId> ComposeMaps(const std::vector<ValueId>& first,
     if (mid >= 0 && mid < static_cast<ValueId>(second.size())) out[i] = second[mid];
   }
   return out;
+}
+
+bool Unchanged(int num_nodes, std::vector<ValueId>* old_to_new) {
+  if (old_to_new != nullptr) {
+    old_to_new->resize(num_nodes);
+    std::iota(old_to_new->begin(), old_to_new->end(), 0);
+  }
+  return false;
 }
 
 }  // namespace fleettune::engine::passes

@@ -52,6 +52,10 @@ class GraphRewriter {
   std::vector<ValueId> old_to_new_;
 };
 
+// For a pass that leaves the graph as it is: sets `old_to_new` (optional) to
+// the identity over `num_nodes` ids and returns false ("not changed").
+bool Unchanged(int num_nodes, std::vector<ValueId>* old_to_new);
+
 // Rebuilds `graph` from the nodes in `order` (each at most once, inputs before
 // users), dropping the others. Returns the new graph; `old_to_new` (optional)
 // gets kNoValue for dropped nodes. FailedPrecondition when `order` is not

@@ -48,9 +48,8 @@ void Repeat(const Tensor& x, const Tensor& y, int64_t count, Tensor* rx, Tensor*
 
 std::string Double(double v) { return absl::StrFormat("%.17g", v); }
 
-// The model's weights and buffers from `base`, without anything else the
-// store holds: optimizer state from an earlier run would both leak momentum
-// into each candidate's run and clash in shape with a partial-channel one.
+}  // namespace
+
 absl::StatusOr<runtime::ParameterStore> CopyModelState(const models::Model& model,
                                                        const runtime::ParameterStore& base) {
   runtime::ParameterStore out;
@@ -70,8 +69,6 @@ absl::StatusOr<runtime::ParameterStore> CopyModelState(const models::Model& mode
   }
   return out;
 }
-
-}  // namespace
 
 namespace {
 

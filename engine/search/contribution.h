@@ -78,6 +78,14 @@ absl::StatusOr<Evaluation> EvaluateHeldOut(const train::ModelBuilder& build,
                                            runtime::ParameterStore* params, const Tensor& images,
                                            const Tensor& labels);
 
+// The model's weights and buffers from `base`, without anything else the
+// store holds: optimizer state from an earlier run would both leak momentum
+// into a fine-tuning run and clash in shape with a partial-channel one.
+// Buffers the store lacks are skipped (an evaluation graph may not read all).
+// InvalidArgument naming a weight `base` lacks.
+absl::StatusOr<runtime::ParameterStore> CopyModelState(const models::Model& model,
+                                                       const runtime::ParameterStore& base);
+
 // Fine-tunes each candidate alone from a copy of `base`'s model weights and
 // buffers (other tensors, such as optimizer state from pre-training, are
 // ignored) for options.steps steps (the calibration train set repeated and

@@ -7,6 +7,7 @@
 #include "engine/base/status_matchers.h"
 #include "engine/models/mlp.h"
 #include "engine/models/zoo.h"
+#include "engine/search/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -16,32 +17,13 @@ namespace {
 using ::fleettune::testing::StatusIs;
 using ::testing::HasSubstr;
 
-// A learnable synthetic task: class = argmax of the first 4 of 16 features.
-void MakeData(int64_t n, uint64_t seed, Tensor* images, Tensor* labels) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  *images = Tensor(DType::kF32, {n, 16});
-  *labels = Tensor(DType::kI32, {n});
-  for (int64_t i = 0; i < n; ++i) {
-    float* x = images->f32() + i * 16;
-    for (int j = 0; j < 16; ++j) x[j] = u(rng);
-    labels->i32()[i] = static_cast<int32_t>(std::max_element(x, x + 4) - x);
-  }
-}
-
-const models::MlpConfig kConfig = {{16, 32, 4}, 1};
-
-train::ModelBuilder Builder() {
-  return [](int64_t batch, models::Mode) { return models::BuildMlp({kConfig.sizes, batch}); };
-}
-
 class ContributionOnMlp : public ::testing::Test {
  protected:
   void SetUp() override {
-    MakeData(512, 1, &data_.train_images, &data_.train_labels);
-    MakeData(400, 2, &data_.heldout_images, &data_.heldout_labels);
-    ASSERT_OK(models::InitializeMlp(kConfig, 3, &base_));
-    model_ = Builder()(1, models::Mode::kTrain).value();
+    MakeArgmaxData(512, 1, &data_.train_images, &data_.train_labels);
+    MakeArgmaxData(400, 2, &data_.heldout_images, &data_.heldout_labels);
+    ASSERT_OK(models::InitializeMlp(kArgmaxMlp, 3, &base_));
+    model_ = ArgmaxMlpBuilder()(1, models::Mode::kTrain).value();
     options_.model_name = "mlp-16-32-4";
     options_.task = "argmax4";
     options_.steps = 40;
@@ -58,8 +40,8 @@ class ContributionOnMlp : public ::testing::Test {
 TEST_F(ContributionOnMlp, RanksTheHeadAboveAHiddenBiasAndIsDeterministic) {
   const std::vector<Candidate> candidates = {Get("fc1.bias"), Get("fc2.weight@1"),
                                              Get("fc2.weight@1/4")};
-  ASSERT_OK_AND_ASSIGN(ContributionProfile a,
-                       AnalyzeContributions(Builder(), base_, candidates, data_, options_));
+  ASSERT_OK_AND_ASSIGN(ContributionProfile a, AnalyzeContributions(ArgmaxMlpBuilder(), base_,
+                                                                   candidates, data_, options_));
   ASSERT_EQ(a.entries.size(), 3u);
   EXPECT_EQ(a.entries[1].id, "fc2.weight@1");
   // Training the head on random features learns the task; a hidden bias alone
@@ -69,11 +51,11 @@ TEST_F(ContributionOnMlp, RanksTheHeadAboveAHiddenBiasAndIsDeterministic) {
   EXPECT_GT(a.entries[1].loss_gain, a.entries[0].loss_gain);
   // The base weights were only read.
   runtime::ParameterStore fresh;
-  ASSERT_OK(models::InitializeMlp(kConfig, 3, &fresh));
+  ASSERT_OK(models::InitializeMlp(kArgmaxMlp, 3, &fresh));
   EXPECT_EQ(base_.Find("fc2.weight")->f32()[5], fresh.Find("fc2.weight")->f32()[5]);
 
-  ASSERT_OK_AND_ASSIGN(ContributionProfile b,
-                       AnalyzeContributions(Builder(), base_, candidates, data_, options_));
+  ASSERT_OK_AND_ASSIGN(ContributionProfile b, AnalyzeContributions(ArgmaxMlpBuilder(), base_,
+                                                                   candidates, data_, options_));
   EXPECT_EQ(ProfileToText(a), ProfileToText(b));
 
   // The ranking feeds selection directly.
@@ -87,7 +69,7 @@ TEST_F(ContributionOnMlp, RanksTheHeadAboveAHiddenBiasAndIsDeterministic) {
 
   // With room for the head but not for it plus a whole hidden layer, the
   // search keeps the head fully.
-  const models::Model batch32 = Builder()(32, models::Mode::kTrain).value();
+  const models::Model batch32 = ArgmaxMlpBuilder()(32, models::Mode::kTrain).value();
   CostModel costs(batch32, {});
   const int64_t head = costs.Cost({candidates[1]}).value().memory_bytes;
   ASSERT_OK_AND_ASSIGN(Selection s, SelectScheme(model_, scored, costs, {head}));
@@ -103,12 +85,14 @@ TEST_F(ContributionOnMlp, RanksTheHeadAboveAHiddenBiasAndIsDeterministic) {
 TEST_F(ContributionOnMlp, IgnoresOptimizerStateInTheBaseStore) {
   ASSERT_OK(base_.Set("fc1.weight.momentum_buffer", Tensor(DType::kF32, {32, 16})));
   const std::vector<Candidate> candidates = {Get("fc1.weight@1/4")};
-  ASSERT_OK_AND_ASSIGN(ContributionProfile with_state,
-                       AnalyzeContributions(Builder(), base_, candidates, data_, options_));
+  ASSERT_OK_AND_ASSIGN(
+      ContributionProfile with_state,
+      AnalyzeContributions(ArgmaxMlpBuilder(), base_, candidates, data_, options_));
   runtime::ParameterStore clean;
-  ASSERT_OK(models::InitializeMlp(kConfig, 3, &clean));
-  ASSERT_OK_AND_ASSIGN(ContributionProfile without,
-                       AnalyzeContributions(Builder(), clean, candidates, data_, options_));
+  ASSERT_OK(models::InitializeMlp(kArgmaxMlp, 3, &clean));
+  ASSERT_OK_AND_ASSIGN(
+      ContributionProfile without,
+      AnalyzeContributions(ArgmaxMlpBuilder(), clean, candidates, data_, options_));
   EXPECT_EQ(ProfileToText(with_state), ProfileToText(without));
 }
 
@@ -134,23 +118,23 @@ TEST_F(ContributionOnMlp, ProfileRoundTripsThroughAFile) {
 }
 
 TEST_F(ContributionOnMlp, ReportsBadInputs) {
-  EXPECT_THAT(AnalyzeContributions(Builder(), base_, {}, data_, options_),
+  EXPECT_THAT(AnalyzeContributions(ArgmaxMlpBuilder(), base_, {}, data_, options_),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty candidate list")));
   Candidate ghost{CandidateKind::kBias, "fc7.bias", "fc7", 1.0};
-  EXPECT_THAT(AnalyzeContributions(Builder(), base_, {ghost}, data_, options_),
+  EXPECT_THAT(AnalyzeContributions(ArgmaxMlpBuilder(), base_, {ghost}, data_, options_),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fc7.bias")));
   ContributionOptions zero = options_;
   zero.steps = 0;
-  EXPECT_THAT(AnalyzeContributions(Builder(), base_, {Get("fc1.bias")}, data_, zero),
+  EXPECT_THAT(AnalyzeContributions(ArgmaxMlpBuilder(), base_, {Get("fc1.bias")}, data_, zero),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("steps")));
   CalibrationData empty = data_;
   empty.heldout_labels = Tensor(DType::kI32, {3});
-  EXPECT_THAT(AnalyzeContributions(Builder(), base_, {Get("fc1.bias")}, empty, options_),
+  EXPECT_THAT(AnalyzeContributions(ArgmaxMlpBuilder(), base_, {Get("fc1.bias")}, empty, options_),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("held-out")));
 
   runtime::ParameterStore partial;
   ASSERT_OK(partial.Set("fc1.weight", *base_.Find("fc1.weight")));
-  EXPECT_THAT(AnalyzeContributions(Builder(), partial, {Get("fc1.bias")}, data_, options_),
+  EXPECT_THAT(AnalyzeContributions(ArgmaxMlpBuilder(), partial, {Get("fc1.bias")}, data_, options_),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'fc1.bias'")));
 
   EXPECT_THAT(ParseProfileText("garbage"),

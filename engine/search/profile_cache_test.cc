@@ -1,44 +1,25 @@
 #include "engine/search/profile_cache.h"
 
 #include <filesystem>
-#include <random>
 
 #include "engine/base/file.h"
 #include "engine/base/sha256.h"
 #include "engine/base/status_matchers.h"
 #include "engine/models/mlp.h"
+#include "engine/search/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace fleettune::engine::search {
 namespace {
 
-// class = argmax of the first 4 of 16 features.
-void MakeData(int64_t n, uint64_t seed, Tensor* images, Tensor* labels) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  *images = Tensor(DType::kF32, {n, 16});
-  *labels = Tensor(DType::kI32, {n});
-  for (int64_t i = 0; i < n; ++i) {
-    float* x = images->f32() + i * 16;
-    for (int j = 0; j < 16; ++j) x[j] = u(rng);
-    labels->i32()[i] = static_cast<int32_t>(std::max_element(x, x + 4) - x);
-  }
-}
-
-const models::MlpConfig kConfig = {{16, 32, 4}, 1};
-
-train::ModelBuilder Builder() {
-  return [](int64_t batch, models::Mode) { return models::BuildMlp({kConfig.sizes, batch}); };
-}
-
 class ProfileCacheTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    MakeData(256, 1, &data_.train_images, &data_.train_labels);
-    MakeData(200, 2, &data_.heldout_images, &data_.heldout_labels);
-    ASSERT_OK(models::InitializeMlp(kConfig, 3, &base_));
-    model_ = Builder()(1, models::Mode::kTrain).value();
+    MakeArgmaxData(256, 1, &data_.train_images, &data_.train_labels);
+    MakeArgmaxData(200, 2, &data_.heldout_images, &data_.heldout_labels);
+    ASSERT_OK(models::InitializeMlp(kArgmaxMlp, 3, &base_));
+    model_ = ArgmaxMlpBuilder()(1, models::Mode::kTrain).value();
     candidates_ = {ParseCandidateId(model_, "fc1.bias").value(),
                    ParseCandidateId(model_, "fc2.weight@1/2").value()};
     options_.model_name = "mlp-16";
@@ -96,7 +77,7 @@ TEST_F(ProfileCacheTest, KeyChangesWithEveryInputThatChangesTheProfile) {
 TEST_F(ProfileCacheTest, ComputesOnceThenReadsBackTheSameProfile) {
   ASSERT_OK_AND_ASSIGN(
       CachedProfile first,
-      AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, dir_));
+      AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_, data_, options_, dir_));
   EXPECT_FALSE(first.hit);
   EXPECT_EQ(first.profile.key, Key());
   EXPECT_THAT(first.path, ::testing::HasSubstr("/mlp-16.argmax_4." + Key().substr(0, 16)));
@@ -104,7 +85,7 @@ TEST_F(ProfileCacheTest, ComputesOnceThenReadsBackTheSameProfile) {
 
   ASSERT_OK_AND_ASSIGN(
       CachedProfile second,
-      AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, dir_));
+      AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_, data_, options_, dir_));
   EXPECT_TRUE(second.hit);
   EXPECT_EQ(second.path, first.path);
   EXPECT_EQ(ProfileToText(second.profile), ProfileToText(first.profile));
@@ -113,7 +94,7 @@ TEST_F(ProfileCacheTest, ComputesOnceThenReadsBackTheSameProfile) {
   options_.steps = 5;
   ASSERT_OK_AND_ASSIGN(
       CachedProfile third,
-      AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, dir_));
+      AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_, data_, options_, dir_));
   EXPECT_FALSE(third.hit);
   EXPECT_NE(third.path, first.path);
 }
@@ -121,7 +102,7 @@ TEST_F(ProfileCacheTest, ComputesOnceThenReadsBackTheSameProfile) {
 TEST_F(ProfileCacheTest, ACorruptOrForeignFileIsRecomputedNotTrusted) {
   ASSERT_OK_AND_ASSIGN(
       CachedProfile first,
-      AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, dir_));
+      AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_, data_, options_, dir_));
   // Same name, another key inside (e.g. a truncated key collision or a copy).
   ContributionProfile foreign = first.profile;
   foreign.key = std::string(64, 'a');
@@ -129,31 +110,32 @@ TEST_F(ProfileCacheTest, ACorruptOrForeignFileIsRecomputedNotTrusted) {
   ASSERT_OK(WriteProfile(first.path, foreign));
   ASSERT_OK_AND_ASSIGN(
       CachedProfile again,
-      AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, dir_));
+      AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_, data_, options_, dir_));
   EXPECT_FALSE(again.hit);
   EXPECT_EQ(ProfileToText(again.profile), ProfileToText(first.profile));
 
   ASSERT_OK(WriteFileAtomically(first.path, "garbage\n"));
-  ASSERT_OK_AND_ASSIGN(
-      again, AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, dir_));
+  ASSERT_OK_AND_ASSIGN(again, AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_,
+                                                         data_, options_, dir_));
   EXPECT_FALSE(again.hit);
-  ASSERT_OK_AND_ASSIGN(
-      again, AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, dir_));
+  ASSERT_OK_AND_ASSIGN(again, AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_,
+                                                         data_, options_, dir_));
   EXPECT_TRUE(again.hit);  // the rewritten file is good again
 }
 
 TEST_F(ProfileCacheTest, NoDirectoryMeansNoCachingAndAnUnwritableOneIsAnError) {
-  ASSERT_OK_AND_ASSIGN(CachedProfile p, AnalyzeContributionsCached(Builder(), base_, candidates_,
-                                                                   data_, options_, ""));
+  ASSERT_OK_AND_ASSIGN(
+      CachedProfile p,
+      AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_, data_, options_, ""));
   EXPECT_FALSE(p.hit);
   EXPECT_TRUE(p.path.empty());
   EXPECT_EQ(p.profile.key, Key());
 
   const std::string file = std::string(std::getenv("TEST_TMPDIR")) + "/a_file";
   ASSERT_OK(WriteFileAtomically(file, "x"));
-  EXPECT_FALSE(
-      AnalyzeContributionsCached(Builder(), base_, candidates_, data_, options_, file + "/profiles")
-          .ok());
+  EXPECT_FALSE(AnalyzeContributionsCached(ArgmaxMlpBuilder(), base_, candidates_, data_, options_,
+                                          file + "/profiles")
+                   .ok());
 }
 
 TEST_F(ProfileCacheTest, MissingBaseWeightIsInvalidArgument) {
