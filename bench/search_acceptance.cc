@@ -69,8 +69,10 @@ ABSL_FLAG(std::string, digits_png, "third_party/data/opencv/digits.png", "OpenCV
 ABSL_FLAG(std::string, fashion_dir, "/usr/share/datasets/fashion-mnist",
           "Fashion-MNIST's gzip'd IDX files");
 ABSL_FLAG(std::string, fashion_shift, "contrast",
-          "fashion: the device camera's shift: contrast (half contrast on a grey background) or "
-          "rotated (mounted a quarter turn off: images rotated 90 degrees)");
+          "fashion: the device camera's shift: contrast (half contrast on a grey background), "
+          "rotated (mounted a quarter turn off: images rotated 90 degrees) or inverted (a "
+          "negative: dark garments on a light background)");
+ABSL_FLAG(std::string, fashion_model, "cnn", "fashion: the zoo model, cnn or mlp");
 ABSL_FLAG(double, fraction, 1.0 / 3.0,
           "Budget: this fraction of full fine-tuning's training overhead over inference");
 ABSL_FLAG(int, epochs, 0, "Fine-tuning epochs on the device data (0: the setting's default)");
@@ -81,7 +83,8 @@ ABSL_FLAG(int, seeds, 3,
 ABSL_FLAG(int, samples, 256, "mobilenet_timing: calibration samples (half held out)");
 ABSL_FLAG(std::string, profile_cache, "", "Profile cache directory (empty: none)");
 ABSL_FLAG(std::string, base_dir, "",
-          "Keep trained base weights here (<model>-<epochs>-epochs.safetensors) and reuse them "
+          "Keep trained base weights here (<model>-<source>-<epochs>-epochs.safetensors) and reuse "
+          "them "
           "(empty: train every run)");
 
 namespace fleettune::bench {
@@ -112,6 +115,7 @@ Split Rows(const Tensor& images, const Tensor& labels, int64_t begin, int64_t en
 
 struct Setting {
   std::string model;
+  std::string source;  // the base's training data set
   train::ModelBuilder base_build;  // for training the base (BatchNorm statistics train)
   train::ModelBuilder tune_build;  // for fine-tuning (frozen statistics)
   Split base_train;
@@ -171,6 +175,7 @@ absl::StatusOr<Setting> Digits() {
   s.base_build = s.tune_build = ZooBuilder(zoo, false);
   ASSIGN_OR_RETURN(agent::LabeledData mnist, agent::ReadMnistJson(absl::GetFlag(FLAGS_mnist_dir)));
   s.base_train = {mnist.images, mnist.labels};
+  s.source = "mnist";
   ASSIGN_OR_RETURN(agent::LabeledData digits,
                    agent::ReadOpenCvDigitsPng(absl::GetFlag(FLAGS_digits_png)));
   ASSIGN_OR_RETURN(agent::LabeledData shuffled, Shuffled(digits, "opencv-digits"));
@@ -183,17 +188,21 @@ absl::StatusOr<Setting> Digits() {
 
 absl::StatusOr<Setting> Fashion() {
   Setting s;
-  s.model = "cnn";
-  ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel("cnn"));
+  s.model = absl::GetFlag(FLAGS_fashion_model);
+  if (s.model != "cnn" && s.model != "mlp") {
+    return absl::InvalidArgumentError("--fashion_model: cnn or mlp");
+  }
+  ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel(s.model));
   s.base_build = ZooBuilder(zoo, false);
   s.tune_build = ZooBuilder(zoo, true);
   ASSIGN_OR_RETURN(engine::io::ImageClassificationData f,
                    engine::io::LoadFashionMnist(absl::GetFlag(FLAGS_fashion_dir)));
   s.base_train = {f.train_images, f.train_labels};
+  s.source = "fashion";
   // The device's camera: --fashion_shift.
   const std::string shift = absl::GetFlag(FLAGS_fashion_shift);
-  if (shift != "contrast" && shift != "rotated") {
-    return absl::InvalidArgumentError("--fashion_shift: contrast or rotated");
+  if (shift != "contrast" && shift != "rotated" && shift != "inverted") {
+    return absl::InvalidArgumentError("--fashion_shift: contrast, rotated or inverted");
   }
   agent::LabeledData target;
   const int64_t n = f.test_labels.shape()[0];
@@ -203,8 +212,10 @@ absl::StatusOr<Setting> Fashion() {
     float* dst = target.images.f32() + i * agent::kImagePixels;
     for (int r = 0; r < 28; ++r) {
       for (int c = 0; c < 28; ++c) {
-        dst[r * 28 + c] = shift == "contrast" ? 0.25f + 0.5f * src[r * 28 + c]  // grey, flat
-                                              : src[c * 28 + (27 - r)];         // a quarter turn
+        const float v = src[r * 28 + c];
+        dst[r * 28 + c] = shift == "contrast"   ? 0.25f + 0.5f * v          // grey, flat
+                          : shift == "inverted" ? 1.0f - v                  // a negative
+                                                : src[c * 28 + (27 - r)];  // a quarter turn
       }
     }
   }
@@ -291,7 +302,8 @@ absl::Status RunAdaptation(Setting s) {
   const std::string base_cache = absl::GetFlag(FLAGS_base_dir).empty()
                                      ? ""
                                      : absl::StrCat(absl::GetFlag(FLAGS_base_dir), "/", s.model,
-                                                    "-", s.base_epochs, "-epochs.safetensors");
+                                                    "-", s.source, "-", s.base_epochs,
+                                                    "-epochs.safetensors");
   if (auto cached = engine::io::ReadSafetensors(base_cache); !base_cache.empty() && cached.ok()) {
     for (auto& [name, tensor] : *cached) RETURN_IF_ERROR(base.Set(name, tensor));
   } else {
