@@ -115,7 +115,7 @@ Split Rows(const Tensor& images, const Tensor& labels, int64_t begin, int64_t en
 
 struct Setting {
   std::string model;
-  std::string source;  // the base's training data set
+  std::string source;              // the base's training data set
   train::ModelBuilder base_build;  // for training the base (BatchNorm statistics train)
   train::ModelBuilder tune_build;  // for fine-tuning (frozen statistics)
   Split base_train;
@@ -213,8 +213,8 @@ absl::StatusOr<Setting> Fashion() {
     for (int r = 0; r < 28; ++r) {
       for (int c = 0; c < 28; ++c) {
         const float v = src[r * 28 + c];
-        dst[r * 28 + c] = shift == "contrast"   ? 0.25f + 0.5f * v          // grey, flat
-                          : shift == "inverted" ? 1.0f - v                  // a negative
+        dst[r * 28 + c] = shift == "contrast"   ? 0.25f + 0.5f * v         // grey, flat
+                          : shift == "inverted" ? 1.0f - v                 // a negative
                                                 : src[c * 28 + (27 - r)];  // a quarter turn
       }
     }
@@ -299,11 +299,11 @@ absl::Status RunAdaptation(Setting s) {
   engine::runtime::ParameterStore base;
   ASSIGN_OR_RETURN(models::Model probe, zoo->build(1, models::Mode::kTrain));
   RETURN_IF_ERROR(zoo->initialize(probe, 0, &base));
-  const std::string base_cache = absl::GetFlag(FLAGS_base_dir).empty()
-                                     ? ""
-                                     : absl::StrCat(absl::GetFlag(FLAGS_base_dir), "/", s.model,
-                                                    "-", s.source, "-", s.base_epochs,
-                                                    "-epochs.safetensors");
+  const std::string base_cache =
+      absl::GetFlag(FLAGS_base_dir).empty()
+          ? ""
+          : absl::StrCat(absl::GetFlag(FLAGS_base_dir), "/", s.model, "-", s.source, "-",
+                         s.base_epochs, "-epochs.safetensors");
   if (auto cached = engine::io::ReadSafetensors(base_cache); !base_cache.empty() && cached.ok()) {
     for (auto& [name, tensor] : *cached) RETURN_IF_ERROR(base.Set(name, tensor));
   } else {
