@@ -44,6 +44,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -60,6 +61,7 @@
 #include "engine/search/cost_model.h"
 #include "engine/search/profile_cache.h"
 #include "engine/search/select.h"
+#include "engine/search/verify.h"
 #include "engine/train/trainer.h"
 
 ABSL_FLAG(std::string, setting, "digits", "digits, fashion or mobilenet_timing");
@@ -77,6 +79,9 @@ ABSL_FLAG(double, fraction, 1.0 / 3.0,
           "Budget: this fraction of full fine-tuning's training overhead over inference");
 ABSL_FLAG(int, epochs, 0, "Fine-tuning epochs on the device data (0: the setting's default)");
 ABSL_FLAG(int, steps, 0, "Contribution steps per candidate (0: the setting's default)");
+ABSL_FLAG(int, verify_steps, 120,
+          "Joint fine-tuning steps per shortlisted scheme (engine/search/verify.h); 0: the "
+          "additive selection alone");
 ABSL_FLAG(int, threads, 2, "Engine threads");
 ABSL_FLAG(int, seeds, 3,
           "Fine-tuning runs per scheme (shuffling seeds 0..N-1); accuracy is their mean");
@@ -348,16 +353,37 @@ absl::Status RunAdaptation(Setting s) {
   const absl::Time t1 = absl::Now();
   ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
                    search::ScoreCandidates(model1, profile.profile));
-  ASSIGN_OR_RETURN(search::Selection selection,
+  ASSIGN_OR_RETURN(search::Selection additive,
                    search::SelectScheme(model, scored, costs, {budget, 0.0}));
   const absl::Time t2 = absl::Now();
-  std::vector<std::string> chosen;
-  for (const search::ScoredCandidate& c : selection.chosen) chosen.push_back(c.candidate.Id());
+  search::Selection selection = additive;
+  const int verify_steps = absl::GetFlag(FLAGS_verify_steps);
+  if (verify_steps > 0) {
+    search::VerifyOptions vopts;
+    vopts.steps = verify_steps;
+    ASSIGN_OR_RETURN(selection,
+                     search::SearchVerified(s.tune_build, base, s.calibration, model, costs,
+                                            {budget, 0.0}, copts, vopts, &profile.profile));
+    if (!profile.path.empty()) {
+      RETURN_IF_ERROR(search::WriteProfile(profile.path, profile.profile));
+    }
+  }
+  const absl::Time t3 = absl::Now();
+  auto ids = [](const search::Selection& sel) {
+    std::vector<std::string> out;
+    for (const search::ScoredCandidate& c : sel.chosen) out.push_back(c.candidate.Id());
+    return absl::StrJoin(out, " ");
+  };
 
-  // Schemes: full, searched, bias-only and every last-k.
+  // Schemes: full, searched, the additive selection when verification chose
+  // another, bias-only and every last-k.
   std::vector<engine::scheme::UpdateScheme> schemes;
   ASSIGN_OR_RETURN(schemes.emplace_back(), engine::scheme::PresetScheme(model, "full"));
   schemes.push_back(selection.scheme);
+  if (verify_steps > 0 && selection.origin != "selection") {
+    schemes.push_back(additive.scheme);
+    schemes.back().name = "additive selection (unverified)";
+  }
   ASSIGN_OR_RETURN(schemes.emplace_back(), engine::scheme::PresetScheme(model, "bias-only"));
   {
     // Bias-only cut to the budget: the biases of the deepest layers, as many as fit.
@@ -399,10 +425,23 @@ absl::Status RunAdaptation(Setting s) {
       MiB(inference), absl::GetFlag(FLAGS_fraction), MiB(full_cost.memory_bytes - inference),
       MiB(budget));
   std::cout << absl::StrFormat(
-      "search: %d candidates, %d steps each: profile %.1f s%s, selection %.2f s (%d compiles)\n"
-      "searched scheme trains: %s\n\n",
+      "search: %d candidates, %d steps each: profile %.1f s%s, selection %.2f s; verification "
+      "%.1f s (%d compiles in all)\n"
+      "additive selection trains: %s\n",
       candidates.size(), s.steps, absl::ToDoubleSeconds(t1 - t0), profile.hit ? " (cached)" : "",
-      absl::ToDoubleSeconds(t2 - t1), costs.compiles(), absl::StrJoin(chosen, " "));
+      absl::ToDoubleSeconds(t2 - t1), absl::ToDoubleSeconds(t3 - t2), costs.compiles(),
+      ids(additive));
+  if (verify_steps > 0) {
+    std::cout << absl::StrFormat("verification, %d joint steps each, calibration held-out:\n",
+                                 verify_steps);
+    for (const search::JointContribution& j : profile.profile.joint) {
+      if (j.steps != verify_steps) continue;
+      std::cout << absl::StrFormat("  %-16s %.2f%% (loss %.4f)%s\n", j.origin, 100 * j.accuracy,
+                                   j.loss, j.origin == selection.origin ? "  <- searched" : "");
+    }
+  }
+  std::cout << absl::StrFormat("searched scheme (%s) trains: %s\n\n",
+                               verify_steps > 0 ? selection.origin : "additive", ids(selection));
 
   ASSIGN_OR_RETURN(double base_accuracy, [&]() -> absl::StatusOr<double> {
     train::TrainerOptions options;
@@ -470,6 +509,7 @@ absl::Status RunAdaptation(Setting s) {
   double best_other = 0;
   std::string best_other_name;
   for (size_t i = 2; i < outcomes.size(); ++i) {
+    if (absl::StartsWith(outcomes[i].name, "additive")) continue;  // the search's own
     if (outcomes[i].fits && outcomes[i].accuracy > best_other) {
       best_other = outcomes[i].accuracy;
       best_other_name = outcomes[i].name;

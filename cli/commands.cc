@@ -145,6 +145,9 @@ const std::vector<CommandInfo>& Commands() {
            {"task", "NAME", "the profile's label (default the data file's name)"},
            {"steps", "N", "fine-tuning steps per candidate (default 60)"},
            {"calibration-batch", "N", "batch of those steps (default 32)"},
+           {"verify-steps", "N",
+            "joint fine-tuning steps per shortlisted scheme\n(default 120; 0: no "
+            "verification)"},
            {"lr", "RATE", "SGD learning rate (default 0.05)"},
            {"momentum", "M", "SGD momentum in [0, 1) (default 0.9)"},
            {"gain", "accuracy|loss", "what a contribution is (default accuracy)"},

@@ -27,6 +27,7 @@
 #include "engine/search/cost_model.h"
 #include "engine/search/profile_cache.h"
 #include "engine/search/select.h"
+#include "engine/search/verify.h"
 #include "nlohmann/json.hpp"
 #include "server/compiler/device_classes.h"
 
@@ -138,6 +139,7 @@ struct SearchInputs {
   std::string task;
   search::CalibrationData data;
   search::ContributionOptions options;
+  int64_t verify_steps = 120;  // 0: the additive selection alone
   search::GainMetric metric = search::GainMetric::kAccuracy;
   std::vector<v1::DeviceClass> classes;  // at least one
   double overhead_fraction = 0.0;        // 0: each class's own budget
@@ -178,6 +180,7 @@ absl::StatusOr<SearchInputs> ParseInputs(const Flags& flags) {
   o.task = in.task;
   ASSIGN_OR_RETURN(o.steps, Integer(flags, "steps", "60", 1, 100000));
   ASSIGN_OR_RETURN(o.batch, Integer(flags, "calibration-batch", "32", 1, 65536));
+  ASSIGN_OR_RETURN(in.verify_steps, Integer(flags, "verify-steps", "120", 0, 100000));
   ASSIGN_OR_RETURN(int64_t seed, Integer(flags, "seed", "0", 0, INT64_MAX));
   o.seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(int64_t threads, Integer(flags, "threads", "2", 1, 256));
@@ -259,10 +262,12 @@ struct Selections {
   AloneCosts alone;
 };
 
-// Each class's selection under its budget. A class whose budget fits nothing
-// keeps its error in `selection`; other errors end the search.
+// Each class's selection under its budget, verified unless in.verify_steps
+// is 0 (the joint measurements are added to `profile`). A class whose budget
+// fits nothing keeps its error in `selection`; other errors end the search.
 absl::StatusOr<Selections> SelectPerClass(const SearchInputs& in,
-                                          const std::vector<search::ScoredCandidate>& scored) {
+                                          const std::vector<search::ScoredCandidate>& scored,
+                                          search::ContributionProfile* profile) {
   Selections out;
   for (const v1::DeviceClass& c : in.classes) {
     ClassResult r;
@@ -276,9 +281,18 @@ absl::StatusOr<Selections> SelectPerClass(const SearchInputs& in,
       r.budget_bytes = c.training_memory_budget_bytes();
     }
     const absl::Time start = absl::Now();
-    r.selection =
-        search::SelectScheme(in.model, scored, costs, {r.budget_bytes, in.step_budget_seconds},
-                             {.seed = in.options.seed});
+    const search::Budget budget{r.budget_bytes, in.step_budget_seconds};
+    if (in.verify_steps > 0) {
+      search::VerifyOptions v;
+      v.steps = in.verify_steps;
+      v.select.seed = in.options.seed;
+      r.selection = search::SearchVerified(in.build, in.base, in.data, in.model, costs, budget,
+                                           in.options, v, profile);
+    } else {
+      r.selection =
+          search::SelectScheme(in.model, scored, costs, budget, {.seed = in.options.seed});
+    }
+
     r.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     r.compiles = costs.compiles();
     if (out.classes.empty()) {
@@ -366,6 +380,12 @@ void PrintJson(const SearchInputs& in, const search::CachedProfile& cached,
         j["predicted_step_seconds"] = s.cost.step_seconds;
       }
       j["predicted_gain"] = s.total_gain;
+      j["verified"] = s.verified;
+      if (s.verified) {
+        j["origin"] = s.origin;
+        j["verified_accuracy"] = s.verified_accuracy;
+        j["verified_loss"] = s.verified_loss;
+      }
       j["chosen"] = nlohmann::json::array();
       for (const search::ScoredCandidate& c : s.chosen) j["chosen"].push_back(c.candidate.Id());
       j["scheme"] = engine::plan::SchemeToText(s.scheme);
@@ -417,6 +437,22 @@ void PrintReport(const SearchInputs& in, const search::CachedProfile& cached,
       "%s for %s at batch %d)\n",
       FormatBytes(alone.inference_bytes), in.classes.front().name(), in.batch);
 
+  if (in.verify_steps > 0 && !cached.profile.joint.empty()) {
+    std::vector<std::vector<std::string>> joint_rows;
+    for (const search::JointContribution& j : cached.profile.joint) {
+      if (j.steps != in.verify_steps) continue;
+      joint_rows.push_back({j.origin, absl::StrCat(j.ids.size()), FormatPercent(j.accuracy),
+                            absl::StrFormat("%.4f", j.loss)});
+    }
+    *out << absl::StrFormat("\nshortlisted sets fine-tuned jointly (%d steps each):\n",
+                            in.verify_steps)
+         << RenderTable({{"PROPOSED BY"},
+                         {"CANDIDATES", Align::kRight},
+                         {"HELD-OUT ACCURACY", Align::kRight},
+                         {"LOSS", Align::kRight}},
+                        joint_rows);
+  }
+
   for (const ClassResult& r : results) {
     const v1::DeviceClass& c = *r.device_class;
     *out << absl::StrFormat("\nclass %s: budget %s (%s), %d threads\n", c.name(),
@@ -438,6 +474,11 @@ void PrintReport(const SearchInputs& in, const search::CachedProfile& cached,
     if (c.training_flops_per_second() > 0) *out << ", " << Millis(s.cost.step_seconds) << "/step";
     *out << absl::StrFormat("\n  gain       %s (sum of the chosen candidates' own gains)\n",
                             Gain(s.total_gain, in.metric));
+    if (s.verified) {
+      *out << absl::StrFormat(
+          "  verified   %s: %s held-out accuracy after %d joint steps, the best that fits\n",
+          s.origin, FormatPercent(s.verified_accuracy), in.verify_steps);
+    }
     *out << absl::StrFormat("  search     %s, %d rounds, %d compiles, %.2f s\n",
                             s.method == search::SearchMethod::kDynamicProgramming
                                 ? "dynamic programming"
@@ -467,7 +508,12 @@ absl::Status RunSearch(const Flags& flags, bool json, std::ostream* out) {
   ASSIGN_OR_RETURN(std::vector<search::ScoredCandidate> scored,
                    search::ScoreCandidates(in.probe, cached.profile, in.metric));
 
-  ASSIGN_OR_RETURN(Selections selections, SelectPerClass(in, scored));
+  const size_t joint_before = cached.profile.joint.size();
+  ASSIGN_OR_RETURN(Selections selections, SelectPerClass(in, scored, &cached.profile));
+  if (cached.profile.joint.size() != joint_before && !cached.path.empty()) {
+    // The joint measurements join the cached profile: `submit --profile` sends them.
+    RETURN_IF_ERROR(search::WriteProfile(cached.path, cached.profile));
+  }
   const std::vector<ClassResult>& results = selections.classes;
   const AloneCosts& alone = selections.alone;
   if (!in.out_dir.empty()) RETURN_IF_ERROR(WriteSchemes(in.out_dir, results));

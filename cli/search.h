@@ -10,7 +10,12 @@
 // is cached per model, weights, data and options in --profile-cache), costs
 // each candidate per class with the compiler (engine/search/cost_model.h),
 // and selects the best set under each class's budget
-// (engine/search/select.h). It prints the profile as a table, then each
+// (engine/search/select.h). Unless --verify-steps=0, each class's shortlist
+// (that selection, selections under smaller budgets, and the bias-only and
+// last-k presets that fit) is then fine-tuned jointly on the calibration data
+// and the best measured set wins (engine/search/verify.h); the measurements
+// join the cached profile, so `fleettune submit --profile` hands them to the
+// coordinator, which then picks the same sets. It prints the profile as a table, then each
 // class's scheme with its predicted memory, step time and gain; --plot draws
 // contribution against cost per candidate (PNG); --out-dir writes each class's
 // scheme as <class>.scheme (protobuf text format, for `fleettune compile
@@ -36,6 +41,7 @@ namespace fleettune::cli {
 //   task               the profile's label (default the calibration file's name)
 //   steps              fine-tuning steps per candidate (default 60)
 //   calibration-batch  batch of those steps (default 32)
+//   verify-steps       joint fine-tuning steps per shortlisted set (default 120; 0: none)
 //   lr, momentum       SGD for those steps and for costing plans (defaults 0.05, 0.9)
 //   gain               accuracy | loss: what a candidate's contribution is (default accuracy)
 //   seed               (default 0)

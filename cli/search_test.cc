@@ -13,6 +13,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/models/zoo.h"
 #include "engine/plan/scheme_io.h"
+#include "engine/search/contribution.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -94,6 +95,10 @@ TEST_F(SearchCommand, PrintsTheProfileAndEachClasssSchemeAndWritesFiles) {
   EXPECT_THAT(text, HasSubstr("class rpi4: budget 2.0 MiB"));
   EXPECT_THAT(text, HasSubstr("class x86-avx2: budget 64.0 MiB"));
   EXPECT_THAT(text, HasSubstr("ms/step"));
+  // Each class's shortlist was fine-tuned jointly, and the best that fits won.
+  EXPECT_THAT(text, HasSubstr("shortlisted sets fine-tuned jointly (120 steps each)"));
+  EXPECT_THAT(text, HasSubstr("last-k:1"));
+  EXPECT_THAT(text, HasSubstr("after 120 joint steps, the best that fits"));
   EXPECT_TRUE(std::filesystem::file_size(flags["plot"]) > 1000);
   for (const char* c : {"rpi4", "x86-avx2"}) {
     auto text =
@@ -117,6 +122,16 @@ TEST_F(SearchCommand, PrintsTheProfileAndEachClasssSchemeAndWritesFiles) {
     return kept;
   };
   EXPECT_EQ(table_and_choices(text), table_and_choices(again.str()));
+
+  // The joint measurements were cached with the profile, and not measured again.
+  int profiles = 0;
+  for (const auto& f : std::filesystem::directory_iterator(flags["profile-cache"])) {
+    ASSERT_OK_AND_ASSIGN(engine::search::ContributionProfile p,
+                         engine::search::ReadProfile(f.path().string()));
+    EXPECT_GE(p.joint.size(), 3u);
+    ++profiles;
+  }
+  EXPECT_EQ(profiles, 1);
 }
 
 TEST_F(SearchCommand, JsonHasOneLinePerClassWithinItsBudget) {
@@ -133,9 +148,19 @@ TEST_F(SearchCommand, JsonHasOneLinePerClassWithinItsBudget) {
     EXPECT_GT(j["budget_bytes"].get<int64_t>(), j["inference_bytes"].get<int64_t>());
     EXPECT_FALSE(j["chosen"].empty());
     EXPECT_EQ(j["profile_key"].get<std::string>().size(), 64u);
+    EXPECT_TRUE(j["verified"].get<bool>());
+    EXPECT_FALSE(j["origin"].get<std::string>().empty());
     ++n;
   }
   EXPECT_EQ(n, 2);
+
+  // --verify-steps=0: the additive selection alone.
+  flags["verify-steps"] = "0";
+  std::ostringstream additive;
+  ASSERT_OK(RunSearch(flags, /*json=*/true, &additive));
+  EXPECT_FALSE(
+      nlohmann::json::parse(additive.str().substr(0, additive.str().find('\n')))["verified"]
+          .get<bool>());
 }
 
 TEST_F(SearchCommand, BadFlagsAreNamed) {
@@ -168,6 +193,8 @@ TEST_F(SearchCommand, BadFlagsAreNamed) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--gain")));
   EXPECT_THAT(with("steps", "0"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--steps")));
+  EXPECT_THAT(with("verify-steps", "-1"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--verify-steps")));
   EXPECT_THAT(with("plot", TempDir("no/such/dir/p.png")),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("--plot")));
 }

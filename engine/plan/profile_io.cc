@@ -1,9 +1,11 @@
 #include "engine/plan/profile_io.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
@@ -29,6 +31,14 @@ v1::ContributionProfile ProfileToProto(const search::ContributionProfile& p) {
     e->set_candidate(c.id);
     e->set_accuracy(c.accuracy);
     e->set_loss(c.loss);
+  }
+  for (const search::JointContribution& j : p.joint) {
+    v1::ContributionProfile::Joint* e = out.add_joint();
+    e->set_origin(j.origin);
+    for (const std::string& id : j.ids) e->add_candidates(id);
+    e->set_steps(j.steps);
+    e->set_accuracy(j.accuracy);
+    e->set_loss(j.loss);
   }
   return out;
 }
@@ -66,6 +76,45 @@ absl::StatusOr<search::ContributionProfile> ProfileFromProto(const v1::Contribut
     if (!ValidLoss(e.loss())) return bad("loss negative or not finite");
     p.entries.push_back({e.candidate(), e.accuracy(), e.loss(), e.accuracy() - p.base_accuracy,
                          p.base_loss - e.loss()});
+  }
+  if (proto.joint_size() > kMaxJointSets) {
+    return absl::InvalidArgumentError(absl::StrCat("contribution profile has ", proto.joint_size(),
+                                                   " joint sets; at most ", kMaxJointSets));
+  }
+  for (int i = 0; i < proto.joint_size(); ++i) {
+    const v1::ContributionProfile::Joint& j = proto.joint(i);
+    auto bad = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat("contribution profile joint set ", i, " ('",
+                                                     absl::CHexEscape(j.origin().substr(0, 64)),
+                                                     "'): ", why));
+    };
+    if (j.origin().empty() || j.origin().size() > kMaxOriginBytes ||
+        std::any_of(j.origin().begin(), j.origin().end(),
+                    [](char c) { return absl::ascii_isspace(static_cast<unsigned char>(c)); })) {
+      return bad(
+          absl::StrCat("origin must be 1 to ", kMaxOriginBytes, " bytes without whitespace"));
+    }
+    if (j.candidates_size() == 0 || j.candidates_size() > kMaxProfileEntries) {
+      return bad(
+          absl::StrCat(j.candidates_size(), " candidates; 1 to ", kMaxProfileEntries, " expected"));
+    }
+    if (j.steps() < 1) return bad("steps must be positive");
+    if (!ValidAccuracy(j.accuracy())) return bad("accuracy outside [0, 1]");
+    if (!ValidLoss(j.loss())) return bad("loss negative or not finite");
+    search::JointContribution out;
+    std::set<std::string> ids;
+    for (const std::string& id : j.candidates()) {
+      if (id.empty()) return bad("empty candidate id");
+      if (!ids.insert(id).second) {
+        return bad(absl::StrCat("candidate '", absl::CHexEscape(id.substr(0, 200)), "' twice"));
+      }
+      out.ids.push_back(id);
+    }
+    out.origin = j.origin();
+    out.steps = j.steps();
+    out.accuracy = j.accuracy();
+    out.loss = j.loss();
+    p.joint.push_back(std::move(out));
   }
   return p;
 }

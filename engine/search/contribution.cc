@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/base/file.h"
 #include "engine/base/status_macros.h"
@@ -145,76 +146,158 @@ absl::StatusOr<Evaluation> EvaluateHeldOut(const train::ModelBuilder& build,
   return e.Run(images, labels);
 }
 
-absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuilder& build,
-                                                         const runtime::ParameterStore& base,
-                                                         const std::vector<Candidate>& candidates,
-                                                         const CalibrationData& data,
-                                                         const ContributionOptions& options) {
-  if (candidates.empty()) return absl::InvalidArgumentError("contribution: empty candidate list");
+namespace {
+
+absl::Status CheckOptions(const CalibrationData& data, const ContributionOptions& options) {
   if (options.steps < 1 || options.batch < 1) {
     return absl::InvalidArgumentError(absl::StrCat("contribution: steps (", options.steps,
                                                    ") and batch (", options.batch,
                                                    ") must be positive"));
   }
   RETURN_IF_ERROR(CheckData(data.train_images, data.train_labels, "train"));
-  RETURN_IF_ERROR(CheckData(data.heldout_images, data.heldout_labels, "held-out"));
-  ASSIGN_OR_RETURN(models::Model probe, build(1, models::Mode::kTrain));
+  return CheckData(data.heldout_images, data.heldout_labels, "held-out");
+}
+
+// Fine-tunes candidate sets from the base and evaluates them. One evaluation
+// graph serves the base and every set: after a run the tensors it changed are
+// copied in, evaluated, and restored.
+class SetRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<SetRunner>> Create(const train::ModelBuilder& build,
+                                                           const runtime::ParameterStore& base,
+                                                           const CalibrationData& data,
+                                                           const ContributionOptions& options) {
+    RETURN_IF_ERROR(CheckOptions(data, options));
+    auto r = std::unique_ptr<SetRunner>(new SetRunner(build, base, data, options));
+    ASSIGN_OR_RETURN(r->probe_, build(1, models::Mode::kTrain));
+    ASSIGN_OR_RETURN(r->eval_params_, CopyModelState(r->probe_, base));
+    ASSIGN_OR_RETURN(HeldOutEvaluator evaluator,
+                     HeldOutEvaluator::Create(build, &r->eval_params_, data.heldout_images,
+                                              data.heldout_labels));
+    r->evaluator_ = std::make_unique<HeldOutEvaluator>(std::move(evaluator));
+    Repeat(data.train_images, data.train_labels, options.steps * options.batch, &r->train_x_,
+           &r->train_y_);
+    return r;
+  }
+
+  absl::StatusOr<Evaluation> EvaluateBase() {
+    return evaluator_->Run(data_.heldout_images, data_.heldout_labels);
+  }
+
+  // `label` names the set in errors.
+  absl::StatusOr<Evaluation> Run(const std::vector<Candidate>& set, const std::string& label) {
+    auto s = ToScheme(probe_, set, label);
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contribution: candidate ", label, ": ", s.status().message()));
+    }
+    train::TrainerOptions topts;
+    ASSIGN_OR_RETURN(topts.scheme, scheme::ResolveScheme(probe_, *s));
+    topts.batch = options_.batch;
+    // The trainer's own evaluation graph goes unused (the shared evaluator also
+    // gives the loss): the smallest one, so that no large arena is allocated.
+    topts.eval_batch = 1;
+    topts.seed = options_.seed;
+    topts.threads = options_.threads;
+    topts.optimizer = options_.optimizer;
+    ASSIGN_OR_RETURN(runtime::ParameterStore params, CopyModelState(probe_, base_));
+    ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
+                     train::Trainer::Create(build_, &params, topts));
+    RETURN_IF_ERROR(trainer->TrainEpoch(train_x_, train_y_).status());
+    trainer.reset();
+    // What the run changed: the set's tensors, and BatchNorm statistics when
+    // `build` trains them.
+    std::vector<std::string> changed;
+    for (const Candidate& c : set) changed.push_back(c.tensor);
+    for (const std::string& b : probe_.buffers) {
+      if (params.Find(b) != nullptr) changed.push_back(b);
+    }
+    for (const std::string& name : changed) {
+      RETURN_IF_ERROR(eval_params_.Set(name, *params.Find(name)));
+    }
+    auto evaluated = evaluator_->Run(data_.heldout_images, data_.heldout_labels);
+    for (const std::string& name : changed) {
+      RETURN_IF_ERROR(eval_params_.Set(name, *base_.Find(name)));
+    }
+    return evaluated;
+  }
+
+ private:
+  SetRunner(const train::ModelBuilder& build, const runtime::ParameterStore& base,
+            const CalibrationData& data, const ContributionOptions& options)
+      : build_(build), base_(base), data_(data), options_(options) {}
+
+  const train::ModelBuilder& build_;
+  const runtime::ParameterStore& base_;
+  const CalibrationData& data_;
+  const ContributionOptions& options_;
+  models::Model probe_;
+  runtime::ParameterStore eval_params_;
+  std::unique_ptr<HeldOutEvaluator> evaluator_;
+  Tensor train_x_, train_y_;
+};
+
+}  // namespace
+
+absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuilder& build,
+                                                         const runtime::ParameterStore& base,
+                                                         const std::vector<Candidate>& candidates,
+                                                         const CalibrationData& data,
+                                                         const ContributionOptions& options) {
+  if (candidates.empty()) return absl::InvalidArgumentError("contribution: empty candidate list");
+  ASSIGN_OR_RETURN(std::unique_ptr<SetRunner> runner,
+                   SetRunner::Create(build, base, data, options));
   ContributionProfile profile;
   profile.model_name = options.model_name;
   profile.task = options.task;
   profile.steps = options.steps;
   profile.seed = options.seed;
-  // One evaluation graph for the base and every candidate: after a candidate's
-  // run its one trained tensor is copied in, evaluated, and restored.
-  ASSIGN_OR_RETURN(runtime::ParameterStore eval_params, CopyModelState(probe, base));
-  ASSIGN_OR_RETURN(
-      HeldOutEvaluator evaluator,
-      HeldOutEvaluator::Create(build, &eval_params, data.heldout_images, data.heldout_labels));
-  {
-    ASSIGN_OR_RETURN(Evaluation e, evaluator.Run(data.heldout_images, data.heldout_labels));
-    profile.base_accuracy = e.accuracy;
-    profile.base_loss = e.loss;
-  }
-  Tensor train_x, train_y;
-  Repeat(data.train_images, data.train_labels, options.steps * options.batch, &train_x, &train_y);
+  ASSIGN_OR_RETURN(Evaluation b, runner->EvaluateBase());
+  profile.base_accuracy = b.accuracy;
+  profile.base_loss = b.loss;
   for (const Candidate& c : candidates) {
-    auto s = ToScheme(probe, {c}, c.Id());
-    if (!s.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("contribution: candidate ", c.Id(), ": ", s.status().message()));
-    }
-    train::TrainerOptions topts;
-    ASSIGN_OR_RETURN(topts.scheme, scheme::ResolveScheme(probe, *s));
-    topts.batch = options.batch;
-    // The trainer's own evaluation graph goes unused (EvaluateHeldOut below also
-    // gives the loss): the smallest one, so that no large arena is allocated.
-    topts.eval_batch = 1;
-    topts.seed = options.seed;
-    topts.threads = options.threads;
-    topts.optimizer = options.optimizer;
-    ASSIGN_OR_RETURN(runtime::ParameterStore params, CopyModelState(probe, base));
-    ASSIGN_OR_RETURN(std::unique_ptr<train::Trainer> trainer,
-                     train::Trainer::Create(build, &params, topts));
-    RETURN_IF_ERROR(trainer->TrainEpoch(train_x, train_y).status());
-    trainer.reset();
-    // What the run changed: the candidate's tensor, and BatchNorm statistics
-    // when `build` trains them.
-    std::vector<std::string> changed = {c.tensor};
-    for (const std::string& b : probe.buffers) {
-      if (params.Find(b) != nullptr) changed.push_back(b);
-    }
-    for (const std::string& name : changed) {
-      RETURN_IF_ERROR(eval_params.Set(name, *params.Find(name)));
-    }
-    auto evaluated = evaluator.Run(data.heldout_images, data.heldout_labels);
-    for (const std::string& name : changed) {
-      RETURN_IF_ERROR(eval_params.Set(name, *base.Find(name)));
-    }
-    ASSIGN_OR_RETURN(Evaluation e, std::move(evaluated));
+    ASSIGN_OR_RETURN(Evaluation e, runner->Run({c}, c.Id()));
     profile.entries.push_back({c.Id(), e.accuracy, e.loss, e.accuracy - profile.base_accuracy,
                                profile.base_loss - e.loss});
   }
   return profile;
+}
+
+absl::StatusOr<std::vector<JointContribution>> AnalyzeJoint(
+    const train::ModelBuilder& build, const runtime::ParameterStore& base,
+    const std::vector<std::vector<Candidate>>& sets, const std::vector<std::string>& origins,
+    const CalibrationData& data, const ContributionOptions& options) {
+  if (sets.size() != origins.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("contribution: ", sets.size(), " sets but ", origins.size(), " origins"));
+  }
+  for (size_t i = 0; i < sets.size(); ++i) {
+    if (origins[i].empty() || std::any_of(origins[i].begin(), origins[i].end(), [](char ch) {
+          return absl::ascii_isspace(static_cast<unsigned char>(ch));
+        })) {
+      return absl::InvalidArgumentError(absl::StrCat("contribution: set origin '",
+                                                     absl::CEscape(origins[i]),
+                                                     "' must be non-empty without whitespace"));
+    }
+    if (sets[i].empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contribution: set '", origins[i], "' is empty"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<SetRunner> runner,
+                   SetRunner::Create(build, base, data, options));
+  std::vector<JointContribution> out;
+  for (size_t i = 0; i < sets.size(); ++i) {
+    ASSIGN_OR_RETURN(Evaluation e, runner->Run(sets[i], origins[i]));
+    JointContribution j;
+    j.origin = origins[i];
+    for (const Candidate& c : sets[i]) j.ids.push_back(c.Id());
+    j.steps = options.steps;
+    j.accuracy = e.accuracy;
+    j.loss = e.loss;
+    out.push_back(std::move(j));
+  }
+  return out;
 }
 
 std::string ProfileToText(const ContributionProfile& p) {
@@ -227,6 +310,10 @@ std::string ProfileToText(const ContributionProfile& p) {
   absl::StrAppend(&out, "base ", Double(p.base_accuracy), " ", Double(p.base_loss), "\n");
   for (const Contribution& c : p.entries) {
     absl::StrAppend(&out, "candidate ", c.id, " ", Double(c.accuracy), " ", Double(c.loss), "\n");
+  }
+  for (const JointContribution& j : p.joint) {
+    absl::StrAppend(&out, "joint ", j.origin, " ", j.steps, " ", Double(j.accuracy), " ",
+                    Double(j.loss), " ", absl::StrJoin(j.ids, ","), "\n");
   }
   return out;
 }
@@ -278,6 +365,16 @@ absl::StatusOr<ContributionProfile> ParseProfileText(absl::string_view text) {
       c.accuracy_gain = c.accuracy - p.base_accuracy;
       c.loss_gain = p.base_loss - c.loss;
       p.entries.push_back(std::move(c));
+    } else if (key == "joint" && f.size() == 6) {
+      if (!base) return bad("joint before base");
+      JointContribution j;
+      j.origin = std::string(f[1]);
+      if (!absl::SimpleAtoi(f[2], &j.steps) || j.steps < 1) return bad("bad joint steps");
+      if (!absl::SimpleAtod(f[3], &j.accuracy) || !absl::SimpleAtod(f[4], &j.loss)) {
+        return bad(absl::StrCat("bad accuracy or loss for joint set ", j.origin));
+      }
+      j.ids = absl::StrSplit(f[5], ',');
+      p.joint.push_back(std::move(j));
     } else {
       return bad(absl::StrCat("unknown key or field count: '", key, "'"));
     }

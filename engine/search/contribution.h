@@ -57,6 +57,17 @@ struct Contribution {
   double loss_gain = 0.0;      // base loss − loss (positive: it helped)
 };
 
+// A candidate set fine-tuned jointly from the base (verify.h shortlists them):
+// the additive model behind SelectScheme assumes candidates' gains add up, and
+// they overlap, so a shortlist is measured together.
+struct JointContribution {
+  std::string origin;            // what proposed it: "selection", "selection@1/2", "last-k:2", …
+  std::vector<std::string> ids;  // Candidate::Id()s
+  int64_t steps = 0;             // joint fine-tuning steps
+  double accuracy = 0.0;         // held-out top-1 after
+  double loss = 0.0;             // held-out mean cross-entropy after
+};
+
 struct ContributionProfile {
   std::string model_name;
   std::string task;
@@ -65,7 +76,8 @@ struct ContributionProfile {
   uint64_t seed = 0;
   double base_accuracy = 0.0;
   double base_loss = 0.0;
-  std::vector<Contribution> entries;  // in the candidates' order
+  std::vector<Contribution> entries;     // in the candidates' order
+  std::vector<JointContribution> joint;  // in measurement order
 };
 
 // Held-out top-1 accuracy and mean cross-entropy of `params` under the
@@ -97,6 +109,17 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
                                                          const std::vector<Candidate>& candidates,
                                                          const CalibrationData& data,
                                                          const ContributionOptions& options);
+
+// Fine-tunes each set's candidates together from a copy of `base` for
+// options.steps steps and evaluates it on the held-out set, as
+// AnalyzeContributions does for one candidate. `origins` labels the sets (one
+// per set, no whitespace). Errors as AnalyzeContributions, plus
+// InvalidArgument for an empty set, two candidates on one tensor, or an
+// origin with whitespace.
+absl::StatusOr<std::vector<JointContribution>> AnalyzeJoint(
+    const train::ModelBuilder& build, const runtime::ParameterStore& base,
+    const std::vector<std::vector<Candidate>>& sets, const std::vector<std::string>& origins,
+    const CalibrationData& data, const ContributionOptions& options);
 
 // The profile as text, one fact per line; %.17g doubles, so it round-trips.
 std::string ProfileToText(const ContributionProfile& profile);

@@ -25,6 +25,7 @@
 #define FLEETTUNE_ENGINE_SEARCH_SELECT_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -73,6 +74,13 @@ struct Selection {
   int repaired = 0;  // candidates dropped after re-costing
   int filled = 0;    // candidates added or upgraded after re-costing
   int rounds = 0;    // estimate-solve-recost rounds run
+  // Set by SelectVerified (verify.h): the set was fine-tuned jointly on the
+  // calibration data and reached this held-out accuracy and loss; `origin`
+  // names the shortlist entry ("selection", "last-k:2", …).
+  bool verified = false;
+  std::string origin;
+  double verified_accuracy = 0.0;
+  double verified_loss = 0.0;
 };
 
 // Errors: InvalidArgument for an empty candidate list, a non-positive memory

@@ -27,6 +27,7 @@
 #include "engine/search/contribution.h"
 #include "engine/search/cost_model.h"
 #include "engine/search/select.h"
+#include "engine/search/verify.h"
 #include "engine/train/trainer.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -47,7 +48,7 @@ using engine::TensorType;
 
 // Bump whenever the compiler's output for the same inputs changes (new passes, new metadata),
 // so that a cache key computed by an older build never names a newer plan.
-constexpr int kCompilerRevision = 2;
+constexpr int kCompilerRevision = 3;
 
 // An MLP with more layers than this is not a model anyone fine-tunes on an edge device; the cap
 // bounds the work a hostile spec can cause before the budget check.
@@ -415,8 +416,9 @@ absl::StatusOr<std::string> SerializeDeterministic(const v1::CompiledPlan& plan)
 }
 
 // fit_class_budget with a contribution profile: the scheme search (engine/search) picks the
-// candidate set with the largest measured gain within the class's budget, costing each set
-// with the same compiler that builds the plan.
+// best jointly measured set that fits the class's budget or, when none does, the candidate
+// set with the largest summed gain within it, costing each set with the same compiler that
+// builds the plan.
 absl::StatusOr<Candidate> SearchCandidate(const engine::models::Model& model,
                                           const std::string& model_name,
                                           const v1::SchemeSpec& scheme,
@@ -433,8 +435,17 @@ absl::StatusOr<Candidate> SearchCandidate(const engine::models::Model& model,
   device.flops_per_second =
       device_class.training_flops_per_second() > 0 ? device_class.training_flops_per_second() : 1e9;
   engine::search::CostModel costs(model, device, optimizer);
-  absl::StatusOr<engine::search::Selection> selection = engine::search::SelectScheme(
-      model, scored, costs, {device_class.training_memory_budget_bytes(), 0.0});
+  const engine::search::Budget budget{device_class.training_memory_budget_bytes(), 0.0};
+  // Sets the operator's search fine-tuned jointly are measurements, not sums of
+  // gains: the best one that fits wins; without one, search from the entries.
+  absl::StatusOr<engine::search::Selection> selection =
+      absl::NotFoundError("no jointly measured sets");
+  if (!profile.joint.empty()) {
+    selection = engine::search::SelectVerified(model, profile, costs, budget);
+  }
+  if (absl::IsNotFound(selection.status())) {
+    selection = engine::search::SelectScheme(model, scored, costs, budget);
+  }
   if (!selection.ok()) {
     const absl::StatusCode code = selection.status().code() == absl::StatusCode::kResourceExhausted
                                       ? absl::StatusCode::kFailedPrecondition

@@ -543,6 +543,45 @@ TEST(PlanCompiler, FitClassBudgetWithAProfileSearchesEachClasssScheme) {
   EXPECT_EQ(compiler.compilations(), before + 1);  // cached
 }
 
+TEST(PlanCompiler, AProfilesJointSetsWinWhenTheyFit) {
+  PlanCompiler compiler;
+  v1::JobSpec spec = ReferenceSpec();
+  v1::ContributionProfile* profile = spec.mutable_scheme()->mutable_contribution_profile();
+  *profile = ReferenceProfile();
+  auto add_joint = [&](const std::string& origin, std::vector<std::string> ids, double accuracy) {
+    v1::ContributionProfile::Joint* j = profile->add_joint();
+    j->set_origin(origin);
+    for (const std::string& id : ids) j->add_candidates(id);
+    j->set_steps(120);
+    j->set_accuracy(accuracy);
+    j->set_loss(1.0 - accuracy);
+  };
+  // The head alone measured better than anything else that fits 2 MiB; all of
+  // every weight measured best but needs more than 2 MiB.
+  add_joint("last-k:1", {"fc3.weight@1", "fc3.bias"}, 0.9);
+  add_joint("everything",
+            {"fc1.weight@1", "fc1.bias", "fc2.weight@1", "fc2.bias", "fc3.weight@1", "fc3.bias"},
+            0.95);
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan rpi4, compiler.Compile(spec, DefaultClass("rpi4")));
+  EXPECT_EQ(rpi4.summary.scheme(), "searched");
+  EXPECT_EQ(rpi4.summary.trainable_parameters(), 128 * 10 + 10);
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan x86, compiler.Compile(spec, DefaultClass("x86-avx2")));
+  EXPECT_EQ(x86.summary.trainable_parameters(), 235146);
+
+  // No joint set fits: the additive search from the entries, as without them.
+  profile->mutable_joint()->DeleteSubrange(0, 1);
+  ASSERT_OK_AND_ASSIGN(rpi4, compiler.Compile(spec, DefaultClass("rpi4")));
+  EXPECT_GT(rpi4.summary.trainable_parameters(), 256 * 128 + 128 + 128 * 10 + 10);
+  EXPECT_LE(rpi4.summary.total_bytes(), rpi4.summary.budget_bytes());
+
+  // A joint set naming something the model lacks is bad input, named.
+  add_joint("typo", {"fc9.weight@1"}, 0.99);
+  EXPECT_THAT(compiler.Compile(spec, DefaultClass("rpi4")),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("scheme.contribution_profile"), HasSubstr("typo"),
+                             HasSubstr("fc9.weight"))));
+}
+
 TEST(PlanCompiler, RejectsBadProfiles) {
   PlanCompiler compiler;
   auto with = [](const std::function<void(v1::JobSpec&)>& edit) {

@@ -370,8 +370,11 @@ def demo(fleet, args):
     profile, searched = search(fleet, weights, CLASSES)
     for cls in CLASSES:
         r = searched[cls]
-        fleet.log("search: %s trains %s (predicted %s of its %s budget)" % (
-            cls, " ".join(r["chosen"]), mib(r["predicted_memory_bytes"]), mib(r["budget_bytes"])))
+        verified = (", %s: %.1f%% on the calibration hold-out" % (
+            r["origin"], 100 * r["verified_accuracy"])) if r.get("verified") else ""
+        fleet.log("search: %s trains %s (predicted %s of its %s budget%s)" % (
+            cls, " ".join(r["chosen"]), mib(r["predicted_memory_bytes"]), mib(r["budget_bytes"]),
+            verified))
     job_id = submit(fleet, weights, args.epochs, CLASSES, extra=["--profile=" + profile])
     fleet.log("submitted %s: each device adapts the MNIST model to its own digits" % job_id)
     job = fleet.wait_job(job_id)
@@ -454,6 +457,9 @@ def test(fleet, args):
     check(again["rpi4"]["profile_cached"], "a second search reads the cached profile")
     check(searched["rpi4"]["predicted_memory_bytes"] <= searched["rpi4"]["budget_bytes"],
           "the searched rpi4 scheme fits its budget")
+    check(searched["rpi4"]["verified"] and again["rpi4"]["chosen"] == searched["rpi4"]["chosen"],
+          "the search verified rpi4's shortlist jointly (%s won) and chose the same again" % (
+              searched["rpi4"].get("origin")))
     job4 = submit(fleet, weights, 2, ["rpi4"], name="searched", extra=["--profile=" + profile])
     job = fleet.wait_job(job4)
     p = job["progress"][0]
