@@ -77,8 +77,8 @@ absl::StatusOr<std::vector<ShortlistEntry>> Shortlist(const models::Model& model
     // paid by every scheme).
     Budget b = budget;
     b.memory_bytes =
-        inference + static_cast<int64_t>(static_cast<double>(budget.memory_bytes - inference) *
-                                         fraction);
+        inference +
+        static_cast<int64_t>(static_cast<double>(budget.memory_bytes - inference) * fraction);
     if (b.memory_bytes <= inference) return absl::OkStatus();
     absl::StatusOr<Selection> s = SelectScheme(model, scored, costs, b, options.select);
     // A smaller budget that fits nothing, or a metric with no positive gain,
