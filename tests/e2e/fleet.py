@@ -1,12 +1,9 @@
-#!/ usr / bin / python3
-""
-    "Runs a fleettune fleet on one machine: a coordinator and agents on loopback.
+#!/usr/bin/python3
+"""Runs a fleettune fleet on one machine: a coordinator and agents on loopback.
 
-    Used by the README's main job (tools/demo.sh: `fleet.py demo`) and by the end -
-    to -
-    end test(`fleet.py test`)
-        .Each agent plays a device class through a profile override and holds its own
-    private shard of the OpenCV digits; the
+Used by the README's main job (tools/demo.sh: `fleet.py demo`) and by the
+end-to-end test (`fleet.py test`). Each agent plays a device class through a
+profile override and holds its own private shard of the OpenCV digits; the
 base model is trained on MNIST first. Every process is stopped at the end.
 """
 
@@ -42,8 +39,7 @@ class Fleet:
         if not self.quiet:
             print(*args, flush=True)
 
-#-- - \
-    processes -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+    # --- processes -----------------------------------------------------------
     def start_coordinator(self):
         log = open(os.path.join(self.work, "coordinator.log"), "a")
         listen = "127.0.0.1:%d" % (self.port or 0)
@@ -85,7 +81,7 @@ class Fleet:
         return cfg
 
     def socket(self, name):
-#Unix socket paths are limited to 107 bytes; test dirs can be longer.
+        # Unix socket paths are limited to 107 bytes; test dirs can be longer.
         return "/tmp/fleettune-%d-%s.sock" % (os.getpid(), name)
 
     def classify(self, name, sample):
@@ -131,8 +127,7 @@ class Fleet:
                     p.kill()
                     p.wait()
 
-#-- - \
-operator-- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -
+    # --- operator -------------------------------------------------------------
     def cli(self, *args):
         out = subprocess.run([self.bins["cli"], "--server=127.0.0.1:%d" % self.port,
                               "--token=" + OPERATOR, "--json"] + list(args),
@@ -214,8 +209,9 @@ def digits_dataset(data_dir, shard, shards, path=None):
             'shard_index: %d shard_count: %d' %
             (path or os.path.join(data_dir, "opencv/digits.png"), shard, shards))
 
-#Devices hold shards 0..2 of 4 of the OpenCV digits; the operator's calibration set for the
-#scheme search is shard 3, which no device holds(public proxy data, never a device's).
+
+# Devices hold shards 0..2 of 4 of the OpenCV digits; the operator's calibration set for the
+# scheme search is shard 3, which no device holds (public proxy data, never a device's).
 SHARDS = 4
 CALIBRATION_SHARD = 3
 
@@ -244,8 +240,8 @@ def submit(fleet, weights, epochs, classes, name="adapt-handwriting", extra=()):
             "--scheme=fit", "--classes=" + ",".join("%s:1" % c for c in classes)] + list(extra)
     return fleet.cli(*args)[0]["job"]["jobId"]
 
-#-- - \
-    privacy -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- -- --
+
+# --- privacy ------------------------------------------------------------------
 def read_capture(path):
     messages = []
     if not os.path.exists(path):
@@ -406,14 +402,14 @@ def test(fleet, args):
         fleet.start_agent(names[cls], cls, digits_dataset(args.data_dir, i, SHARDS))
     job_id = submit(fleet, weights, args.epochs, CLASSES)
 
-#Fault 1 : kill - 9 the rpi4 agent once it is training, then restart it.
+    # Fault 1: kill -9 the rpi4 agent once it is training, then restart it.
     def rpi4_running(job):
         p = [p for p in job["progress"] if p["deviceClass"] == "rpi4"][0]
         return p.get("running", 0) > 0 or p.get("completed", 0) > 0
     fleet.wait_job(job_id, until=rpi4_running)
     fleet.kill_agent(names["rpi4"])
     check(True, "killed the rpi4 agent with SIGKILL mid-assignment")
-#Fault 2 : stop the coordinator mid - job and bring it back.
+    # Fault 2: stop the coordinator mid-job and bring it back.
     fleet.stop_coordinator()
     time.sleep(1.0)
     fleet.start_coordinator()
@@ -433,7 +429,7 @@ def test(fleet, args):
     check(int(rpi4.get("peakMemoryBytes", 0)) <= int(rpi4["plan"]["budgetBytes"]),
           "rpi4 stayed within its memory budget")
 
-#Privacy : nothing any agent sent holds local samples or personalized weights.
+    # Privacy: nothing any agent sent holds local samples or personalized weights.
     windows = data_windows(os.path.join(args.data_dir, "opencv/digits.png"))
     for cls, name in names.items():
         sent = read_capture(os.path.join(fleet.work, name + ".capture"))
@@ -452,8 +448,8 @@ def test(fleet, args):
         check(max((len(m) for _, m in sent), default=0) < 16384,
               "%s: largest message %d bytes" % (cls, max((len(m) for _, m in sent), default=0)))
 
-#The scheme search : from the operator's calibration shard, each class' s own scheme; the
-#coordinator searches again with the same profile and ships exactly that scheme.
+    # The scheme search: from the operator's calibration shard, each class's own scheme; the
+    # coordinator searches again with the same profile and ships exactly that scheme.
     profile, searched = search(fleet, weights, ["rpi4", "x86-avx2"])
     check(os.path.exists(profile), "fleettune search cached its profile")
     check(os.path.exists(os.path.join(fleet.work, "search.png")), "fleettune search drew its plot")
@@ -477,7 +473,7 @@ def test(fleet, args):
           "the searched scheme improved rpi4's accuracy %.3f -> %.3f" % (
               p.get("accuracyBefore", 0), p.get("accuracyAfter", 0)))
 
-#Bad local data : the only rpi5 device has no dataset file.
+    # Bad local data: the only rpi5 device has no dataset file.
     fleet.start_agent("device-3-broken", "rpi5",
                       digits_dataset(args.data_dir, 0, 1, path=os.path.join(fleet.work, "missing.png")))
     job2 = submit(fleet, weights, 1, ["rpi5"], name="broken-data", extra=["--deadline=60s"])
@@ -489,8 +485,8 @@ def test(fleet, args):
     check("missing.png" in log, "the failure names the missing file")
     fleet.cli("cancel", job2)
 
-#A device that never comes back : its assignment is lost and the job
-#follows its completion policy(fails at the deadline without it).
+    # A device that never comes back: its assignment is lost and the job
+    # follows its completion policy (fails at the deadline without it).
     job3 = submit(fleet, weights, 5000, ["jetson-orin-nano"], name="lost-device",
                   extra=["--deadline=20s", "--min-devices=1"])
     fleet.wait_job(job3, until=lambda j: j["progress"][0].get("running", 0) > 0, timeout=60)
