@@ -26,6 +26,7 @@ v1::ContributionProfile ProfileToProto(const search::ContributionProfile& p) {
   out.set_seed(p.seed);
   out.set_base_accuracy(p.base_accuracy);
   out.set_base_loss(p.base_loss);
+  out.set_heldout_samples(p.heldout_samples);
   for (const search::Contribution& c : p.entries) {
     v1::ContributionProfile::Entry* e = out.add_entries();
     e->set_candidate(c.id);
@@ -62,6 +63,11 @@ absl::StatusOr<search::ContributionProfile> ProfileFromProto(const v1::Contribut
   p.seed = proto.seed();
   p.base_accuracy = proto.base_accuracy();
   p.base_loss = proto.base_loss();
+  if (proto.heldout_samples() < 0 || proto.heldout_samples() > (int64_t{1} << 40)) {
+    return absl::InvalidArgumentError(absl::StrCat("contribution profile: heldout_samples ",
+                                                   proto.heldout_samples(), " is out of range"));
+  }
+  p.heldout_samples = proto.heldout_samples();
   std::set<std::string> seen;
   for (int i = 0; i < proto.entries_size(); ++i) {
     const v1::ContributionProfile::Entry& e = proto.entries(i);

@@ -21,6 +21,7 @@ search::ContributionProfile Sample() {
   p.seed = 3;
   p.base_accuracy = 0.5;
   p.base_loss = 1.5;
+  p.heldout_samples = 500;
   p.entries = {{"fc1.bias", 0.75, 1.0, 0.25, 0.5}, {"fc2.weight@1/4", 0.25, 2.0, -0.25, -0.5}};
   p.joint = {{"selection", {"fc1.bias", "fc2.weight@1/4"}, 120, 0.8, 0.9},
              {"last-k:1", {"fc2.weight@1", "fc2.bias"}, 120, 0.7, 1.1}};
@@ -64,6 +65,8 @@ TEST(ProfileIo, RejectsBadProfilesNamingTheEntry) {
   EXPECT_THAT(
       with([](v1::ContributionProfile& p) { p.mutable_entries(1)->set_candidate("fc1.bias"); }),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("duplicate")));
+  EXPECT_THAT(with([](v1::ContributionProfile& p) { p.set_heldout_samples(-3); }),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("heldout_samples")));
   EXPECT_THAT(with([](v1::ContributionProfile& p) { p.set_base_loss(-1); }),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("base")));
   EXPECT_THAT(with([](v1::ContributionProfile& p) {

@@ -98,7 +98,9 @@ TEST(SchemeIoMutation, MutatedTextNeverCrashes) {
     }
     ++parsed;
     absl::StatusOr<scheme::ResolvedScheme> r = scheme::ResolveScheme(m, *s);
-    if (!r.ok()) EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    }
   }
   EXPECT_GT(parsed, 0);
 }

@@ -255,6 +255,7 @@ absl::StatusOr<ContributionProfile> AnalyzeContributions(const train::ModelBuild
   ASSIGN_OR_RETURN(Evaluation b, runner->EvaluateBase());
   profile.base_accuracy = b.accuracy;
   profile.base_loss = b.loss;
+  profile.heldout_samples = data.heldout_labels.shape()[0];
   for (const Candidate& c : candidates) {
     ASSIGN_OR_RETURN(Evaluation e, runner->Run({c}, c.Id()));
     profile.entries.push_back({c.Id(), e.accuracy, e.loss, e.accuracy - profile.base_accuracy,
@@ -308,6 +309,7 @@ std::string ProfileToText(const ContributionProfile& p) {
   if (!p.key.empty()) absl::StrAppend(&out, "key ", p.key, "\n");
   absl::StrAppend(&out, "steps ", p.steps, "\nseed ", p.seed, "\n");
   absl::StrAppend(&out, "base ", Double(p.base_accuracy), " ", Double(p.base_loss), "\n");
+  if (p.heldout_samples > 0) absl::StrAppend(&out, "heldout ", p.heldout_samples, "\n");
   for (const Contribution& c : p.entries) {
     absl::StrAppend(&out, "candidate ", c.id, " ", Double(c.accuracy), " ", Double(c.loss), "\n");
   }
@@ -355,6 +357,10 @@ absl::StatusOr<ContributionProfile> ParseProfileText(absl::string_view text) {
         return bad("bad base accuracy or loss");
       }
       base = true;
+    } else if (key == "heldout" && f.size() == 2) {
+      if (!absl::SimpleAtoi(f[1], &p.heldout_samples) || p.heldout_samples < 0) {
+        return bad("bad heldout");
+      }
     } else if (key == "candidate" && f.size() == 4) {
       if (!base) return bad("candidate before base");
       Contribution c;

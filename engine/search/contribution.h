@@ -76,6 +76,7 @@ struct ContributionProfile {
   uint64_t seed = 0;
   double base_accuracy = 0.0;
   double base_loss = 0.0;
+  int64_t heldout_samples = 0;           // the held-out set's size (0: unknown)
   std::vector<Contribution> entries;     // in the candidates' order
   std::vector<JointContribution> joint;  // in measurement order
 };

@@ -1,6 +1,7 @@
 #include "engine/search/verify.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 #include <tuple>
@@ -142,12 +143,14 @@ absl::StatusOr<std::vector<ShortlistEntry>> Shortlist(const models::Model& model
 
 absl::StatusOr<Selection> SelectVerified(const models::Model& model,
                                          const ContributionProfile& profile, CostModel& costs,
-                                         const Budget& budget, int64_t steps) {
-  std::map<std::string, double> gain_of;
-  for (const Contribution& e : profile.entries) gain_of[e.id] = e.accuracy_gain;
-  const JointContribution* best = nullptr;
-  std::vector<Candidate> best_set;
-  SchemeCost best_cost;
+                                         const Budget& budget, int64_t steps,
+                                         double standard_errors) {
+  struct Fitting {
+    const JointContribution* joint;
+    std::vector<Candidate> set;
+    SchemeCost cost;
+  };
+  std::vector<Fitting> fitting;
   for (const JointContribution& j : profile.joint) {
     if (steps > 0 && j.steps != steps) continue;
     std::vector<Candidate> set;
@@ -164,18 +167,29 @@ absl::StatusOr<Selection> SelectVerified(const models::Model& model,
       return absl::InvalidArgumentError(
           absl::StrCat("verify: joint set '", j.origin, "': ", cost.status().message()));
     }
-    if (!Fits(*cost, budget)) continue;
-    if (best == nullptr ||
-        std::make_tuple(-j.accuracy, j.loss, cost->memory_bytes) <
-            std::make_tuple(-best->accuracy, best->loss, best_cost.memory_bytes)) {
-      best = &j;
-      best_set = std::move(set);
-      best_cost = *cost;
-    }
+    if (Fits(*cost, budget)) fitting.push_back({&j, std::move(set), *cost});
   }
-  if (best == nullptr) {
+  if (fitting.empty()) {
     return absl::NotFoundError("verify: no jointly measured set fits the budget");
   }
+  double top = 0.0;
+  for (const Fitting& f : fitting) top = std::max(top, f.joint->accuracy);
+  const double n = static_cast<double>(profile.heldout_samples);
+  const double tolerance =
+      n > 0 ? std::max(0.0, standard_errors) * std::sqrt(top * (1.0 - top) / n) : 0.0;
+  const Fitting* pick = nullptr;
+  auto rank = [](const Fitting& f) {
+    return std::make_tuple(f.cost.memory_bytes, -f.joint->accuracy, f.joint->loss);
+  };
+  for (const Fitting& f : fitting) {
+    if (f.joint->accuracy < top - tolerance) continue;
+    if (pick == nullptr || rank(f) < rank(*pick)) pick = &f;
+  }
+  const JointContribution* best = pick->joint;
+  const std::vector<Candidate>& best_set = pick->set;
+  const SchemeCost& best_cost = pick->cost;
+  std::map<std::string, double> gain_of;
+  for (const Contribution& e : profile.entries) gain_of[e.id] = e.accuracy_gain;
   Selection s;
   for (const Candidate& c : best_set) {
     s.chosen.push_back({c, gain_of.count(c.Id()) ? gain_of[c.Id()] : 0.0});
@@ -221,7 +235,7 @@ absl::StatusOr<Selection> SearchVerified(const train::ModelBuilder& build,
                      AnalyzeJoint(build, base, sets, origins, data, joint));
     for (JointContribution& j : results) profile->joint.push_back(std::move(j));
   }
-  return SelectVerified(model, *profile, costs, budget, options.steps);
+  return SelectVerified(model, *profile, costs, budget, options.steps, options.standard_errors);
 }
 
 }  // namespace fleettune::engine::search

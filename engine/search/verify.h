@@ -51,6 +51,7 @@ struct VerifyOptions {
   std::vector<double> budget_fractions = {1.0, 0.5, 0.25};  // for "selection[@f]"
   bool loss_selection = true;                               // "selection-loss"
   bool presets = true;                                      // "bias-only", "last-k:N"
+  double standard_errors = 1.0;                             // SelectVerified's tolerance
   SelectOptions select;
 };
 
@@ -74,14 +75,19 @@ absl::StatusOr<std::vector<Candidate>> PresetCandidates(const models::Model& mod
                                                         absl::string_view preset);
 
 // Among `profile.joint` results measured with `steps` steps (any when 0) whose
-// sets fit `budget` exactly (compiled), the best held-out accuracy; ties go to
-// the lower loss, then the smaller memory. The Selection carries the set,
+// sets fit `budget` exactly (compiled): the cheapest in memory of those whose
+// held-out accuracy is within `standard_errors` binomial standard errors of
+// the best one's (√(a(1−a)/n), n = profile.heldout_samples; none when n is 0),
+// since accuracies closer than that are noise on a calibration set of that
+// size (the one-standard-error rule); ties go to the higher accuracy, then the
+// lower loss. The Selection carries the set,
 // named "searched", its compiled cost, `verified` set and the winner's origin
 // and accuracy. NotFound when no joint result fits; InvalidArgument for a
 // joint set naming something that is not a candidate of `model`.
 absl::StatusOr<Selection> SelectVerified(const models::Model& model,
                                          const ContributionProfile& profile, CostModel& costs,
-                                         const Budget& budget, int64_t steps = 0);
+                                         const Budget& budget, int64_t steps = 0,
+                                         double standard_errors = 1.0);
 
 // Shortlist, then AnalyzeJoint for the entries `profile->joint` lacks (same
 // set and steps; `contribution` gives batch, seed, threads and optimizer,

@@ -137,11 +137,36 @@ TEST_F(VerifyOnMlp, SelectVerifiedSkipsWhatDoesNotFitAndRejectsForeignIds) {
   EXPECT_EQ(roomy.origin, "dear");
   EXPECT_DOUBLE_EQ(roomy.verified_accuracy, 0.9);
   ASSERT_OK_AND_ASSIGN(Selection tight, SelectVerified(model_, p, costs, {dear - 1}, 60));
-  EXPECT_EQ(tight.origin, "cheap-tie") << "equal accuracy: the lower loss wins";
-  EXPECT_DOUBLE_EQ(tight.total_gain, 0.05);  // fc1.bias's own gain; fc2.bias has no entry
+  auto cost_of = [&](const std::vector<std::string>& ids) {
+    std::vector<Candidate> set;
+    for (const std::string& id : ids) set.push_back(ParseCandidateId(model_, id).value());
+    return costs.Cost(set).value().memory_bytes;
+  };
+  const int64_t cheap = cost_of(p.joint[0].ids), cheap_tie = cost_of(p.joint[2].ids);
+  ASSERT_NE(cheap, cheap_tie);
+  EXPECT_EQ(tight.origin, cheap < cheap_tie ? "cheap" : "cheap-tie")
+      << "equal accuracy: the smaller memory wins";
+  if (tight.origin == "cheap-tie") {
+    EXPECT_DOUBLE_EQ(tight.total_gain, 0.05);  // fc1.bias's own gain; fc2.bias has no entry
+  }
   ASSERT_OK_AND_ASSIGN(Selection any_steps, SelectVerified(model_, p, costs, {dear}));
   EXPECT_EQ(any_steps.origin, "other-steps");
   EXPECT_THAT(SelectVerified(model_, p, costs, {1}, 60), StatusIs(absl::StatusCode::kNotFound));
+
+  // One standard error on 400 held-out samples at 90% is 1.5 points: 0.9 and
+  // 0.89 are the same to it, and the cheaper set wins; zero tolerance keeps
+  // the top accuracy.
+  p.heldout_samples = 400;
+  p.joint[0].accuracy = 0.89;
+  ASSERT_OK_AND_ASSIGN(Selection one_se, SelectVerified(model_, p, costs, {dear}, 60));
+  EXPECT_EQ(one_se.origin, "cheap");
+  EXPECT_DOUBLE_EQ(one_se.verified_accuracy, 0.89);
+  ASSERT_OK_AND_ASSIGN(Selection exact, SelectVerified(model_, p, costs, {dear}, 60, 0.0));
+  EXPECT_EQ(exact.origin, "dear");
+  p.joint[0].accuracy = 0.85;  // 5 points down: a real difference
+  ASSERT_OK_AND_ASSIGN(Selection apart, SelectVerified(model_, p, costs, {dear}, 60));
+  EXPECT_EQ(apart.origin, "dear");
+  p.heldout_samples = 0;
   p.joint.push_back({"foreign", {"conv1.weight@1"}, 60, 1.0, 0.0});
   EXPECT_THAT(SelectVerified(model_, p, costs, {dear}, 60),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("foreign")));
