@@ -35,6 +35,9 @@ ABSL_FLAG(std::string, model, "mobilenet_v2",
           "mobilenet_v2, bert_mini or llama_mini (engine/models/zoo.h).");
 ABSL_FLAG(std::string, schemes, "full,bias-only,sparse", "Update schemes to run.");
 ABSL_FLAG(int, threads, 2, "Kernel threads.");
+ABSL_FLAG(std::string, kernel_isa, "avx2",
+          "Kernel ISA level (engine/kernels/isa.h): generic, avx2 (the x86-avx2 class's) or "
+          "avx512.");
 ABSL_FLAG(int, steps, 10, "Timed steps per scheme.");
 ABSL_FLAG(int, warmup, 3, "Untimed steps per scheme.");
 ABSL_FLAG(std::string, passes, "default",
@@ -63,6 +66,7 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   compile_options.scheme = *resolved;
   compile_options.optimizer = autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f});
   compile_options.threads = absl::GetFlag(FLAGS_threads);
+  compile_options.kernel_isa = absl::GetFlag(FLAGS_kernel_isa);
   if (absl::GetFlag(FLAGS_passes) != "default") {
     ASSIGN_OR_RETURN(compile_options.passes,
                      passes::PassOptions::Parse(absl::GetFlag(FLAGS_passes)));

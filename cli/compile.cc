@@ -104,6 +104,7 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
                    registry.Find(Flag(flags, "device-class", "x86-avx2")));
   options.device_class = device_class->name();
   options.threads = std::max(1, device_class->threads());
+  options.kernel_isa = server::KernelIsaFor(*device_class);
 
   ASSIGN_OR_RETURN(engine::compile::CompiledTraining compiled,
                    engine::compile::CompileTraining(model, options));

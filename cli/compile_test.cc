@@ -25,11 +25,12 @@ TEST(Compile, PrintsTheSummaryAndWritesALoadablePlan) {
                         {"out", path}},
                        /*json=*/false, &out));
   EXPECT_THAT(out.str(), HasSubstr("scheme           last-k:2"));
-  EXPECT_THAT(out.str(), HasSubstr("rpi4 (4 threads)"));
+  EXPECT_THAT(out.str(), HasSubstr("rpi4 (4 threads, generic kernels)"));
   EXPECT_THAT(out.str(), HasSubstr("GFLOP"));
   EXPECT_THAT(out.str(), HasSubstr("fits"));
   ASSERT_OK_AND_ASSIGN(v1::CompiledPlan plan, engine::plan::ReadPlan(path));
   EXPECT_EQ(plan.metadata().device_class(), "rpi4");
+  EXPECT_EQ(plan.metadata().kernel_isa(), "generic");
   EXPECT_EQ(plan.metadata().trainable_parameters_size(), 4);
   ASSERT_OK(engine::plan::GraphFromProto(plan.graph()).status());
 }

@@ -12,6 +12,7 @@
 #include "engine/compile/activation_cache.h"
 #include "engine/compile/cost.h"
 #include "engine/ir/verifier.h"
+#include "engine/kernels/isa.h"
 #include "engine/ops/op_registry.h"
 #include "engine/plan/plan_io.h"
 #include "engine/runtime/executable.h"
@@ -34,6 +35,7 @@ std::string Mib(uint64_t bytes) {
 
 absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
                                                  const CompileOptions& options) {
+  if (absl::Status isa = kernels::ParseIsa(options.kernel_isa).status(); !isa.ok()) return isa;
   if (options.threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
   }
@@ -64,6 +66,7 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   meta.set_scheme(options.scheme.name);
   meta.set_device_class(options.device_class);
   meta.set_threads(options.threads);
+  meta.set_kernel_isa(options.kernel_isa);
   meta.set_trainable_elements(options.scheme.TrainableElements());
   for (const std::string& name : options.scheme.TrainableNames()) {
     meta.add_trainable_parameters(name);  // in layer order
@@ -135,6 +138,7 @@ runtime::CompileOptions RuntimeOptionsFor(const v1::PlanMetadata& metadata) {
   options.threads = std::max(1, metadata.threads());
   options.fold_constants = metadata.fold_constants();
   options.in_place = metadata.in_place();
+  options.kernel_isa = metadata.kernel_isa();
   return options;
 }
 
@@ -143,7 +147,9 @@ std::string FormatPlanSummary(const v1::PlanMetadata& m) {
   absl::StrAppendFormat(&s, "model            %s\n", m.model_name());
   absl::StrAppendFormat(&s, "scheme           %s (%d tensors, %d elements trained)\n", m.scheme(),
                         m.trainable_parameters_size(), m.trainable_elements());
-  absl::StrAppendFormat(&s, "device class     %s (%d threads)\n", m.device_class(), m.threads());
+  absl::StrAppendFormat(&s, "device class     %s (%d threads, %s kernels)\n", m.device_class(),
+                        m.threads(),
+                        m.kernel_isa().empty() ? "the device's widest" : m.kernel_isa());
   absl::StrAppendFormat(&s, "FLOPs per step   %.3f GFLOP\n", m.flops_per_step() / 1e9);
   absl::StrAppendFormat(&s, "nodes            %d forward, %d backward, %d updates\n",
                         m.forward_nodes(), m.backward_nodes(), m.update_nodes());

@@ -52,6 +52,9 @@ struct CompileOptions {
   autodiff::OptimizerConfig optimizer;
   std::string device_class;  // recorded in the metadata
   int threads = 1;           // the class's kernel threads
+  // The class's kernel ISA level (engine/kernels/isa.h), recorded in the
+  // metadata: "generic", "avx2" or "avx512".
+  std::string kernel_isa = "generic";
   // Graph passes and runtime features; the metadata records which runtime
   // features the device must enable. Default: every pass, but constants are
   // not folded: BatchNorm-folded weights would sit next to the frozen weights

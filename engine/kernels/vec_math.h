@@ -1,5 +1,6 @@
-// Vectorized f32 exp and erf on F32x4 (GCC/Clang vector extensions), for
-// activation kernels whose libm calls cost more than the rest of the step.
+// Vectorized f32 exp and erf on GCC vector extensions of 4, 8 or 16 lanes
+// (templates; F32x4 wrappers), for activation kernels whose libm calls cost
+// more than the rest of the step.
 // Accuracy against libm: exp within about 2e-7 relative for x in [-87, 88]
 // (clamped outside), erf within about 3e-7 absolute (Abramowitz & Stegun
 // 7.1.26). Thread-compatible, no state.
@@ -12,43 +13,116 @@
 
 namespace fleettune::engine::kernels {
 
+// Always inlined, so that a kernel compiled for a wider ISA
+// (`__attribute__((target("avx2,fma")))`, isa.h) inlines these templates
+// with that ISA's registers instead of calling a generic copy.
+#define FLEETTUNE_VEC_INLINE inline __attribute__((always_inline))
+
+// GCC warns that 8- and 16-lane vectors passed by value change the ABI
+// without AVX; these templates are always inlined, so none is ever passed.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// Vector types of 4, 8 and 16 f32 lanes: SSE or NEON, AVX2, AVX-512. The
+// templates below take any of them; lanes(V) = sizeof(V) / 4.
+using F32x8 = float __attribute__((vector_size(32)));
+using F32x16 = float __attribute__((vector_size(64)));
 using I32x4 = int32_t __attribute__((vector_size(16)));
 
-inline F32x4 SplatF32x4(float v) { return F32x4{v, v, v, v}; }
+template <typename V>
+FLEETTUNE_VEC_INLINE V Splat(float v) {
+  return V{} + v;
+}
 
 // e^x: x = k·ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial,
 // 2^k assembled in the exponent bits.
-inline F32x4 ExpF32x4(F32x4 x) {
-  x = x < SplatF32x4(-87.0f) ? SplatF32x4(-87.0f) : x;
-  x = x > SplatF32x4(88.0f) ? SplatF32x4(88.0f) : x;
-  const F32x4 kRound = SplatF32x4(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
-  const F32x4 k = (x * SplatF32x4(1.44269504f) + kRound) - kRound;
-  F32x4 r = x - k * SplatF32x4(0.693359375f);  // ln2 in two parts (Cody–Waite)
-  r = r - k * SplatF32x4(-2.12194440e-4f);
-  F32x4 p = SplatF32x4(1.0f / 720.0f);
-  p = p * r + SplatF32x4(1.0f / 120.0f);
-  p = p * r + SplatF32x4(1.0f / 24.0f);
-  p = p * r + SplatF32x4(1.0f / 6.0f);
-  p = p * r + SplatF32x4(0.5f);
-  p = p * r + SplatF32x4(1.0f);
-  p = p * r + SplatF32x4(1.0f);
-  const I32x4 bits = (__builtin_convertvector(k, I32x4) + 127) << 23;
-  return p * __builtin_bit_cast(F32x4, bits);
+template <typename V>
+FLEETTUNE_VEC_INLINE V Exp(V x) {
+  using I = decltype(x < x);  // the i32 vector of the same width
+  x = x < Splat<V>(-87.0f) ? Splat<V>(-87.0f) : x;
+  x = x > Splat<V>(88.0f) ? Splat<V>(88.0f) : x;
+  const V kRound = Splat<V>(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
+  const V k = (x * Splat<V>(1.44269504f) + kRound) - kRound;
+  V r = x - k * Splat<V>(0.693359375f);  // ln2 in two parts (Cody–Waite)
+  r = r - k * Splat<V>(-2.12194440e-4f);
+  V p = Splat<V>(1.0f / 720.0f);
+  p = p * r + Splat<V>(1.0f / 120.0f);
+  p = p * r + Splat<V>(1.0f / 24.0f);
+  p = p * r + Splat<V>(1.0f / 6.0f);
+  p = p * r + Splat<V>(0.5f);
+  p = p * r + Splat<V>(1.0f);
+  p = p * r + Splat<V>(1.0f);
+  const I bits = (__builtin_convertvector(k, I) + 127) << 23;
+  return p * __builtin_bit_cast(V, bits);
 }
 
 // erf(x) = sign(x)·(1 − t·P(t)·e^(−x²)), t = 1/(1 + 0.3275911·|x|).
-inline F32x4 ErfF32x4(F32x4 x) {
-  const F32x4 zero = {};
-  const F32x4 ax = x < zero ? -x : x;
-  const F32x4 t = SplatF32x4(1.0f) / (SplatF32x4(1.0f) + SplatF32x4(0.3275911f) * ax);
-  F32x4 p = SplatF32x4(1.061405429f);
-  p = p * t + SplatF32x4(-1.453152027f);
-  p = p * t + SplatF32x4(1.421413741f);
-  p = p * t + SplatF32x4(-0.284496736f);
-  p = p * t + SplatF32x4(0.254829592f);
-  const F32x4 y = SplatF32x4(1.0f) - p * t * ExpF32x4(-(ax * ax));
+template <typename V>
+FLEETTUNE_VEC_INLINE V Erf(V x) {
+  const V zero = {};
+  const V ax = x < zero ? -x : x;
+  const V t = Splat<V>(1.0f) / (Splat<V>(1.0f) + Splat<V>(0.3275911f) * ax);
+  V p = Splat<V>(1.061405429f);
+  p = p * t + Splat<V>(-1.453152027f);
+  p = p * t + Splat<V>(1.421413741f);
+  p = p * t + Splat<V>(-0.284496736f);
+  p = p * t + Splat<V>(0.254829592f);
+  const V y = Splat<V>(1.0f) - p * t * Exp(-(ax * ax));
   return x < zero ? -y : y;
 }
+
+// Op::Apply(V) → V over n values: whole vectors, then the tail through a
+// zero-padded vector. y may be x.
+template <typename V, typename Op>
+FLEETTUNE_VEC_INLINE void MapV(const float* x, float* y, int64_t n) {
+  constexpr int64_t kWidth = sizeof(V) / sizeof(float);
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    V v;
+    __builtin_memcpy(&v, x + i, sizeof v);
+    const V r = Op::Apply(v);
+    __builtin_memcpy(y + i, &r, sizeof r);
+  }
+  if (i < n) {
+    float in[kWidth] = {}, out[kWidth];
+    for (int64_t k = i; k < n; ++k) in[k - i] = x[k];
+    V v;
+    __builtin_memcpy(&v, in, sizeof v);
+    const V r = Op::Apply(v);
+    __builtin_memcpy(out, &r, sizeof r);
+    for (int64_t k = i; k < n; ++k) y[k] = out[k - i];
+  }
+}
+
+// Op::Apply(V a, V b) → V over n pairs (dy, v).
+template <typename V, typename Op>
+FLEETTUNE_VEC_INLINE void Map2V(const float* a, const float* b, float* y, int64_t n) {
+  constexpr int64_t kWidth = sizeof(V) / sizeof(float);
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    V va, vb;
+    __builtin_memcpy(&va, a + i, sizeof va);
+    __builtin_memcpy(&vb, b + i, sizeof vb);
+    const V r = Op::Apply(va, vb);
+    __builtin_memcpy(y + i, &r, sizeof r);
+  }
+  if (i < n) {
+    float in_a[kWidth] = {}, in_b[kWidth] = {}, out[kWidth];
+    for (int64_t k = i; k < n; ++k) in_a[k - i] = a[k], in_b[k - i] = b[k];
+    V va, vb;
+    __builtin_memcpy(&va, in_a, sizeof va);
+    __builtin_memcpy(&vb, in_b, sizeof vb);
+    const V r = Op::Apply(va, vb);
+    __builtin_memcpy(out, &r, sizeof r);
+    for (int64_t k = i; k < n; ++k) y[k] = out[k - i];
+  }
+}
+
+#pragma GCC diagnostic pop
+
+inline F32x4 SplatF32x4(float v) { return Splat<F32x4>(v); }
+inline F32x4 ExpF32x4(F32x4 x) { return Exp(x); }
+inline F32x4 ErfF32x4(F32x4 x) { return Erf(x); }
 
 // Applies fn (F32x4 → F32x4) to n values: whole vectors, then the tail
 // through a zero-padded vector.

@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/isa.h"
 #include "engine/kernels/parallel.h"
 #include "engine/kernels/vec_math.h"
 #include "engine/ops/kernel_parts.h"
@@ -149,57 +150,144 @@ void GradKernel(const KernelArgs& args) {
 
 // Fast kernels: GELU (erf), SiLU and sigmoid on the vectorized exp/erf of
 // engine/kernels/vec_math.h (libm per element cost more than BERT's
-// matmuls); the others are the reference loops (ReLU6's vectorize). Split
+// matmuls), 4, 8 or 16 lanes wide by the device class's ISA
+// (engine/kernels/isa.h); the others are the reference loops (ReLU6's
+// vectorize). Split
 // over the threads in contiguous chunks; the per-element cost estimate keeps
 // small tensors on the calling thread.
 int64_t CostPerElement(ActivationFn fn) { return fn == ActivationFn::kRelu6 ? 1 : 16; }
 
-using kernels::F32x4;
-using kernels::SplatF32x4;
+// The vectorized activations at any vector width V (engine/kernels/vec_math.h),
+// as ops for MapV/Map2V; always inlined into each ISA's loop below. (GCC
+// warns that 8- and 16-lane vectors passed by value change the ABI without
+// AVX; being inlined into functions compiled for AVX, none is ever passed.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+using kernels::Splat;
 
-F32x4 SigmoidF32x4(F32x4 x) {
-  return SplatF32x4(1.0f) / (SplatF32x4(1.0f) + kernels::ExpF32x4(-x));
+template <typename V>
+FLEETTUNE_VEC_INLINE V SigmoidV(V x) {
+  return Splat<V>(1.0f) / (Splat<V>(1.0f) + kernels::Exp(-x));
 }
+struct GeluOp {
+  template <typename V>
+  static FLEETTUNE_VEC_INLINE V Apply(V v) {
+    return Splat<V>(0.5f) * v * (Splat<V>(1.0f) + kernels::Erf(v * Splat<V>(kInvSqrt2)));
+  }
+};
+struct SiluOp {
+  template <typename V>
+  static FLEETTUNE_VEC_INLINE V Apply(V v) {
+    return v * SigmoidV(v);
+  }
+};
+struct SigmoidOp {
+  template <typename V>
+  static FLEETTUNE_VEC_INLINE V Apply(V v) {
+    return SigmoidV(v);
+  }
+};
+struct GeluGradOp {  // Φ(x) + x·φ(x)
+  template <typename V>
+  static FLEETTUNE_VEC_INLINE V Apply(V d, V x) {
+    const V cdf = Splat<V>(0.5f) * (Splat<V>(1.0f) + kernels::Erf(x * Splat<V>(kInvSqrt2)));
+    const V pdf = Splat<V>(kInvSqrt2Pi) * kernels::Exp(Splat<V>(-0.5f) * x * x);
+    return d * (cdf + x * pdf);
+  }
+};
+struct SiluGradOp {  // σ(x)·(1 + x·(1 − σ(x)))
+  template <typename V>
+  static FLEETTUNE_VEC_INLINE V Apply(V d, V x) {
+    const V s = SigmoidV(x);
+    return d * s * (Splat<V>(1.0f) + x * (Splat<V>(1.0f) - s));
+  }
+};
 
-// Vectorized forms of Apply and Derivative; false where there is none.
-bool ApplyVectorized(ActivationFn fn, const float* x, float* y, int64_t n) {
+// Vectorized forms of Apply and Derivative at width V; false where there is none.
+template <typename V>
+FLEETTUNE_VEC_INLINE bool ApplyV(ActivationFn fn, const float* x, float* y, int64_t n) {
   switch (fn) {
     case ActivationFn::kGeluErf:
-      kernels::MapF32x4(x, y, n, [](F32x4 v) {
-        return SplatF32x4(0.5f) * v *
-               (SplatF32x4(1.0f) + kernels::ErfF32x4(v * SplatF32x4(kInvSqrt2)));
-      });
+      kernels::MapV<V, GeluOp>(x, y, n);
       return true;
     case ActivationFn::kSilu:
-      kernels::MapF32x4(x, y, n, [](F32x4 v) { return v * SigmoidF32x4(v); });
+      kernels::MapV<V, SiluOp>(x, y, n);
       return true;
     case ActivationFn::kSigmoid:
-      kernels::MapF32x4(x, y, n, SigmoidF32x4);
+      kernels::MapV<V, SigmoidOp>(x, y, n);
       return true;
     default:
       return false;
   }
+}
+
+template <typename V>
+FLEETTUNE_VEC_INLINE bool DerivativeV(ActivationFn fn, const float* dy, const float* v, float* dx,
+                                      int64_t n) {
+  switch (fn) {
+    case ActivationFn::kGeluErf:
+      kernels::Map2V<V, GeluGradOp>(dy, v, dx, n);
+      return true;
+    case ActivationFn::kSilu:
+      kernels::Map2V<V, SiluGradOp>(dy, v, dx, n);
+      return true;
+    default:
+      return false;
+  }
+}
+
+// One copy of the loops per ISA (engine/kernels/isa.h); the device class's
+// level picks one at run time.
+bool ApplyGeneric(ActivationFn fn, const float* x, float* y, int64_t n) {
+  return ApplyV<kernels::F32x4>(fn, x, y, n);
+}
+bool DerivativeGeneric(ActivationFn fn, const float* dy, const float* v, float* dx, int64_t n) {
+  return DerivativeV<kernels::F32x4>(fn, dy, v, dx, n);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) bool ApplyAvx2(ActivationFn fn, const float* x, float* y,
+                                                   int64_t n) {
+  return ApplyV<kernels::F32x8>(fn, x, y, n);
+}
+__attribute__((target("avx2,fma"))) bool DerivativeAvx2(ActivationFn fn, const float* dy,
+                                                        const float* v, float* dx, int64_t n) {
+  return DerivativeV<kernels::F32x8>(fn, dy, v, dx, n);
+}
+__attribute__((target("avx512f"))) bool ApplyAvx512(ActivationFn fn, const float* x, float* y,
+                                                    int64_t n) {
+  return ApplyV<kernels::F32x16>(fn, x, y, n);
+}
+__attribute__((target("avx512f"))) bool DerivativeAvx512(ActivationFn fn, const float* dy,
+                                                         const float* v, float* dx, int64_t n) {
+  return DerivativeV<kernels::F32x16>(fn, dy, v, dx, n);
+}
+#endif
+
+bool ApplyVectorized(ActivationFn fn, const float* x, float* y, int64_t n) {
+#if defined(__x86_64__)
+  switch (kernels::KernelIsa()) {
+    case kernels::Isa::kAvx512:
+      return ApplyAvx512(fn, x, y, n);
+    case kernels::Isa::kAvx2:
+      return ApplyAvx2(fn, x, y, n);
+    case kernels::Isa::kGeneric:
+      break;
+  }
+#endif
+  return ApplyGeneric(fn, x, y, n);
 }
 
 bool DerivativeVectorized(ActivationFn fn, const float* dy, const float* v, float* dx, int64_t n) {
-  switch (fn) {
-    case ActivationFn::kGeluErf:  // Φ(x) + x·φ(x)
-      kernels::Map2F32x4(dy, v, dx, n, [](F32x4 d, F32x4 x) {
-        const F32x4 cdf =
-            SplatF32x4(0.5f) * (SplatF32x4(1.0f) + kernels::ErfF32x4(x * SplatF32x4(kInvSqrt2)));
-        const F32x4 pdf = SplatF32x4(kInvSqrt2Pi) * kernels::ExpF32x4(SplatF32x4(-0.5f) * x * x);
-        return d * (cdf + x * pdf);
-      });
-      return true;
-    case ActivationFn::kSilu:  // σ(x)·(1 + x·(1 − σ(x)))
-      kernels::Map2F32x4(dy, v, dx, n, [](F32x4 d, F32x4 x) {
-        const F32x4 s = SigmoidF32x4(x);
-        return d * s * (SplatF32x4(1.0f) + x * (SplatF32x4(1.0f) - s));
-      });
-      return true;
-    default:
-      return false;
+#if defined(__x86_64__)
+  switch (kernels::KernelIsa()) {
+    case kernels::Isa::kAvx512:
+      return DerivativeAvx512(fn, dy, v, dx, n);
+    case kernels::Isa::kAvx2:
+      return DerivativeAvx2(fn, dy, v, dx, n);
+    case kernels::Isa::kGeneric:
+      break;
   }
+#endif
+  return DerivativeGeneric(fn, dy, v, dx, n);
 }
 
 void FastKernel(const KernelArgs& args) {

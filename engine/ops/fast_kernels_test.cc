@@ -10,6 +10,7 @@
 
 #include "engine/base/status_matchers.h"
 #include "engine/kernels/gemm.h"
+#include "engine/kernels/isa.h"
 #include "engine/ops/op_registry.h"
 #include "engine/testing/gradcheck.h"
 #include "gmock/gmock.h"
@@ -55,7 +56,9 @@ std::vector<std::vector<float>> RunKernel(KernelFn kernel, const Node& node,
   return results;
 }
 
-void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f) {
+// The reference and fast kernels' results on seeded random inputs.
+void RunBoth(const Case& c, std::vector<std::vector<float>>* ref,
+             std::vector<std::vector<float>>* fast) {
   kernels::SetGemmThreads(2);
   const OpDef& def = GetOpDef(c.kind);
   ASSERT_NE(def.fast, nullptr) << def.name;
@@ -77,8 +80,14 @@ void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f) {
     }
   }
   const size_t scratch = def.scratch_bytes ? def.scratch_bytes(node, types) : 0;
-  const auto ref = RunKernel(def.reference, node, inputs, out, scratch);
-  const auto fast = RunKernel(def.fast, node, inputs, out, scratch);
+  *ref = RunKernel(def.reference, node, inputs, out, scratch);
+  *fast = RunKernel(def.fast, node, inputs, out, scratch);
+}
+
+void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f) {
+  const OpDef& def = GetOpDef(c.kind);
+  std::vector<std::vector<float>> ref, fast;
+  RunBoth(c, &ref, &fast);
   ASSERT_EQ(ref.size(), fast.size());
   for (size_t r = 0; r < ref.size(); ++r) {
     ASSERT_EQ(ref[r].size(), fast[r].size());
@@ -178,6 +187,43 @@ TEST(FastKernels, ActivationsSplitOverThreads) {
     ExpectFastMatchesReference({OpKind::kActivation, {x}, ActivationAttrs{fn}});
     ExpectFastMatchesReference({OpKind::kActivationGrad, {x, x}, ActivationAttrs{fn}});
   }
+}
+
+// Every kernel ISA this host runs (engine/kernels/isa.h) gives the generic
+// kernels' results to within a few ulps: the same operations per lane, only
+// wider, with fused multiply-adds rounding once where the generic code rounds
+// twice (where GELU's gradient cancels, 1e-7 absolute).
+TEST(FastKernels, ActivationsAgreeAcrossKernelIsas) {
+  const TensorType x = F32({3, 1000, 7});  // a tail at every width
+  for (ActivationFn fn : {ActivationFn::kSilu, ActivationFn::kGeluErf, ActivationFn::kSigmoid}) {
+    for (const Case& c : {Case{OpKind::kActivation, {x}, ActivationAttrs{fn}},
+                          Case{OpKind::kActivationGrad, {x, x}, ActivationAttrs{fn}}}) {
+      std::vector<std::vector<float>> ref, generic;
+      kernels::SetKernelIsa(kernels::Isa::kGeneric);
+      RunBoth(c, &ref, &generic);
+      for (kernels::Isa isa : {kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+        if (!kernels::HostSupports(isa)) continue;
+        kernels::SetKernelIsa(isa);
+        std::vector<std::vector<float>> unused, wide;
+        RunBoth(c, &unused, &wide);
+        ASSERT_EQ(wide.size(), generic.size());
+        for (size_t r = 0; r < wide.size(); ++r) {
+          ASSERT_EQ(wide[r].size(), generic[r].size());
+          int bad = 0;
+          for (size_t i = 0; i < wide[r].size() && bad < 5; ++i) {
+            const float g = generic[r][i], w = wide[r][i];
+            if (!(std::abs(w - g) <= 1e-6f + 1e-6f * std::abs(g))) {
+              ++bad;
+              ADD_FAILURE() << GetOpDef(c.kind).name << " " << static_cast<int>(fn) << " at "
+                            << kernels::IsaName(isa) << " element " << i << ": generic " << g
+                            << ", wide " << w;
+            }
+          }
+        }
+      }
+    }
+  }
+  kernels::SetKernelIsa(kernels::Isa::kGeneric);
 }
 
 TEST(FastKernels, BroadcastingBinaryOps) {

@@ -226,6 +226,16 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
                                                                 const CompileOptions& options) {
   RETURN_IF_ERROR(VerifyGraph(graph));
   std::unique_ptr<Executable> exe(new Executable());
+  exe->isa_ = kernels::BestHostIsa();
+  if (!options.kernel_isa.empty()) {
+    ASSIGN_OR_RETURN(exe->isa_, kernels::ParseIsa(options.kernel_isa));
+    if (!kernels::HostSupports(exe->isa_)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the plan's kernels need ", options.kernel_isa,
+                       ", which this CPU does not support (it runs up to ",
+                       kernels::IsaName(kernels::BestHostIsa()), ")"));
+    }
+  }
   exe->graph_ = graph;
   const Graph& g = exe->graph_;
   const int n = g.num_nodes();
@@ -445,6 +455,7 @@ absl::StatusOr<TensorView> Executable::Output(ValueId id) const {
 absl::Status Executable::Run() {
   // The caller may not be the thread that compiled (kernels::FlushDenormals).
   kernels::FlushDenormalsOnThisThread();
+  kernels::SetKernelIsa(isa_);
   if (profile_) {
     for (size_t i = 0; i < program_.size(); ++i) {
       const auto start = std::chrono::steady_clock::now();

@@ -42,6 +42,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/ir/graph.h"
+#include "engine/kernels/isa.h"
 #include "engine/memory/planner.h"
 #include "engine/ops/op_registry.h"
 
@@ -74,6 +75,12 @@ struct CompileOptions {
   bool in_place = true;
   // Compute values of frozen parameters once at Compile() (see above).
   bool fold_constants = false;
+  // The vector width of the engine's own kernels (engine/kernels/isa.h):
+  // "generic", "avx2" or "avx512", as a plan's device class names it; empty
+  // for the widest this CPU runs. Set on every Run (process-wide).
+  // InvalidArgument for an unknown name, FailedPrecondition when this CPU
+  // lacks it.
+  std::string kernel_isa;
 };
 
 struct MemoryStats {
@@ -151,6 +158,7 @@ class Executable {
   std::vector<size_t> prologue_temp_offsets_;  // parallel to prologue_temps_
   size_t prologue_workspace_bytes_ = 0;
   bool use_reference_kernels_ = false;
+  kernels::Isa isa_ = kernels::Isa::kGeneric;
   std::byte* scratch_ = nullptr;      // kernel workspace, MemoryStats::scratch_bytes
   std::vector<TensorView> views_;     // one per value
   std::vector<TensorView> operands_;  // flat storage behind every KernelArgs::inputs

@@ -66,6 +66,40 @@ TEST(Executable, StepLoopDoesNotAllocate) {
   }
 }
 
+// A plan names its class's kernel ISA (engine/kernels/isa.h); the executable
+// runs its kernels at that level, refuses a level this CPU lacks, and by
+// default takes the widest the CPU has.
+TEST(Executable, RunsTheKernelIsaItWasCompiledFor) {
+  Fixture f;
+  ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f})));
+  CompileOptions generic;
+  generic.kernel_isa = "generic";
+  ASSERT_OK_AND_ASSIGN(auto narrow, Executable::Compile(f.train_graph, &f.params, generic));
+  ASSERT_OK_AND_ASSIGN(auto widest, Executable::Compile(f.train_graph, &f.params));
+  ASSERT_OK(narrow->Run());
+  EXPECT_EQ(kernels::KernelIsa(), kernels::Isa::kGeneric);
+  ASSERT_OK(widest->Run());
+  EXPECT_EQ(kernels::KernelIsa(), kernels::BestHostIsa());
+  ASSERT_OK(narrow->Run());
+  EXPECT_EQ(kernels::KernelIsa(), kernels::Isa::kGeneric);
+
+  CompileOptions bad;
+  bad.kernel_isa = "avx1024";
+  EXPECT_THAT(Executable::Compile(f.train_graph, &f.params, bad),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("avx1024")));
+  for (kernels::Isa isa : {kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    CompileOptions o;
+    o.kernel_isa = std::string(kernels::IsaName(isa));
+    auto exe = Executable::Compile(f.train_graph, &f.params, o);
+    if (kernels::HostSupports(isa)) {
+      EXPECT_OK(exe.status());
+    } else {
+      EXPECT_THAT(exe,
+                  StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("does not support")));
+    }
+  }
+}
+
 TEST(Executable, TrainingIsDeterministicForASeed) {
   Tensor results[2];
   for (int run = 0; run < 2; ++run) {

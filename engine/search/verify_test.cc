@@ -153,18 +153,18 @@ TEST_F(VerifyOnMlp, SelectVerifiedSkipsWhatDoesNotFitAndRejectsForeignIds) {
   EXPECT_EQ(any_steps.origin, "other-steps");
   EXPECT_THAT(SelectVerified(model_, p, costs, {1}, 60), StatusIs(absl::StatusCode::kNotFound));
 
-  // One standard error on 400 held-out samples at 90% is 1.5 points: 0.9 and
-  // 0.89 are the same to it, and the cheaper set wins; zero tolerance keeps
-  // the top accuracy.
+  // One standard error on 400 held-out samples at 90% is 1.5 points: under the
+  // one-standard-error rule 0.9 and 0.89 are the same and the cheaper set
+  // wins; by default the top accuracy does.
   p.heldout_samples = 400;
   p.joint[0].accuracy = 0.89;
-  ASSERT_OK_AND_ASSIGN(Selection one_se, SelectVerified(model_, p, costs, {dear}, 60));
+  ASSERT_OK_AND_ASSIGN(Selection one_se, SelectVerified(model_, p, costs, {dear}, 60, 1.0));
   EXPECT_EQ(one_se.origin, "cheap");
   EXPECT_DOUBLE_EQ(one_se.verified_accuracy, 0.89);
-  ASSERT_OK_AND_ASSIGN(Selection exact, SelectVerified(model_, p, costs, {dear}, 60, 0.0));
+  ASSERT_OK_AND_ASSIGN(Selection exact, SelectVerified(model_, p, costs, {dear}, 60));
   EXPECT_EQ(exact.origin, "dear");
   p.joint[0].accuracy = 0.85;  // 5 points down: a real difference
-  ASSERT_OK_AND_ASSIGN(Selection apart, SelectVerified(model_, p, costs, {dear}, 60));
+  ASSERT_OK_AND_ASSIGN(Selection apart, SelectVerified(model_, p, costs, {dear}, 60, 1.0));
   EXPECT_EQ(apart.origin, "dear");
   p.heldout_samples = 0;
   p.joint.push_back({"foreign", {"conv1.weight@1"}, 60, 1.0, 0.0});

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/base/file.h"
 #include "engine/base/status_macros.h"
+#include "engine/kernels/isa.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "server/compiler/byte_size.h"
@@ -410,6 +411,12 @@ std::string DeviceClassRegistry::KnownNames() const {
   for (const v1::DeviceClass& c : classes_) names.push_back(c.name());
   std::sort(names.begin(), names.end());
   return absl::StrJoin(names, ", ");
+}
+
+std::string KernelIsaFor(const v1::DeviceClass& device_class) {
+  const std::vector<std::string> features(device_class.required_isa().begin(),
+                                          device_class.required_isa().end());
+  return std::string(engine::kernels::IsaName(engine::kernels::IsaForFeatures(features)));
 }
 
 }  // namespace fleettune::server

@@ -48,6 +48,10 @@ inline constexpr int kMaxDeviceClasses = 1024;
 // threads >= 1. InvalidArgument naming the field otherwise.
 absl::Status ValidateDeviceClass(const v1::DeviceClass& device_class);
 
+// The kernel ISA level (engine/kernels/isa.h) the class's required ISA
+// features guarantee, for its plans: "avx512", "avx2" or "generic".
+std::string KernelIsaFor(const v1::DeviceClass& device_class);
+
 class DeviceClassRegistry {
  public:
   // -------------------------------------------------------------------------

@@ -48,7 +48,7 @@ using engine::TensorType;
 
 // Bump whenever the compiler's output for the same inputs changes (new passes, new metadata),
 // so that a cache key computed by an older build never names a newer plan.
-constexpr int kCompilerRevision = 3;
+constexpr int kCompilerRevision = 4;
 
 // An MLP with more layers than this is not a model anyone fine-tunes on an edge device; the cap
 // bounds the work a hostile spec can cause before the budget check.
@@ -358,6 +358,7 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
   options.optimizer = optimizer;
   options.device_class = device_class.name();
   options.threads = std::max(1, device_class.threads());
+  options.kernel_isa = KernelIsaFor(device_class);
   c.resolved = std::move(resolved);
   ASSIGN_OR_RETURN(c.compiled, engine::compile::CompileTraining(model, options));
   const v1::PlanMetadata& meta = c.compiled.plan.metadata();

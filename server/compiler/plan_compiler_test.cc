@@ -107,6 +107,8 @@ TEST(PlanCompiler, FitsEveryDefaultClassRpi4GetsASparserScheme) {
     EXPECT_EQ(parsed.metadata().weight_bytes(), s.weight_bytes());
     EXPECT_EQ(parsed.metadata().optimizer_state_bytes(), s.optimizer_state_bytes());
     EXPECT_GT(parsed.metadata().flops_per_step(), 0u);
+    // Kernels at the width the class guarantees: x86-avx2 requires AVX2 and FMA.
+    EXPECT_EQ(parsed.metadata().kernel_isa(), c.name() == "x86-avx2" ? "avx2" : "generic");
     summaries[c.name()] = s;
   }
   // The budgets documented in device_classes.cc: rpi4 is too small for full fine-tuning.
