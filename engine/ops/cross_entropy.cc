@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/exp_sum.h"
 #include "engine/kernels/parallel.h"
 #include "engine/kernels/vec.h"
 #include "engine/kernels/vec_math.h"
@@ -75,32 +76,18 @@ void Kernel(const KernelArgs& args) {
   args.output.f32()[0] = count == 0 ? 0.0f : static_cast<float>(total / count);
 }
 
-// The fast kernels: rows split over the threads, exp and sums vectorized
-// (engine/kernels/vec_math.h). A language model's logits are [B·T, vocab]:
-// millions of exps per step, which libm's scalar exp made a third of a
-// Llama step.
+// The fast kernels: rows split over the threads, exp and sums vectorized at
+// the class's ISA width (engine/kernels/exp_sum.h). A language model's logits
+// are [B·T, vocab]: millions of exps per step, which libm's scalar exp made a
+// third of a Llama step.
 
 // Row maximum and log Σ exp(z − max), vectorized; with `exps`, the
 // exponentials are also stored there (c floats).
 void FastRowStats(const float* z, int64_t c, float* exps, float* max_out, float* log_sum_out) {
   float m = z[0];
   for (int64_t j = 1; j < c; ++j) m = std::max(m, z[j]);
-  const kernels::F32x4 mv = kernels::SplatF32x4(m);
-  kernels::F32x4 acc = {};
-  int64_t j = 0;
-  for (; j + 4 <= c; j += 4) {
-    const kernels::F32x4 e = kernels::ExpF32x4(kernels::LoadF32x4(z + j) - mv);
-    if (exps != nullptr) __builtin_memcpy(exps + j, &e, sizeof e);
-    acc += e;
-  }
-  float sum = kernels::HorizontalSum(acc);
-  for (; j < c; ++j) {
-    const float e = std::exp(z[j] - m);
-    if (exps != nullptr) exps[j] = e;
-    sum += e;
-  }
   *max_out = m;
-  *log_sum_out = std::log(sum);
+  *log_sum_out = std::log(kernels::ExpShiftedSum(z, c, m, exps));
 }
 
 // Per-row losses go to scratch (one double per row), then one ordered sum:

@@ -13,9 +13,8 @@
 #include <cmath>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/exp_sum.h"
 #include "engine/kernels/parallel.h"
-#include "engine/kernels/vec.h"
-#include "engine/kernels/vec_math.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -53,9 +52,7 @@ void SoftmaxRows(const KernelArgs& args, int64_t begin, int64_t end, bool vector
     for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
     double sum = 0.0;
     if (vectorized) {
-      const kernels::F32x4 mv = kernels::SplatF32x4(m);
-      kernels::MapF32x4(xr, yr, n, [mv](kernels::F32x4 v) { return kernels::ExpF32x4(v - mv); });
-      sum = kernels::SumF32(yr, n);
+      sum = kernels::ExpShiftedSum(xr, n, m, yr);
     } else {
       for (int64_t j = 0; j < n; ++j) {
         yr[j] = std::exp(xr[j] - m);
