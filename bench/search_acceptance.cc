@@ -582,16 +582,28 @@ absl::Status RunMobileNetTiming() {
   ASSIGN_OR_RETURN(search::Selection selection,
                    search::SelectScheme(model, scored, costs, {budget, 0.0}));
   const absl::Time t2 = absl::Now();
+  std::string verified = "not verified";
+  if (absl::GetFlag(FLAGS_verify_steps) > 0) {
+    search::VerifyOptions vopts;
+    vopts.steps = absl::GetFlag(FLAGS_verify_steps);
+    ASSIGN_OR_RETURN(search::Selection v,
+                     search::SearchVerified(build, base, data, model, costs, {budget, 0.0}, copts,
+                                            vopts, &profile));
+    verified = absl::StrFormat("verification %.1f s (%d sets x %d joint steps, %s won)",
+                               absl::ToDoubleSeconds(absl::Now() - t2), profile.joint.size(),
+                               vopts.steps, v.origin);
+  }
+  const absl::Time t3 = absl::Now();
   std::cout << absl::StrFormat(
       "mobilenet_v2 (128x128, batch %d, %d threads): %d candidates x %d steps on %d samples, "
       "gains on %d held out\n"
       "contribution analysis %.1f s (%.2f s per candidate); selection under %s MiB (%.3f of "
-      "full's overhead) %.1f s, %d compiles, %s, %d candidates chosen; total %.1f s\n",
+      "full's overhead) %.1f s, %d compiles, %s, %d candidates chosen; %s; total %.1f s\n",
       kMobileBatch, threads, candidates.size(), steps, n, n, absl::ToDoubleSeconds(t1 - t0),
       absl::ToDoubleSeconds(t1 - t0) / candidates.size(), MiB(budget),
       absl::GetFlag(FLAGS_fraction), absl::ToDoubleSeconds(t2 - t1), costs.compiles(),
       selection.method == search::SearchMethod::kEvolutionary ? "evolutionary" : "DP",
-      selection.chosen.size(), absl::ToDoubleSeconds(t2 - t0));
+      selection.chosen.size(), verified, absl::ToDoubleSeconds(t3 - t0));
   return absl::OkStatus();
 }
 
