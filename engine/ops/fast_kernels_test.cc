@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/base/status_matchers.h"
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/isa.h"
@@ -84,23 +85,28 @@ void RunBoth(const Case& c, std::vector<std::vector<float>>* ref,
   *fast = RunKernel(def.fast, node, inputs, out, scratch);
 }
 
-void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f) {
-  const OpDef& def = GetOpDef(c.kind);
-  std::vector<std::vector<float>> ref, fast;
-  RunBoth(c, &ref, &fast);
-  ASSERT_EQ(ref.size(), fast.size());
-  for (size_t r = 0; r < ref.size(); ++r) {
-    ASSERT_EQ(ref[r].size(), fast[r].size());
+// Each of `got`'s results within tol + tol·|want| of `want`'s (at most five
+// failures reported per result, each prefixed with `label`).
+void ExpectClose(const std::vector<std::vector<float>>& want,
+                 const std::vector<std::vector<float>>& got, float tol, const std::string& label) {
+  ASSERT_EQ(want.size(), got.size()) << label;
+  for (size_t r = 0; r < want.size(); ++r) {
+    ASSERT_EQ(want[r].size(), got[r].size()) << label;
     int bad = 0;
-    for (size_t i = 0; i < ref[r].size() && bad < 5; ++i) {
-      const float limit = tol + tol * std::abs(ref[r][i]);
-      if (!(std::abs(ref[r][i] - fast[r][i]) <= limit)) {
+    for (size_t i = 0; i < want[r].size() && bad < 5; ++i) {
+      if (!(std::abs(want[r][i] - got[r][i]) <= tol + tol * std::abs(want[r][i]))) {
         ++bad;
-        ADD_FAILURE() << def.name << " result " << r << " element " << i << ": reference "
-                      << ref[r][i] << " fast " << fast[r][i];
+        ADD_FAILURE() << label << " result " << r << " element " << i << ": " << want[r][i]
+                      << " vs " << got[r][i];
       }
     }
   }
+}
+
+void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f) {
+  std::vector<std::vector<float>> ref, fast;
+  RunBoth(c, &ref, &fast);
+  ExpectClose(ref, fast, tol, absl::StrCat(GetOpDef(c.kind).name, " reference vs fast"));
 }
 
 TensorType F32(Shape s) { return {DType::kF32, std::move(s)}; }
@@ -216,20 +222,9 @@ TEST(FastKernels, ExpKernelsAgreeAcrossKernelIsas) {
       kernels::SetKernelIsa(isa);
       std::vector<std::vector<float>> unused, wide;
       RunBoth(c, &unused, &wide);
-      ASSERT_EQ(wide.size(), generic.size());
-      for (size_t r = 0; r < wide.size(); ++r) {
-        ASSERT_EQ(wide[r].size(), generic[r].size());
-        int bad = 0;
-        for (size_t i = 0; i < wide[r].size() && bad < 5; ++i) {
-          const float g = generic[r][i], w = wide[r][i];
-          if (!(std::abs(w - g) <= 1e-6f + 1e-6f * std::abs(g))) {
-            ++bad;
-            ADD_FAILURE() << "case " << n << " (" << GetOpDef(c.kind).name << ") at "
-                          << kernels::IsaName(isa) << " element " << i << ": generic " << g
-                          << ", wide " << w;
-          }
-        }
-      }
+      ExpectClose(generic, wide, 1e-6f,
+                  absl::StrCat("case ", n, " (", GetOpDef(c.kind).name, ") generic vs ",
+                               kernels::IsaName(isa)));
     }
   }
   kernels::SetKernelIsa(kernels::Isa::kGeneric);
