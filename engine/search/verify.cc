@@ -143,16 +143,25 @@ absl::StatusOr<std::vector<ShortlistEntry>> Shortlist(const models::Model& model
 
 absl::StatusOr<Selection> SelectVerified(const models::Model& model,
                                          const ContributionProfile& profile, CostModel& costs,
-                                         const Budget& budget, int64_t steps,
+                                         const Budget& budget,
+                                         const std::vector<Candidate>& incumbent, int64_t steps,
                                          double standard_errors) {
-  struct Fitting {
+  const std::string incumbent_key = SetKey(incumbent);
+  if (steps <= 0) {
+    // The incumbent's longest measurement, and the others' at that length.
+    for (const JointContribution& j : profile.joint) {
+      if (SetKey(j.ids) == incumbent_key) steps = std::max(steps, j.steps);
+    }
+  }
+  struct Measured {
     const JointContribution* joint;
     std::vector<Candidate> set;
     SchemeCost cost;
   };
-  std::vector<Fitting> fitting;
+  std::vector<Measured> fitting;
+  const Measured* current = nullptr;
   for (const JointContribution& j : profile.joint) {
-    if (steps > 0 && j.steps != steps) continue;
+    if (j.steps != steps) continue;
     std::vector<Candidate> set;
     for (const std::string& id : j.ids) {
       absl::StatusOr<Candidate> c = ParseCandidateId(model, id);
@@ -169,38 +178,39 @@ absl::StatusOr<Selection> SelectVerified(const models::Model& model,
     }
     if (Fits(*cost, budget)) fitting.push_back({&j, std::move(set), *cost});
   }
-  if (fitting.empty()) {
-    return absl::NotFoundError("verify: no jointly measured set fits the budget");
+  for (const Measured& m : fitting) {
+    if (current == nullptr && SetKey(m.joint->ids) == incumbent_key) current = &m;
   }
-  double top = 0.0;
-  for (const Fitting& f : fitting) top = std::max(top, f.joint->accuracy);
-  const double n = static_cast<double>(profile.heldout_samples);
-  const double tolerance =
-      n > 0 ? std::max(0.0, standard_errors) * std::sqrt(top * (1.0 - top) / n) : 0.0;
-  const Fitting* pick = nullptr;
-  auto rank = [](const Fitting& f) {
-    return std::make_tuple(f.cost.memory_bytes, -f.joint->accuracy, f.joint->loss);
+  if (current == nullptr) {
+    return absl::NotFoundError("verify: the selection was not measured jointly within the budget");
+  }
+  // The best measured set: accuracy, then loss, then memory.
+  auto rank = [](const Measured& m) {
+    return std::make_tuple(-m.joint->accuracy, m.joint->loss, m.cost.memory_bytes);
   };
-  for (const Fitting& f : fitting) {
-    if (f.joint->accuracy < top - tolerance) continue;
-    if (pick == nullptr || rank(f) < rank(*pick)) pick = &f;
+  const Measured* best = current;
+  for (const Measured& m : fitting) {
+    if (rank(m) < rank(*best)) best = &m;
   }
-  const JointContribution* best = pick->joint;
-  const std::vector<Candidate>& best_set = pick->set;
-  const SchemeCost& best_cost = pick->cost;
+  // It replaces the selection only by more than the calibration set's noise.
+  const double a = current->joint->accuracy;
+  const double n = static_cast<double>(profile.heldout_samples);
+  const double margin = n > 0 ? std::max(0.0, standard_errors) * std::sqrt(a * (1.0 - a) / n) : 0.0;
+  const Measured* pick = best->joint->accuracy > a + margin ? best : current;
+
   std::map<std::string, double> gain_of;
   for (const Contribution& e : profile.entries) gain_of[e.id] = e.accuracy_gain;
   Selection s;
-  for (const Candidate& c : best_set) {
+  for (const Candidate& c : pick->set) {
     s.chosen.push_back({c, gain_of.count(c.Id()) ? gain_of[c.Id()] : 0.0});
     s.total_gain += s.chosen.back().gain;
   }
-  ASSIGN_OR_RETURN(s.scheme, ToScheme(model, best_set, "searched"));
-  s.cost = best_cost;
+  ASSIGN_OR_RETURN(s.scheme, ToScheme(model, pick->set, "searched"));
+  s.cost = pick->cost;
   s.verified = true;
-  s.origin = best->origin;
-  s.verified_accuracy = best->accuracy;
-  s.verified_loss = best->loss;
+  s.origin = pick->joint->origin;
+  s.verified_accuracy = pick->joint->accuracy;
+  s.verified_loss = pick->joint->loss;
   return s;
 }
 
@@ -215,6 +225,10 @@ absl::StatusOr<Selection> SearchVerified(const train::ModelBuilder& build,
     return absl::InvalidArgumentError(
         absl::StrCat("verify: steps must be positive, got ", options.steps));
   }
+  ASSIGN_OR_RETURN(std::vector<ScoredCandidate> scored, ScoreCandidates(model, *profile));
+  ASSIGN_OR_RETURN(Selection additive, SelectScheme(model, scored, costs, budget, options.select));
+  std::vector<Candidate> incumbent;
+  for (const ScoredCandidate& c : additive.chosen) incumbent.push_back(c.candidate);
   ASSIGN_OR_RETURN(std::vector<ShortlistEntry> shortlist,
                    Shortlist(model, *profile, costs, budget, options));
   std::set<std::string> measured;
@@ -235,7 +249,8 @@ absl::StatusOr<Selection> SearchVerified(const train::ModelBuilder& build,
                      AnalyzeJoint(build, base, sets, origins, data, joint));
     for (JointContribution& j : results) profile->joint.push_back(std::move(j));
   }
-  return SelectVerified(model, *profile, costs, budget, options.steps, options.standard_errors);
+  return SelectVerified(model, *profile, costs, budget, incumbent, options.steps,
+                        options.standard_errors);
 }
 
 }  // namespace fleettune::engine::search

@@ -6,7 +6,8 @@
 // together. Verification measures instead of adding: a shortlist of sets that
 // fit the budget is fine-tuned jointly on the calibration data, each set's
 // held-out result is recorded in the profile (ContributionProfile::joint),
-// and the best measured set wins.
+// and a set that beat the selection by more than the calibration set's noise
+// replaces it.
 //
 // The shortlist for a budget B:
 //   "selection"       SelectScheme under B with accuracy gains,
@@ -17,16 +18,16 @@
 //   "bias-only", "last-k:N"
 //                     the classic presets that fit B and that candidates can
 //                     express (every trained tensor a candidate),
-// deduplicated by candidate set. So the search never returns a scheme that
-// did worse on the calibration data than a preset that fits.
+// deduplicated by candidate set. So the search never keeps a scheme that did
+// clearly worse on the calibration data than a preset that fits.
 //
 //   VerifyOptions v;  v.steps = 120;
 //   ASSIGN_OR_RETURN(Selection s, SearchVerified(build, base, data, model, costs,
 //                                                {budget}, copts, v, &profile));
 //   // s.origin: which shortlist entry won; profile.joint grew by what was new.
 //
-// SelectVerified alone (no data needed) picks from a profile's joint results:
-// the coordinator uses it on a profile `fleettune search` verified.
+// SelectVerified alone (no data needed) decides from a profile's joint
+// results: the coordinator uses it on a profile `fleettune search` verified.
 // Deterministic for a seed. Not thread-safe (it uses the CostModel).
 #ifndef FLEETTUNE_ENGINE_SEARCH_VERIFY_H_
 #define FLEETTUNE_ENGINE_SEARCH_VERIFY_H_
@@ -51,7 +52,7 @@ struct VerifyOptions {
   std::vector<double> budget_fractions = {1.0, 0.5, 0.25};  // for "selection[@f]"
   bool loss_selection = true;                               // "selection-loss"
   bool presets = true;                                      // "bias-only", "last-k:N"
-  double standard_errors = 0.0;                             // SelectVerified's tolerance
+  double standard_errors = 1.0;                             // SelectVerified's margin
   SelectOptions select;
 };
 
@@ -74,27 +75,30 @@ absl::StatusOr<std::vector<ShortlistEntry>> Shortlist(const models::Model& model
 absl::StatusOr<std::vector<Candidate>> PresetCandidates(const models::Model& model,
                                                         absl::string_view preset);
 
-// Among `profile.joint` results measured with `steps` steps (any when 0) whose
-// sets fit `budget` exactly (compiled): the cheapest in memory of those whose
-// held-out accuracy is within `standard_errors` binomial standard errors of
-// the best one's (√(a(1−a)/n), n = profile.heldout_samples; none when n is 0);
-// ties go to the higher accuracy, then the lower loss. With the default 0 the
-// best accuracy wins and memory only breaks exact ties: the one-standard-error
-// rule (1) trades accuracy for memory, and measured on Fashion-MNIST it chose
-// a set that fine-tuned 3.5 points worse on a device's six-times-larger data
-// than the best-measured one (BENCHMARKS.md, issue #7): short calibration runs
-// understate what a larger set gains from more data. The Selection carries the set,
-// named "searched", its compiled cost, `verified` set and the winner's origin
-// and accuracy. NotFound when no joint result fits; InvalidArgument for a
-// joint set naming something that is not a candidate of `model`.
+// The verified choice for `budget`: the additive selection (`incumbent`,
+// SelectScheme's set for this budget) unless a jointly measured set that fits
+// did better on the calibration hold-out by more than `standard_errors`
+// binomial standard errors of the incumbent's accuracy a (√(a(1−a)/n), n =
+// profile.heldout_samples; any margin when n is 0); then the best measured set
+// (accuracy, then loss, then memory). Only measurements of `steps` steps count
+// (0: the incumbent's longest). Calibration sets are small and runs short, so
+// measurements understate what larger sets gain from a device's data: a
+// challenger needs evidence beyond noise (BENCHMARKS.md, issue #7, has the
+// runs that led here). The Selection carries the set, named "searched", its
+// compiled cost, `verified` set and the origin and measurement of the set
+// picked. NotFound when the incumbent was not measured (nothing to compare
+// against); InvalidArgument for a joint set naming something that is not a
+// candidate of `model`.
 absl::StatusOr<Selection> SelectVerified(const models::Model& model,
                                          const ContributionProfile& profile, CostModel& costs,
-                                         const Budget& budget, int64_t steps = 0,
-                                         double standard_errors = 0.0);
+                                         const Budget& budget,
+                                         const std::vector<Candidate>& incumbent, int64_t steps = 0,
+                                         double standard_errors = 1.0);
 
-// Shortlist, then AnalyzeJoint for the entries `profile->joint` lacks (same
-// set and steps; `contribution` gives batch, seed, threads and optimizer,
-// options.steps the steps), appended to it, then SelectVerified.
+// SelectScheme (the incumbent), Shortlist, then AnalyzeJoint for the entries
+// `profile->joint` lacks (same set and steps; `contribution` gives batch,
+// seed, threads and optimizer, options.steps the steps), appended to it, then
+// SelectVerified.
 absl::StatusOr<Selection> SearchVerified(const train::ModelBuilder& build,
                                          const runtime::ParameterStore& base,
                                          const CalibrationData& data, const models::Model& model,

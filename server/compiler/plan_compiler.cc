@@ -417,9 +417,9 @@ absl::StatusOr<std::string> SerializeDeterministic(const v1::CompiledPlan& plan)
 }
 
 // fit_class_budget with a contribution profile: the scheme search (engine/search) picks the
-// best jointly measured set that fits the class's budget or, when none does, the candidate
-// set with the largest summed gain within it, costing each set with the same compiler that
-// builds the plan.
+// candidate set with the largest summed gain within the class's budget, replaced by a jointly
+// measured set that fits when that one measured better beyond noise, costing each set with
+// the same compiler that builds the plan.
 absl::StatusOr<Candidate> SearchCandidate(const engine::models::Model& model,
                                           const std::string& model_name,
                                           const v1::SchemeSpec& scheme,
@@ -437,15 +437,16 @@ absl::StatusOr<Candidate> SearchCandidate(const engine::models::Model& model,
       device_class.training_flops_per_second() > 0 ? device_class.training_flops_per_second() : 1e9;
   engine::search::CostModel costs(model, device, optimizer);
   const engine::search::Budget budget{device_class.training_memory_budget_bytes(), 0.0};
-  // Sets the operator's search fine-tuned jointly are measurements, not sums of
-  // gains: the best one that fits wins; without one, search from the entries.
   absl::StatusOr<engine::search::Selection> selection =
-      absl::NotFoundError("no jointly measured sets");
-  if (!profile.joint.empty()) {
-    selection = engine::search::SelectVerified(model, profile, costs, budget);
-  }
-  if (absl::IsNotFound(selection.status())) {
-    selection = engine::search::SelectScheme(model, scored, costs, budget);
+      engine::search::SelectScheme(model, scored, costs, budget);
+  // Sets the operator's search fine-tuned jointly are measurements, not sums of
+  // gains: one that beat this selection by more than noise replaces it.
+  if (selection.ok() && !profile.joint.empty()) {
+    std::vector<engine::search::Candidate> incumbent;
+    for (const auto& c : selection->chosen) incumbent.push_back(c.candidate);
+    absl::StatusOr<engine::search::Selection> verified =
+        engine::search::SelectVerified(model, profile, costs, budget, incumbent);
+    if (verified.ok() || !absl::IsNotFound(verified.status())) selection = std::move(verified);
   }
   if (!selection.ok()) {
     const absl::StatusCode code = selection.status().code() == absl::StatusCode::kResourceExhausted
