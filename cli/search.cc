@@ -475,9 +475,10 @@ void PrintReport(const SearchInputs& in, const search::CachedProfile& cached,
     *out << absl::StrFormat("\n  gain       %s (sum of the chosen candidates' own gains)\n",
                             Gain(s.total_gain, in.metric));
     if (s.verified) {
-      *out << absl::StrFormat(
-          "  verified   %s: %s held-out accuracy after %d joint steps, the best that fits\n",
-          s.origin, FormatPercent(s.verified_accuracy), in.verify_steps);
+      *out << absl::StrFormat("  verified   %s: %s held-out accuracy after %d joint steps (%s)\n",
+                              s.origin, FormatPercent(s.verified_accuracy), in.verify_steps,
+                              s.origin == "selection" ? "no shortlisted set beat it beyond noise"
+                                                      : "beat the selection beyond noise");
     }
     *out << absl::StrFormat("  search     %s, %d rounds, %d compiles, %.2f s\n",
                             s.method == search::SearchMethod::kDynamicProgramming

@@ -11,11 +11,12 @@
 // each candidate per class with the compiler (engine/search/cost_model.h),
 // and selects the best set under each class's budget
 // (engine/search/select.h). Unless --verify-steps=0, each class's shortlist
-// (that selection, selections under smaller budgets, and the bias-only and
-// last-k presets that fit) is then fine-tuned jointly on the calibration data
-// and the best measured set wins (engine/search/verify.h); the measurements
-// join the cached profile, so `fleettune submit --profile` hands them to the
-// coordinator, which then picks the same sets. It prints the profile as a table, then each
+// (that selection, selections under smaller budgets, and the full, bias-only
+// and last-k presets that fit) is then fine-tuned jointly on the calibration
+// data, and a set that beat the selection by more than one standard error
+// replaces it (engine/search/verify.h); the measurements join the cached
+// profile, so `fleettune submit --profile` hands them to the coordinator,
+// which then makes the same choices. It prints the profile as a table, then each
 // class's scheme with its predicted memory, step time and gain; --plot draws
 // contribution against cost per candidate (PNG); --out-dir writes each class's
 // scheme as <class>.scheme (protobuf text format, for `fleettune compile

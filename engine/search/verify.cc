@@ -115,6 +115,7 @@ absl::StatusOr<std::vector<ShortlistEntry>> Shortlist(const models::Model& model
       add(name, std::move(*set));
       return true;
     };
+    RETURN_IF_ERROR(try_preset("full").status());
     RETURN_IF_ERROR(try_preset("bias-only").status());
     // last-k: the deepest K that fits, and K/2, K/4 and 1 (head only), so the
     // shortlist stays short for deep models.

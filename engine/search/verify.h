@@ -15,7 +15,7 @@
 //                     what B adds to inference (fewer, cheaper candidates
 //                     overlap less),
 //   "selection-loss"  SelectScheme under B with loss gains (smoother),
-//   "bias-only", "last-k:N"
+//   "full", "bias-only", "last-k:N"
 //                     the classic presets that fit B and that candidates can
 //                     express (every trained tensor a candidate),
 // deduplicated by candidate set. So the search never keeps a scheme that did
@@ -51,7 +51,7 @@ struct VerifyOptions {
   int64_t steps = 120;  // joint fine-tuning steps per shortlisted set (> 0)
   std::vector<double> budget_fractions = {1.0, 0.5, 0.25};  // for "selection[@f]"
   bool loss_selection = true;                               // "selection-loss"
-  bool presets = true;                                      // "bias-only", "last-k:N"
+  bool presets = true;                                      // "full", "bias-only", "last-k:N"
   double standard_errors = 1.0;                             // SelectVerified's margin
   SelectOptions select;
 };
