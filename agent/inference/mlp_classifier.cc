@@ -98,8 +98,9 @@ absl::StatusOr<Classifier> MakeMlpClassifier(const std::string& safetensors_path
   {
     absl::MutexLock lock(&state->mu);
     // One thread: a batch of one is too small for GEMM threads to pay off.
-    ASSIGN_OR_RETURN(state->executable,
-                     Executable::Compile(model.graph, &state->params, {/*threads=*/1}));
+    engine::runtime::CompileOptions options;
+    options.threads = 1;
+    ASSIGN_OR_RETURN(state->executable, Executable::Compile(model.graph, &state->params, options));
     ASSIGN_OR_RETURN(state->labels, state->executable->Input("labels"));
     ASSIGN_OR_RETURN(state->input, state->executable->Input("x"));
   }

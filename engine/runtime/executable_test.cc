@@ -105,7 +105,9 @@ TEST(Executable, TrainingIsDeterministicForASeed) {
   for (int run = 0; run < 2; ++run) {
     Fixture f;
     ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.9f, 0.0f})));
-    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(f.train_graph, &f.params, {2}));
+    CompileOptions two_threads;
+    two_threads.threads = 2;
+    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(f.train_graph, &f.params, two_threads));
     ASSERT_OK_AND_ASSIGN(TensorView x, exe->Input("x"));
     ASSERT_OK_AND_ASSIGN(TensorView labels, exe->Input("labels"));
     for (int i = 0; i < 8 * 20; ++i) x.f32()[i] = static_cast<float>((i * 37) % 11) / 11.0f;
