@@ -380,7 +380,7 @@ absl::Status RunAdaptation(Setting s) {
   std::vector<engine::scheme::UpdateScheme> schemes;
   ASSIGN_OR_RETURN(schemes.emplace_back(), engine::scheme::PresetScheme(model, "full"));
   schemes.push_back(selection.scheme);
-  if (verify_steps > 0 && selection.origin != "selection") {
+  if (selection.replaced) {
     schemes.push_back(additive.scheme);
     schemes.back().name = "additive selection (unverified)";
   }

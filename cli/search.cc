@@ -286,13 +286,13 @@ absl::StatusOr<Selections> SelectPerClass(const SearchInputs& in,
       search::VerifyOptions v;
       v.steps = in.verify_steps;
       v.select.seed = in.options.seed;
+      v.metric = in.metric;
       r.selection = search::SearchVerified(in.build, in.base, in.data, in.model, costs, budget,
                                            in.options, v, profile);
     } else {
       r.selection =
           search::SelectScheme(in.model, scored, costs, budget, {.seed = in.options.seed});
     }
-
     r.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     r.compiles = costs.compiles();
     if (out.classes.empty()) {
@@ -477,8 +477,8 @@ void PrintReport(const SearchInputs& in, const search::CachedProfile& cached,
     if (s.verified) {
       *out << absl::StrFormat("  verified   %s: %s held-out accuracy after %d joint steps (%s)\n",
                               s.origin, FormatPercent(s.verified_accuracy), in.verify_steps,
-                              s.origin == "selection" ? "no shortlisted set beat it beyond noise"
-                                                      : "beat the selection beyond noise");
+                              s.replaced ? "it beat the selection beyond noise"
+                                         : "no shortlisted set beat the selection beyond noise");
     }
     *out << absl::StrFormat("  search     %s, %d rounds, %d compiles, %.2f s\n",
                             s.method == search::SearchMethod::kDynamicProgramming

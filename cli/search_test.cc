@@ -154,6 +154,15 @@ TEST_F(SearchCommand, JsonHasOneLinePerClassWithinItsBudget) {
   }
   EXPECT_EQ(n, 2);
 
+  // Verification checks the selection made with the gains asked for.
+  flags["gain"] = "loss";
+  std::ostringstream by_loss;
+  ASSERT_OK(RunSearch(flags, /*json=*/true, &by_loss));
+  const nlohmann::json first =
+      nlohmann::json::parse(by_loss.str().substr(0, by_loss.str().find('\n')));
+  EXPECT_TRUE(first["verified"].get<bool>());
+  flags.erase("gain");
+
   // --verify-steps=0: the additive selection alone.
   flags["verify-steps"] = "0";
   std::ostringstream additive;

@@ -76,8 +76,10 @@ struct Selection {
   int rounds = 0;    // estimate-solve-recost rounds run
   // Set by SelectVerified (verify.h): the set was fine-tuned jointly on the
   // calibration data and reached this held-out accuracy and loss; `origin`
-  // names the shortlist entry ("selection", "last-k:2", …).
+  // names the shortlist entry ("selection", "last-k:2", …), and `replaced`
+  // says whether it replaced the additive selection.
   bool verified = false;
+  bool replaced = false;  // a measured set replaced the additive selection
   std::string origin;
   double verified_accuracy = 0.0;
   double verified_loss = 0.0;

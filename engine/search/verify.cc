@@ -106,17 +106,17 @@ absl::StatusOr<std::vector<ShortlistEntry>> Shortlist(const models::Model& model
     RETURN_IF_ERROR(select(GainMetric::kLoss, 1.0, "selection-loss"));
   }
   if (options.presets) {
-    auto try_preset = [&](const std::string& name) -> absl::StatusOr<bool> {
+    // Adds the preset when candidates express it and it fits.
+    auto try_preset = [&](const std::string& name) -> absl::Status {
       absl::StatusOr<std::vector<Candidate>> set = PresetCandidates(model, name);
-      if (absl::IsNotFound(set.status())) return true;  // not expressible; try the next
+      if (absl::IsNotFound(set.status())) return absl::OkStatus();
       if (!set.ok()) return set.status();
       ASSIGN_OR_RETURN(SchemeCost cost, costs.Cost(*set));
-      if (!Fits(cost, budget)) return false;
-      add(name, std::move(*set));
-      return true;
+      if (Fits(cost, budget)) add(name, std::move(*set));
+      return absl::OkStatus();
     };
-    RETURN_IF_ERROR(try_preset("full").status());
-    RETURN_IF_ERROR(try_preset("bias-only").status());
+    RETURN_IF_ERROR(try_preset("full"));
+    RETURN_IF_ERROR(try_preset("bias-only"));
     // last-k: the deepest K that fits, and K/2, K/4 and 1 (head only), so the
     // shortlist stays short for deep models.
     int deepest = 0;
@@ -134,7 +134,7 @@ absl::StatusOr<std::vector<ShortlistEntry>> Shortlist(const models::Model& model
     for (int k : {1, deepest / 4, deepest / 2, deepest}) {
       if (k >= 1 && k <= deepest) ks.insert(k);
     }
-    for (int k : ks) RETURN_IF_ERROR(try_preset(absl::StrCat("last-k:", k)).status());
+    for (int k : ks) RETURN_IF_ERROR(try_preset(absl::StrCat("last-k:", k)));
   }
   if (out.empty()) {
     return absl::ResourceExhaustedError("verify: budget too small for any shortlisted scheme");
@@ -209,6 +209,7 @@ absl::StatusOr<Selection> SelectVerified(const models::Model& model,
   ASSIGN_OR_RETURN(s.scheme, ToScheme(model, pick->set, "searched"));
   s.cost = pick->cost;
   s.verified = true;
+  s.replaced = pick != current;
   s.origin = pick->joint->origin;
   s.verified_accuracy = pick->joint->accuracy;
   s.verified_loss = pick->joint->loss;
@@ -226,7 +227,8 @@ absl::StatusOr<Selection> SearchVerified(const train::ModelBuilder& build,
     return absl::InvalidArgumentError(
         absl::StrCat("verify: steps must be positive, got ", options.steps));
   }
-  ASSIGN_OR_RETURN(std::vector<ScoredCandidate> scored, ScoreCandidates(model, *profile));
+  ASSIGN_OR_RETURN(std::vector<ScoredCandidate> scored,
+                   ScoreCandidates(model, *profile, options.metric));
   ASSIGN_OR_RETURN(Selection additive, SelectScheme(model, scored, costs, budget, options.select));
   std::vector<Candidate> incumbent;
   for (const ScoredCandidate& c : additive.chosen) incumbent.push_back(c.candidate);

@@ -53,6 +53,7 @@ struct VerifyOptions {
   bool loss_selection = true;                               // "selection-loss"
   bool presets = true;                                      // "full", "bias-only", "last-k:N"
   double standard_errors = 1.0;                             // SelectVerified's margin
+  GainMetric metric = GainMetric::kAccuracy;                // the selection's gains
   SelectOptions select;
 };
 

@@ -112,13 +112,14 @@ TEST_F(VerifyOnMlp, PicksTheBestMeasuredSetThatFitsAndRecordsIt) {
   const double margin = std::sqrt(a * (1 - a) / 400);
   for (const JointContribution& j : profile.joint) {
     EXPECT_EQ(j.steps, 60);
-    if (s.origin == "selection") {
+    if (!s.replaced) {
       EXPECT_LE(j.accuracy, a + margin) << j.origin;
     } else {
       EXPECT_GE(s.verified_accuracy, j.accuracy) << j.origin;
     }
   }
-  if (s.origin != "selection") EXPECT_GT(s.verified_accuracy, a + margin);
+  EXPECT_EQ(s.replaced, s.origin != "selection");
+  if (s.replaced) EXPECT_GT(s.verified_accuracy, a + margin);
   EXPECT_GT(s.verified_accuracy, profile.base_accuracy + 0.2);
 
   // Measured sets are not measured again, and the text format keeps them.
@@ -165,9 +166,11 @@ TEST_F(VerifyOnMlp, AMeasuredSetReplacesTheSelectionOnlyBeyondNoise) {
   p.heldout_samples = 400;
   ASSERT_OK_AND_ASSIGN(Selection clear, SelectVerified(model_, p, costs, {dear}, incumbent, 60));
   EXPECT_EQ(clear.origin, "dear");
+  EXPECT_TRUE(clear.replaced);
   p.joint[1].accuracy = p.joint[2].accuracy = 0.81;
   ASSERT_OK_AND_ASSIGN(Selection noise, SelectVerified(model_, p, costs, {dear}, incumbent, 60));
   EXPECT_EQ(noise.origin, "selection");
+  EXPECT_FALSE(noise.replaced);
   EXPECT_DOUBLE_EQ(noise.verified_accuracy, 0.80);
   ASSERT_OK_AND_ASSIGN(Selection zero_margin,
                        SelectVerified(model_, p, costs, {dear}, incumbent, 60, 0.0));
