@@ -240,8 +240,14 @@ absl::StatusOr<Selection> SearchVerified(const train::ModelBuilder& build,
   }
   std::vector<std::vector<Candidate>> sets;
   std::vector<std::string> origins;
+  // The selection itself first (the shortlist has it unless its options left
+  // it out), then the rest.
+  shortlist.insert(
+      shortlist.begin(),
+      ShortlistEntry{options.metric == GainMetric::kLoss ? "selection-loss" : "selection",
+                     incumbent});
   for (ShortlistEntry& e : shortlist) {
-    if (measured.count(SetKey(e.set))) continue;
+    if (!measured.insert(SetKey(e.set)).second) continue;
     sets.push_back(std::move(e.set));
     origins.push_back(std::move(e.origin));
   }
