@@ -138,8 +138,8 @@ TEST(CompileTraining, EveryPassThroughAPlanFileTrainsLikeTheUnoptimizedGraph) {
   std::vector<float> want_losses;
   runtime::ParameterStore want;
   train("none", &want_losses, &want);
-  for (const char* spec :
-       {"fold_batch_norm", "fuse", "dce", "reorder_updates", "fold_constants", "in_place", "all"}) {
+  for (const char* spec : {"fold_batch_norm", "fuse", "dce", "pack_masks", "reorder_updates",
+                           "fold_constants", "in_place", "all"}) {
     SCOPED_TRACE(spec);
     std::vector<float> losses;
     runtime::ParameterStore got;
@@ -178,6 +178,33 @@ TEST(CompileTraining, SparserSchemesCostLess) {
 
 // Partial channels: the pockengine preset trains some weights' first rows;
 // gradients and optimizer state hold only those rows.
+// Under bias-only updates every convolution is frozen, so MobileNetV2's ReLU6
+// outputs are kept for their gradient's 0 < y < 6 test alone: the plan keeps
+// them as bit masks (pack_masks), and the masks survive the plan format.
+TEST(CompileTraining, FrozenRelu6OutputsShipAsBitMasks) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* entry, models::FindZooModel("mobilenet_v2"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, entry->build(2, models::Mode::kEval));
+  ASSERT_OK_AND_ASSIGN(CompiledTraining compiled,
+                       CompileTraining(model, Options(model, "bias-only")));
+  const v1::PlanMetadata& meta = compiled.plan.metadata();
+  const v1::PassResult* pack = nullptr;
+  for (const v1::PassResult& p : meta.passes()) {
+    if (p.name() == "pack_masks") pack = &p;
+  }
+  ASSERT_NE(pack, nullptr);
+  EXPECT_GE(pack->rewrites(), 30);
+  EXPECT_LT(pack->arena_bytes_after(), pack->arena_bytes_before() / 2);
+  ASSERT_OK_AND_ASSIGN(Graph graph, plan::GraphFromProto(compiled.plan.graph()));
+  int masks = 0, masked = 0;
+  for (const Node& node : graph.nodes()) {
+    masks += node.op == OpKind::kActivationMask;
+    masked += node.op == OpKind::kMaskedGrad;
+  }
+  EXPECT_EQ(masks, pack->rewrites());
+  EXPECT_GE(masked, masks);
+  EXPECT_THAT(FormatPlanSummary(meta), HasSubstr("pack_masks"));
+}
+
 TEST(CompileTraining, PartialChannelSchemesCountOnlyTheTrainedRows) {
   ASSERT_OK_AND_ASSIGN(const models::ZooEntry* entry, models::FindZooModel("mobilenet_v2"));
   ASSERT_OK_AND_ASSIGN(models::Model model, entry->build(2, models::Mode::kEval));

@@ -59,6 +59,8 @@ uint64_t NodeFlops(const Graph& graph, ValueId id) {
       return 2 * Elements(in(0)) * ConvMacsPerOutput(in(1));
     case OpKind::kConv2dBackwardWeight:  // (x, dy) → dw
       return 2 * Elements(in(1)) * ConvMacsPerOutput(node.type.shape);
+    case OpKind::kActivationMask:  // two compares per element of y
+      return 2 * Elements(in(0));
     case OpKind::kSgdUpdate:
     case OpKind::kAdamWUpdate:
       return Elements(in(1)) * (node.op == OpKind::kSgdUpdate ? 3 : 10);  // per gradient element

@@ -69,6 +69,8 @@ OpDef AddActivationOpDef();
 OpDef LayerNormActivationOpDef();
 OpDef RmsNormActivationOpDef();
 OpDef ElementwiseChainOpDef();
+OpDef ActivationMaskOpDef();
+OpDef MaskedGradOpDef();
 
 namespace {
 
@@ -137,6 +139,8 @@ Table BuildTable() {
   Register(t, OpKind::kLayerNormActivation, LayerNormActivationOpDef());
   Register(t, OpKind::kRmsNormActivation, RmsNormActivationOpDef());
   Register(t, OpKind::kElementwiseChain, ElementwiseChainOpDef());
+  Register(t, OpKind::kActivationMask, ActivationMaskOpDef());
+  Register(t, OpKind::kMaskedGrad, MaskedGradOpDef());
   return t;
 }
 

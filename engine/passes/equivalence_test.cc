@@ -30,6 +30,10 @@ absl::StatusOr<testing::TestModel> MobileNetFrozenBn() {
 absl::StatusOr<testing::TestModel> MobileNetFrozenBnFull() {
   return testing::SmallMobileNetV2(models::Mode::kEval, "full");
 }
+// Every convolution frozen: the ReLU6 outputs are packed to bit masks.
+absl::StatusOr<testing::TestModel> MobileNetBiasOnly() {
+  return testing::SmallMobileNetV2(models::Mode::kEval, "bias-only");
+}
 absl::StatusOr<testing::TestModel> Bert() { return testing::SmallBert("full"); }
 absl::StatusOr<testing::TestModel> BertLast() { return testing::SmallBert("last-k:2"); }
 absl::StatusOr<testing::TestModel> Llama() { return testing::SmallLlama("full"); }
@@ -47,6 +51,7 @@ const ModelCase kModels[] = {
     {"mobilenet_v2_train", MobileNetTrain},
     {"mobilenet_v2_frozen_bn", MobileNetFrozenBn},
     {"mobilenet_v2_frozen_bn_full", MobileNetFrozenBnFull},
+    {"mobilenet_v2_bias_only", MobileNetBiasOnly},
     {"bert", Bert},
     {"bert_last2", BertLast},
     {"llama", Llama},
@@ -55,8 +60,8 @@ const ModelCase kModels[] = {
     {"resnet_frozen_bn", ResNetFrozenBn},
 };
 
-const char* const kPasses[] = {"fold_batch_norm", "fuse",     "dce", "reorder_updates",
-                               "fold_constants",  "in_place", "all"};
+const char* const kPasses[] = {"fold_batch_norm", "fuse",           "dce",      "pack_masks",
+                               "reorder_updates", "fold_constants", "in_place", "all"};
 
 // The first entry of PassReport::passes is fold_batch_norm (pipeline.h order).
 class Equivalence : public ::testing::TestWithParam<ModelCase> {};

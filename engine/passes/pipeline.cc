@@ -13,6 +13,7 @@
 #include "engine/passes/fold_batch_norm.h"
 #include "engine/passes/fuse.h"
 #include "engine/passes/fuse_elementwise.h"
+#include "engine/passes/pack_masks.h"
 #include "engine/passes/reorder_updates.h"
 #include "engine/passes/rewrite.h"
 #include "engine/runtime/executable.h"
@@ -34,7 +35,7 @@ absl::StatusOr<PassOptions> PassOptions::Parse(absl::string_view spec) {
   PassOptions all;
   if (spec == "all") return all;
   PassOptions out = all;
-  out.fold_batch_norm = out.fuse = out.dce = out.reorder_updates = false;
+  out.fold_batch_norm = out.fuse = out.dce = out.pack_masks = out.reorder_updates = false;
   out.fold_constants = out.in_place = false;
   if (spec == "none" || spec.empty()) return out;
   for (absl::string_view name : absl::StrSplit(spec, ',')) {
@@ -44,6 +45,8 @@ absl::StatusOr<PassOptions> PassOptions::Parse(absl::string_view spec) {
       out.fuse = true;
     } else if (name == "dce") {
       out.dce = true;
+    } else if (name == "pack_masks") {
+      out.pack_masks = true;
     } else if (name == "reorder_updates") {
       out.reorder_updates = true;
     } else if (name == "fold_constants") {
@@ -53,8 +56,8 @@ absl::StatusOr<PassOptions> PassOptions::Parse(absl::string_view spec) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "unknown pass '", name,
-          "' (known: fold_batch_norm, fuse, dce, reorder_updates, fold_constants, in_place, "
-          "all, none)"));
+          "' (known: fold_batch_norm, fuse, dce, pack_masks, reorder_updates, fold_constants, "
+          "in_place, all, none)"));
     }
   }
   return out;
@@ -125,6 +128,9 @@ absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options) {
     absl::StatusOr<bool> changed = EliminateDeadCode(graph, map);
     *n = before - graph.num_nodes();
     return changed;
+  }));
+  RETURN_IF_ERROR(run("pack_masks", options.pack_masks, [&](std::vector<ValueId>* map, int* n) {
+    return PackActivationMasks(graph, map, n);
   }));
   RETURN_IF_ERROR(run("reorder_updates", options.reorder_updates,
                       [&](std::vector<ValueId>* map, int* n) -> absl::StatusOr<bool> {

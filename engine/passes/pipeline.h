@@ -18,6 +18,8 @@
 //                    (fuse.h), then elementwise chains → elementwise_chain
 //                    (fuse_elementwise.h); rewrites = pairs + chains
 //   dce              drop nodes no output, loss or update needs (dce.h)
+//   pack_masks       ReLU6 outputs kept for their gradient → bit masks
+//                    (pack_masks.h)
 //   reorder_updates  each update right after its gradient (reorder_updates.h)
 // Runtime features the report measures but Compile() applies:
 //   fold_constants   values of frozen parameters computed once (CompileOptions)
@@ -43,6 +45,7 @@ struct PassOptions {
   bool fold_batch_norm = true;
   bool fuse = true;
   bool dce = true;
+  bool pack_masks = true;
   bool reorder_updates = true;
   // Runtime halves: copy into runtime::CompileOptions.
   bool fold_constants = true;
@@ -64,7 +67,8 @@ struct PassStats {
   bool changed = false;
   int nodes_before = 0;
   int nodes_after = 0;
-  int rewrites = 0;  // pairs folded / fused, nodes removed, updates moved, constants, in-place ops
+  // pairs folded / fused, nodes removed, values packed, updates moved, constants, in-place ops
+  int rewrites = 0;
   // Arena bytes (runtime::PlanArena) before and after; 0 without measure_memory.
   size_t arena_bytes_before = 0;
   size_t arena_bytes_after = 0;

@@ -41,7 +41,7 @@ TEST(RunPasses, ReportsWhatEachPassDid) {
   Graph g = m.graph;
   ASSERT_OK_AND_ASSIGN(PassReport report, RunPasses(g));
   ASSERT_OK(VerifyGraph(g));
-  ASSERT_EQ(report.passes.size(), 6u);
+  ASSERT_EQ(report.passes.size(), 7u);
   EXPECT_GT(Stats(report, "fold_batch_norm").rewrites, 10);
   EXPECT_GT(Stats(report, "fuse").rewrites, 0);
   const PassStats& reorder = Stats(report, "reorder_updates");

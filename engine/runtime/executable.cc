@@ -85,6 +85,7 @@ std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id) {
     case OpKind::kBatchNormInference:
     case OpKind::kBatchNormInferenceGrad:
     case OpKind::kBatchNormInferenceActivation:
+    case OpKind::kMaskedGrad:  // dx overwrites dy
       candidates = {0};
       break;
     case OpKind::kAdd:

@@ -1,0 +1,219 @@
+// kActivationMask and kMaskedGrad: a ReLU6's saved output, packed to one bit
+// per element for its gradient.
+//
+// ReLU6's derivative is 1 where 0 < y < 6 and 0 elsewhere, so the f32 output
+// that kActivationGrad keeps alive until the backward pass carries one bit of
+// information per element. The pack_masks pass (engine/passes/pack_masks.h)
+// replaces
+//
+//   y = relu6(...) ... dx = activation_grad{fn=relu6}(dy, y)
+// with
+//   y = relu6(...); m = activation_mask{fn=relu6}(y) ... dx = masked_grad(dy, m)
+//
+// so y dies as soon as the forward pass is done with it and the backward keeps
+// 1/32 of its bytes. Both are exact: masked_grad gives the same bits as
+// activation_grad.
+//
+// kActivationMask: y f32[...] → m i32[ceil(n / 32)], n = y's element count;
+// bit b of word w is element 32·w + b of y, in row-major order, set where the
+// derivative is 1; the unused high bits of the last word are 0. Only ReLU6
+// has a 0/1 derivative among ActivationFn, so fn must be relu6.
+// kMaskedGrad: (dy f32[...], m i32[ceil(n / 32)]) → dx = dy where the bit is
+// set, else +0.
+// Neither is differentiable: both exist only in backward graphs.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
+#include "engine/ops/op_registry.h"
+#include "engine/ops/op_util.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "engine/kernels/isa.h"
+#endif
+
+namespace fleettune::engine::ops {
+namespace {
+
+constexpr int64_t kBits = 32;
+
+int64_t Words(int64_t elements) { return (elements + kBits - 1) / kBits; }
+
+bool Passes(float y) { return y > 0.0f && y < 6.0f; }  // NaN fails both
+
+absl::StatusOr<TensorType> InferMask(const Node& node, absl::Span<const TensorType* const> in) {
+  if (std::get<ActivationAttrs>(node.attrs).fn != ActivationFn::kRelu6) {
+    return OpError(node, "only relu6 has a 0/1 derivative to pack");
+  }
+  RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "y"));
+  return TensorType{DType::kI32, {Words(in[0]->num_elements())}};
+}
+
+absl::StatusOr<TensorType> InferMaskedGrad(const Node& node,
+                                           absl::Span<const TensorType* const> in) {
+  RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "dy"));
+  RETURN_IF_ERROR(ExpectDType(node, *in[1], DType::kI32, "mask"));
+  const Shape want{Words(in[0]->num_elements())};
+  if (in[1]->shape != want) {
+    return OpError(node, "mask for dy ", TypeToString(*in[0]), " must be i32[", want[0], "], got ",
+                   TypeToString(*in[1]));
+  }
+  return *in[0];
+}
+
+// Word w of the mask from y[32w, min(32w + 32, n)).
+uint32_t PackWord(const float* y, int64_t count) {
+  uint32_t word = 0;
+  for (int64_t b = 0; b < count; ++b) word |= static_cast<uint32_t>(Passes(y[b])) << b;
+  return word;
+}
+
+void PackReference(const KernelArgs& args) {
+  const int64_t n = args.in(0).num_elements();
+  const float* y = args.in(0).f32();
+  int32_t* m = args.output.i32();
+  for (int64_t w = 0; w < Words(n); ++w) {
+    const uint32_t word = PackWord(y + w * kBits, std::min(kBits, n - w * kBits));
+    std::memcpy(m + w, &word, sizeof(word));
+  }
+}
+
+void MaskedGradReference(const KernelArgs& args) {
+  const int64_t n = args.output.num_elements();
+  const float* dy = args.in(0).f32();
+  const int32_t* m = args.in(1).i32();
+  float* dx = args.output.f32();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t word = static_cast<uint32_t>(m[i / kBits]);
+    dx[i] = (word >> (i % kBits)) & 1u ? dy[i] : 0.0f;
+  }
+}
+
+#if defined(__x86_64__)
+// 32 elements per word as four 8-lane compares; movemask gives each lane's bit
+// in element order.
+__attribute__((target("avx2"))) void PackAvx2(const float* y, int32_t* m, int64_t words) {
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+  for (int64_t w = 0; w < words; ++w) {
+    uint32_t word = 0;
+    for (int q = 0; q < 4; ++q) {
+      const __m256 v = _mm256_loadu_ps(y + w * kBits + 8 * q);
+      const __m256 in =
+          _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), _mm256_cmp_ps(v, six, _CMP_LT_OQ));
+      word |= static_cast<uint32_t>(_mm256_movemask_ps(in)) << (8 * q);
+    }
+    std::memcpy(m + w, &word, sizeof(word));
+  }
+}
+
+// Each lane tests its own bit of the word: (word & 1 << lane) != 0.
+__attribute__((target("avx2"))) void MaskedGradAvx2(const float* dy, const int32_t* m, float* dx,
+                                                    int64_t words) {
+  const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  for (int64_t w = 0; w < words; ++w) {
+    for (int q = 0; q < 4; ++q) {
+      const __m256i byte = _mm256_set1_epi32((m[w] >> (8 * q)) & 0xff);
+      const __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bits), lane_bits);
+      const __m256 g = _mm256_loadu_ps(dy + w * kBits + 8 * q);
+      _mm256_storeu_ps(dx + w * kBits + 8 * q, _mm256_and_ps(g, _mm256_castsi256_ps(on)));
+    }
+  }
+}
+#endif
+
+// Whole words on the threads, then the tail word (fewer than 32 elements).
+void PackFast(const KernelArgs& args) {
+  const int64_t n = args.in(0).num_elements();
+  const float* y = args.in(0).f32();
+  int32_t* m = args.output.i32();
+  const int64_t full = n / kBits;
+  kernels::ParallelFor(full, kBits, [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+    if (kernels::KernelIsa() != kernels::Isa::kGeneric) {
+      PackAvx2(y + begin * kBits, m + begin, end - begin);
+      return;
+    }
+#endif
+    for (int64_t w = begin; w < end; ++w) {
+      const uint32_t word = PackWord(y + w * kBits, kBits);
+      std::memcpy(m + w, &word, sizeof(word));
+    }
+  });
+  if (full * kBits < n) {
+    const uint32_t word = PackWord(y + full * kBits, n - full * kBits);
+    std::memcpy(m + full, &word, sizeof(word));
+  }
+}
+
+void MaskedGradFast(const KernelArgs& args) {
+  const int64_t n = args.output.num_elements();
+  const float* dy = args.in(0).f32();
+  const int32_t* m = args.in(1).i32();
+  float* dx = args.output.f32();
+  const int64_t full = n / kBits;
+  kernels::ParallelFor(full, kBits, [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+    if (kernels::KernelIsa() != kernels::Isa::kGeneric) {
+      MaskedGradAvx2(dy + begin * kBits, m + begin, dx + begin * kBits, end - begin);
+      return;
+    }
+#endif
+    for (int64_t i = begin * kBits; i < end * kBits; ++i) {
+      dx[i] = (static_cast<uint32_t>(m[i / kBits]) >> (i % kBits)) & 1u ? dy[i] : 0.0f;
+    }
+  });
+  for (int64_t i = full * kBits; i < n; ++i) {
+    dx[i] = (static_cast<uint32_t>(m[full]) >> (i % kBits)) & 1u ? dy[i] : 0.0f;
+  }
+}
+
+// Element counts that leave a partial last word, and one of whole words.
+std::vector<OpTestCase> MaskTestCases() {
+  OpTestCase partial;
+  partial.inputs = {{DType::kF32, {3, 45}}};
+  partial.attrs = ActivationAttrs{ActivationFn::kRelu6};
+  OpTestCase whole = partial;
+  whole.inputs = {{DType::kF32, {2, 4, 16}}};
+  return {partial, whole};
+}
+
+std::vector<OpTestCase> MaskedGradTestCases() {
+  OpTestCase partial;
+  partial.inputs = {{DType::kF32, {3, 45}}, {DType::kI32, {5}}};
+  partial.int_upper = 1 << 30;  // random bits in all but the top two of each word
+  OpTestCase whole = partial;
+  whole.inputs = {{DType::kF32, {2, 4, 16}}, {DType::kI32, {4}}};
+  return {partial, whole};
+}
+
+}  // namespace
+
+OpDef ActivationMaskOpDef() {
+  OpDef def;
+  def.name = "activation_mask";
+  def.attrs_index = AttrsIndexOf<ActivationAttrs>();
+  def.min_inputs = def.max_inputs = 1;
+  def.infer = InferMask;
+  def.reference = PackReference;
+  def.fast = PackFast;
+  def.test_cases = MaskTestCases;
+  return def;
+}
+
+OpDef MaskedGradOpDef() {
+  OpDef def;
+  def.name = "masked_grad";
+  def.min_inputs = def.max_inputs = 2;
+  def.infer = InferMaskedGrad;
+  def.reference = MaskedGradReference;
+  def.fast = MaskedGradFast;
+  def.test_cases = MaskedGradTestCases;
+  return def;
+}
+
+}  // namespace fleettune::engine::ops

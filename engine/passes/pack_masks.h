@@ -1,0 +1,42 @@
+// Packing ReLU6 outputs saved for the backward pass into bit masks.
+//
+//   int packed = 0;
+//   ASSIGN_OR_RETURN(bool changed, PackActivationMasks(graph, &old_to_new, &packed));
+//
+// A ReLU6's gradient needs only where 0 < y < 6, but activation_grad reads the
+// whole f32 output y, so y stays alive from the forward pass to its gradient.
+// Under sparse updates that is most of the arena: a frozen convolution after
+// the ReLU6 needs no input for its input gradient, so y is kept for that one
+// bit per element alone. This pass emits m = activation_mask(y) right after
+// y's producer and replaces every activation_grad{relu6}(dy, y) with
+// masked_grad(dy, m) (engine/ops/activation_mask.cc): m is 1/32 of y's bytes,
+// and y dies once the forward pass has read it. The result is bit-identical.
+//
+// A value is packed when one or more relu6 activation_grads read it as v and
+// nothing else reads it in the backward pass (taken to start at the earliest
+// dy a relu6 gradient reads), i.e. when packing ends its life with the
+// forward pass. A value the backward pass still reads (a trainable
+// convolution's weight gradient reads its input) stays whole, since a mask
+// would barely shorten its life; so do marked outputs. Other node order is
+// unchanged.
+//
+// Expects a graph that passes VerifyGraph (RunPasses checks before any pass).
+#ifndef FLEETTUNE_ENGINE_PASSES_PACK_MASKS_H_
+#define FLEETTUNE_ENGINE_PASSES_PACK_MASKS_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/ir/graph.h"
+
+namespace fleettune::engine::passes {
+
+// Returns whether anything was packed; `packed` (optional) gets the number of
+// values packed. `old_to_new` (optional) maps old ids to new ones (replaced
+// gradients map to their masked_grad).
+absl::StatusOr<bool> PackActivationMasks(Graph& graph, std::vector<ValueId>* old_to_new = nullptr,
+                                         int* packed = nullptr);
+
+}  // namespace fleettune::engine::passes
+
+#endif  // FLEETTUNE_ENGINE_PASSES_PACK_MASKS_H_

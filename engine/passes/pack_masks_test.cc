@@ -1,0 +1,198 @@
+#include "engine/passes/pack_masks.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <variant>
+
+#include "engine/base/status_matchers.h"
+#include "engine/ir/verifier.h"
+#include "engine/kernels/isa.h"
+#include "engine/passes/test_util.h"
+#include "engine/runtime/executable.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleettune::engine::passes {
+namespace {
+
+bool IsRelu6Grad(const Node& node) {
+  const auto* attrs = std::get_if<ActivationAttrs>(&node.attrs);
+  return node.op == OpKind::kActivationGrad && attrs != nullptr &&
+         attrs->fn == ActivationFn::kRelu6;
+}
+
+int CountOps(const Graph& g, OpKind op) {
+  int n = 0;
+  for (const Node& node : g.nodes()) n += node.op == op;
+  return n;
+}
+
+size_t ArenaBytes(const Graph& g) {
+  runtime::ArenaOptions options;
+  options.in_place = false;
+  absl::StatusOr<runtime::ArenaLayout> layout = runtime::PlanArena(g, options);
+  EXPECT_OK(layout.status());
+  return layout.ok() ? layout->plan.arena_bytes : 0;
+}
+
+// x → y = relu6(x) → z = 2y (a forward reader) and dx = relu6'(y)·g, where
+// g = 1·dy comes after z as a backward value does; x over both sides of each
+// boundary, NaN, and counts that leave a partial last mask word.
+struct Relu6Graph {
+  Graph g;
+  ValueId y = kNoValue, z = kNoValue, dx = kNoValue;
+};
+
+absl::StatusOr<Relu6Graph> BuildRelu6Graph(int64_t n) {
+  Relu6Graph r;
+  ASSIGN_OR_RETURN(ValueId x, r.g.AddInput("x", {DType::kF32, {n}}));
+  ASSIGN_OR_RETURN(ValueId dy, r.g.AddInput("dy", {DType::kF32, {n}}));
+  ASSIGN_OR_RETURN(r.y,
+                   r.g.AddNode(OpKind::kActivation, {x}, ActivationAttrs{ActivationFn::kRelu6}));
+  ASSIGN_OR_RETURN(r.z, r.g.AddNode(OpKind::kScale, {r.y}, ScalarAttrs{2.0f}));
+  ASSIGN_OR_RETURN(ValueId grad, r.g.AddNode(OpKind::kScale, {dy}, ScalarAttrs{1.0f}));
+  ASSIGN_OR_RETURN(r.dx, r.g.AddNode(OpKind::kActivationGrad, {grad, r.y},
+                                     ActivationAttrs{ActivationFn::kRelu6}));
+  r.g.MarkOutput(r.z);
+  r.g.MarkOutput(r.dx);
+  return r;
+}
+
+std::vector<float> RunRelu6Graph(const Graph& g, ValueId dx, int64_t n, bool reference,
+                                 const std::string& isa) {
+  Tensor x(DType::kF32, {n}), dy(DType::kF32, {n});
+  const float specials[] = {0.0f,   -0.0f,   6.0f,       5.9999995f,
+                            1e-30f, -1e-30f, 6.0000005f, std::numeric_limits<float>::quiet_NaN()};
+  for (int64_t i = 0; i < n; ++i) {
+    x.f32()[i] = i % 5 == 0 ? specials[(i / 5) % 8] : -2.0f + 0.37f * static_cast<float>(i % 29);
+    dy.f32()[i] = 0.5f + static_cast<float>(i);
+  }
+  runtime::ParameterStore params;
+  runtime::CompileOptions options;
+  options.use_reference_kernels = reference;
+  options.kernel_isa = isa;
+  absl::StatusOr<std::unique_ptr<runtime::Executable>> exe =
+      runtime::Executable::Compile(g, &params, options);
+  EXPECT_OK(exe.status());
+  if (!exe.ok()) return {};
+  EXPECT_OK((*exe)->SetInput("x", x));
+  EXPECT_OK((*exe)->SetInput("dy", dy));
+  EXPECT_OK((*exe)->Run());
+  absl::StatusOr<TensorView> out = (*exe)->Output(dx);
+  EXPECT_OK(out.status());
+  if (!out.ok()) return {};
+  return std::vector<float>(out->f32(), out->f32() + n);
+}
+
+TEST(PackActivationMasks, GradientThroughTheMaskIsBitIdentical) {
+  for (int64_t n : {1, 31, 32, 33, 70, 4099}) {
+    SCOPED_TRACE(n);
+    ASSERT_OK_AND_ASSIGN(Relu6Graph r, BuildRelu6Graph(n));
+    const std::vector<float> want = RunRelu6Graph(r.g, r.dx, n, /*reference=*/true, "");
+    Graph g = r.g;
+    std::vector<ValueId> map;
+    int packed = 0;
+    ASSERT_OK_AND_ASSIGN(bool changed, PackActivationMasks(g, &map, &packed));
+    EXPECT_TRUE(changed);
+    EXPECT_EQ(packed, 1);
+    ASSERT_OK(VerifyGraph(g));
+    EXPECT_EQ(g.node(map[r.dx]).op, OpKind::kMaskedGrad);
+    EXPECT_EQ(CountOps(g, OpKind::kActivationGrad), 0);
+    // The mask comes right after y, so y's last reader is the forward scale.
+    EXPECT_EQ(g.node(map[r.y] + 1).op, OpKind::kActivationMask);
+    EXPECT_EQ(g.type(map[r.y] + 1), (TensorType{DType::kI32, {(n + 31) / 32}}));
+    std::vector<std::string> isas = {"generic"};
+    for (const char* isa : {"avx2", "avx512"}) {
+      absl::StatusOr<kernels::Isa> parsed = kernels::ParseIsa(isa);
+      if (parsed.ok() && kernels::HostSupports(*parsed)) isas.push_back(isa);
+    }
+    for (bool reference : {true, false}) {
+      for (const std::string& isa : isas) {
+        SCOPED_TRACE(reference ? "reference " + isa : "fast " + isa);
+        const std::vector<float> got = RunRelu6Graph(g, map[r.dx], n, reference, isa);
+        ASSERT_EQ(got.size(), want.size());
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), n * sizeof(float)), 0);
+      }
+    }
+  }
+}
+
+TEST(PackActivationMasks, KeepsOutputsAndValuesTheBackwardStillReads) {
+  ASSERT_OK_AND_ASSIGN(Relu6Graph r, BuildRelu6Graph(40));
+  // y read again after its gradient (as a trainable layer's weight gradient
+  // reads its input): packing would not end y's life, so it stays.
+  Graph later = r.g;
+  ASSERT_OK_AND_ASSIGN(ValueId again, later.AddNode(OpKind::kScale, {r.y}, ScalarAttrs{3.0f}));
+  later.MarkOutput(again);
+  int packed = -1;
+  ASSERT_OK_AND_ASSIGN(bool changed, PackActivationMasks(later, nullptr, &packed));
+  EXPECT_FALSE(changed);
+  EXPECT_EQ(packed, 0);
+  // A marked output lives to the end of the step anyway.
+  Graph output = r.g;
+  output.MarkOutput(r.y);
+  std::vector<ValueId> map;
+  ASSERT_OK_AND_ASSIGN(changed, PackActivationMasks(output, &map));
+  EXPECT_FALSE(changed);
+  ASSERT_EQ(map.size(), static_cast<size_t>(output.num_nodes()));
+  for (ValueId id = 0; id < output.num_nodes(); ++id) EXPECT_EQ(map[id], id);
+}
+
+// Bias-only MobileNetV2: every convolution is frozen, so the ReLU6 outputs are
+// kept for their masks alone. All are packed, the arena shrinks, and three
+// steps train bit-identically.
+TEST(PackActivationMasks, FrozenMobileNetV2TrainsTheSameInLessMemory) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m,
+                       testing::SmallMobileNetV2(models::Mode::kEval, "bias-only"));
+  const int relu6_grads = [&] {
+    int n = 0;
+    for (const Node& node : m.graph.nodes()) n += IsRelu6Grad(node);
+    return n;
+  }();
+  ASSERT_GT(relu6_grads, 10);
+  Graph g = m.graph;
+  std::vector<ValueId> map;
+  int packed = 0;
+  ASSERT_OK_AND_ASSIGN(bool changed, PackActivationMasks(g, &map, &packed));
+  EXPECT_TRUE(changed);
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_EQ(CountOps(g, OpKind::kMaskedGrad), relu6_grads);
+  EXPECT_EQ(CountOps(g, OpKind::kActivationMask), packed);
+  EXPECT_EQ(CountOps(g, OpKind::kActivationGrad) - CountOps(m.graph, OpKind::kActivationGrad),
+            -relu6_grads);
+  const size_t before = ArenaBytes(m.graph), after = ArenaBytes(g);
+  EXPECT_LT(after, before * 3 / 4) << before << " -> " << after;
+
+  runtime::CompileOptions options;
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult want,
+                       testing::TrainSteps(m.graph, m.model.loss, m, 3, options));
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
+                       testing::TrainSteps(g, map[m.model.loss], m, 3, options));
+  testing::ExpectSameTraining(want, got, 0.0);
+}
+
+// Full fine-tuning: each ReLU6 output is also the next convolution's input,
+// whose weight gradient reads it in the backward pass, so only the last one
+// (read by the global pooling alone) is packed.
+TEST(PackActivationMasks, LeavesActivationsTrainableLayersRead) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m,
+                       testing::SmallMobileNetV2(models::Mode::kEval, "full"));
+  Graph g = m.graph;
+  std::vector<ValueId> map;
+  int packed = -1;
+  ASSERT_OK_AND_ASSIGN(bool changed, PackActivationMasks(g, &map, &packed));
+  EXPECT_TRUE(changed);
+  EXPECT_EQ(packed, 1);
+  const auto users = g.ComputeUsers();
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    if (!IsRelu6Grad(g.node(id))) continue;
+    const ValueId y = g.node(id).inputs[1];
+    bool weight_gradient = false;
+    for (ValueId u : users[y]) weight_gradient |= g.node(u).op == OpKind::kConv2dBackwardWeight;
+    EXPECT_TRUE(weight_gradient) << "%" << y << " was left whole for no reader";
+  }
+}
+
+}  // namespace
+}  // namespace fleettune::engine::passes
