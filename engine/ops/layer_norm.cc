@@ -10,10 +10,12 @@
 // Without weight (and bias) the op is the plain normalization x̂; gradient
 // rules use that form to recompute x̂ for dw instead of keeping the forward's
 // statistics alive.
+#include <algorithm>
 #include <cmath>
 
 #include "engine/base/status_macros.h"
 #include "engine/kernels/parallel.h"
+#include "engine/kernels/vec.h"
 #include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
@@ -85,10 +87,8 @@ int64_t Rows(const TensorView& v) {
   return d == 0 ? 0 : v.num_elements() / d;
 }
 
-}  // namespace
-
-// Rows [begin, end) of the norm; the fast kernels split rows over threads.
-void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
+// Reference rows [begin, end): statistics in double, one element at a time.
+void ReferenceNormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
   const float eps = args.attrs<NormAttrs>().eps;
   const int64_t d = args.in(0).shape->back();
   const float* x = args.in(0).f32();
@@ -109,12 +109,55 @@ void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64
   }
 }
 
+// Fast row statistics: f32 partial sums in vector registers
+// (kernels/vec.h), the moments shifted by the row's first element so the
+// variance does not cancel; same formulas as RowStats.
+void FastRowStats(const float* x, int64_t d, float eps, bool centered, float* mean, float* r) {
+  if (!centered) {
+    *mean = 0.0f;
+    *r = 1.0f / std::sqrt(kernels::DotF32(x, x, d) / static_cast<float>(d) + eps);
+    return;
+  }
+  double m[2] = {0.0, 0.0};
+  kernels::ShiftedMomentsF32(x, d, x[0], m);
+  const double shift_mean = m[0] / static_cast<double>(d);
+  const double var = std::max(0.0, m[1] / static_cast<double>(d) - shift_mean * shift_mean);
+  *mean = static_cast<float>(x[0] + shift_mean);
+  *r = static_cast<float>(1.0 / std::sqrt(var + eps));
+}
+
+}  // namespace
+
+// Rows [begin, end) of the norm; the fast kernels split rows over threads.
+void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
+  const float eps = args.attrs<NormAttrs>().eps;
+  const int64_t d = args.in(0).shape->back();
+  const float* x = args.in(0).f32();
+  const float* w = args.num_inputs > 1 ? args.in(1).f32() : nullptr;
+  const float* b = args.num_inputs > 2 ? args.in(2).f32() : nullptr;
+  float* y = args.output.f32();
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict xr = x + r * d;
+    float* __restrict yr = y + r * d;
+    float mean, rstd;
+    FastRowStats(xr, d, eps, centered, &mean, &rstd);
+    // One loop per affine form, each a plain loop GCC vectorizes.
+    if (w != nullptr && b != nullptr) {
+      for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+    } else if (w != nullptr) {
+      for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - mean) * rstd * w[j];
+    } else {
+      for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - mean) * rstd;
+    }
+  }
+}
+
 namespace {
 
 using parts::NormRows;
 
 void NormKernel(const KernelArgs& args, bool centered) {
-  NormRows(args, centered, 0, Rows(args.in(0)));
+  ReferenceNormRows(args, centered, 0, Rows(args.in(0)));
 }
 void FastNormKernel(const KernelArgs& args, bool centered) {
   kernels::ParallelFor(Rows(args.in(0)), 4 * args.in(0).shape->back(),
@@ -158,13 +201,63 @@ void NormGradRows(const KernelArgs& args, bool centered, int64_t begin, int64_t 
   }
 }
 
+// As NormGradRows, with vectorized f32 sums: Σ g and Σ g·(x − μ) in vector
+// registers (x̂ = (x − μ)·r, so Σ g·x̂ = r·Σ g·(x − μ)).
+void FastNormGradRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
+  using kernels::F32x4;
+  using kernels::LoadF32x4;
+  const float eps = args.attrs<NormAttrs>().eps;
+  const int64_t d = args.in(1).shape->back();
+  const float* dy = args.in(0).f32();
+  const float* x = args.in(1).f32();
+  const float* w = args.num_inputs > 2 ? args.in(2).f32() : nullptr;
+  float* dx = args.output.f32();
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict xr = x + r * d;
+    const float* __restrict dyr = dy + r * d;
+    float* __restrict dxr = dx + r * d;
+    float mean, rstd;
+    FastRowStats(xr, d, eps, centered, &mean, &rstd);
+    const F32x4 mv = {mean, mean, mean, mean};
+    F32x4 g0 = {}, g1 = {}, e0 = {}, e1 = {};
+    int64_t j = 0;
+    for (; j + 8 <= d; j += 8) {
+      F32x4 a = LoadF32x4(dyr + j), b = LoadF32x4(dyr + j + 4);
+      if (w != nullptr) {
+        a *= LoadF32x4(w + j);
+        b *= LoadF32x4(w + j + 4);
+      }
+      g0 += a;
+      g1 += b;
+      e0 += a * (LoadF32x4(xr + j) - mv);
+      e1 += b * (LoadF32x4(xr + j + 4) - mv);
+    }
+    float sum_g = kernels::HorizontalSum(g0 + g1), sum_gc = kernels::HorizontalSum(e0 + e1);
+    for (; j < d; ++j) {
+      const float g = w != nullptr ? dyr[j] * w[j] : dyr[j];
+      sum_g += g;
+      sum_gc += g * (xr[j] - mean);
+    }
+    const float inv_d = 1.0f / static_cast<float>(d);
+    const float mean_g = centered ? sum_g * inv_d : 0.0f;
+    const float mean_gx = sum_gc * rstd * inv_d;
+    // dx = r·(g − mean_g − (x − μ)·r·mean_gx)
+    const float k = rstd * mean_gx;
+    if (w != nullptr) {
+      for (j = 0; j < d; ++j) dxr[j] = rstd * (dyr[j] * w[j] - mean_g - (xr[j] - mean) * k);
+    } else {
+      for (j = 0; j < d; ++j) dxr[j] = rstd * (dyr[j] - mean_g - (xr[j] - mean) * k);
+    }
+  }
+}
+
 void NormGradKernel(const KernelArgs& args, bool centered) {
   NormGradRows(args, centered, 0, Rows(args.in(1)));
 }
 void FastNormGradKernel(const KernelArgs& args, bool centered) {
   kernels::ParallelFor(
       Rows(args.in(1)), 6 * args.in(1).shape->back(),
-      [&](int64_t begin, int64_t end) { NormGradRows(args, centered, begin, end); });
+      [&](int64_t begin, int64_t end) { FastNormGradRows(args, centered, begin, end); });
 }
 
 void LayerNormGradKernel(const KernelArgs& args) { NormGradKernel(args, true); }

@@ -17,6 +17,7 @@
 #include <cmath>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -103,6 +104,81 @@ void Kernel(const KernelArgs& args) {
   }
 }
 
+// The fast kernel computes cos θ and sin θ once per position element and
+// frequency, exactly as Kernel does, into a table in the scratch buffer
+// ([positions][h] cosines, then as many sines); rows then rotate with table
+// lookups, split over the threads. Rows of every head and example share a
+// position's table row, so the sin/cos calls drop by B·H; results are
+// bit-identical to Kernel's.
+size_t FastScratchBytes(const Node&, absl::Span<const TensorType* const> in) {
+  return static_cast<size_t>(in[1]->num_elements()) * static_cast<size_t>(in[0]->shape.back()) *
+         sizeof(float);  // 2 tables of h = D/2 floats per position element
+}
+
+void Fast(const KernelArgs& args) {
+  const auto& attrs = args.attrs<RopeAttrs>();
+  const Shape& xs = *args.in(0).shape;
+  const Shape& ps = *args.in(1).shape;
+  const int rank = static_cast<int>(xs.size());
+  const int64_t d = xs.back(), h = d / 2;
+  const int64_t num_pos = args.in(1).num_elements();
+  const float* x = args.in(0).f32();
+  const int32_t* pos = args.in(1).i32();
+  float* y = args.output.f32();
+  float* cos_table = args.scratch;
+  float* sin_table = args.scratch + num_pos * h;
+  const float sign = attrs.inverse ? -1.0f : 1.0f;
+  kernels::ParallelFor(num_pos, 40 * h, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float p = static_cast<float>(pos[i]);
+      for (int64_t j = 0; j < h; ++j) {
+        const float exponent = static_cast<float>(2 * j) / static_cast<float>(d);
+        const float theta = p * (1.0f / std::pow(attrs.base, exponent));
+        cos_table[i * h + j] = std::cos(theta);
+        sin_table[i * h + j] = sign * std::sin(theta);
+      }
+    }
+  });
+  Strides pos_stride{};
+  int64_t pstride = 1, num_rows = 1;
+  for (int k = 0; k < rank - 1; ++k) {
+    const int dim = rank - 2 - k;
+    const int pdim = static_cast<int>(ps.size()) - 1 - k;
+    const int64_t np = pdim >= 0 ? ps[pdim] : 1;
+    pos_stride[dim] = (np == 1) ? 0 : pstride;
+    pstride *= np;
+    num_rows *= xs[dim];
+  }
+  kernels::ParallelFor(num_rows, 4 * d, [&](int64_t begin, int64_t end) {
+    // The position index of row `begin`, then stepped like an odometer.
+    std::array<int64_t, kMaxRank> idx{};
+    int64_t rest = begin, p_off = 0;
+    for (int dim = rank - 2; dim >= 0; --dim) {
+      idx[dim] = rest % xs[dim];
+      rest /= xs[dim];
+      p_off += idx[dim] * pos_stride[dim];
+    }
+    for (int64_t r = begin; r < end; ++r) {
+      const float* __restrict xr = x + r * d;
+      float* __restrict yr = y + r * d;
+      const float* __restrict c = cos_table + p_off * h;
+      const float* __restrict sn = sin_table + p_off * h;
+      for (int64_t j = 0; j < h; ++j) {
+        const float a = xr[j], b = xr[j + h];
+        yr[j] = a * c[j] - b * sn[j];
+        yr[j + h] = b * c[j] + a * sn[j];
+      }
+      for (int dim = rank - 2; dim >= 0; --dim) {
+        ++idx[dim];
+        p_off += pos_stride[dim];
+        if (idx[dim] < xs[dim]) break;
+        p_off -= pos_stride[dim] * idx[dim];
+        idx[dim] = 0;
+      }
+    }
+  });
+}
+
 // y = R(θ)·x per pair (x_j, x_{j+h}), R a rotation: dx = R(θ)ᵀ·dy = R(−θ)·dy,
 // the same op with `inverse` flipped.
 absl::Status Gradient(GradContext& ctx) {
@@ -137,6 +213,8 @@ OpDef RopeOpDef() {
   def.min_inputs = def.max_inputs = 2;
   def.infer = Infer;
   def.reference = Kernel;
+  def.fast = Fast;
+  def.scratch_bytes = FastScratchBytes;
   def.gradient = Gradient;
   def.differentiable_inputs = DifferentiableInputs;
   def.test_cases = TestCases;
