@@ -13,7 +13,8 @@
 // CompileTraining derives the whole training graph at compile time: forward,
 // the backward pruned to what the trained parameters need, and the optimizer
 // updates; optimizes it (engine/passes: BatchNorm folding, fusion, dead code,
-// updates reordered next to their gradients); then measures it without
+// ReLU6 outputs packed to bit masks, updates reordered next to their
+// gradients); then measures it without
 // weights: the static arena (the runtime's own planner, with in-place
 // execution and folded constants as the device will run them), kernel
 // scratch, weight / gradient / optimizer-state / folded-constant bytes, FLOPs

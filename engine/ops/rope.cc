@@ -45,6 +45,29 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   return x;
 }
 
+// Broadcast strides of the positions over x's row dimensions (x without its
+// last one); returns the number of rows. Computed by hand: forming the row
+// shape as a Shape would allocate.
+int64_t PositionStrides(const Shape& xs, const Shape& ps, Strides* pos_stride) {
+  const int rank = static_cast<int>(xs.size());
+  *pos_stride = Strides{};
+  int64_t pstride = 1, num_rows = 1;
+  for (int k = 0; k < rank - 1; ++k) {
+    const int dim = rank - 2 - k;
+    const int pdim = static_cast<int>(ps.size()) - 1 - k;
+    const int64_t np = pdim >= 0 ? ps[pdim] : 1;
+    (*pos_stride)[dim] = (np == 1) ? 0 : pstride;
+    pstride *= np;
+    num_rows *= xs[dim];
+  }
+  return num_rows;
+}
+
+// HF's inv_freq_j = 1 / base^(2j/D), in float32.
+float InvFreq(int64_t j, int64_t d, float base) {
+  return 1.0f / std::pow(base, static_cast<float>(2 * j) / static_cast<float>(d));
+}
+
 void Kernel(const KernelArgs& args) {
   const auto& attrs = args.attrs<RopeAttrs>();
   const Shape& xs = *args.in(0).shape;
@@ -56,26 +79,14 @@ void Kernel(const KernelArgs& args) {
   float* y = args.output.f32();
   const float sign = attrs.inverse ? -1.0f : 1.0f;
   // Rows (x without its last dim) are contiguous; positions are read through
-  // their broadcast strides over the row dims. Computed by hand: forming the
-  // row shape as a Shape would allocate.
-  Strides pos_stride{};
-  int64_t pstride = 1, num_rows = 1;
-  for (int k = 0; k < rank - 1; ++k) {
-    const int dim = rank - 2 - k;
-    const int pdim = static_cast<int>(ps.size()) - 1 - k;
-    const int64_t np = pdim >= 0 ? ps[pdim] : 1;
-    pos_stride[dim] = (np == 1) ? 0 : pstride;
-    pstride *= np;
-    num_rows *= xs[dim];
-  }
+  // their broadcast strides over the row dims.
+  Strides pos_stride;
+  const int64_t num_rows = PositionStrides(xs, ps, &pos_stride);
   // inv_freq depends on j only: computed once when it fits the stack buffer
   // (head dims up to 512; larger ones recompute it per element).
   constexpr int64_t kMaxHalf = 256;
   std::array<float, kMaxHalf> inv_freq_table;
-  auto inv_freq = [&](int64_t j) {
-    const float exponent = static_cast<float>(2 * j) / static_cast<float>(d);
-    return 1.0f / std::pow(attrs.base, exponent);
-  };
+  auto inv_freq = [&](int64_t j) { return InvFreq(j, d, attrs.base); };
   const bool tabled = h <= kMaxHalf;
   if (tabled) {
     for (int64_t j = 0; j < h; ++j) inv_freq_table[j] = inv_freq(j);
@@ -132,23 +143,14 @@ void Fast(const KernelArgs& args) {
     for (int64_t i = begin; i < end; ++i) {
       const float p = static_cast<float>(pos[i]);
       for (int64_t j = 0; j < h; ++j) {
-        const float exponent = static_cast<float>(2 * j) / static_cast<float>(d);
-        const float theta = p * (1.0f / std::pow(attrs.base, exponent));
+        const float theta = p * InvFreq(j, d, attrs.base);
         cos_table[i * h + j] = std::cos(theta);
         sin_table[i * h + j] = sign * std::sin(theta);
       }
     }
   });
-  Strides pos_stride{};
-  int64_t pstride = 1, num_rows = 1;
-  for (int k = 0; k < rank - 1; ++k) {
-    const int dim = rank - 2 - k;
-    const int pdim = static_cast<int>(ps.size()) - 1 - k;
-    const int64_t np = pdim >= 0 ? ps[pdim] : 1;
-    pos_stride[dim] = (np == 1) ? 0 : pstride;
-    pstride *= np;
-    num_rows *= xs[dim];
-  }
+  Strides pos_stride;
+  const int64_t num_rows = PositionStrides(xs, ps, &pos_stride);
   kernels::ParallelFor(num_rows, 4 * d, [&](int64_t begin, int64_t end) {
     // The position index of row `begin`, then stepped like an odometer.
     std::array<int64_t, kMaxRank> idx{};

@@ -28,14 +28,6 @@ int CountOps(const Graph& g, OpKind op) {
   return n;
 }
 
-size_t ArenaBytes(const Graph& g) {
-  runtime::ArenaOptions options;
-  options.in_place = false;
-  absl::StatusOr<runtime::ArenaLayout> layout = runtime::PlanArena(g, options);
-  EXPECT_OK(layout.status());
-  return layout.ok() ? layout->plan.arena_bytes : 0;
-}
-
 // x → y = relu6(x) → z = 2y (a forward reader) and dx = relu6'(y)·g, where
 // g = 1·dy comes after z as a backward value does; x over both sides of each
 // boundary, NaN, and counts that leave a partial last mask word.
@@ -161,7 +153,7 @@ TEST(PackActivationMasks, FrozenMobileNetV2TrainsTheSameInLessMemory) {
   EXPECT_EQ(CountOps(g, OpKind::kActivationMask), packed);
   EXPECT_EQ(CountOps(g, OpKind::kActivationGrad) - CountOps(m.graph, OpKind::kActivationGrad),
             -relu6_grads);
-  const size_t before = ArenaBytes(m.graph), after = ArenaBytes(g);
+  const size_t before = testing::ArenaBytes(m.graph), after = testing::ArenaBytes(g);
   EXPECT_LT(after, before * 3 / 4) << before << " -> " << after;
 
   runtime::CompileOptions options;

@@ -10,14 +10,6 @@
 namespace fleettune::engine::passes {
 namespace {
 
-size_t ArenaBytes(const Graph& g) {
-  runtime::ArenaOptions options;
-  options.in_place = false;
-  absl::StatusOr<runtime::ArenaLayout> layout = runtime::PlanArena(g, options);
-  EXPECT_OK(layout.status());
-  return layout.ok() ? layout->plan.arena_bytes : 0;
-}
-
 // Every update sits after every other reader of the tensors it writes and
 // after its inputs, and directly after the last of them.
 void ExpectUpdatesAsEarlyAsLegal(const Graph& g) {
@@ -84,7 +76,7 @@ TEST(ReorderUpdates, ShrinksTheArenaOfMobileNetV2AndBert) {
     ASSERT_OK(ReorderUpdates(g).status());
     ASSERT_OK(VerifyGraph(g));
     ExpectUpdatesAsEarlyAsLegal(g);
-    const size_t before = ArenaBytes(m->graph), after = ArenaBytes(g);
+    const size_t before = testing::ArenaBytes(m->graph), after = testing::ArenaBytes(g);
     EXPECT_LT(after, before);
     std::printf("arena bytes: %zu before, %zu after reordering updates\n", before, after);
   }

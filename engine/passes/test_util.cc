@@ -166,6 +166,14 @@ absl::StatusOr<TrainResult> TrainSteps(const Graph& graph, ValueId loss, const T
   return result;
 }
 
+size_t ArenaBytes(const Graph& graph) {
+  runtime::ArenaOptions options;
+  options.in_place = false;
+  absl::StatusOr<runtime::ArenaLayout> layout = runtime::PlanArena(graph, options);
+  EXPECT_TRUE(layout.ok()) << layout.status();
+  return layout.ok() ? layout->plan.arena_bytes : 0;
+}
+
 double RelativeDifference(const float* a, const float* b, int64_t n) {
   double diff = 0.0, scale = 0.0;
   for (int64_t i = 0; i < n; ++i) {

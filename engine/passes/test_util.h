@@ -58,6 +58,10 @@ struct TrainResult {
 absl::StatusOr<TrainResult> TrainSteps(const Graph& graph, ValueId loss, const TestModel& m,
                                        int steps, const runtime::CompileOptions& options = {});
 
+// Arena bytes runtime::PlanArena gives `graph` without in-place execution
+// (gtest failure and 0 if planning fails).
+size_t ArenaBytes(const Graph& graph);
+
 // Largest |a − b| over max(|a|) of two tensors (0 for equal ones).
 double RelativeDifference(const float* a, const float* b, int64_t n);
 

@@ -119,7 +119,9 @@ TEST_F(VerifyOnMlp, PicksTheBestMeasuredSetThatFitsAndRecordsIt) {
     }
   }
   EXPECT_EQ(s.replaced, s.origin != "selection");
-  if (s.replaced) EXPECT_GT(s.verified_accuracy, a + margin);
+  if (s.replaced) {
+    EXPECT_GT(s.verified_accuracy, a + margin);
+  }
   EXPECT_GT(s.verified_accuracy, profile.base_accuracy + 0.2);
 
   // Measured sets are not measured again, and the text format keeps them.
