@@ -21,6 +21,39 @@ ValueId FoldableConv(const Graph& g, ValueId bn, const std::vector<std::vector<V
   return conv;
 }
 
+// The folded BatchNorm whose input gradient `grad` is, when `grad` is
+// batch_norm_inference_grad(dy, σ², γ) of a BatchNorm in `folded_bn` (same
+// statistics, scale and attributes), else kNoValue.
+ValueId FoldedBatchNormOfGrad(const Graph& g, ValueId grad,
+                              const std::vector<ValueId>& folded_bns) {
+  const Node& node = g.node(grad);
+  if (node.op != OpKind::kBatchNormInferenceGrad || node.inputs.size() != 3) return kNoValue;
+  for (ValueId bn : folded_bns) {
+    const Node& b = g.node(bn);
+    if (b.inputs[2] == node.inputs[1] && b.inputs[3] == node.inputs[2] && b.attrs == node.attrs) {
+      return bn;
+    }
+  }
+  return kNoValue;
+}
+
+// Emits Wf = W·s per output channel (s = γ/√(σ² + eps) of BatchNorm `bn`)
+// into the rebuilt graph.
+absl::StatusOr<ValueId> EmitScaledWeight(GraphRewriter& rw, const Graph& graph, const Node& bn,
+                                         ValueId w_old) {
+  const auto& bn_attrs = std::get<BatchNormAttrs>(bn.attrs);
+  const Shape& w_shape = graph.type(w_old).shape;
+  const int64_t c = w_shape[0];
+  const int64_t k = NumElements(w_shape) / std::max<int64_t>(c, 1);
+  ASSIGN_OR_RETURN(ValueId zeros, rw.Emit(OpKind::kFill, {}, FillAttrs{0.0f, {c}}));
+  ASSIGN_OR_RETURN(ValueId w3, rw.Emit(OpKind::kReshape, {rw.New(w_old)}, ShapeAttrs{{1, c, k}}));
+  ASSIGN_OR_RETURN(
+      ValueId ws3,
+      rw.Emit(OpKind::kBatchNormInference,
+              {w3, zeros, rw.New(bn.inputs[2]), rw.New(bn.inputs[3]), zeros}, bn_attrs));
+  return rw.Emit(OpKind::kReshape, {ws3}, ShapeAttrs{w_shape});
+}
+
 }  // namespace
 
 absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_new, int* folded) {
@@ -38,9 +71,34 @@ absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_ne
   }
   if (folded != nullptr) *folded = count;
   if (count == 0) return Unchanged(n, old_to_new);
+  std::vector<ValueId> folded_bns;
+  for (ValueId id = 0; id < n; ++id) {
+    if (conv_of[id] != kNoValue) folded_bns.push_back(id);
+  }
   GraphRewriter rw(graph);
   for (ValueId id = 0; id < n; ++id) {
     if (skip[id]) continue;
+    const Node& node = graph.node(id);
+    // Backward: conv2d_backward_input(batch_norm_inference_grad(dy), W) of a
+    // folded pair is conv2d_backward_input(dy, Wf), with Wf recomputed here
+    // so that it lives only as long as this gradient needs it.
+    if (node.op == OpKind::kConv2dBackwardInput) {
+      const ValueId bn = FoldedBatchNormOfGrad(graph, node.inputs[0], folded_bns);
+      if (bn != kNoValue) {
+        const Node& conv = graph.node(conv_of[bn]);
+        const auto* grad_attrs = std::get_if<Conv2dGradAttrs>(&node.attrs);
+        const auto* conv_attrs = std::get_if<Conv2dAttrs>(&conv.attrs);
+        if (conv.inputs[1] == node.inputs[1] && grad_attrs != nullptr && conv_attrs != nullptr &&
+            grad_attrs->conv == *conv_attrs) {
+          ASSIGN_OR_RETURN(ValueId wf, EmitScaledWeight(rw, graph, graph.node(bn), node.inputs[1]));
+          const ValueId dy = rw.New(graph.node(node.inputs[0]).inputs[0]);
+          ASSIGN_OR_RETURN(ValueId dx,
+                           rw.Emit(OpKind::kConv2dBackwardInput, {dy, wf}, node.attrs, node.name));
+          rw.Map(id, dx);
+          continue;
+        }
+      }
+    }
     if (conv_of[id] == kNoValue) {
       RETURN_IF_ERROR(rw.Copy(id));
       continue;
@@ -49,20 +107,13 @@ absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_ne
     const Node& conv = graph.node(conv_of[id]);
     const auto& bn_attrs = std::get<BatchNormAttrs>(bn.attrs);
     const ValueId x = rw.New(conv.inputs[0]);
-    const ValueId w = rw.New(conv.inputs[1]);
     const ValueId mean = rw.New(bn.inputs[1]);
     const ValueId var = rw.New(bn.inputs[2]);
     const ValueId gamma = rw.New(bn.inputs[3]);
     const ValueId beta = rw.New(bn.inputs[4]);
-    const Shape& w_shape = graph.type(conv.inputs[1]).shape;
-    const int64_t c = w_shape[0];
-    const int64_t k = NumElements(w_shape) / std::max<int64_t>(c, 1);
+    const int64_t c = graph.type(conv.inputs[1]).shape[0];
     ASSIGN_OR_RETURN(ValueId zeros, rw.Emit(OpKind::kFill, {}, FillAttrs{0.0f, {c}}));
-    // Wf = W·s, per output channel.
-    ASSIGN_OR_RETURN(ValueId w3, rw.Emit(OpKind::kReshape, {w}, ShapeAttrs{{1, c, k}}));
-    ASSIGN_OR_RETURN(ValueId ws3, rw.Emit(OpKind::kBatchNormInference,
-                                          {w3, zeros, var, gamma, zeros}, bn_attrs));
-    ASSIGN_OR_RETURN(ValueId wf, rw.Emit(OpKind::kReshape, {ws3}, ShapeAttrs{w_shape}));
+    ASSIGN_OR_RETURN(ValueId wf, EmitScaledWeight(rw, graph, bn, conv.inputs[1]));
     // shift = (b − μ)·s + β.
     const ValueId b = conv.inputs.size() == 3 ? rw.New(conv.inputs[2]) : zeros;
     ASSIGN_OR_RETURN(ValueId b2, rw.Emit(OpKind::kReshape, {b}, ShapeAttrs{{1, c}}));

@@ -17,10 +17,17 @@
 // Compile(); a trainable β or conv bias only makes `shift` (C floats) per-step
 // work, a trainable W only makes Wf (one pass over the weight) per-step work.
 //
-// Gradients: the pass runs on training graphs after autodiff and rewrites only
-// the forward pair, so backward nodes keep reading W, γ, σ² and x; they never
-// read the conv output (checked below) and read the BatchNorm output only as a
-// value, which the folded conv reproduces. A pair is folded only when the conv
+// Gradients: the pass runs on training graphs after autodiff. Backward nodes
+// keep reading W, γ, σ² and x; they never read the conv output (checked
+// below) and read the BatchNorm output only as a value, which the folded conv
+// reproduces. The input gradient through a folded pair,
+//   conv2d_backward_input(batch_norm_inference_grad(dy, σ², γ), W),
+// scales dy per channel before the transposed convolution; it becomes
+//   conv2d_backward_input(dy, Wf)
+// with Wf recomputed next to it (one pass over the weight instead of one over
+// the activation gradient, and Wf is not kept alive from the forward pass).
+// The scaled gradient is left to dead-code elimination, or kept when a
+// trainable W's weight gradient still reads it. A pair is folded only when the conv
 // output has no reader but the BatchNorm: a trainable γ's gradient
 // (batch_norm_weight_grad) reads the conv output, so convolutions followed by
 // a BatchNorm with trainable γ are left alone (folding them would need the

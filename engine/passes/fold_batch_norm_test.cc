@@ -4,6 +4,7 @@
 #include "engine/autodiff/autodiff.h"
 #include "engine/base/status_matchers.h"
 #include "engine/ir/verifier.h"
+#include "engine/passes/dce.h"
 #include "engine/passes/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -11,7 +12,7 @@
 namespace fleettune::engine::passes {
 namespace {
 
-enum class Train { kConvWeights, kConvWeightsAndBeta, kFrozenFeatures, kEverything };
+enum class Train { kConvWeights, kConvWeightsAndBeta, kBetaOnly, kFrozenFeatures, kEverything };
 
 // MobileNetV2 eval graph (frozen statistics) with the gradients of the chosen
 // weights marked as outputs next to logits and loss; no optimizer updates.
@@ -29,6 +30,7 @@ absl::StatusOr<testing::TestModel> GradientGraph(Train train) {
     bool take = classifier;
     if (train == Train::kConvWeights) take = take || conv;
     if (train == Train::kConvWeightsAndBeta) take = take || conv || bn_bias;
+    if (train == Train::kBetaOnly) take = take || bn_bias;
     if (train == Train::kEverything) take = true;
     if (take) trainable.push_back(id);
   }
@@ -90,8 +92,35 @@ INSTANTIATE_TEST_SUITE_P(Schemes, FoldBatchNormTest,
                          ::testing::Values(Case{Train::kFrozenFeatures, true},
                                            Case{Train::kConvWeights, true},
                                            Case{Train::kConvWeightsAndBeta, true},
+                                           Case{Train::kBetaOnly, true},
                                            // γ's gradient reads the conv output.
                                            Case{Train::kEverything, false}));
+
+// Frozen convolutions under trainable BatchNorm biases: the input gradient
+// through each folded pair reads Wf and the raw dy, so after dead-code
+// elimination no per-channel scaling pass over an activation gradient is left.
+TEST(FoldBatchNorm, InputGradientsReadTheFoldedWeight) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m, GradientGraph(Train::kBetaOnly));
+  auto count = [](const Graph& g, OpKind op) {
+    int n = 0;
+    for (const Node& node : g.nodes()) n += node.op == op;
+    return n;
+  };
+  ASSERT_GE(count(m.graph, OpKind::kBatchNormInferenceGrad), 30);
+  Graph g = m.graph;
+  int folded = 0;
+  ASSERT_OK(FoldBatchNorm(g, nullptr, &folded).status());
+  ASSERT_OK(EliminateDeadCode(g).status());
+  ASSERT_OK(VerifyGraph(g));
+  // Every pair folds, so no scaling of an activation gradient is left.
+  EXPECT_GE(folded, 30);
+  EXPECT_EQ(count(g, OpKind::kBatchNormInferenceGrad), 0);
+  for (const Node& node : g.nodes()) {
+    if (node.op != OpKind::kConv2dBackwardInput) continue;
+    EXPECT_NE(g.node(node.inputs[0]).op, OpKind::kBatchNormInferenceGrad);
+    EXPECT_EQ(g.node(node.inputs[1]).op, OpKind::kReshape);  // Wf = reshape(W·s)
+  }
+}
 
 TEST(FoldBatchNorm, LeavesAConvWithAnotherReaderAlone) {
   Graph g;
