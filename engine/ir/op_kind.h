@@ -79,8 +79,8 @@ enum class OpKind : uint8_t {
   kLayerNormActivation,  // layer_norm + activation
   kRmsNormActivation,    // rms_norm + activation
   kElementwiseChain,     // a chain of elementwise ops run as one pass over the data
-  // A ReLU6's output packed to one bit per element for its gradient, emitted
-  // only by the pack_masks pass (engine/ops/activation_mask.cc).
+  // A ReLU's or ReLU6's output packed to one bit per element for its
+  // gradient, emitted only by the pack_masks pass (engine/ops/activation_mask.cc).
   kActivationMask,
   kMaskedGrad,
   kCount,

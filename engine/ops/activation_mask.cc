@@ -1,29 +1,31 @@
-// kActivationMask and kMaskedGrad: a ReLU6's saved output, packed to one bit
-// per element for its gradient.
+// kActivationMask and kMaskedGrad: a ReLU's or ReLU6's saved output, packed
+// to one bit per element for its gradient.
 //
-// ReLU6's derivative is 1 where 0 < y < 6 and 0 elsewhere, so the f32 output
-// that kActivationGrad keeps alive until the backward pass carries one bit of
-// information per element. The pack_masks pass (engine/passes/pack_masks.h)
-// replaces
+// The derivative of ReLU is 1 where y > 0, that of ReLU6 where 0 < y < 6, and
+// 0 elsewhere, so the f32 output that relu_grad / activation_grad keep alive
+// until the backward pass carries one bit of information per element. The
+// pack_masks pass (engine/passes/pack_masks.h) replaces
 //
 //   y = relu6(...) ... dx = activation_grad{fn=relu6}(dy, y)
 // with
-//   y = relu6(...); m = activation_mask{fn=relu6}(y) ... dx = masked_grad(dy, m)
+//   y = relu6(...); m = activation_mask{6}(y) ... dx = masked_grad(dy, m)
 //
-// so y dies as soon as the forward pass is done with it and the backward keeps
-// 1/32 of its bytes. Both are exact: masked_grad gives the same bits as
-// activation_grad.
+// (ReLU: relu_grad(dy, y) and activation_mask{inf}), so y dies as soon as the
+// forward pass is done with it and the backward keeps 1/32 of its bytes. Both
+// are exact: masked_grad gives the same bits as the gradient it replaces.
 //
-// kActivationMask: y f32[...] → m i32[ceil(n / 32)], n = y's element count;
-// bit b of word w is element 32·w + b of y, in row-major order, set where the
-// derivative is 1; the unused high bits of the last word are 0. Only ReLU6
-// has a 0/1 derivative among ActivationFn, so fn must be relu6.
+// kActivationMask{upper} (ScalarAttrs: the ReLU's upper clamp, 6 or +inf):
+// y f32[...] → m i32[ceil(n / 32)], n = y's element count; bit b of word w is
+// element 32·w + b of y, in row-major order, set where y > 0 and, for a
+// finite upper, y < upper; the unused high bits of the last word are 0.
 // kMaskedGrad: (dy f32[...], m i32[ceil(n / 32)]) → dx = dy where the bit is
 // set, else +0.
 // Neither is differentiable: both exist only in backward graphs.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "engine/base/status_macros.h"
@@ -44,11 +46,21 @@ constexpr int64_t kBits = 32;
 
 int64_t Words(int64_t elements) { return (elements + kBits - 1) / kBits; }
 
-bool Passes(float y) { return y > 0.0f && y < 6.0f; }  // NaN fails both
+// The derivative of a ReLU clamped to [0, upper] at its output y (+inf: no
+// clamp). NaN fails every comparison, as in relu_grad and activation_grad.
+struct Derivative {
+  float upper;
+  bool operator()(float y) const { return y > 0.0f && (y < upper || std::isinf(upper)); }
+};
+
+Derivative DerivativeOf(const KernelArgs& args) {
+  return Derivative{args.attrs<ScalarAttrs>().value};
+}
 
 absl::StatusOr<TensorType> InferMask(const Node& node, absl::Span<const TensorType* const> in) {
-  if (std::get<ActivationAttrs>(node.attrs).fn != ActivationFn::kRelu6) {
-    return OpError(node, "only relu6 has a 0/1 derivative to pack");
+  const float upper = std::get<ScalarAttrs>(node.attrs).value;
+  if (!(upper > 0.0f)) {
+    return OpError(node, "upper clamp must be > 0 (6 for ReLU6, inf for ReLU), got ", upper);
   }
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "y"));
   return TensorType{DType::kI32, {Words(in[0]->num_elements())}};
@@ -67,9 +79,9 @@ absl::StatusOr<TensorType> InferMaskedGrad(const Node& node,
 }
 
 // Word w of the mask from y[32w, min(32w + 32, n)).
-uint32_t PackWord(const float* y, int64_t count) {
+uint32_t PackWord(Derivative passes, const float* y, int64_t count) {
   uint32_t word = 0;
-  for (int64_t b = 0; b < count; ++b) word |= static_cast<uint32_t>(Passes(y[b])) << b;
+  for (int64_t b = 0; b < count; ++b) word |= static_cast<uint32_t>(passes(y[b])) << b;
   return word;
 }
 
@@ -77,8 +89,9 @@ void PackReference(const KernelArgs& args) {
   const int64_t n = args.in(0).num_elements();
   const float* y = args.in(0).f32();
   int32_t* m = args.output.i32();
+  const Derivative passes = DerivativeOf(args);
   for (int64_t w = 0; w < Words(n); ++w) {
-    const uint32_t word = PackWord(y + w * kBits, std::min(kBits, n - w * kBits));
+    const uint32_t word = PackWord(passes, y + w * kBits, std::min(kBits, n - w * kBits));
     std::memcpy(m + w, &word, sizeof(word));
   }
 }
@@ -96,15 +109,19 @@ void MaskedGradReference(const KernelArgs& args) {
 
 #if defined(__x86_64__)
 // 32 elements per word as four 8-lane compares; movemask gives each lane's bit
-// in element order.
-__attribute__((target("avx2"))) void PackAvx2(const float* y, int32_t* m, int64_t words) {
-  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+// in element order. An infinite upper bound passes every y > 0.
+__attribute__((target("avx2"))) void PackAvx2(Derivative passes, const float* y, int32_t* m,
+                                              int64_t words) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 upper = _mm256_set1_ps(passes.upper);
+  const __m256 unbounded =
+      std::isinf(passes.upper) ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : _mm256_setzero_ps();
   for (int64_t w = 0; w < words; ++w) {
     uint32_t word = 0;
     for (int q = 0; q < 4; ++q) {
       const __m256 v = _mm256_loadu_ps(y + w * kBits + 8 * q);
-      const __m256 in =
-          _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), _mm256_cmp_ps(v, six, _CMP_LT_OQ));
+      const __m256 below = _mm256_or_ps(_mm256_cmp_ps(v, upper, _CMP_LT_OQ), unbounded);
+      const __m256 in = _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), below);
       word |= static_cast<uint32_t>(_mm256_movemask_ps(in)) << (8 * q);
     }
     std::memcpy(m + w, &word, sizeof(word));
@@ -131,21 +148,22 @@ void PackFast(const KernelArgs& args) {
   const int64_t n = args.in(0).num_elements();
   const float* y = args.in(0).f32();
   int32_t* m = args.output.i32();
+  const Derivative passes = DerivativeOf(args);
   const int64_t full = n / kBits;
   kernels::ParallelFor(full, kBits, [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__)
     if (kernels::KernelIsa() != kernels::Isa::kGeneric) {
-      PackAvx2(y + begin * kBits, m + begin, end - begin);
+      PackAvx2(passes, y + begin * kBits, m + begin, end - begin);
       return;
     }
 #endif
     for (int64_t w = begin; w < end; ++w) {
-      const uint32_t word = PackWord(y + w * kBits, kBits);
+      const uint32_t word = PackWord(passes, y + w * kBits, kBits);
       std::memcpy(m + w, &word, sizeof(word));
     }
   });
   if (full * kBits < n) {
-    const uint32_t word = PackWord(y + full * kBits, n - full * kBits);
+    const uint32_t word = PackWord(passes, y + full * kBits, n - full * kBits);
     std::memcpy(m + full, &word, sizeof(word));
   }
 }
@@ -174,12 +192,13 @@ void MaskedGradFast(const KernelArgs& args) {
 
 // Element counts that leave a partial last word, and one of whole words.
 std::vector<OpTestCase> MaskTestCases() {
-  OpTestCase partial;
-  partial.inputs = {{DType::kF32, {3, 45}}};
-  partial.attrs = ActivationAttrs{ActivationFn::kRelu6};
-  OpTestCase whole = partial;
-  whole.inputs = {{DType::kF32, {2, 4, 16}}};
-  return {partial, whole};
+  OpTestCase relu6;  // a partial last word
+  relu6.inputs = {{DType::kF32, {3, 45}}};
+  relu6.attrs = ScalarAttrs{6.0f};
+  OpTestCase relu = relu6;  // whole words
+  relu.inputs = {{DType::kF32, {2, 4, 16}}};
+  relu.attrs = ScalarAttrs{std::numeric_limits<float>::infinity()};
+  return {relu6, relu};
 }
 
 std::vector<OpTestCase> MaskedGradTestCases() {
@@ -196,7 +215,7 @@ std::vector<OpTestCase> MaskedGradTestCases() {
 OpDef ActivationMaskOpDef() {
   OpDef def;
   def.name = "activation_mask";
-  def.attrs_index = AttrsIndexOf<ActivationAttrs>();
+  def.attrs_index = AttrsIndexOf<ScalarAttrs>();
   def.min_inputs = def.max_inputs = 1;
   def.infer = InferMask;
   def.reference = PackReference;

@@ -1,6 +1,7 @@
 #include "engine/passes/pack_masks.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 #include <variant>
 
@@ -10,12 +11,19 @@
 namespace fleettune::engine::passes {
 namespace {
 
-// activation_grad{relu6}(dy, v) reading v only as its saved value.
-bool IsRelu6GradOf(const Node& node, ValueId v) {
-  if (node.op != OpKind::kActivationGrad || node.inputs.size() != 2) return false;
+constexpr float kNotAMaskGrad = 0.0f;
+
+// The upper clamp of the ReLU whose gradient `node` is, reading v only as its
+// saved output: 6 for activation_grad{relu6}(dy, v), +inf for relu_grad(dy, v);
+// kNotAMaskGrad for anything else.
+float MaskUpperOf(const Node& node, ValueId v) {
+  if (node.inputs.size() != 2 || node.inputs[1] != v || node.inputs[0] == v) return kNotAMaskGrad;
+  if (node.op == OpKind::kReluGrad) return std::numeric_limits<float>::infinity();
   const auto* attrs = std::get_if<ActivationAttrs>(&node.attrs);
-  return attrs != nullptr && attrs->fn == ActivationFn::kRelu6 && node.inputs[1] == v &&
-         node.inputs[0] != v;
+  if (node.op == OpKind::kActivationGrad && attrs != nullptr && attrs->fn == ActivationFn::kRelu6) {
+    return 6.0f;
+  }
+  return kNotAMaskGrad;
 }
 
 }  // namespace
@@ -24,36 +32,41 @@ absl::StatusOr<bool> PackActivationMasks(Graph& graph, std::vector<ValueId>* old
                                          int* packed) {
   const int n = graph.num_nodes();
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
-  // Every dy a ReLU6 gradient reads is a backward value, so nodes before the
+  // Every dy a ReLU gradient reads is a backward value, so nodes before the
   // earliest of them belong to the forward pass (or to the start of the
   // backward pass, which mask packing treats alike).
   ValueId backward = n;
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);
-    if (node.op == OpKind::kActivationGrad && node.inputs.size() == 2 &&
-        IsRelu6GradOf(node, node.inputs[1])) {
+    if (node.inputs.size() == 2 && MaskUpperOf(node, node.inputs[1]) != kNotAMaskGrad) {
       backward = std::min(backward, node.inputs[0]);
     }
   }
-  std::vector<bool> pack(n, false), masked(n, false);
+  std::vector<float> upper(n, kNotAMaskGrad);  // per packed value
+  std::vector<bool> masked(n, false);          // gradients that read a mask instead
   int count = 0;
   for (ValueId v = 0; v < n; ++v) {
     if (graph.type(v).dtype != DType::kF32) continue;
     if (std::find(graph.outputs().begin(), graph.outputs().end(), v) != graph.outputs().end()) {
       continue;
     }
-    ValueId first_grad = n, last_other = -1;
+    float clamp = kNotAMaskGrad;
+    bool one_kind = true, any = false;
+    ValueId last_other = -1;
     for (ValueId u : users[v]) {
-      if (IsRelu6GradOf(graph.node(u), v)) {
-        first_grad = std::min(first_grad, u);
-      } else {
+      const float u_clamp = MaskUpperOf(graph.node(u), v);
+      if (u_clamp == kNotAMaskGrad) {
         last_other = std::max(last_other, u);
+        continue;
       }
+      one_kind &= !any || u_clamp == clamp;
+      clamp = u_clamp;
+      any = true;
     }
-    if (first_grad == n || last_other >= backward) continue;
-    pack[v] = true;
+    if (!any || !one_kind || last_other >= backward) continue;
+    upper[v] = clamp;
     for (ValueId u : users[v]) {
-      if (IsRelu6GradOf(graph.node(u), v)) masked[u] = true;
+      if (MaskUpperOf(graph.node(u), v) != kNotAMaskGrad) masked[u] = true;
     }
     ++count;
   }
@@ -71,9 +84,9 @@ absl::StatusOr<bool> PackActivationMasks(Graph& graph, std::vector<ValueId>* old
       continue;
     }
     RETURN_IF_ERROR(rw.Copy(id));
-    if (pack[id]) {
-      ASSIGN_OR_RETURN(mask_of[id], rw.Emit(OpKind::kActivationMask, {rw.New(id)},
-                                            ActivationAttrs{ActivationFn::kRelu6}));
+    if (upper[id] != kNotAMaskGrad) {
+      ASSIGN_OR_RETURN(mask_of[id],
+                       rw.Emit(OpKind::kActivationMask, {rw.New(id)}, ScalarAttrs{upper[id]}));
     }
   }
   ASSIGN_OR_RETURN(Graph out, rw.Finish());

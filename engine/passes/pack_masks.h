@@ -1,23 +1,24 @@
-// Packing ReLU6 outputs saved for the backward pass into bit masks.
+// Packing ReLU and ReLU6 outputs saved for the backward pass into bit masks.
 //
 //   int packed = 0;
 //   ASSIGN_OR_RETURN(bool changed, PackActivationMasks(graph, &old_to_new, &packed));
 //
-// A ReLU6's gradient needs only where 0 < y < 6, but activation_grad reads the
-// whole f32 output y, so y stays alive from the forward pass to its gradient.
-// Under sparse updates that is most of the arena: a frozen convolution after
-// the ReLU6 needs no input for its input gradient, so y is kept for that one
-// bit per element alone. This pass emits m = activation_mask(y) right after
-// y's producer and replaces every activation_grad{relu6}(dy, y) with
-// masked_grad(dy, m) (engine/ops/activation_mask.cc): m is 1/32 of y's bytes,
-// and y dies once the forward pass has read it. The result is bit-identical.
+// A ReLU's gradient needs only where y > 0 (ReLU6: 0 < y < 6), but relu_grad
+// and activation_grad{relu6} read the whole f32 output y, so y stays alive
+// from the forward pass to its gradient. Under sparse updates that is most of
+// the arena: a frozen layer after the ReLU needs no input for its input
+// gradient, so y is kept for that one bit per element alone. This pass emits
+// m = activation_mask{upper}(y) right after y's producer and replaces each
+// such gradient with masked_grad(dy, m) (engine/ops/activation_mask.cc): m is
+// 1/32 of y's bytes, and y dies once the forward pass has read it. The result
+// is bit-identical.
 //
-// A value is packed when one or more relu6 activation_grads read it as v and
-// nothing else reads it in the backward pass (taken to start at the earliest
-// dy a relu6 gradient reads), i.e. when packing ends its life with the
-// forward pass. A value the backward pass still reads (a trainable
-// convolution's weight gradient reads its input) stays whole, since a mask
-// would barely shorten its life; so do marked outputs. Other node order is
+// A value is packed when one or more of these gradients (all of one kind) read
+// it as y and nothing else reads it in the backward pass (taken to start at
+// the earliest dy such a gradient reads), i.e. when packing ends its life with
+// the forward pass. A value the backward pass still reads (a trainable
+// layer's weight gradient reads its input) stays whole, since a mask would
+// barely shorten its life; so do marked outputs. Other node order is
 // unchanged.
 //
 // Expects a graph that passes VerifyGraph (RunPasses checks before any pass).

@@ -28,36 +28,40 @@ int CountOps(const Graph& g, OpKind op) {
   return n;
 }
 
-// x → y = relu6(x) → z = 2y (a forward reader) and dx = relu6'(y)·g, where
-// g = 1·dy comes after z as a backward value does; x over both sides of each
-// boundary, NaN, and counts that leave a partial last mask word.
-struct Relu6Graph {
+// x → y = relu6(x) or relu(x) → z = 2y (a forward reader) and
+// dx = relu'(y)·g, where g = 1·dy comes after z as a backward value does; x
+// over both sides of each boundary, ±inf, NaN, and counts that leave a
+// partial last mask word.
+struct ReluGraph {
   Graph g;
   ValueId y = kNoValue, z = kNoValue, dx = kNoValue;
 };
 
-absl::StatusOr<Relu6Graph> BuildRelu6Graph(int64_t n) {
-  Relu6Graph r;
+absl::StatusOr<ReluGraph> BuildReluGraph(int64_t n, bool relu6) {
+  ReluGraph r;
   ASSIGN_OR_RETURN(ValueId x, r.g.AddInput("x", {DType::kF32, {n}}));
   ASSIGN_OR_RETURN(ValueId dy, r.g.AddInput("dy", {DType::kF32, {n}}));
-  ASSIGN_OR_RETURN(r.y,
-                   r.g.AddNode(OpKind::kActivation, {x}, ActivationAttrs{ActivationFn::kRelu6}));
+  const ActivationAttrs six{ActivationFn::kRelu6};
+  ASSIGN_OR_RETURN(
+      r.y, relu6 ? r.g.AddNode(OpKind::kActivation, {x}, six) : r.g.AddNode(OpKind::kRelu, {x}));
   ASSIGN_OR_RETURN(r.z, r.g.AddNode(OpKind::kScale, {r.y}, ScalarAttrs{2.0f}));
   ASSIGN_OR_RETURN(ValueId grad, r.g.AddNode(OpKind::kScale, {dy}, ScalarAttrs{1.0f}));
-  ASSIGN_OR_RETURN(r.dx, r.g.AddNode(OpKind::kActivationGrad, {grad, r.y},
-                                     ActivationAttrs{ActivationFn::kRelu6}));
+  ASSIGN_OR_RETURN(r.dx, relu6 ? r.g.AddNode(OpKind::kActivationGrad, {grad, r.y}, six)
+                               : r.g.AddNode(OpKind::kReluGrad, {grad, r.y}));
   r.g.MarkOutput(r.z);
   r.g.MarkOutput(r.dx);
   return r;
 }
 
-std::vector<float> RunRelu6Graph(const Graph& g, ValueId dx, int64_t n, bool reference,
-                                 const std::string& isa) {
+std::vector<float> RunReluGraph(const Graph& g, ValueId dx, int64_t n, bool reference,
+                                const std::string& isa) {
   Tensor x(DType::kF32, {n}), dy(DType::kF32, {n});
-  const float specials[] = {0.0f,   -0.0f,   6.0f,       5.9999995f,
-                            1e-30f, -1e-30f, 6.0000005f, std::numeric_limits<float>::quiet_NaN()};
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const float specials[] = {
+      0.0f,    -0.0f, 6.0f,  5.9999995f, 1e-30f,
+      -1e-30f, kInf,  -kInf, 6.0000005f, std::numeric_limits<float>::quiet_NaN()};
   for (int64_t i = 0; i < n; ++i) {
-    x.f32()[i] = i % 5 == 0 ? specials[(i / 5) % 8] : -2.0f + 0.37f * static_cast<float>(i % 29);
+    x.f32()[i] = i % 5 == 0 ? specials[(i / 5) % 10] : -2.0f + 0.37f * static_cast<float>(i % 29);
     dy.f32()[i] = 0.5f + static_cast<float>(i);
   }
   runtime::ParameterStore params;
@@ -77,11 +81,14 @@ std::vector<float> RunRelu6Graph(const Graph& g, ValueId dx, int64_t n, bool ref
   return std::vector<float>(out->f32(), out->f32() + n);
 }
 
-TEST(PackActivationMasks, GradientThroughTheMaskIsBitIdentical) {
+class GradientThroughTheMask : public ::testing::TestWithParam<bool> {};  // relu6?
+
+TEST_P(GradientThroughTheMask, IsBitIdentical) {
+  const bool relu6 = GetParam();
   for (int64_t n : {1, 31, 32, 33, 70, 4099}) {
     SCOPED_TRACE(n);
-    ASSERT_OK_AND_ASSIGN(Relu6Graph r, BuildRelu6Graph(n));
-    const std::vector<float> want = RunRelu6Graph(r.g, r.dx, n, /*reference=*/true, "");
+    ASSERT_OK_AND_ASSIGN(ReluGraph r, BuildReluGraph(n, relu6));
+    const std::vector<float> want = RunReluGraph(r.g, r.dx, n, /*reference=*/true, "");
     Graph g = r.g;
     std::vector<ValueId> map;
     int packed = 0;
@@ -90,9 +97,12 @@ TEST(PackActivationMasks, GradientThroughTheMaskIsBitIdentical) {
     EXPECT_EQ(packed, 1);
     ASSERT_OK(VerifyGraph(g));
     EXPECT_EQ(g.node(map[r.dx]).op, OpKind::kMaskedGrad);
-    EXPECT_EQ(CountOps(g, OpKind::kActivationGrad), 0);
+    EXPECT_EQ(CountOps(g, OpKind::kActivationGrad) + CountOps(g, OpKind::kReluGrad), 0);
     // The mask comes right after y, so y's last reader is the forward scale.
-    EXPECT_EQ(g.node(map[r.y] + 1).op, OpKind::kActivationMask);
+    const Node& mask = g.node(map[r.y] + 1);
+    EXPECT_EQ(mask.op, OpKind::kActivationMask);
+    EXPECT_EQ(std::get<ScalarAttrs>(mask.attrs).value,
+              relu6 ? 6.0f : std::numeric_limits<float>::infinity());
     EXPECT_EQ(g.type(map[r.y] + 1), (TensorType{DType::kI32, {(n + 31) / 32}}));
     std::vector<std::string> isas = {"generic"};
     for (const char* isa : {"avx2", "avx512"}) {
@@ -102,7 +112,7 @@ TEST(PackActivationMasks, GradientThroughTheMaskIsBitIdentical) {
     for (bool reference : {true, false}) {
       for (const std::string& isa : isas) {
         SCOPED_TRACE(reference ? "reference " + isa : "fast " + isa);
-        const std::vector<float> got = RunRelu6Graph(g, map[r.dx], n, reference, isa);
+        const std::vector<float> got = RunReluGraph(g, map[r.dx], n, reference, isa);
         ASSERT_EQ(got.size(), want.size());
         EXPECT_EQ(std::memcmp(got.data(), want.data(), n * sizeof(float)), 0);
       }
@@ -110,8 +120,11 @@ TEST(PackActivationMasks, GradientThroughTheMaskIsBitIdentical) {
   }
 }
 
+INSTANTIATE_TEST_SUITE_P(Relus, GradientThroughTheMask, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "relu6" : "relu"; });
+
 TEST(PackActivationMasks, KeepsOutputsAndValuesTheBackwardStillReads) {
-  ASSERT_OK_AND_ASSIGN(Relu6Graph r, BuildRelu6Graph(40));
+  ASSERT_OK_AND_ASSIGN(ReluGraph r, BuildReluGraph(40, /*relu6=*/true));
   // y read again after its gradient (as a trainable layer's weight gradient
   // reads its input): packing would not end y's life, so it stays.
   Graph later = r.g;
@@ -161,6 +174,26 @@ TEST(PackActivationMasks, FrozenMobileNetV2TrainsTheSameInLessMemory) {
                        testing::TrainSteps(m.graph, m.model.loss, m, 3, options));
   ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
                        testing::TrainSteps(g, map[m.model.loss], m, 3, options));
+  testing::ExpectSameTraining(want, got, 0.0);
+}
+
+// ResNet's ReLUs (fused into its convolutions and residual adds) under
+// bias-only updates: packed the same way, and training is bit-identical.
+TEST(PackActivationMasks, FrozenResNetReluOutputsArePacked) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m,
+                       testing::SmallResNet(models::Mode::kEval, "bias-only"));
+  Graph g = m.graph;
+  std::vector<ValueId> map;
+  int packed = 0;
+  ASSERT_OK_AND_ASSIGN(bool changed, PackActivationMasks(g, &map, &packed));
+  EXPECT_TRUE(changed);
+  EXPECT_GE(packed, 3);
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_EQ(CountOps(g, OpKind::kReluGrad), CountOps(m.graph, OpKind::kReluGrad) - packed);
+  // This ResNet is too small for its peak to be the saved activations.
+  EXPECT_LE(testing::ArenaBytes(g), testing::ArenaBytes(m.graph));
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(m.graph, m.model.loss, m, 3));
+  ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(g, map[m.model.loss], m, 3));
   testing::ExpectSameTraining(want, got, 0.0);
 }
 

@@ -18,7 +18,7 @@
 //                    (fuse.h), then elementwise chains → elementwise_chain
 //                    (fuse_elementwise.h); rewrites = pairs + chains
 //   dce              drop nodes no output, loss or update needs (dce.h)
-//   pack_masks       ReLU6 outputs kept for their gradient → bit masks
+//   pack_masks       ReLU/ReLU6 outputs kept for their gradient → bit masks
 //                    (pack_masks.h)
 //   reorder_updates  each update right after its gradient (reorder_updates.h)
 // Runtime features the report measures but Compile() applies:

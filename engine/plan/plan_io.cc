@@ -104,7 +104,7 @@ constexpr OpRow kOps[] = {
     {OpKind::kLayerNormActivation, v1::OP_KIND_LAYER_NORM_ACTIVATION, v1::Node::kFusedNorm},
     {OpKind::kRmsNormActivation, v1::OP_KIND_RMS_NORM_ACTIVATION, v1::Node::kFusedNorm},
     {OpKind::kElementwiseChain, v1::OP_KIND_ELEMENTWISE_CHAIN, v1::Node::kElementwiseChain},
-    {OpKind::kActivationMask, v1::OP_KIND_ACTIVATION_MASK, v1::Node::kActivation},
+    {OpKind::kActivationMask, v1::OP_KIND_ACTIVATION_MASK, v1::Node::kScalar},
     {OpKind::kMaskedGrad, v1::OP_KIND_MASKED_GRAD, v1::Node::ATTRS_NOT_SET},
 };
 static_assert(std::size(kOps) == kNumOpKinds, "every OpKind needs a row in kOps");

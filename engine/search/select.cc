@@ -22,6 +22,17 @@ struct Item {
 // Items grouped by tensor: at most one item per group is chosen.
 using Groups = std::vector<std::vector<Item>>;
 
+// How far a cost is over the budget, as the larger fraction of its memory
+// and step-time limits (<= 0 when it fits).
+double Excess(const SchemeCost& c, const Budget& budget) {
+  double excess = static_cast<double>(c.memory_bytes - budget.memory_bytes) /
+                  static_cast<double>(std::max<int64_t>(budget.memory_bytes, 1));
+  if (budget.step_seconds > 0) {
+    excess = std::max(excess, (c.step_seconds - budget.step_seconds) / budget.step_seconds);
+  }
+  return excess;
+}
+
 double Ratio(const Item& it) {
   return it.gain / static_cast<double>(std::max<int64_t>(it.memory, 1));
 }
@@ -217,7 +228,7 @@ absl::StatusOr<Selection> SelectScheme(const models::Model& model,
     SchemeCost cost;
     int repaired = 0, filled = 0;
   };
-  auto finalize = [&](const Groups& est, Choice choice) -> absl::StatusOr<Finalized> {
+  auto finalize = [&](Choice choice) -> absl::StatusOr<Finalized> {
     Finalized f;
     for (;;) {
       if (set_of(choice).empty()) {
@@ -234,11 +245,29 @@ absl::StatusOr<Selection> SelectScheme(const models::Model& model,
       size_t chosen = 0;
       for (int c : choice) chosen += c >= 0;
       if (fits(f.cost) || chosen <= 1) break;
+      // Drop one candidate, judged by exact costs: estimates can put a
+      // candidate at no cost (its backward is shared), which would make it
+      // look best to keep and the set's most valuable member best to drop.
+      // A drop that makes the set fit wins, keeping the most gain; else the
+      // one giving up the least gain per unit of excess it removes.
       int worst = -1;
-      for (size_t g = 0; g < est.size(); ++g) {
+      bool worst_fits = false;
+      double worst_score = 0.0;
+      const double excess = Excess(f.cost, budget);
+      for (size_t g = 0; g < groups.size(); ++g) {
         if (choice[g] < 0) continue;
-        if (worst < 0 || Ratio(est[g][choice[g]]) < Ratio(est[worst][choice[worst]])) {
+        Choice trial = choice;
+        trial[g] = -1;
+        ASSIGN_OR_RETURN(SchemeCost cost, cost_of(trial));
+        const bool trial_fits = fits(cost);
+        const double lost = groups[g][choice[g]].gain;
+        const double score =
+            trial_fits ? lost : lost / std::max(excess - Excess(cost, budget), 1e-12);
+        if (worst < 0 || (trial_fits && !worst_fits) ||
+            (trial_fits == worst_fits && score < worst_score)) {
           worst = static_cast<int>(g);
+          worst_fits = trial_fits;
+          worst_score = score;
         }
       }
       choice[worst] = -1;
@@ -299,7 +328,7 @@ absl::StatusOr<Selection> SelectScheme(const models::Model& model,
     Choice choice = out.method == SearchMethod::kDynamicProgramming
                         ? SolveDp(est, memory)
                         : SolveEvolutionary(est, memory, seconds, options);
-    ASSIGN_OR_RETURN(Finalized f, finalize(est, std::move(choice)));
+    ASSIGN_OR_RETURN(Finalized f, finalize(std::move(choice)));
     const double gain = Sum(groups, f.choice).gain;
     ++out.rounds;
     const bool improved = fits(f.cost) && gain > best_gain + 1e-12;

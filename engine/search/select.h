@@ -10,8 +10,10 @@
 // exactly up to that rounding when there is no time budget; otherwise, or
 // past kMaxDpGroups weights, a seeded evolutionary search does. Memory is not
 // exactly additive (the arena is shared), so the chosen set is re-costed by
-// compiling it and repaired by dropping the lowest gain/cost candidate until
-// it fits; if it fit at once, candidates are added or upgraded (best gain
+// compiling it and repaired by dropping, one at a time, the candidate whose
+// removal (costed exactly) makes it fit with the most gain left, or else gives
+// up the least gain per unit of excess removed, until it fits; if it fit at
+// once, candidates are added or upgraded (best gain
 // first) into the room the over-estimate left, each checked exactly. Later
 // rounds re-estimate each candidate's cost as its marginal cost against the
 // last selection (cost(S + c) − cost(S without c's tensor)) and solve again;
