@@ -11,7 +11,8 @@
 // peak_bytes (static arena + kernel scratch + folded constants + optimizer
 // state: all training memory besides the weights) and trainable_elements (to check that
 // both frameworks train the same parameters). --profile prints the time per op
-// kind to stderr (adds two clock reads per instruction).
+// kind to stderr (adds two clock reads per instruction); --profile_nodes=N
+// adds the N slowest nodes with their input and output types.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,6 +45,7 @@ ABSL_FLAG(std::string, passes, "default",
           "Compiler passes: default (the compiler's: all but fold_constants), or as "
           "engine/passes/pipeline.h parses: all, none or a comma list.");
 ABSL_FLAG(bool, profile, false, "Print time per op kind to stderr (adds timer overhead).");
+ABSL_FLAG(int, profile_nodes, 0, "With --profile, also the N slowest nodes with their types.");
 
 namespace fleettune::engine {
 namespace {
@@ -104,7 +106,7 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   std::fflush(stdout);
   if (options.profile) {
     std::fprintf(stderr, "%s %s:\n%s", model_name.c_str(), scheme.c_str(),
-                 exe->ProfileReport().c_str());
+                 exe->ProfileReport(absl::GetFlag(FLAGS_profile_nodes)).c_str());
   }
   return absl::OkStatus();
 }

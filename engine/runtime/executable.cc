@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <numeric>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -404,7 +405,7 @@ Executable::~Executable() {
   AlignedFree(constants_);
 }
 
-std::string Executable::ProfileReport() const {
+std::string Executable::ProfileReport(int slowest_nodes) const {
   if (!profile_) return "";
   std::map<std::string, std::pair<double, int>> by_op;  // seconds, instructions
   double total = 0.0;
@@ -422,6 +423,25 @@ std::string Executable::ProfileReport() const {
   for (const auto& [name, entry] : rows) {
     absl::StrAppendFormat(&out, "%-28s %6d %12.3f %6.1f%%\n", name, entry.second,
                           1e3 * entry.first / steps, total > 0 ? 100.0 * entry.first / total : 0.0);
+  }
+  if (slowest_nodes <= 0) return out;
+  std::vector<size_t> order(program_.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return instr_seconds_[a] > instr_seconds_[b]; });
+  order.resize(std::min(order.size(), static_cast<size_t>(slowest_nodes)));
+  absl::StrAppendFormat(&out, "\n%-12s %-28s %s\n", "ms/step", "node", "inputs -> output");
+  for (size_t i : order) {
+    const ops::KernelArgs& args = program_[i].args;
+    std::string types;
+    for (int k = 0; k < args.num_inputs; ++k) {
+      absl::StrAppend(&types, k > 0 ? ", " : "", TypeToString(graph_.type(args.node->inputs[k])));
+    }
+    if (ops::GetOpDef(args.node->op).has_output) {
+      absl::StrAppend(&types, " -> ", TypeToString(args.node->type));
+    }
+    absl::StrAppendFormat(&out, "%-12.3f %-28s %s\n", 1e3 * instr_seconds_[i] / steps,
+                          ops::GetOpDef(args.node->op).name, types);
   }
   return out;
 }

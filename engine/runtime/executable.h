@@ -128,8 +128,11 @@ class Executable {
   const MemoryStats& memory() const { return memory_; }
 
   // With CompileOptions::profile: time per op kind summed over the steps run,
-  // most expensive first, as a table. Empty otherwise.
-  std::string ProfileReport() const;
+  // most expensive first, as a table; then, with slowest_nodes > 0, that many
+  // single nodes, slowest first, with their input and output types (which
+  // matmul or convolution is slow, not only that matmuls are). Empty without
+  // profiling.
+  std::string ProfileReport(int slowest_nodes = 0) const;
   const Graph& graph() const { return graph_; }
   int64_t steps_run() const { return step_.step - 1; }
   // Sets the optimizer step count, to resume from a checkpoint (AdamW's bias

@@ -1,5 +1,6 @@
 #include "engine/runtime/executable.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -98,6 +99,29 @@ TEST(Executable, RunsTheKernelIsaItWasCompiledFor) {
                   StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("does not support")));
     }
   }
+}
+
+// The profile's op table covers every op kind run; the node list names the
+// slowest nodes with their types, as many as asked for.
+TEST(Executable, ProfileReportListsOpsAndTheSlowestNodes) {
+  Fixture f;
+  ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f})));
+  CompileOptions profile;
+  profile.profile = true;
+  ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(f.train_graph, &f.params, profile));
+  for (int i = 0; i < 3; ++i) ASSERT_OK(exe->Run());
+  const std::string ops = exe->ProfileReport();
+  EXPECT_THAT(ops, HasSubstr("linear"));
+  EXPECT_THAT(ops, HasSubstr("sgd_update"));
+  EXPECT_THAT(ops, ::testing::Not(HasSubstr("inputs -> output")));
+  const std::string nodes = exe->ProfileReport(2);
+  ASSERT_THAT(nodes, HasSubstr("inputs -> output"));
+  const std::string list = nodes.substr(nodes.find("inputs -> output"));
+  EXPECT_EQ(std::count(list.begin(), list.end(), '\n'), 3);  // header + 2 nodes
+  EXPECT_THAT(list, HasSubstr(" -> f32["));
+  CompileOptions quiet;
+  ASSERT_OK_AND_ASSIGN(auto plain, Executable::Compile(f.train_graph, &f.params, quiet));
+  EXPECT_EQ(plain->ProfileReport(5), "");
 }
 
 TEST(Executable, TrainingIsDeterministicForASeed) {
