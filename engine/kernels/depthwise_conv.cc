@@ -201,6 +201,45 @@ void WeightGrad3(const DepthwiseGeometry& g, const float* x, const float* dy, in
   }
 }
 
+// dx of one channel for a 3×3 kernel, stride 2, padding 1, dilation 1 (the
+// downsampling depthwise layers of MobileNet-style networks), as a gather:
+// each dx element is written once instead of read and written for each of
+// the nine taps. Input row ih reads dy row ih/2 through kernel row 1 (even
+// ih), or rows (ih − 1)/2 and (ih + 1)/2 through kernel rows 2 and 0 (odd
+// ih); columns likewise. Terms are added in the order the scatter adds them
+// (dy rows ascending, then taps v = 0, 1, 2), so the bits are the same.
+void BackwardInputPlaneS2K3(const DepthwiseGeometry& g, const float* dy, const float* k,
+                            float* dx) {
+  for (int64_t ih = 0; ih < g.h; ++ih) {
+    float* __restrict row = dx + ih * g.w;
+    std::fill_n(row, g.w, 0.0f);
+    // (dy row, kernel row) pairs in ascending dy-row order.
+    const int64_t first = (ih - 1) / 2, second = (ih + 1) / 2;  // odd ih
+    const int64_t rows[2] = {ih % 2 == 0 ? ih / 2 : first, second};
+    const int64_t taps[2] = {ih % 2 == 0 ? 1 : 2, 0};
+    const int count = ih % 2 == 0 ? 1 : 2;
+    for (int r = 0; r < count; ++r) {
+      if (rows[r] < 0 || rows[r] >= g.ho) continue;
+      const float* __restrict d = dy + rows[r] * g.wo;
+      const float k0 = k[taps[r] * 3], k1 = k[taps[r] * 3 + 1], k2 = k[taps[r] * 3 + 2];
+      // Column 2m reads d[m] through k1; column 2m + 1 reads d[m + 1]
+      // through k0, then d[m] through k2.
+      int64_t m = 0;
+      for (; 2 * m + 1 < g.w && m + 1 < g.wo; ++m) {
+        row[2 * m] += k1 * d[m];
+        float odd = row[2 * m + 1];
+        odd += k0 * d[m + 1];
+        odd += k2 * d[m];
+        row[2 * m + 1] = odd;
+      }
+      for (; m < g.wo && 2 * m < g.w; ++m) {
+        row[2 * m] += k1 * d[m];
+        if (2 * m + 1 < g.w) row[2 * m + 1] += k2 * d[m];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void F32DepthwiseConv(const DepthwiseGeometry& g, const float* x, const float* weight,
@@ -227,10 +266,16 @@ void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, 
   t.ph = g.dh * (g.kh - 1) - g.ph, t.pw = g.dw * (g.kw - 1) - g.pw;
   const bool transposed_forward =
       g.sh == 1 && g.sw == 1 && t.ph >= 0 && t.pw >= 0 && kk <= kMaxTaps;
+  const bool stride2_3x3 = g.sh == 2 && g.sw == 2 && g.kh == 3 && g.kw == 3 && g.dh == 1 &&
+                           g.dw == 1 && g.ph == 1 && g.pw == 1 && g.mult == 1;
   ParallelFor(g.n * g.c, in_plane * g.mult * kk, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.c, c = p % g.c;
       float* dxc = dx + p * in_plane;
+      if (stride2_3x3) {
+        BackwardInputPlaneS2K3(g, dy + (n * o_count + c) * out_plane, weight + c * kk, dxc);
+        continue;
+      }
       for (int64_t m = 0; m < g.mult; ++m) {
         const int64_t o = c * g.mult + m;
         const float* k = weight + o * kk;

@@ -474,6 +474,7 @@ std::vector<ConvCase> ConvCases() {
       // (Small planes: central differences of a larger loss drown in f32 rounding.)
       {{1, 1, 3, 21}, {1, 1, 3, 3}, attrs(1, 1, 1, 1, 1, 1, 1), true},
       {{1, 1, 4, 36}, {1, 1, 3, 3}, attrs(2, 2, 1, 1, 1, 1, 1), false},
+      {{1, 2, 5, 9}, {2, 1, 3, 3}, attrs(2, 2, 1, 1, 1, 1, 2), true},  // odd sizes
       {{1, 2, 6, 7}, {2, 1, 3, 3}, attrs(1, 1, 2, 2, 2, 2, 2), true},
       {{1, 2, 4, 4}, {2, 1, 2, 2}, attrs(1, 1, 2, 2, 1, 1, 2), false},
   };
