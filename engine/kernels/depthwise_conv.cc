@@ -243,13 +243,14 @@ void BackwardInputPlaneS2K3(const DepthwiseGeometry& g, const float* dy, const f
 }  // namespace
 
 void F32DepthwiseConv(const DepthwiseGeometry& g, const float* x, const float* weight,
-                      const float* bias, float* y) {
+                      const float* bias, float* y, PlaneEpilogue epilogue) {
   const int64_t o_count = g.c * g.mult, plane = g.ho * g.wo;
   ParallelFor(g.n * o_count, plane * g.kh * g.kw, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / o_count, o = p % o_count;
       ForwardPlane(g, x + (n * g.c + o / g.mult) * g.h * g.w, weight + o * g.kh * g.kw,
                    bias ? bias[o] : 0.0f, false, y + p * plane);
+      if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, y + p * plane, plane);
     }
   });
 }

@@ -21,9 +21,16 @@ struct DepthwiseGeometry {
   int64_t sh, sw, ph, pw, dh, dw;
 };
 
-// y = conv(x, weight) + bias (bias may be null).
+// Called on each output plane right after it is computed, while it is still
+// in cache (a fused activation); fn == nullptr: none.
+struct PlaneEpilogue {
+  void (*fn)(const void* ctx, float* plane, int64_t n) = nullptr;
+  const void* ctx = nullptr;
+};
+
+// y = conv(x, weight) + bias (bias may be null), then the epilogue per plane.
 void F32DepthwiseConv(const DepthwiseGeometry& g, const float* x, const float* weight,
-                      const float* bias, float* y);
+                      const float* bias, float* y, PlaneEpilogue epilogue = {});
 
 // dx [n, c, h, w] from dy [n, c·mult, ho, wo].
 void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, const float* weight,

@@ -19,6 +19,8 @@
 #include "engine/base/status_macros.h"
 #include "engine/kernels/depthwise_conv.h"
 #include "engine/kernels/gemm.h"
+#include "engine/kernels/parallel.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -282,14 +284,16 @@ kernels::DepthwiseGeometry Depthwise(const Geometry& g) {
   return {g.n, g.c, g.h, g.w, g.og, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw};
 }
 
-void Fast(const KernelArgs& args) {
+// The convolution; a depthwise one calls `epilogue` on each output plane as
+// soon as it is written (GEMM-lowered ones ignore it).
+void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
   const Geometry g = MakeGeometry(*args.in(0).shape, *args.in(1).shape, args.attrs<Conv2dAttrs>());
   const float* x = args.in(0).f32();
   const float* w = args.in(1).f32();
   const float* b = args.num_inputs == 3 ? args.in(2).f32() : nullptr;
   float* y = args.output.f32();
   if (g.depthwise()) {
-    kernels::F32DepthwiseConv(Depthwise(g), x, w, b, y);
+    kernels::F32DepthwiseConv(Depthwise(g), x, w, b, y, epilogue);
     return;
   }
   const int64_t k = g.k(), plane = g.out_plane();
@@ -313,6 +317,8 @@ void Fast(const KernelArgs& args) {
     }
   }
 }
+
+void Fast(const KernelArgs& args) { FastWithEpilogue(args, {}); }
 
 void BackwardInputFast(const KernelArgs& args) {
   const auto& a = args.attrs<Conv2dGradAttrs>();
@@ -520,6 +526,32 @@ std::vector<OpTestCase> BackwardWeightTestCases() {
 }
 
 }  // namespace
+
+void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act) {
+  const Geometry g =
+      MakeGeometry(*conv_args.in(0).shape, *conv_args.in(1).shape, conv_args.attrs<Conv2dAttrs>());
+  const int64_t cost =
+      act == FusedActivationFn::kRelu
+          ? 1
+          : parts::ActivationCost(static_cast<ActivationFn>(static_cast<int>(act) - 1));
+  if (g.depthwise()) {
+    // Each plane (at most a few tens of KiB) is activated by the thread that
+    // just wrote it.
+    auto activate = [](const void* ctx, float* y, int64_t n) {
+      parts::FusedActivationInPlace(*static_cast<const FusedActivationFn*>(ctx), y, n);
+    };
+    FastWithEpilogue(conv_args, kernels::PlaneEpilogue{activate, &act});
+    return;
+  }
+  // GEMM outputs are one sample's whole feature map, too large to stay in
+  // cache: activate the whole output afterwards, on all threads (measured
+  // slower per sample).
+  FastWithEpilogue(conv_args, {});
+  float* y = conv_args.output.f32();
+  kernels::ParallelFor(conv_args.output.num_elements(), cost, [&](int64_t begin, int64_t end) {
+    parts::FusedActivationInPlace(act, y + begin, end - begin);
+  });
+}
 
 OpDef Conv2dOpDef() {
   OpDef def;

@@ -103,6 +103,9 @@ void Kernel(const KernelArgs& args) {
   const OpDef& def = GetOpDef(inner.op);
   KernelArgs a = args;
   a.node = &inner;
+  if (kFast && args.node->op == OpKind::kConv2dActivation) {
+    return parts::Conv2dActivationFast(a, ActOf(*args.node));
+  }
   (kFast && def.fast != nullptr ? def.fast : def.reference)(a);
   ApplyActivation<kFast>(ActOf(*args.node), args);
 }
