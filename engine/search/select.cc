@@ -249,13 +249,22 @@ absl::StatusOr<Selection> SelectScheme(const models::Model& model,
       // candidate at no cost (its backward is shared), which would make it
       // look best to keep and the set's most valuable member best to drop.
       // A drop that makes the set fit wins, keeping the most gain; else the
-      // one giving up the least gain per unit of excess it removes.
+      // one giving up the least gain per unit of excess it removes. Only the
+      // max_repair_compiles lowest-gain members are tried (one compile each).
+      std::vector<size_t> members;
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (choice[g] >= 0) members.push_back(g);
+      }
+      std::stable_sort(members.begin(), members.end(), [&](size_t a, size_t b) {
+        return groups[a][choice[a]].gain < groups[b][choice[b]].gain;
+      });
+      members.resize(
+          std::min(members.size(), static_cast<size_t>(std::max(1, options.max_repair_compiles))));
       int worst = -1;
       bool worst_fits = false;
       double worst_score = 0.0;
       const double excess = Excess(f.cost, budget);
-      for (size_t g = 0; g < groups.size(); ++g) {
-        if (choice[g] < 0) continue;
+      for (size_t g : members) {
         Choice trial = choice;
         trial[g] = -1;
         ASSIGN_OR_RETURN(SchemeCost cost, cost_of(trial));

@@ -59,6 +59,9 @@ struct SelectOptions {
   // Exact re-costs spent adding or upgrading candidates into the room the
   // additive estimate leaves (memory is sub-additive).
   int max_fill_compiles = 64;
+  // Exact re-costs per candidate dropped from a set over its budget: the
+  // lowest-gain members are tried, this many at most.
+  int max_repair_compiles = 16;
   // Estimate-solve-recost rounds (see SelectScheme); each after the first
   // compiles about two plans per candidate.
   int rounds = 3;
