@@ -19,7 +19,6 @@
 #include "engine/base/status_macros.h"
 #include "engine/kernels/depthwise_conv.h"
 #include "engine/kernels/gemm.h"
-#include "engine/kernels/parallel.h"
 #include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
@@ -527,30 +526,17 @@ std::vector<OpTestCase> BackwardWeightTestCases() {
 
 }  // namespace
 
-void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act) {
+bool parts::DepthwiseConv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act) {
   const Geometry g =
       MakeGeometry(*conv_args.in(0).shape, *conv_args.in(1).shape, conv_args.attrs<Conv2dAttrs>());
-  const int64_t cost =
-      act == FusedActivationFn::kRelu
-          ? 1
-          : parts::ActivationCost(static_cast<ActivationFn>(static_cast<int>(act) - 1));
-  if (g.depthwise()) {
-    // Each plane (at most a few tens of KiB) is activated by the thread that
-    // just wrote it.
-    auto activate = [](const void* ctx, float* y, int64_t n) {
-      parts::FusedActivationInPlace(*static_cast<const FusedActivationFn*>(ctx), y, n);
-    };
-    FastWithEpilogue(conv_args, kernels::PlaneEpilogue{activate, &act});
-    return;
-  }
-  // GEMM outputs are one sample's whole feature map, too large to stay in
-  // cache: activate the whole output afterwards, on all threads (measured
-  // slower per sample).
-  FastWithEpilogue(conv_args, {});
-  float* y = conv_args.output.f32();
-  kernels::ParallelFor(conv_args.output.num_elements(), cost, [&](int64_t begin, int64_t end) {
-    parts::FusedActivationInPlace(act, y + begin, end - begin);
-  });
+  if (!g.depthwise()) return false;
+  // Each plane (at most a few tens of KiB) is activated by the thread that
+  // just wrote it.
+  auto activate = [](const void* ctx, float* y, int64_t n) {
+    parts::FusedActivationInPlace(*static_cast<const FusedActivationFn*>(ctx), y, n);
+  };
+  FastWithEpilogue(conv_args, kernels::PlaneEpilogue{activate, &act});
+  return true;
 }
 
 OpDef Conv2dOpDef() {

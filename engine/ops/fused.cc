@@ -103,8 +103,9 @@ void Kernel(const KernelArgs& args) {
   const OpDef& def = GetOpDef(inner.op);
   KernelArgs a = args;
   a.node = &inner;
-  if (kFast && args.node->op == OpKind::kConv2dActivation) {
-    return parts::Conv2dActivationFast(a, ActOf(*args.node));
+  if (kFast && args.node->op == OpKind::kConv2dActivation &&
+      parts::DepthwiseConv2dActivationFast(a, ActOf(*args.node))) {
+    return;
   }
   (kFast && def.fast != nullptr ? def.fast : def.reference)(a);
   ApplyActivation<kFast>(ActOf(*args.node), args);

@@ -40,11 +40,12 @@ inline void FusedActivationInPlace(FusedActivationFn act, float* y, int64_t n) {
   ActivationFast(static_cast<ActivationFn>(static_cast<int>(act) - 1), y, y, n);
 }
 
-// conv.cc: kConv2d's fast kernel followed by `act`; a depthwise
-// convolution's planes are activated right after each is computed, while in
-// cache. The same bits as the two kernels in turn. `conv_args` holds a
-// kConv2d node.
-void Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act);
+// conv.cc: for a depthwise kConv2d node in `conv_args`, its fast kernel with
+// `act` applied to each plane right after it is computed, while in cache (the
+// same bits as the two kernels in turn); returns true. Returns false, having
+// done nothing, for other convolutions: their GEMM outputs are whole feature
+// maps, which a per-sample activation was measured to slow down.
+bool DepthwiseConv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act);
 
 }  // namespace fleettune::engine::ops::parts
 

@@ -63,6 +63,38 @@ int64_t PositionStrides(const Shape& xs, const Shape& ps, Strides* pos_stride) {
   return num_rows;
 }
 
+// The positions element of consecutive rows of x, from row `first` on: an
+// odometer over the row dims (x's dims but the last) stepping the broadcast
+// position offset.
+class RowPositions {
+ public:
+  RowPositions(const Shape& xs, const Strides& pos_stride, int64_t first)
+      : xs_(xs), stride_(pos_stride), rank_(static_cast<int>(xs.size())) {
+    for (int dim = rank_ - 2; dim >= 0; --dim) {
+      idx_[dim] = first % xs_[dim];
+      first /= xs_[dim];
+      offset_ += idx_[dim] * stride_[dim];
+    }
+  }
+  int64_t offset() const { return offset_; }
+  void Next() {
+    for (int dim = rank_ - 2; dim >= 0; --dim) {
+      ++idx_[dim];
+      offset_ += stride_[dim];
+      if (idx_[dim] < xs_[dim]) return;
+      offset_ -= stride_[dim] * idx_[dim];
+      idx_[dim] = 0;
+    }
+  }
+
+ private:
+  const Shape& xs_;
+  const Strides& stride_;
+  const int rank_;
+  std::array<int64_t, kMaxRank> idx_{};
+  int64_t offset_ = 0;
+};
+
 // HF's inv_freq_j = 1 / base^(2j/D), in float32.
 float InvFreq(int64_t j, int64_t d, float base) {
   return 1.0f / std::pow(base, static_cast<float>(2 * j) / static_cast<float>(d));
@@ -72,7 +104,6 @@ void Kernel(const KernelArgs& args) {
   const auto& attrs = args.attrs<RopeAttrs>();
   const Shape& xs = *args.in(0).shape;
   const Shape& ps = *args.in(1).shape;
-  const int rank = static_cast<int>(xs.size());
   const int64_t d = xs.back(), h = d / 2;
   const float* x = args.in(0).f32();
   const int32_t* pos = args.in(1).i32();
@@ -91,11 +122,9 @@ void Kernel(const KernelArgs& args) {
   if (tabled) {
     for (int64_t j = 0; j < h; ++j) inv_freq_table[j] = inv_freq(j);
   }
-  // Odometer over the row dims.
-  std::array<int64_t, kMaxRank> idx{};
-  int64_t p_off = 0;
-  for (int64_t r = 0; r < num_rows; ++r) {
-    const float p = static_cast<float>(pos[p_off]);
+  RowPositions positions(xs, pos_stride, 0);
+  for (int64_t r = 0; r < num_rows; ++r, positions.Next()) {
+    const float p = static_cast<float>(pos[positions.offset()]);
     const float* xr = x + r * d;
     float* yr = y + r * d;
     for (int64_t j = 0; j < h; ++j) {
@@ -104,13 +133,6 @@ void Kernel(const KernelArgs& args) {
       const float a = xr[j], b = xr[j + h];
       yr[j] = a * c - b * s;
       yr[j + h] = b * c + a * s;
-    }
-    for (int dim = rank - 2; dim >= 0; --dim) {
-      ++idx[dim];
-      p_off += pos_stride[dim];
-      if (idx[dim] < xs[dim]) break;
-      p_off -= pos_stride[dim] * idx[dim];
-      idx[dim] = 0;
     }
   }
 }
@@ -130,7 +152,6 @@ void Fast(const KernelArgs& args) {
   const auto& attrs = args.attrs<RopeAttrs>();
   const Shape& xs = *args.in(0).shape;
   const Shape& ps = *args.in(1).shape;
-  const int rank = static_cast<int>(xs.size());
   const int64_t d = xs.back(), h = d / 2;
   const int64_t num_pos = args.in(1).num_elements();
   const float* x = args.in(0).f32();
@@ -152,30 +173,16 @@ void Fast(const KernelArgs& args) {
   Strides pos_stride;
   const int64_t num_rows = PositionStrides(xs, ps, &pos_stride);
   kernels::ParallelFor(num_rows, 4 * d, [&](int64_t begin, int64_t end) {
-    // The position index of row `begin`, then stepped like an odometer.
-    std::array<int64_t, kMaxRank> idx{};
-    int64_t rest = begin, p_off = 0;
-    for (int dim = rank - 2; dim >= 0; --dim) {
-      idx[dim] = rest % xs[dim];
-      rest /= xs[dim];
-      p_off += idx[dim] * pos_stride[dim];
-    }
-    for (int64_t r = begin; r < end; ++r) {
+    RowPositions positions(xs, pos_stride, begin);
+    for (int64_t r = begin; r < end; ++r, positions.Next()) {
       const float* __restrict xr = x + r * d;
       float* __restrict yr = y + r * d;
-      const float* __restrict c = cos_table + p_off * h;
-      const float* __restrict sn = sin_table + p_off * h;
+      const float* __restrict c = cos_table + positions.offset() * h;
+      const float* __restrict sn = sin_table + positions.offset() * h;
       for (int64_t j = 0; j < h; ++j) {
         const float a = xr[j], b = xr[j + h];
         yr[j] = a * c[j] - b * sn[j];
         yr[j + h] = b * c[j] + a * sn[j];
-      }
-      for (int dim = rank - 2; dim >= 0; --dim) {
-        ++idx[dim];
-        p_off += pos_stride[dim];
-        if (idx[dim] < xs[dim]) break;
-        p_off -= pos_stride[dim] * idx[dim];
-        idx[dim] = 0;
       }
     }
   });

@@ -101,12 +101,7 @@ INSTANTIATE_TEST_SUITE_P(Schemes, FoldBatchNormTest,
 // elimination no per-channel scaling pass over an activation gradient is left.
 TEST(FoldBatchNorm, InputGradientsReadTheFoldedWeight) {
   ASSERT_OK_AND_ASSIGN(testing::TestModel m, GradientGraph(Train::kBetaOnly));
-  auto count = [](const Graph& g, OpKind op) {
-    int n = 0;
-    for (const Node& node : g.nodes()) n += node.op == op;
-    return n;
-  };
-  ASSERT_GE(count(m.graph, OpKind::kBatchNormInferenceGrad), 30);
+  ASSERT_GE(testing::CountOps(m.graph, OpKind::kBatchNormInferenceGrad), 30);
   Graph g = m.graph;
   int folded = 0;
   ASSERT_OK(FoldBatchNorm(g, nullptr, &folded).status());
@@ -114,7 +109,7 @@ TEST(FoldBatchNorm, InputGradientsReadTheFoldedWeight) {
   ASSERT_OK(VerifyGraph(g));
   // Every pair folds, so no scaling of an activation gradient is left.
   EXPECT_GE(folded, 30);
-  EXPECT_EQ(count(g, OpKind::kBatchNormInferenceGrad), 0);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kBatchNormInferenceGrad), 0);
   for (const Node& node : g.nodes()) {
     if (node.op != OpKind::kConv2dBackwardInput) continue;
     EXPECT_NE(g.node(node.inputs[0]).op, OpKind::kBatchNormInferenceGrad);

@@ -15,12 +15,6 @@ namespace {
 
 constexpr int32_t kPrev = ElementwiseStep::kPrevious;
 
-int Count(const Graph& g, OpKind op) {
-  int n = 0;
-  for (const Node& node : g.nodes()) n += node.op == op;
-  return n;
-}
-
 // Steps per chain node, in graph order.
 std::vector<size_t> ChainLengths(const Graph& g) {
   std::vector<size_t> out;
@@ -72,7 +66,7 @@ TEST(FuseElementwiseChains, FusesARunOfSingleReaderOpsIntoOneProgram) {
   ASSERT_OK(VerifyGraph(g));
   EXPECT_TRUE(changed);
   EXPECT_EQ(chains, 1);
-  EXPECT_EQ(Count(g, OpKind::kElementwiseChain), 1);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kElementwiseChain), 1);
   for (ValueId id : {f.add, f.scale, f.act, f.mul}) EXPECT_EQ(map[id], kNoValue);
   const Node& chain = g.node(map[f.sub]);
   ASSERT_EQ(chain.op, OpKind::kElementwiseChain);
@@ -126,7 +120,7 @@ TEST(FuseElementwiseChains, LeavesBroadcastsAndSplitsLongRuns) {
   EXPECT_EQ(chains, 2);
   EXPECT_EQ(ChainLengths(fused),
             (std::vector<size_t>{static_cast<size_t>(kMaxElementwiseChainSteps), 2}));
-  EXPECT_EQ(Count(fused, OpKind::kAdd), 1);
+  EXPECT_EQ(testing::CountOps(fused, OpKind::kAdd), 1);
   ASSERT_OK_AND_ASSIGN(testing::TrainResult before, RunOnce(g, loss, g));
   ASSERT_OK_AND_ASSIGN(testing::TrainResult after, RunOnce(fused, map[loss], g));
   EXPECT_EQ(before.losses, after.losses);
@@ -140,7 +134,7 @@ TEST(FuseElementwiseChains, UnfuseGivesBackTheSteps) {
   ASSERT_OK_AND_ASSIGN(bool changed, UnfuseActivations(g, &unfuse_map));
   EXPECT_TRUE(changed);
   ASSERT_OK(VerifyGraph(g));
-  EXPECT_EQ(Count(g, OpKind::kElementwiseChain), 0);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kElementwiseChain), 0);
   // Same ops, same order, same attributes as before fusion.
   ASSERT_EQ(g.num_nodes(), f.g.num_nodes());
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
@@ -173,7 +167,7 @@ TEST(FuseElementwiseChains, TrainsSmallBertAndLlamaBitForBit) {
     Graph back = g;
     std::vector<ValueId> unfuse_map;
     ASSERT_OK(UnfuseActivations(back, &unfuse_map).status());
-    EXPECT_EQ(Count(back, OpKind::kElementwiseChain), 0);
+    EXPECT_EQ(testing::CountOps(back, OpKind::kElementwiseChain), 0);
     EXPECT_EQ(back.num_nodes(), m.graph.num_nodes());
     ASSERT_OK_AND_ASSIGN(testing::TrainResult again,
                          testing::TrainSteps(back, unfuse_map[map[m.model.loss]], m, 3));

@@ -11,12 +11,6 @@
 namespace fleettune::engine::passes {
 namespace {
 
-int Count(const Graph& g, OpKind op) {
-  int n = 0;
-  for (const Node& node : g.nodes()) n += node.op == op;
-  return n;
-}
-
 // x → conv(+bias) → act → linear(+bias) → act → output, forward only.
 struct Chain {
   Graph g;
@@ -61,8 +55,8 @@ TEST(FuseActivations, FusesConvAndLinearWithEveryActivation) {
     ASSERT_OK(VerifyGraph(g));
     EXPECT_TRUE(changed);
     EXPECT_EQ(fused, 2);
-    EXPECT_EQ(Count(g, OpKind::kConv2dActivation), 1);
-    EXPECT_EQ(Count(g, OpKind::kLinearActivation), 1);
+    EXPECT_EQ(testing::CountOps(g, OpKind::kConv2dActivation), 1);
+    EXPECT_EQ(testing::CountOps(g, OpKind::kLinearActivation), 1);
     EXPECT_EQ(map[c.conv], kNoValue);
     EXPECT_EQ(map[c.fc], kNoValue);
     testing::TestModel m;
@@ -90,9 +84,11 @@ TEST(UnfuseActivations, RestoresDifferentiablePrimitives) {
     ASSERT_OK_AND_ASSIGN(bool changed, UnfuseActivations(g, &unfuse_map));
     EXPECT_TRUE(changed);
     ASSERT_OK(VerifyGraph(g));
-    EXPECT_EQ(Count(g, OpKind::kConv2dActivation) + Count(g, OpKind::kLinearActivation), 0);
-    EXPECT_EQ(Count(g, OpKind::kConv2d), 1);
-    EXPECT_EQ(Count(g, OpKind::kLinear), 1);
+    EXPECT_EQ(testing::CountOps(g, OpKind::kConv2dActivation) +
+                  testing::CountOps(g, OpKind::kLinearActivation),
+              0);
+    EXPECT_EQ(testing::CountOps(g, OpKind::kConv2d), 1);
+    EXPECT_EQ(testing::CountOps(g, OpKind::kLinear), 1);
     testing::TestModel m;
     m.graph = c.g;
     ASSERT_OK(testing::InitializeParams(c.g, 5, &m.params));
@@ -130,7 +126,7 @@ TEST(FuseActivations, FusesAResidualAddAndReluInATrainingGraph) {
   std::vector<ValueId> map;
   ASSERT_OK(FuseActivations(fused, &map).status());
   ASSERT_OK(VerifyGraph(fused));
-  EXPECT_EQ(Count(fused, OpKind::kAddActivation), 1);
+  EXPECT_EQ(testing::CountOps(fused, OpKind::kAddActivation), 1);
   EXPECT_EQ(map[sum], kNoValue);
   ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(g, loss, m, 3));
   ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(fused, map[loss], m, 3));
@@ -146,8 +142,8 @@ TEST(FuseActivations, FusesFoldedConvsAndResidualAddsOfResNet) {
   ASSERT_OK(FoldBatchNorm(g, &fold_map).status());
   ASSERT_OK(FuseActivations(g, &fuse_map).status());
   ASSERT_OK(VerifyGraph(g));
-  EXPECT_GE(Count(g, OpKind::kConv2dActivation), 3);
-  EXPECT_GE(Count(g, OpKind::kAddActivation), 1);
+  EXPECT_GE(testing::CountOps(g, OpKind::kConv2dActivation), 3);
+  EXPECT_GE(testing::CountOps(g, OpKind::kAddActivation), 1);
 }
 
 TEST(FuseActivations, LeavesAProducerWithAnotherReader) {
@@ -157,7 +153,7 @@ TEST(FuseActivations, LeavesAProducerWithAnotherReader) {
   int fused = 0;
   ASSERT_OK(FuseActivations(g, nullptr, &fused).status());
   EXPECT_EQ(fused, 1);  // only the linear
-  EXPECT_EQ(Count(g, OpKind::kConv2dActivation), 0);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kConv2dActivation), 0);
 }
 
 TEST(FuseActivations, RespectsWhatActivationGradientsRead) {
@@ -171,8 +167,8 @@ TEST(FuseActivations, RespectsWhatActivationGradientsRead) {
   int fused = 0;
   ASSERT_OK(FuseActivations(g, &map, &fused).status());
   ASSERT_OK(VerifyGraph(g));
-  EXPECT_GT(Count(g, OpKind::kBatchNormInferenceActivation), 20);
-  EXPECT_EQ(Count(g, OpKind::kConv2dActivation), 0);
+  EXPECT_GT(testing::CountOps(g, OpKind::kBatchNormInferenceActivation), 20);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kConv2dActivation), 0);
   ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(m.graph, m.model.loss, m, 3));
   ASSERT_OK_AND_ASSIGN(testing::TrainResult got, testing::TrainSteps(g, map[m.model.loss], m, 3));
   testing::ExpectSameTraining(want, got, 0.0);
@@ -243,7 +239,7 @@ TEST(FuseActivations, FusesTrainedNormsWithActivationsWhoseGradientReadsTheOutpu
       int fused = 0;
       ASSERT_OK(FuseActivations(g, &map, &fused).status());
       ASSERT_OK(VerifyGraph(g));
-      EXPECT_EQ(Count(g, fused_op), 1);
+      EXPECT_EQ(testing::CountOps(g, fused_op), 1);
       EXPECT_EQ(map[n.norm], kNoValue);
       const Node& node = g.node(map[n.act]);
       ASSERT_EQ(node.op, fused_op);
@@ -285,7 +281,9 @@ TEST(FuseActivations, FusesNormAndGeluOnlyWhereNoGradientReadsTheNorm) {
       ASSERT_OK(FuseActivations(g, &map, &fused).status());
       ASSERT_OK(VerifyGraph(g));
       EXPECT_EQ(fused, 1);
-      EXPECT_EQ(Count(g, OpKind::kLayerNormActivation) + Count(g, OpKind::kRmsNormActivation), 1);
+      EXPECT_EQ(testing::CountOps(g, OpKind::kLayerNormActivation) +
+                    testing::CountOps(g, OpKind::kRmsNormActivation),
+                1);
       testing::TestModel m;
       m.graph = forward.g;
       ASSERT_OK(testing::InitializeParams(forward.g, 5, &m.params));

@@ -22,12 +22,6 @@ bool IsRelu6Grad(const Node& node) {
          attrs->fn == ActivationFn::kRelu6;
 }
 
-int CountOps(const Graph& g, OpKind op) {
-  int n = 0;
-  for (const Node& node : g.nodes()) n += node.op == op;
-  return n;
-}
-
 // x → y = relu6(x) or relu(x) → z = 2y (a forward reader) and
 // dx = relu'(y)·g, where g = 1·dy comes after z as a backward value does; x
 // over both sides of each boundary, ±inf, NaN, and counts that leave a
@@ -97,7 +91,8 @@ TEST_P(GradientThroughTheMask, IsBitIdentical) {
     EXPECT_EQ(packed, 1);
     ASSERT_OK(VerifyGraph(g));
     EXPECT_EQ(g.node(map[r.dx]).op, OpKind::kMaskedGrad);
-    EXPECT_EQ(CountOps(g, OpKind::kActivationGrad) + CountOps(g, OpKind::kReluGrad), 0);
+    EXPECT_EQ(
+        testing::CountOps(g, OpKind::kActivationGrad) + testing::CountOps(g, OpKind::kReluGrad), 0);
     // The mask comes right after y, so y's last reader is the forward scale.
     const Node& mask = g.node(map[r.y] + 1);
     EXPECT_EQ(mask.op, OpKind::kActivationMask);
@@ -162,9 +157,10 @@ TEST(PackActivationMasks, FrozenMobileNetV2TrainsTheSameInLessMemory) {
   ASSERT_OK_AND_ASSIGN(bool changed, PackActivationMasks(g, &map, &packed));
   EXPECT_TRUE(changed);
   ASSERT_OK(VerifyGraph(g));
-  EXPECT_EQ(CountOps(g, OpKind::kMaskedGrad), relu6_grads);
-  EXPECT_EQ(CountOps(g, OpKind::kActivationMask), packed);
-  EXPECT_EQ(CountOps(g, OpKind::kActivationGrad) - CountOps(m.graph, OpKind::kActivationGrad),
+  EXPECT_EQ(testing::CountOps(g, OpKind::kMaskedGrad), relu6_grads);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kActivationMask), packed);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kActivationGrad) -
+                testing::CountOps(m.graph, OpKind::kActivationGrad),
             -relu6_grads);
   const size_t before = testing::ArenaBytes(m.graph), after = testing::ArenaBytes(g);
   EXPECT_LT(after, before * 3 / 4) << before << " -> " << after;
@@ -189,7 +185,8 @@ TEST(PackActivationMasks, FrozenResNetReluOutputsArePacked) {
   EXPECT_TRUE(changed);
   EXPECT_GE(packed, 3);
   ASSERT_OK(VerifyGraph(g));
-  EXPECT_EQ(CountOps(g, OpKind::kReluGrad), CountOps(m.graph, OpKind::kReluGrad) - packed);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kReluGrad),
+            testing::CountOps(m.graph, OpKind::kReluGrad) - packed);
   // This ResNet is too small for its peak to be the saved activations.
   EXPECT_LE(testing::ArenaBytes(g), testing::ArenaBytes(m.graph));
   ASSERT_OK_AND_ASSIGN(testing::TrainResult want, testing::TrainSteps(m.graph, m.model.loss, m, 3));

@@ -166,6 +166,12 @@ absl::StatusOr<TrainResult> TrainSteps(const Graph& graph, ValueId loss, const T
   return result;
 }
 
+int CountOps(const Graph& graph, OpKind op) {
+  int n = 0;
+  for (const Node& node : graph.nodes()) n += node.op == op;
+  return n;
+}
+
 size_t ArenaBytes(const Graph& graph) {
   runtime::ArenaOptions options;
   options.in_place = false;

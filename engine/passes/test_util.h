@@ -58,6 +58,9 @@ struct TrainResult {
 absl::StatusOr<TrainResult> TrainSteps(const Graph& graph, ValueId loss, const TestModel& m,
                                        int steps, const runtime::CompileOptions& options = {});
 
+// Nodes of `graph` with op `op`.
+int CountOps(const Graph& graph, OpKind op);
+
 // Arena bytes runtime::PlanArena gives `graph` without in-place execution
 // (gtest failure and 0 if planning fails).
 size_t ArenaBytes(const Graph& graph);
