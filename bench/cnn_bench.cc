@@ -60,6 +60,7 @@ absl::Status RunMode(models::CnnConfig config, models::Mode mode) {
     labels.i32()[i] = static_cast<int32_t>(rng() % config.classes);
   }
   for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) RETURN_IF_ERROR(exe->Run());
+  exe->ResetProfile();
   std::vector<double> ms;
   for (int i = 0; i < absl::GetFlag(FLAGS_steps); ++i) {
     const auto start = std::chrono::steady_clock::now();

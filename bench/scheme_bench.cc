@@ -83,6 +83,7 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   ASSIGN_OR_RETURN(auto exe, runtime::Executable::Compile(compiled.graph, &params, options));
   RETURN_IF_ERROR(zoo->fill_batch(*exe, 0));
   for (int i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) RETURN_IF_ERROR(exe->Run());
+  exe->ResetProfile();
   std::vector<double> ms;
   for (int i = 0; i < absl::GetFlag(FLAGS_steps); ++i) {
     const auto start = std::chrono::steady_clock::now();

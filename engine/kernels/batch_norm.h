@@ -43,9 +43,21 @@ void F32BatchNormFrozen(const ChannelLayout& l, const float* x, const float* mea
 void F32BatchNormFrozenGrad(const ChannelLayout& l, const float* dy, const float* var,
                             const float* gamma, float eps, float* dx);
 
+// Row blocks the column sums (inner = 1) split the rows into, each summed into
+// its own partial row: a fixed count, so the order of additions, and so the
+// result, does not depend on the thread count.
+inline constexpr int64_t kColumnSumBlocks = 8;
+
+// Scratch floats F32SumOuterInner needs for layout l.
+inline int64_t SumOuterInnerScratchFloats(const ChannelLayout& l) {
+  return l.inner == 1 ? kColumnSumBlocks * l.channels : 0;
+}
+
 // y[k] = scale · Σ_{a,b} x[a, k, b] for x viewed as [outer, channels, inner]:
 // reduce_sum / reduce_mean over every axis but a contiguous block of kept ones.
-void F32SumOuterInner(const ChannelLayout& l, const float* x, float scale, float* y);
+// `scratch` holds SumOuterInnerScratchFloats(l) floats.
+void F32SumOuterInner(const ChannelLayout& l, const float* x, float scale, float* scratch,
+                      float* y);
 
 }  // namespace fleettune::engine::kernels
 

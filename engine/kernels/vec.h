@@ -40,6 +40,33 @@ inline float SumF32(const float* __restrict x, int64_t n) {
   return s;
 }
 
+// max_i x[i], n >= 1: std::max's result when no x[i] is NaN (the maximum is
+// exact, so the order of comparisons does not matter). With NaNs the result
+// may differ from a serial std::max loop. Four independent vector maxima: the
+// serial loop waits out the compare's latency at every element.
+inline float MaxF32(const float* __restrict x, int64_t n) {
+  float m = x[0];
+  int64_t i = 0;
+  if (n >= 16) {
+    F32x4 a0 = LoadF32x4(x), a1 = LoadF32x4(x + 4), a2 = LoadF32x4(x + 8), a3 = LoadF32x4(x + 12);
+    for (i = 16; i + 16 <= n; i += 16) {
+      const F32x4 v0 = LoadF32x4(x + i), v1 = LoadF32x4(x + i + 4);
+      const F32x4 v2 = LoadF32x4(x + i + 8), v3 = LoadF32x4(x + i + 12);
+      a0 = a0 < v0 ? v0 : a0;
+      a1 = a1 < v1 ? v1 : a1;
+      a2 = a2 < v2 ? v2 : a2;
+      a3 = a3 < v3 ? v3 : a3;
+    }
+    a0 = a0 < a1 ? a1 : a0;
+    a2 = a2 < a3 ? a3 : a2;
+    a0 = a0 < a2 ? a2 : a0;
+    m = a0[0];
+    for (int lane = 1; lane < 4; ++lane) m = m < a0[lane] ? a0[lane] : m;
+  }
+  for (; i < n; ++i) m = m < x[i] ? x[i] : m;
+  return m;
+}
+
 // Σ a[i]·b[i].
 inline float DotF32(const float* __restrict a, const float* __restrict b, int64_t n) {
   F32x4 a0 = {}, a1 = {}, a2 = {}, a3 = {};

@@ -1,8 +1,11 @@
 #include "engine/kernels/vec_math.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
+#include "engine/kernels/vec.h"
 #include "gtest/gtest.h"
 
 namespace fleettune::engine::kernels {
@@ -43,6 +46,24 @@ TEST(VecMath, MapHandlesTailsAndInPlace) {
   const float want[] = {1.0f,           std::exp(1.0f),  std::exp(-1.0f), std::exp(2.0f),
                         std::exp(0.5f), std::exp(-3.0f), std::exp(4.0f)};
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], want[i], 1e-6f * want[i]) << i;
+}
+
+// Every length through two vector blocks and a tail, the maximum at every
+// position, all values negative (so a maximum started at 0 would be wrong).
+TEST(Vec, MaxF32FindsTheMaximumAtEveryPositionAndLength) {
+  for (int64_t n = 1; n <= 40; ++n) {
+    for (int64_t at = 0; at < n; ++at) {
+      std::vector<float> x(n);
+      for (int64_t i = 0; i < n; ++i) x[i] = -100.0f - static_cast<float>((i * 37) % 11);
+      x[at] = -1.5f;
+      ASSERT_EQ(MaxF32(x.data(), n), -1.5f) << "n " << n << " at " << at;
+    }
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x(33, -inf);
+  EXPECT_EQ(MaxF32(x.data(), 33), -inf);
+  x[32] = inf;
+  EXPECT_EQ(MaxF32(x.data(), 33), inf);
 }
 
 }  // namespace

@@ -84,8 +84,7 @@ void Kernel(const KernelArgs& args) {
 // Row maximum and log Σ exp(z − max), vectorized; with `exps`, the
 // exponentials are also stored there (c floats).
 void FastRowStats(const float* z, int64_t c, float* exps, float* max_out, float* log_sum_out) {
-  float m = z[0];
-  for (int64_t j = 1; j < c; ++j) m = std::max(m, z[j]);
+  const float m = kernels::MaxF32(z, c);
   *max_out = m;
   *log_sum_out = std::log(kernels::ExpShiftedSum(z, c, m, exps));
 }

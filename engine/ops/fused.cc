@@ -21,10 +21,10 @@
 // delegates to the producer's kernel (its fast kernel when the fused op's fast
 // kernel runs, its reference kernel otherwise) and then applies the
 // activation in place with the activation op's kernel, so a fused op computes
-// bit for bit what the unfused pair computes. The norms' fast kernel goes one
-// step further: each thread normalizes a block of rows and applies the
-// activation to them while they are in cache (kernel_parts.h keeps the
-// per-element arithmetic the unfused kernels'). Elementwise chains are
+// bit for bit what the unfused pair computes. The norms' and linear's fast
+// kernels go one step further: each thread normalizes (or adds the bias to) a
+// block of rows and applies the activation to them while they are in cache
+// (kernel_parts.h keeps the per-element arithmetic the unfused kernels'). Elementwise chains are
 // elementwise_chain.cc.
 #include <algorithm>
 
@@ -107,6 +107,9 @@ void Kernel(const KernelArgs& args) {
       parts::DepthwiseConv2dActivationFast(a, ActOf(*args.node))) {
     return;
   }
+  if (kFast && args.node->op == OpKind::kLinearActivation) {
+    return parts::LinearFast(a, ActOf(*args.node));
+  }
   (kFast && def.fast != nullptr ? def.fast : def.reference)(a);
   ApplyActivation<kFast>(ActOf(*args.node), args);
 }
@@ -161,10 +164,7 @@ void NormActivationFast(const KernelArgs& args) {
   a.node = &inner;
   const int64_t d = args.in(0).shape->back();
   const int64_t rows = d == 0 ? 0 : args.in(0).num_elements() / d;
-  const int64_t act_cost =
-      act == FusedActivationFn::kRelu
-          ? 1
-          : parts::ActivationCost(static_cast<ActivationFn>(static_cast<int>(act) - 1));
+  const int64_t act_cost = parts::FusedActivationCost(act);
   float* y = args.output.f32();
   kernels::ParallelFor(rows, (4 + act_cost) * d, [&](int64_t begin, int64_t end) {
     parts::NormRows(a, centered, begin, end);

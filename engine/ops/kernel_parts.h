@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 
 #include "engine/ir/attrs.h"
 #include "engine/ops/op_registry.h"
@@ -39,6 +40,17 @@ inline void FusedActivationInPlace(FusedActivationFn act, float* y, int64_t n) {
   if (act == FusedActivationFn::kRelu) return ReluRange(y, y, n);
   ActivationFast(static_cast<ActivationFn>(static_cast<int>(act) - 1), y, y, n);
 }
+
+// Work per element of FusedActivationInPlace, in ParallelFor's units.
+inline int64_t FusedActivationCost(FusedActivationFn act) {
+  if (act == FusedActivationFn::kRelu) return 1;
+  return ActivationCost(static_cast<ActivationFn>(static_cast<int>(act) - 1));
+}
+
+// linear.cc: kLinear's fast kernel for a node in `args` (inputs x, w[, b]),
+// with `act`, if given, applied to each block of rows right after its bias is
+// added, while in cache (the same bits as the two kernels in turn).
+void LinearFast(const KernelArgs& args, std::optional<FusedActivationFn> act);
 
 // conv.cc: for a depthwise kConv2d node in `conv_args`, its fast kernel with
 // `act` applied to each plane right after it is computed, while in cache (the

@@ -2,10 +2,12 @@
 //
 // Shapes: x [..., in], weight [out, in], bias [out] (optional third input),
 // y [..., out]. Leading dimensions of x are flattened into rows.
-#include <cstring>
+#include <optional>
 
 #include "engine/base/status_macros.h"
 #include "engine/kernels/gemm.h"
+#include "engine/kernels/parallel.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -51,22 +53,37 @@ void Reference(const KernelArgs& args) {
   }
 }
 
-// Bias is copied into every row of y, then GEMM accumulates x·Wᵀ onto it
-// (beta = 1), which fuses the bias add into the GEMM's write-back.
-void Fast(const KernelArgs& args) {
+}  // namespace
+
+// GEMM with beta = 0, then one threaded pass adding the bias to each block of
+// rows and applying the activation while the block is in cache. Copying the
+// bias into y first and accumulating onto it (beta = 1) was measured slower:
+// the copy is a pass over y before the GEMM, not after it in cache
+// (BENCHMARKS.md, issue #6, fifth session). Both round fl(x·Wᵀ) + b once.
+void parts::LinearFast(const KernelArgs& args, std::optional<FusedActivationFn> act) {
   const Shape& ws = *args.in(1).shape;
   const int64_t out = ws[0], in = ws[1];
   const int64_t rows = args.in(0).num_elements() / in;
   float* y = args.output.f32();
-  float beta = 0.0f;
-  if (args.num_inputs == 3) {
-    const float* b = args.in(2).f32();
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(y + r * out, b, out * sizeof(float));
-    beta = 1.0f;
-  }
-  kernels::Sgemm(false, true, rows, out, in, 1.0f, args.in(0).f32(), in, args.in(1).f32(), in, beta,
+  kernels::Sgemm(false, true, rows, out, in, 1.0f, args.in(0).f32(), in, args.in(1).f32(), in, 0.0f,
                  y, out);
+  const float* b = args.num_inputs == 3 ? args.in(2).f32() : nullptr;
+  if (b == nullptr && !act.has_value()) return;
+  const int64_t cost = 1 + (act.has_value() ? FusedActivationCost(*act) : 0);
+  kernels::ParallelFor(rows, out * cost, [&](int64_t begin, int64_t end) {
+    if (b != nullptr) {
+      for (int64_t r = begin; r < end; ++r) {
+        float* __restrict row = y + r * out;
+        for (int64_t o = 0; o < out; ++o) row[o] += b[o];
+      }
+    }
+    if (act.has_value()) FusedActivationInPlace(*act, y + begin * out, (end - begin) * out);
+  });
 }
+
+namespace {
+
+void Fast(const KernelArgs& args) { parts::LinearFast(args, std::nullopt); }
 
 // With X2 = x flattened to [rows, in] and dY2 = dy as [rows, out]:
 //   dx = dY2 · W        dW = dY2ᵀ · X2        db = Σ_rows dY2

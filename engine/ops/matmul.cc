@@ -8,16 +8,21 @@
 // times (grouped-query attention), and x [B, T, K] by a weight [K, N].
 // The fast kernel is kernels::Sgemm (see engine/kernels/gemm.h for why that
 // library), one call per block of matrices that share their b matrix
-// (FoldableBatchDims), else one call per matrix.
+// (FoldableBatchDims), else one call per matrix; many small matrices are
+// spread over the threads, one single-threaded call each.
 #include <array>
 
 #include "engine/base/status_macros.h"
 #include "engine/kernels/gemm.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
 namespace fleettune::engine::ops {
 namespace {
+
+// Multiply-adds up to which one GEMM of a batch runs on one thread.
+constexpr int64_t kSmallGemmFlops = int64_t{4} << 20;
 
 struct Dims {
   int64_t m, k, n;
@@ -57,41 +62,60 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   return TensorType{DType::kF32, out};
 }
 
-// Calls fn(y_matrix, a_matrix, b_matrix) for every matrix of y, with the
-// indices of the a and b matrices it reads under numpy broadcasting of the
-// batch dimensions. The last `folded` batch dimensions are not walked: fn is
-// called once per block of y matrices along them, with the indices of the
-// block's first matrices. Fixed-size state: does not allocate.
+// Where each matrix of y reads its a and b matrices under numpy broadcasting
+// of the batch dimensions. The last `folded` batch dimensions are not walked:
+// a "matrix" is then a block of y matrices along them, located by its first.
+// Fixed-size state: does not allocate.
+class BatchWalk {
+ public:
+  BatchWalk(const Shape& as, const Shape& bs, const Shape& ys, int folded)
+      : outer_(static_cast<int>(ys.size()) - 2 - folded) {
+    const int rank = static_cast<int>(ys.size()) - 2;
+    int64_t stride_a = 1, stride_b = 1;
+    for (int k = 0; k < rank; ++k) {
+      const int d = rank - 1 - k;
+      const int da = static_cast<int>(as.size()) - 3 - k;
+      const int db = static_cast<int>(bs.size()) - 3 - k;
+      const int64_t na = da >= 0 ? as[da] : 1;
+      const int64_t nb = db >= 0 ? bs[db] : 1;
+      sa_[d] = na == 1 ? 0 : stride_a;
+      sb_[d] = nb == 1 ? 0 : stride_b;
+      dims_[d] = ys[d];
+      stride_a *= na;
+      stride_b *= nb;
+      (k < folded ? block_ : count_) *= ys[d];
+    }
+  }
+
+  int64_t count() const { return count_; }  // matrices (blocks) to compute
+  int64_t block() const { return block_; }  // y matrices per block
+
+  // The a and b matrices block i reads.
+  void Locate(int64_t i, int64_t* ia, int64_t* ib) const {
+    *ia = *ib = 0;
+    for (int d = outer_ - 1; d >= 0; --d) {
+      const int64_t idx = i % dims_[d];
+      i /= dims_[d];
+      *ia += idx * sa_[d];
+      *ib += idx * sb_[d];
+    }
+  }
+
+ private:
+  int outer_;
+  std::array<int64_t, kMaxRank> sa_{}, sb_{}, dims_{};
+  int64_t count_ = 1, block_ = 1;
+};
+
+// Calls fn(y_matrix, a_matrix, b_matrix) for every block of y (BatchWalk),
+// with the indices of the block's first y, a and b matrices.
 template <typename Fn>
 void ForEachMatrix(const Shape& as, const Shape& bs, const Shape& ys, int folded, Fn&& fn) {
-  const int rank = static_cast<int>(ys.size()) - 2;
-  std::array<int64_t, kMaxRank> sa{}, sb{}, idx{};
-  int64_t stride_a = 1, stride_b = 1, count = 1, block = 1;
-  for (int k = 0; k < rank; ++k) {
-    const int d = rank - 1 - k;
-    const int da = static_cast<int>(as.size()) - 3 - k;
-    const int db = static_cast<int>(bs.size()) - 3 - k;
-    const int64_t na = da >= 0 ? as[da] : 1;
-    const int64_t nb = db >= 0 ? bs[db] : 1;
-    sa[d] = na == 1 ? 0 : stride_a;
-    sb[d] = nb == 1 ? 0 : stride_b;
-    stride_a *= na;
-    stride_b *= nb;
-    (k < folded ? block : count) *= ys[d];
-  }
-  const int outer = rank - folded;
-  int64_t ia = 0, ib = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    fn(i * block, ia, ib);
-    for (int d = outer - 1; d >= 0; --d) {
-      ++idx[d];
-      ia += sa[d];
-      ib += sb[d];
-      if (idx[d] < ys[d]) break;
-      ia -= sa[d] * idx[d];
-      ib -= sb[d] * idx[d];
-      idx[d] = 0;
-    }
+  const BatchWalk walk(as, bs, ys, folded);
+  for (int64_t i = 0; i < walk.count(); ++i) {
+    int64_t ia, ib;
+    walk.Locate(i, &ia, &ib);
+    fn(i * walk.block(), ia, ib);
   }
 }
 
@@ -152,12 +176,27 @@ void Fast(const KernelArgs& args) {
   const float* b = args.in(1).f32();
   float* y = args.output.f32();
   const int folded = FoldableBatchDims(as, bs, ys, attrs.transpose_a);
-  int64_t rows = d.m;
-  for (int k = 0; k < folded; ++k) rows *= ys[ys.size() - 3 - k];
-  ForEachMatrix(as, bs, ys, folded, [&](int64_t iy, int64_t ia, int64_t ib) {
+  const BatchWalk walk(as, bs, ys, folded);
+  const int64_t rows = d.m * walk.block();
+  auto gemm = [&](int64_t i) {
+    int64_t ia, ib;
+    walk.Locate(i, &ia, &ib);
     kernels::Sgemm(attrs.transpose_a, attrs.transpose_b, rows, d.n, d.k, 1.0f, a + ia * d.m * d.k,
-                   lda, b + ib * d.k * d.n, ldb, 0.0f, y + iy * d.m * d.n, d.n);
-  });
+                   lda, b + ib * d.k * d.n, ldb, 0.0f, y + i * walk.block() * d.m * d.n, d.n);
+  };
+  // Many small GEMMs (attention's per-head products, 2 MFLOP each in
+  // BERT-mini) run one per thread, each single-threaded (oneDNN runs on one
+  // thread inside a parallel region): 1.5× the rate of splitting every small
+  // GEMM over the team, which pays a fork and join per GEMM and leaves each
+  // thread a sliver of it (BENCHMARKS.md, issue #6, fifth session).
+  const int64_t flops = rows * d.n * d.k;
+  if (walk.count() >= 2 * kernels::MaxThreads() && flops <= kSmallGemmFlops) {
+    kernels::ParallelFor(walk.count(), flops, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) gemm(i);
+    });
+    return;
+  }
+  for (int64_t i = 0; i < walk.count(); ++i) gemm(i);
 }
 
 // With Y = op(A)·op(B), per matrix of the batch:

@@ -114,7 +114,14 @@ void FastSumInto(const KernelArgs& args, float scale) {
     std::fill_n(args.output.f32(), l.channels, 0.0f);
     return;
   }
-  kernels::F32SumOuterInner(l, args.in(0).f32(), scale, args.output.f32());
+  kernels::F32SumOuterInner(l, args.in(0).f32(), scale, args.scratch, args.output.f32());
+}
+
+size_t FastScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto* attrs = std::get_if<ReduceAttrs>(&node.attrs);
+  kernels::ChannelLayout l;
+  if (attrs == nullptr || !OuterKeptInner(in[0]->shape, attrs->axes, &l)) return 0;
+  return kernels::SumOuterInnerScratchFloats(l) * sizeof(float);
 }
 
 void SumFast(const KernelArgs& args) { FastSumInto(args, 1.0f); }
@@ -166,6 +173,8 @@ std::vector<OpTestCase> TestCases() {
           make({2, 5, 3, 37}, {0, 2, 3}, false),
           make({2, 3, 4, 5}, {1, 3}, true),
           make({3, 70}, {0}, false),
+          make({37, 70}, {0}, false),
+          make({3, 5, 20}, {0, 1}, true),
           make({4, 2, 3}, {}, false)};
 }
 
@@ -179,6 +188,7 @@ OpDef ReduceSumOpDef() {
   def.infer = Infer;
   def.reference = SumKernel;
   def.fast = SumFast;
+  def.scratch_bytes = FastScratchBytes;
   def.gradient = SumGradient;
   def.test_cases = TestCases;
   return def;
@@ -192,6 +202,7 @@ OpDef ReduceMeanOpDef() {
   def.infer = Infer;
   def.reference = MeanKernel;
   def.fast = MeanFast;
+  def.scratch_bytes = FastScratchBytes;
   def.gradient = MeanGradient;
   def.test_cases = TestCases;
   return def;

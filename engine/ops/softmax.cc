@@ -15,6 +15,7 @@
 #include "engine/base/status_macros.h"
 #include "engine/kernels/exp_sum.h"
 #include "engine/kernels/parallel.h"
+#include "engine/kernels/vec.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -49,7 +50,11 @@ void SoftmaxRows(const KernelArgs& args, int64_t begin, int64_t end, bool vector
     std::fill(yr + n, yr + s, 0.0f);
     if (n == 0) continue;
     float m = xr[0];
-    for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
+    if (vectorized) {
+      m = kernels::MaxF32(xr, n);
+    } else {
+      for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
+    }
     double sum = 0.0;
     if (vectorized) {
       sum = kernels::ExpShiftedSum(xr, n, m, yr);
@@ -106,25 +111,32 @@ absl::StatusOr<TensorType> InferGrad(const Node& node, absl::Span<const TensorTy
   return *in[0];
 }
 
-void GradRows(const KernelArgs& args, int64_t begin, int64_t end) {
+// Rows [begin, end); `vectorized` sums dy·y in f32 vector lanes (the fast
+// kernel), else in double (reference).
+void GradRows(const KernelArgs& args, int64_t begin, int64_t end, bool vectorized) {
   const int64_t s = args.in(0).shape->back();
   const float* dy = args.in(0).f32();
   const float* y = args.in(1).f32();
   float* dx = args.output.f32();
   for (int64_t r = begin; r < end; ++r) {
     const int64_t o = r * s;
-    double dot = 0.0;
-    for (int64_t j = 0; j < s; ++j) dot += static_cast<double>(dy[o + j]) * y[o + j];
-    const float d = static_cast<float>(dot);
+    float d;
+    if (vectorized) {
+      d = kernels::DotF32(dy + o, y + o, s);
+    } else {
+      double dot = 0.0;
+      for (int64_t j = 0; j < s; ++j) dot += static_cast<double>(dy[o + j]) * y[o + j];
+      d = static_cast<float>(dot);
+    }
     for (int64_t j = 0; j < s; ++j) dx[o + j] = y[o + j] * (dy[o + j] - d);
   }
 }
 
-void GradKernel(const KernelArgs& args) { GradRows(args, 0, Rows(args.in(0))); }
+void GradKernel(const KernelArgs& args) { GradRows(args, 0, Rows(args.in(0)), false); }
 
 void FastGradKernel(const KernelArgs& args) {
   kernels::ParallelFor(Rows(args.in(0)), 3 * args.in(0).shape->back(),
-                       [&](int64_t begin, int64_t end) { GradRows(args, begin, end); });
+                       [&](int64_t begin, int64_t end) { GradRows(args, begin, end, true); });
 }
 
 }  // namespace

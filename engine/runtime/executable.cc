@@ -405,6 +405,11 @@ Executable::~Executable() {
   AlignedFree(constants_);
 }
 
+void Executable::ResetProfile() {
+  std::fill(instr_seconds_.begin(), instr_seconds_.end(), 0.0);
+  profiled_steps_ = 0;
+}
+
 std::string Executable::ProfileReport(int slowest_nodes) const {
   if (!profile_) return "";
   std::map<std::string, std::pair<double, int>> by_op;  // seconds, instructions
@@ -418,7 +423,7 @@ std::string Executable::ProfileReport(int slowest_nodes) const {
   std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_op.begin(), by_op.end());
   std::sort(rows.begin(), rows.end(),
             [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-  const double steps = std::max<double>(1.0, static_cast<double>(steps_run()));
+  const double steps = std::max<double>(1.0, static_cast<double>(profiled_steps_));
   std::string out = absl::StrFormat("%-28s %6s %12s %7s\n", "op", "nodes", "ms/step", "share");
   for (const auto& [name, entry] : rows) {
     absl::StrAppendFormat(&out, "%-28s %6d %12.3f %6.1f%%\n", name, entry.second,
@@ -430,7 +435,8 @@ std::string Executable::ProfileReport(int slowest_nodes) const {
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return instr_seconds_[a] > instr_seconds_[b]; });
   order.resize(std::min(order.size(), static_cast<size_t>(slowest_nodes)));
-  absl::StrAppendFormat(&out, "\n%-12s %-28s %s\n", "ms/step", "node", "inputs -> output");
+  absl::StrAppendFormat(&out, "\n%-12s %6s %-28s %s\n", "ms/step", "instr", "node",
+                        "inputs -> output");
   for (size_t i : order) {
     const ops::KernelArgs& args = program_[i].args;
     std::string types;
@@ -440,7 +446,7 @@ std::string Executable::ProfileReport(int slowest_nodes) const {
     if (ops::GetOpDef(args.node->op).has_output) {
       absl::StrAppend(&types, " -> ", TypeToString(args.node->type));
     }
-    absl::StrAppendFormat(&out, "%-12.3f %-28s %s\n", 1e3 * instr_seconds_[i] / steps,
+    absl::StrAppendFormat(&out, "%-12.3f %6d %-28s %s\n", 1e3 * instr_seconds_[i] / steps, i,
                           ops::GetOpDef(args.node->op).name, types);
   }
   return out;
@@ -484,6 +490,7 @@ absl::Status Executable::Run() {
       instr_seconds_[i] +=
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
+    ++profiled_steps_;
     if (updates_) ++step_.step;
     return absl::OkStatus();
   }

@@ -127,12 +127,17 @@ class Executable {
 
   const MemoryStats& memory() const { return memory_; }
 
-  // With CompileOptions::profile: time per op kind summed over the steps run,
-  // most expensive first, as a table; then, with slowest_nodes > 0, that many
+  // With CompileOptions::profile: time per op kind per step, averaged over the
+  // steps run since compiling or the last ResetProfile(), most expensive
+  // first, as a table; then, with slowest_nodes > 0, that many
   // single nodes, slowest first, with their input and output types (which
   // matmul or convolution is slow, not only that matmuls are). Empty without
   // profiling.
   std::string ProfileReport(int slowest_nodes = 0) const;
+  // Forgets the times profiled so far: call it after warm-up steps, whose
+  // one-time costs (the first GEMM JIT-compiles oneDNN's kernels, ~50 ms)
+  // would otherwise be spread over the steps measured.
+  void ResetProfile();
   const Graph& graph() const { return graph_; }
   int64_t steps_run() const { return step_.step - 1; }
   // Sets the optimizer step count, to resume from a checkpoint (AdamW's bias
@@ -171,6 +176,7 @@ class Executable {
   bool updates_ = false;
   bool profile_ = false;
   std::vector<double> instr_seconds_;  // per instruction, when profiling
+  int64_t profiled_steps_ = 0;
   MemoryStats memory_;
 };
 

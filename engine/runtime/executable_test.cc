@@ -119,6 +119,10 @@ TEST(Executable, ProfileReportListsOpsAndTheSlowestNodes) {
   const std::string list = nodes.substr(nodes.find("inputs -> output"));
   EXPECT_EQ(std::count(list.begin(), list.end(), '\n'), 3);  // header + 2 nodes
   EXPECT_THAT(list, HasSubstr(" -> f32["));
+  // After a reset only the steps run since count, and none have run yet.
+  exe->ResetProfile();
+  EXPECT_THAT(exe->ProfileReport(), HasSubstr(" 0.000 "));
+  EXPECT_THAT(exe->ProfileReport(), ::testing::Not(HasSubstr("100.0%")));
   CompileOptions quiet;
   ASSERT_OK_AND_ASSIGN(auto plain, Executable::Compile(f.train_graph, &f.params, quiet));
   EXPECT_EQ(plain->ProfileReport(5), "");
