@@ -37,26 +37,66 @@ ValueId FoldedBatchNormOfGrad(const Graph& g, ValueId grad,
   return kNoValue;
 }
 
+// Emits v·s per row along axis 0 of `v` (a new-graph value of shape
+// `shape`), s = γ/√(σ² + eps) from the new-graph values `var` and `gamma`:
+// batch_norm_inference with mean 0 and bias 0 over v viewed as [1, C, K].
+absl::StatusOr<ValueId> EmitRowScaled(GraphRewriter& rw, ValueId v, const Shape& shape, ValueId var,
+                                      ValueId gamma, const Attrs& bn_attrs) {
+  const int64_t c = shape[0];
+  const int64_t k = NumElements(shape) / std::max<int64_t>(c, 1);
+  ASSIGN_OR_RETURN(ValueId zeros, rw.Emit(OpKind::kFill, {}, FillAttrs{0.0f, {c}}));
+  ASSIGN_OR_RETURN(ValueId v3, rw.Emit(OpKind::kReshape, {v}, ShapeAttrs{{1, c, k}}));
+  ASSIGN_OR_RETURN(ValueId vs3,
+                   rw.Emit(OpKind::kBatchNormInference, {v3, zeros, var, gamma, zeros}, bn_attrs));
+  return rw.Emit(OpKind::kReshape, {vs3}, ShapeAttrs{shape});
+}
+
 // Emits Wf = W·s per output channel (s = γ/√(σ² + eps) of BatchNorm `bn`)
 // into the rebuilt graph.
 absl::StatusOr<ValueId> EmitScaledWeight(GraphRewriter& rw, const Graph& graph, const Node& bn,
                                          ValueId w_old) {
-  const auto& bn_attrs = std::get<BatchNormAttrs>(bn.attrs);
-  const Shape& w_shape = graph.type(w_old).shape;
-  const int64_t c = w_shape[0];
-  const int64_t k = NumElements(w_shape) / std::max<int64_t>(c, 1);
-  ASSIGN_OR_RETURN(ValueId zeros, rw.Emit(OpKind::kFill, {}, FillAttrs{0.0f, {c}}));
-  ASSIGN_OR_RETURN(ValueId w3, rw.Emit(OpKind::kReshape, {rw.New(w_old)}, ShapeAttrs{{1, c, k}}));
-  ASSIGN_OR_RETURN(
-      ValueId ws3,
-      rw.Emit(OpKind::kBatchNormInference,
-              {w3, zeros, rw.New(bn.inputs[2]), rw.New(bn.inputs[3]), zeros}, bn_attrs));
-  return rw.Emit(OpKind::kReshape, {ws3}, ShapeAttrs{w_shape});
+  return EmitRowScaled(rw, rw.New(w_old), graph.type(w_old).shape, rw.New(bn.inputs[2]),
+                       rw.New(bn.inputs[3]), bn.attrs);
+}
+
+// Whether the activation gradient g = batch_norm_inference_grad(dy, σ², γ)
+// = dy·s (per channel of axis 1) can move into the convolution gradients that
+// read it: every reader is conv2d_backward_input(g, W) or
+// conv2d_backward_weight(x, g), and dy is more than twice the size of each
+// weight. Then
+//   conv2d_backward_input(g, W)  = conv2d_backward_input(dy, W·s)
+//   conv2d_backward_weight(x, g) = conv2d_backward_weight(x, dy)·s   (per output channel)
+// trade the pass that reads dy and writes g for one pass over each weight.
+// This covers BatchNorms whose γ trains (full fine-tuning), which FoldableConv
+// leaves unfolded.
+bool AbsorbableGrad(const Graph& g, ValueId grad, const std::vector<std::vector<ValueId>>& users) {
+  const Node& node = g.node(grad);
+  if (node.op != OpKind::kBatchNormInferenceGrad || node.inputs.size() != 3) return false;
+  if (node.type.shape.size() != 4 || users[grad].empty()) return false;
+  const auto& outs = g.outputs();
+  if (std::find(outs.begin(), outs.end(), grad) != outs.end()) return false;
+  const int64_t dy_elements = NumElements(node.type.shape);
+  for (ValueId u : users[grad]) {
+    const Node& user = g.node(u);
+    Shape w;
+    if (user.op == OpKind::kConv2dBackwardInput && user.inputs[0] == grad &&
+        user.inputs[1] != grad) {
+      w = g.type(user.inputs[1]).shape;
+    } else if (user.op == OpKind::kConv2dBackwardWeight && user.inputs[1] == grad &&
+               user.inputs[0] != grad) {
+      w = user.type.shape;
+    } else {
+      return false;
+    }
+    if (w.empty() || w[0] != node.type.shape[1] || 2 * NumElements(w) >= dy_elements) return false;
+  }
+  return true;
 }
 
 }  // namespace
 
-absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_new, int* folded) {
+absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_new, int* folded,
+                                   int* absorbed_grads) {
   const int n = graph.num_nodes();
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
   std::vector<ValueId> conv_of(n, kNoValue);  // per BatchNorm node
@@ -70,7 +110,14 @@ absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_ne
     ++count;
   }
   if (folded != nullptr) *folded = count;
-  if (count == 0) return Unchanged(n, old_to_new);
+  std::vector<bool> absorbed(n, false);  // per batch_norm_inference_grad node
+  int absorbable = 0;
+  for (ValueId id = 0; id < n; ++id) {
+    absorbed[id] = AbsorbableGrad(graph, id, users);
+    absorbable += absorbed[id];
+  }
+  if (absorbed_grads != nullptr) *absorbed_grads = 0;
+  if (count == 0 && absorbable == 0) return Unchanged(n, old_to_new);
   std::vector<ValueId> folded_bns;
   for (ValueId id = 0; id < n; ++id) {
     if (conv_of[id] != kNoValue) folded_bns.push_back(id);
@@ -79,6 +126,32 @@ absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_ne
   for (ValueId id = 0; id < n; ++id) {
     if (skip[id]) continue;
     const Node& node = graph.node(id);
+    // Backward through an unfolded BatchNorm (AbsorbableGrad).
+    const bool reads_absorbed =
+        (node.op == OpKind::kConv2dBackwardInput && absorbed[node.inputs[0]]) ||
+        (node.op == OpKind::kConv2dBackwardWeight && absorbed[node.inputs[1]]);
+    if (reads_absorbed) {
+      const ValueId grad =
+          node.op == OpKind::kConv2dBackwardInput ? node.inputs[0] : node.inputs[1];
+      const Node& g = graph.node(grad);
+      const ValueId dy = rw.New(g.inputs[0]), var = rw.New(g.inputs[1]),
+                    gamma = rw.New(g.inputs[2]);
+      ValueId out;
+      if (node.op == OpKind::kConv2dBackwardInput) {
+        const ValueId w = node.inputs[1];
+        ASSIGN_OR_RETURN(ValueId ws,
+                         EmitRowScaled(rw, rw.New(w), graph.type(w).shape, var, gamma, g.attrs));
+        ASSIGN_OR_RETURN(out,
+                         rw.Emit(OpKind::kConv2dBackwardInput, {dy, ws}, node.attrs, node.name));
+      } else {
+        ASSIGN_OR_RETURN(ValueId dw, rw.Emit(OpKind::kConv2dBackwardWeight,
+                                             {rw.New(node.inputs[0]), dy}, node.attrs));
+        ASSIGN_OR_RETURN(out, EmitRowScaled(rw, dw, node.type.shape, var, gamma, g.attrs));
+      }
+      rw.Map(id, out);
+      if (absorbed_grads != nullptr) ++*absorbed_grads;
+      continue;
+    }
     // Backward: conv2d_backward_input(batch_norm_inference_grad(dy), W) of a
     // folded pair is conv2d_backward_input(dy, Wf), with Wf recomputed here
     // so that it lives only as long as this gradient needs it.

@@ -27,7 +27,14 @@
 // with Wf recomputed next to it (one pass over the weight instead of one over
 // the activation gradient, and Wf is not kept alive from the forward pass).
 // The scaled gradient is left to dead-code elimination, or kept when a
-// trainable W's weight gradient still reads it. A pair is folded only when the conv
+// trainable W's weight gradient still reads it.
+//
+// Unfolded pairs (γ trains: full fine-tuning) get the same treatment when it
+// pays: when every reader of g = batch_norm_inference_grad(dy, σ², γ) is a
+// convolution gradient and dy is more than twice each weight's size,
+//   conv2d_backward_input(g, W)  → conv2d_backward_input(dy, W·s)
+//   conv2d_backward_weight(x, g) → conv2d_backward_weight(x, dy)·s (per output channel)
+// so no pass over the activation gradient scales it. A pair is folded only when the conv
 // output has no reader but the BatchNorm: a trainable γ's gradient
 // (batch_norm_weight_grad) reads the conv output, so convolutions followed by
 // a BatchNorm with trainable γ are left alone (folding them would need the
@@ -46,10 +53,12 @@ namespace fleettune::engine::passes {
 
 // Returns whether a pair was folded; `old_to_new` as in EliminateDeadCode (the
 // BatchNorm maps to the folded conv, the old conv to kNoValue). `folded`
-// (optional) gets the number of pairs folded. Errors from type checking the
+// (optional) gets the number of pairs folded, `absorbed_grads` (optional) the
+// number of convolution gradients rewritten to read dy instead of a BatchNorm
+// input gradient. Errors from type checking the
 // emitted nodes (a malformed graph): InvalidArgument.
 absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_new = nullptr,
-                                   int* folded = nullptr);
+                                   int* folded = nullptr, int* absorbed_grads = nullptr);
 
 }  // namespace fleettune::engine::passes
 

@@ -56,6 +56,7 @@ void ExpectSameValues(const testing::TrainResult& want, const testing::TrainResu
 struct Case {
   Train train;
   bool expect_fold;
+  bool expect_absorb = false;  // BatchNorm input gradients moved into conv gradients
 };
 
 class FoldBatchNormTest : public ::testing::TestWithParam<Case> {};
@@ -64,10 +65,11 @@ TEST_P(FoldBatchNormTest, KeepsForwardValuesAndGradients) {
   ASSERT_OK_AND_ASSIGN(testing::TestModel m, GradientGraph(GetParam().train));
   Graph g = m.graph;
   std::vector<ValueId> map;
-  int folded = 0;
-  ASSERT_OK_AND_ASSIGN(bool changed, FoldBatchNorm(g, &map, &folded));
+  int folded = 0, absorbed = 0;
+  ASSERT_OK_AND_ASSIGN(bool changed, FoldBatchNorm(g, &map, &folded, &absorbed));
   ASSERT_OK(VerifyGraph(g));
-  EXPECT_EQ(changed, GetParam().expect_fold);
+  EXPECT_EQ(changed, GetParam().expect_fold || GetParam().expect_absorb);
+  EXPECT_EQ(absorbed > 0, GetParam().expect_absorb);
   if (GetParam().expect_fold) {
     EXPECT_GE(folded, 30);  // every conv of MobileNetV2 is followed by a BatchNorm
   } else {
@@ -90,11 +92,11 @@ TEST_P(FoldBatchNormTest, KeepsForwardValuesAndGradients) {
 
 INSTANTIATE_TEST_SUITE_P(Schemes, FoldBatchNormTest,
                          ::testing::Values(Case{Train::kFrozenFeatures, true},
-                                           Case{Train::kConvWeights, true},
-                                           Case{Train::kConvWeightsAndBeta, true},
-                                           Case{Train::kBetaOnly, true},
+                                           Case{Train::kConvWeights, true, true},
+                                           Case{Train::kConvWeightsAndBeta, true, true},
+                                           Case{Train::kBetaOnly, true, true},
                                            // γ's gradient reads the conv output.
-                                           Case{Train::kEverything, false}));
+                                           Case{Train::kEverything, false, true}));
 
 // Frozen convolutions under trainable BatchNorm biases: the input gradient
 // through each folded pair reads Wf and the raw dy, so after dead-code
@@ -114,6 +116,39 @@ TEST(FoldBatchNorm, InputGradientsReadTheFoldedWeight) {
     if (node.op != OpKind::kConv2dBackwardInput) continue;
     EXPECT_NE(g.node(node.inputs[0]).op, OpKind::kBatchNormInferenceGrad);
     EXPECT_EQ(g.node(node.inputs[1]).op, OpKind::kReshape);  // Wf = reshape(W·s)
+  }
+}
+
+// Full fine-tuning folds no pair (γ trains), but where an activation
+// gradient is more than twice the weight's size, the conv gradients read dy
+// and a rescaled weight (or rescale their result), and the per-channel pass
+// over the activation gradient is gone.
+TEST(FoldBatchNorm, ConvGradientsAbsorbTheBatchNormInputGradient) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m, GradientGraph(Train::kEverything));
+  const int before = testing::CountOps(m.graph, OpKind::kBatchNormInferenceGrad);
+  Graph g = m.graph;
+  int folded = 0, absorbed = 0;
+  ASSERT_OK(FoldBatchNorm(g, nullptr, &folded, &absorbed).status());
+  ASSERT_OK(EliminateDeadCode(g).status());
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_EQ(folded, 0);
+  EXPECT_GE(absorbed, 4);
+  const int after = testing::CountOps(g, OpKind::kBatchNormInferenceGrad);
+  EXPECT_LT(after, before);
+  // Each absorbed gradient had a weight gradient and (but for the first conv)
+  // an input gradient reading it.
+  EXPECT_LE(absorbed, 2 * (before - after));
+  EXPECT_GE(absorbed, 2 * (before - after) - 1);
+  for (const Node& node : g.nodes()) {
+    if (node.op == OpKind::kConv2dBackwardInput || node.op == OpKind::kConv2dBackwardWeight) {
+      const ValueId dy = node.inputs[node.op == OpKind::kConv2dBackwardInput ? 0 : 1];
+      if (g.node(dy).op == OpKind::kBatchNormInferenceGrad) {
+        // Left alone: the weight is too large against the gradient.
+        const Shape& w = node.op == OpKind::kConv2dBackwardInput ? g.type(node.inputs[1]).shape
+                                                                 : node.type.shape;
+        EXPECT_GE(2 * NumElements(w), NumElements(g.type(dy).shape)) << node.name;
+      }
+    }
   }
 }
 

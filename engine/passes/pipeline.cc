@@ -110,9 +110,13 @@ absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options) {
     report.passes.push_back(stats);
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(
-      run("fold_batch_norm", options.fold_batch_norm,
-          [&](std::vector<ValueId>* map, int* n) { return FoldBatchNorm(graph, map, n); }));
+  RETURN_IF_ERROR(run("fold_batch_norm", options.fold_batch_norm,
+                      [&](std::vector<ValueId>* map, int* n) -> absl::StatusOr<bool> {
+                        int pairs = 0, grads = 0;
+                        ASSIGN_OR_RETURN(bool changed, FoldBatchNorm(graph, map, &pairs, &grads));
+                        *n = pairs + grads;
+                        return changed;
+                      }));
   RETURN_IF_ERROR(
       run("fuse", options.fuse, [&](std::vector<ValueId>* map, int* n) -> absl::StatusOr<bool> {
         std::vector<ValueId> pairs_map, chains_map;
