@@ -148,11 +148,27 @@ void F32BatchNormFrozenGrad(const ChannelLayout& l, const float* dy, const float
 
 void F32SumOuterInner(const ChannelLayout& l, const float* x, float scale, float* scratch,
                       float* y) {
+  if (l.inner == 1 && l.channels >= kColumnSumMaxBlockedWidth) {
+    // Column sums of wide rows: accumulate whole rows, split over columns.
+    ParallelFor(l.channels, l.outer, [&](int64_t begin, int64_t end) {
+      float* __restrict out = y + begin;
+      const int64_t width = end - begin;
+      std::fill_n(out, width, 0.0f);
+      for (int64_t a = 0; a < l.outer; ++a) {
+        const float* __restrict row = x + a * l.channels + begin;
+        for (int64_t k = 0; k < width; ++k) out[k] += row[k];
+      }
+      if (scale != 1.0f) {
+        for (int64_t k = 0; k < width; ++k) out[k] *= scale;
+      }
+    });
+    return;
+  }
   if (l.inner == 1) {
     // Column sums of [outer, channels] (bias gradients): each block of rows is
     // summed into its own partial row, streaming whole rows, then the partial
     // rows are added in block order. Splitting over columns instead had each
-    // thread read half of every row, 3–4× slower.
+    // thread read half of every 256–1024-float row, 3–4× slower.
     const int64_t rows = l.outer, cols = l.channels;
     const int64_t blocks = std::min(kColumnSumBlocks, rows);
     ParallelFor(blocks, rows / blocks * cols, [&](int64_t begin, int64_t end) {

@@ -48,9 +48,14 @@ void F32BatchNormFrozenGrad(const ChannelLayout& l, const float* dy, const float
 // result, does not depend on the thread count.
 inline constexpr int64_t kColumnSumBlocks = 8;
 
+// Rows at least this wide are column-summed in place, split over columns:
+// each thread then reads long contiguous runs, and the partial rows would
+// cost scratch memory (8 × 30522 floats for a vocabulary-wide bias).
+inline constexpr int64_t kColumnSumMaxBlockedWidth = 4096;
+
 // Scratch floats F32SumOuterInner needs for layout l.
 inline int64_t SumOuterInnerScratchFloats(const ChannelLayout& l) {
-  return l.inner == 1 ? kColumnSumBlocks * l.channels : 0;
+  return l.inner == 1 && l.channels < kColumnSumMaxBlockedWidth ? kColumnSumBlocks * l.channels : 0;
 }
 
 // y[k] = scale · Σ_{a,b} x[a, k, b] for x viewed as [outer, channels, inner]:

@@ -156,6 +156,8 @@ TEST(FastKernels, ReduceOverLargeAxes) {
   for (OpKind kind : {OpKind::kReduceSum, OpKind::kReduceMean}) {
     ExpectFastMatchesReference({kind, {F32({8, 96, 32, 32})}, ReduceAttrs{{0, 2, 3}, false}});
     ExpectFastMatchesReference({kind, {F32({600, 300})}, ReduceAttrs{{0}, false}});
+    // Rows wider than kColumnSumMaxBlockedWidth: split over columns, no scratch.
+    ExpectFastMatchesReference({kind, {F32({37, 5000})}, ReduceAttrs{{0}, false}});
     ExpectFastMatchesReference({kind, {F32({300, 517})}, ReduceAttrs{{1}, true}});
     ExpectFastMatchesReference({kind, {F32({4, 6, 50, 70})}, ReduceAttrs{{1, 3}, false}});
   }
