@@ -256,7 +256,7 @@ std::vector<OpTestCase> TestCases() {
   // b broadcast along the inner batch dim (grouped-query attention): blocks of 3.
   cases.push_back(make({2, 3}, {2, 1}, false, true));
   cases.push_back(make({2, 2, 3}, {2, 1, 1}, false, false));  // two dims folded
-  cases.push_back(make({8, 2}, {8, 2}, false, true));  // 16 small GEMMs over the threads
+  cases.push_back(make({8, 2}, {8, 2}, false, true));         // 16 small GEMMs over the threads
   return cases;
 }
 

@@ -79,7 +79,9 @@ class VisionGoldenTest : public ::testing::TestWithParam<std::string> {
     ASSERT_OK_AND_ASSIGN(
         golden_, io::ReadSafetensors("tests/golden/vision_golden_" + GetParam() + ".safetensors"));
     for (const auto& [name, t] : golden_) {
-      if (IsStateDictName(name)) ASSERT_OK(params_.Set(name, t));
+      if (IsStateDictName(name)) {
+        ASSERT_OK(params_.Set(name, t));
+      }
     }
   }
 
