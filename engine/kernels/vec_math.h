@@ -56,9 +56,10 @@ FLEETTUNE_VEC_INLINE V Exp(V x) {
   return p * __builtin_bit_cast(V, bits);
 }
 
-// erf(x) = sign(x)·(1 − t·P(t)·e^(−x²)), t = 1/(1 + 0.3275911·|x|).
+// erf(x) = sign(x)·(1 − t·P(t)·e^(−x²)), t = 1/(1 + 0.3275911·|x|); also
+// stores the e^(−x²) it computes in *gauss (GELU's gradient needs both).
 template <typename V>
-FLEETTUNE_VEC_INLINE V Erf(V x) {
+FLEETTUNE_VEC_INLINE V ErfAndGauss(V x, V* gauss) {
   const V zero = {};
   const V ax = x < zero ? -x : x;
   const V t = Splat<V>(1.0f) / (Splat<V>(1.0f) + Splat<V>(0.3275911f) * ax);
@@ -67,8 +68,15 @@ FLEETTUNE_VEC_INLINE V Erf(V x) {
   p = p * t + Splat<V>(1.421413741f);
   p = p * t + Splat<V>(-0.284496736f);
   p = p * t + Splat<V>(0.254829592f);
-  const V y = Splat<V>(1.0f) - p * t * Exp(-(ax * ax));
+  *gauss = Exp(-(ax * ax));
+  const V y = Splat<V>(1.0f) - p * t * *gauss;
   return x < zero ? -y : y;
+}
+
+template <typename V>
+FLEETTUNE_VEC_INLINE V Erf(V x) {
+  V gauss;
+  return ErfAndGauss(x, &gauss);
 }
 
 // Op::Apply(V) → V over n values: whole vectors, then the tail through a

@@ -186,11 +186,13 @@ struct SigmoidOp {
     return SigmoidV(v);
   }
 };
-struct GeluGradOp {  // Φ(x) + x·φ(x)
+struct GeluGradOp {  // Φ(x) + x·φ(x), φ(x) = e^(−u²)/√(2π) with u = x/√2 from erf(u)
   template <typename V>
   static FLEETTUNE_VEC_INLINE V Apply(V d, V x) {
-    const V cdf = Splat<V>(0.5f) * (Splat<V>(1.0f) + kernels::Erf(x * Splat<V>(kInvSqrt2)));
-    const V pdf = Splat<V>(kInvSqrt2Pi) * kernels::Exp(Splat<V>(-0.5f) * x * x);
+    V gauss;
+    const V erf = kernels::ErfAndGauss(x * Splat<V>(kInvSqrt2), &gauss);
+    const V cdf = Splat<V>(0.5f) * (Splat<V>(1.0f) + erf);
+    const V pdf = Splat<V>(kInvSqrt2Pi) * gauss;
     return d * (cdf + x * pdf);
   }
 };
