@@ -171,13 +171,26 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
   };
   ArenaLayout layout;
   layout.alias_of.resize(n);
+  layout.parameter_view.assign(n, false);
+  // Parameters no update op writes: a reshape of one can read its storage
+  // (BatchNorm folding reshapes every frozen conv weight twice a step).
+  std::vector<bool> written(n, false);
+  for (ValueId id = 0; id < n; ++id) {
+    if (!IsUpdateOp(graph.node(id).op)) continue;
+    for (ValueId in : graph.node(id).inputs) written[in] = true;
+  }
   std::vector<int> last_use(n, -1);
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);
     layout.alias_of[id] = id;
-    // A reshape of an arena value shares its buffer.
-    if (node.op == OpKind::kReshape && !outside(id) && !outside(node.inputs[0])) {
-      layout.alias_of[id] = layout.alias_of[node.inputs[0]];
+    if (node.op == OpKind::kReshape) {
+      const ValueId root = layout.alias_of[node.inputs[0]];
+      if (!outside(id) && !outside(node.inputs[0]) && !layout.parameter_view[node.inputs[0]]) {
+        layout.alias_of[id] = root;  // a reshape of an arena value shares its buffer
+      } else if (!outside(id) && graph.node(root).op == OpKind::kParameter && !written[root]) {
+        layout.alias_of[id] = root;  // a view of a frozen parameter: no buffer, no copy
+        layout.parameter_view[id] = true;
+      }
     }
     last_use[id] = id;
     for (ValueId in : node.inputs) {
@@ -286,6 +299,11 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (!node.has_output || node.op == OpKind::kParameter || constant[id]) continue;
+    if (layout.parameter_view[id]) {
+      exe->views_[id] =
+          TensorView{exe->views_[layout.alias_of[id]].data, &node.type.shape, node.type.dtype};
+      continue;
+    }
     exe->views_[id] =
         TensorView{exe->arena_ + offset[layout.alias_of[id]], &node.type.shape, node.type.dtype};
     if (node.op == OpKind::kInput) exe->inputs_[node.name] = id;

@@ -187,7 +187,10 @@ struct ArenaLayout {
   std::vector<memory::BufferRequest> requests;  // parallel to `values`
   memory::MemoryPlan plan;
   std::vector<ValueId> alias_of;  // per value: root value or itself
-  int in_place_nodes = 0;         // requests with in_place_of set
+  // Per value: a reshape reading a frozen parameter's storage (its alias_of
+  // root), in no arena buffer.
+  std::vector<bool> parameter_view;
+  int in_place_nodes = 0;  // requests with in_place_of set
 };
 struct ArenaOptions {
   // Let elementwise ops overwrite an input that dies at them.

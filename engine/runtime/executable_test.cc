@@ -160,6 +160,53 @@ TEST(Executable, ReportsArenaAndStateBytes) {
   EXPECT_EQ(layout.plan.arena_bytes, exe->memory().arena_bytes);
 }
 
+// A reshape of a parameter no update writes reads the parameter's storage:
+// no arena buffer and no copy. One whose parameter is updated in the step
+// still copies it (a view would see the update).
+TEST(Executable, ReshapesOfFrozenParametersAreViews) {
+  Graph g;
+  ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {2, 4}}));
+  ASSERT_OK_AND_ASSIGN(ValueId frozen, g.AddParameter("frozen", {DType::kF32, {2, 2, 3}}));
+  ASSERT_OK_AND_ASSIGN(ValueId trained, g.AddParameter("trained", {DType::kF32, {2, 2, 3}}));
+  ASSERT_OK_AND_ASSIGN(ValueId grad, g.AddInput("grad", {DType::kF32, {2, 2, 3}}));
+  ASSERT_OK_AND_ASSIGN(ValueId fr, g.AddNode(OpKind::kReshape, {frozen}, ShapeAttrs{{4, 3}}));
+  ASSERT_OK_AND_ASSIGN(ValueId tr, g.AddNode(OpKind::kReshape, {trained}, ShapeAttrs{{4, 3}}));
+  // The update runs between the trained reshape and its reader: the reader
+  // must see the values from before the update.
+  ASSERT_OK(g.AddNode(OpKind::kSgdUpdate, {trained, grad}, SgdAttrs{1.0f}).status());
+  ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kMatMul, {x, fr}, MatMulAttrs{}));
+  ASSERT_OK_AND_ASSIGN(ValueId z, g.AddNode(OpKind::kMatMul, {x, tr}, MatMulAttrs{}));
+  g.MarkOutput(y);
+  g.MarkOutput(z);
+  ASSERT_OK_AND_ASSIGN(ArenaLayout layout, PlanArena(g));
+  EXPECT_TRUE(layout.parameter_view[fr]);
+  EXPECT_FALSE(layout.parameter_view[tr]);
+  EXPECT_EQ(std::count(layout.values.begin(), layout.values.end(), fr), 0);
+  EXPECT_EQ(std::count(layout.values.begin(), layout.values.end(), tr), 1);
+
+  ParameterStore params;
+  ASSERT_OK_AND_ASSIGN(Tensor w,
+                       Tensor::FromF32({2, 2, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}));
+  ASSERT_OK(params.Set("frozen", w));
+  ASSERT_OK(params.Set("trained", w));
+  ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params));
+  ASSERT_OK_AND_ASSIGN(Tensor xs, Tensor::FromF32({2, 4}, {1, 0, 0, 0, 0, 0, 0, 1}));
+  ASSERT_OK(exe->SetInput("x", xs));
+  ASSERT_OK_AND_ASSIGN(Tensor ones, Tensor::FromF32({2, 2, 3}, std::vector<float>(12, 1.0f)));
+  ASSERT_OK(exe->SetInput("grad", ones));
+  for (int step = 0; step < 2; ++step) {
+    ASSERT_OK(exe->Run());
+    // x picks rows 0 and 3 of the [4, 3] reshape; `trained` loses 1 a step.
+    ASSERT_OK_AND_ASSIGN(TensorView vy, exe->Output(y));
+    EXPECT_EQ(std::vector<float>(vy.f32(), vy.f32() + 6),
+              (std::vector<float>{1, 2, 3, 10, 11, 12}));
+    const float s = static_cast<float>(step);
+    ASSERT_OK_AND_ASSIGN(TensorView vz, exe->Output(z));
+    EXPECT_EQ(std::vector<float>(vz.f32(), vz.f32() + 6),
+              (std::vector<float>{1 - s, 2 - s, 3 - s, 10 - s, 11 - s, 12 - s}));
+  }
+}
+
 TEST(Executable, RejectsMissingWeightAndTypeMismatch) {
   Fixture f;
   ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.0f, 0.0f})));
