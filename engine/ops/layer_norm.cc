@@ -87,28 +87,6 @@ int64_t Rows(const TensorView& v) {
   return d == 0 ? 0 : v.num_elements() / d;
 }
 
-// Reference rows [begin, end): statistics in double, one element at a time.
-void ReferenceNormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
-  const float eps = args.attrs<NormAttrs>().eps;
-  const int64_t d = args.in(0).shape->back();
-  const float* x = args.in(0).f32();
-  const float* w = args.num_inputs > 1 ? args.in(1).f32() : nullptr;
-  const float* b = args.num_inputs > 2 ? args.in(2).f32() : nullptr;
-  float* y = args.output.f32();
-  for (int64_t r = begin; r < end; ++r) {
-    const float* xr = x + r * d;
-    float* yr = y + r * d;
-    float mean, rstd;
-    RowStats(xr, d, eps, centered, &mean, &rstd);
-    for (int64_t j = 0; j < d; ++j) {
-      float v = (xr[j] - mean) * rstd;
-      if (w != nullptr) v *= w[j];
-      if (b != nullptr) v += b[j];
-      yr[j] = v;
-    }
-  }
-}
-
 // Fast row statistics: f32 partial sums in vector registers
 // (kernels/vec.h), the moments shifted by the row's first element so the
 // variance does not cancel; same formulas as RowStats.
@@ -126,10 +104,11 @@ void FastRowStats(const float* x, int64_t d, float eps, bool centered, float* me
   *r = static_cast<float>(1.0 / std::sqrt(var + eps));
 }
 
-}  // namespace
-
-// Rows [begin, end) of the norm; the fast kernels split rows over threads.
-void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
+// Rows [begin, end) of the norm, with row statistics from RowStats (double,
+// the reference kernel) or FastRowStats (vector f32, the fast kernels, which
+// split rows over threads). The affine step computes the same in both.
+template <bool kFast>
+void NormRowsWith(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
   const float eps = args.attrs<NormAttrs>().eps;
   const int64_t d = args.in(0).shape->back();
   const float* x = args.in(0).f32();
@@ -140,7 +119,7 @@ void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64
     const float* __restrict xr = x + r * d;
     float* __restrict yr = y + r * d;
     float mean, rstd;
-    FastRowStats(xr, d, eps, centered, &mean, &rstd);
+    (kFast ? FastRowStats : RowStats)(xr, d, eps, centered, &mean, &rstd);
     // One loop per affine form, each a plain loop GCC vectorizes.
     if (w != nullptr && b != nullptr) {
       for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
@@ -152,12 +131,18 @@ void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64
   }
 }
 
+}  // namespace
+
+void parts::NormRows(const KernelArgs& args, bool centered, int64_t begin, int64_t end) {
+  NormRowsWith<true>(args, centered, begin, end);
+}
+
 namespace {
 
 using parts::NormRows;
 
 void NormKernel(const KernelArgs& args, bool centered) {
-  ReferenceNormRows(args, centered, 0, Rows(args.in(0)));
+  NormRowsWith<false>(args, centered, 0, Rows(args.in(0)));
 }
 void FastNormKernel(const KernelArgs& args, bool centered) {
   kernels::ParallelFor(Rows(args.in(0)), 4 * args.in(0).shape->back(),

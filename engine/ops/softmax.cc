@@ -50,15 +50,12 @@ void SoftmaxRows(const KernelArgs& args, int64_t begin, int64_t end, bool vector
     std::fill(yr + n, yr + s, 0.0f);
     if (n == 0) continue;
     float m = xr[0];
-    if (vectorized) {
-      m = kernels::MaxF32(xr, n);
-    } else {
-      for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
-    }
     double sum = 0.0;
     if (vectorized) {
+      m = kernels::MaxF32(xr, n);
       sum = kernels::ExpShiftedSum(xr, n, m, yr);
     } else {
+      for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
       for (int64_t j = 0; j < n; ++j) {
         yr[j] = std::exp(xr[j] - m);
         sum += yr[j];

@@ -59,6 +59,17 @@ absl::StatusOr<ValueId> EmitScaledWeight(GraphRewriter& rw, const Graph& graph, 
                        rw.New(bn.inputs[3]), bn.attrs);
 }
 
+// conv2d_backward_input(dy, W·s) in place of `node` =
+// conv2d_backward_input(g, W), g = batch_norm_inference_grad(dy, σ², γ).
+absl::StatusOr<ValueId> EmitInputGradOfScaledWeight(GraphRewriter& rw, const Graph& graph,
+                                                    const Node& node) {
+  const Node& g = graph.node(node.inputs[0]);
+  const ValueId w = node.inputs[1];
+  ASSIGN_OR_RETURN(ValueId ws, EmitRowScaled(rw, rw.New(w), graph.type(w).shape,
+                                             rw.New(g.inputs[1]), rw.New(g.inputs[2]), g.attrs));
+  return rw.Emit(OpKind::kConv2dBackwardInput, {rw.New(g.inputs[0]), ws}, node.attrs, node.name);
+}
+
 // Whether the activation gradient g = batch_norm_inference_grad(dy, σ², γ)
 // = dy·s (per channel of axis 1) can move into the convolution gradients that
 // read it: every reader is conv2d_backward_input(g, W) or
@@ -131,22 +142,16 @@ absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_ne
         (node.op == OpKind::kConv2dBackwardInput && absorbed[node.inputs[0]]) ||
         (node.op == OpKind::kConv2dBackwardWeight && absorbed[node.inputs[1]]);
     if (reads_absorbed) {
-      const ValueId grad =
-          node.op == OpKind::kConv2dBackwardInput ? node.inputs[0] : node.inputs[1];
-      const Node& g = graph.node(grad);
-      const ValueId dy = rw.New(g.inputs[0]), var = rw.New(g.inputs[1]),
-                    gamma = rw.New(g.inputs[2]);
       ValueId out;
       if (node.op == OpKind::kConv2dBackwardInput) {
-        const ValueId w = node.inputs[1];
-        ASSIGN_OR_RETURN(ValueId ws,
-                         EmitRowScaled(rw, rw.New(w), graph.type(w).shape, var, gamma, g.attrs));
-        ASSIGN_OR_RETURN(out,
-                         rw.Emit(OpKind::kConv2dBackwardInput, {dy, ws}, node.attrs, node.name));
+        ASSIGN_OR_RETURN(out, EmitInputGradOfScaledWeight(rw, graph, node));
       } else {
-        ASSIGN_OR_RETURN(ValueId dw, rw.Emit(OpKind::kConv2dBackwardWeight,
-                                             {rw.New(node.inputs[0]), dy}, node.attrs));
-        ASSIGN_OR_RETURN(out, EmitRowScaled(rw, dw, node.type.shape, var, gamma, g.attrs));
+        const Node& g = graph.node(node.inputs[1]);
+        ASSIGN_OR_RETURN(ValueId dw,
+                         rw.Emit(OpKind::kConv2dBackwardWeight,
+                                 {rw.New(node.inputs[0]), rw.New(g.inputs[0])}, node.attrs));
+        ASSIGN_OR_RETURN(out, EmitRowScaled(rw, dw, node.type.shape, rw.New(g.inputs[1]),
+                                            rw.New(g.inputs[2]), g.attrs));
       }
       rw.Map(id, out);
       if (absorbed_grads != nullptr) ++*absorbed_grads;
@@ -163,10 +168,8 @@ absl::StatusOr<bool> FoldBatchNorm(Graph& graph, std::vector<ValueId>* old_to_ne
         const auto* conv_attrs = std::get_if<Conv2dAttrs>(&conv.attrs);
         if (conv.inputs[1] == node.inputs[1] && grad_attrs != nullptr && conv_attrs != nullptr &&
             grad_attrs->conv == *conv_attrs) {
-          ASSIGN_OR_RETURN(ValueId wf, EmitScaledWeight(rw, graph, graph.node(bn), node.inputs[1]));
-          const ValueId dy = rw.New(graph.node(node.inputs[0]).inputs[0]);
-          ASSIGN_OR_RETURN(ValueId dx,
-                           rw.Emit(OpKind::kConv2dBackwardInput, {dy, wf}, node.attrs, node.name));
+          // The gradient's σ², γ and attributes are the folded BatchNorm's.
+          ASSIGN_OR_RETURN(ValueId dx, EmitInputGradOfScaledWeight(rw, graph, node));
           rw.Map(id, dx);
           continue;
         }
