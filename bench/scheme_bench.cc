@@ -8,7 +8,7 @@
 // Each scheme is compiled as the coordinator compiles plans (engine/compile,
 // with the passes of --passes) and run as a device runs them. Prints one JSON
 // line per scheme: ms_per_step (median over --steps after --warmup),
-// peak_bytes (static arena + kernel scratch + folded constants + optimizer
+// peak_bytes (static arena + kernel scratch + folded constants + staged batch + optimizer
 // state: all training memory besides the weights) and trainable_elements (to check that
 // both frameworks train the same parameters). --profile prints the time per op
 // kind to stderr (adds two clock reads per instruction); --profile_nodes=N
@@ -44,6 +44,9 @@ ABSL_FLAG(int, warmup, 3, "Untimed steps per scheme.");
 ABSL_FLAG(std::string, passes, "default",
           "Compiler passes: default (the compiler's: all but fold_constants), or as "
           "engine/passes/pipeline.h parses: all, none or a comma list.");
+ABSL_FLAG(int, micro_batches, 1,
+          "Run each step's batch of 8 as this many slices, the gradients accumulated (1, 2, 4 or "
+          "8); the arena holds one slice's activations.");
 ABSL_FLAG(bool, profile, false, "Print time per op kind to stderr (adds timer overhead).");
 ABSL_FLAG(int, profile_nodes, 0, "With --profile, also the N slowest nodes with their types.");
 
@@ -54,7 +57,12 @@ constexpr int64_t kBatch = 8;
 
 absl::Status RunScheme(const std::string& model_name, const std::string& scheme) {
   ASSIGN_OR_RETURN(const models::ZooEntry* zoo, models::FindZooModel(model_name));
-  ASSIGN_OR_RETURN(models::Model model, zoo->build(kBatch, models::Mode::kEval));
+  const int micro_batches = absl::GetFlag(FLAGS_micro_batches);
+  if (micro_batches < 1 || kBatch % micro_batches != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--micro_batches must divide the batch of ", kBatch, ", got ", micro_batches));
+  }
+  ASSIGN_OR_RETURN(models::Model model, zoo->build(kBatch / micro_batches, models::Mode::kEval));
   auto resolved = train::ResolvePreset(model, scheme);
   if (!resolved.ok() && absl::StrContains(resolved.status().message(), "trains nothing")) {
     std::fprintf(stderr, "%s: scheme %s trains nothing; skipped\n", model_name.c_str(),
@@ -69,6 +77,7 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   compile_options.optimizer = autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f});
   compile_options.threads = absl::GetFlag(FLAGS_threads);
   compile_options.kernel_isa = absl::GetFlag(FLAGS_kernel_isa);
+  compile_options.micro_batches = micro_batches;
   if (absl::GetFlag(FLAGS_passes) != "default") {
     ASSIGN_OR_RETURN(compile_options.passes,
                      passes::PassOptions::Parse(absl::GetFlag(FLAGS_passes)));
@@ -97,13 +106,15 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   std::printf(
       "{\"framework\": \"fleettune\", \"model\": \"%s\", \"mode\": \"%s\", \"ms_per_step\": %.3f, "
       "\"peak_bytes\": %zu, \"train_bytes\": %zu, \"arena_bytes\": %zu, \"scratch_bytes\": %zu, "
-      "\"constant_bytes\": %zu, \"optim_bytes\": %zu, \"weight_bytes\": %zu, "
+      "\"constant_bytes\": %zu, \"staging_bytes\": %zu, \"optim_bytes\": %zu, "
+      "\"weight_bytes\": %zu, \"micro_batches\": %d, "
       "\"trainable_elements\": %lld, \"passes\": \"%s\", "
       "\"threads\": %d, \"steps\": %d, \"warmup\": %d}\n",
       model_name.c_str(), scheme.c_str(), ms[ms.size() / 2], peak, peak, mem.arena_bytes,
-      mem.scratch_bytes, mem.constant_bytes, mem.optimizer_state_bytes, mem.weight_bytes,
-      static_cast<long long>(trainable_elements), absl::GetFlag(FLAGS_passes).c_str(),
-      options.threads, absl::GetFlag(FLAGS_steps), absl::GetFlag(FLAGS_warmup));
+      mem.scratch_bytes, mem.constant_bytes, mem.staging_bytes, mem.optimizer_state_bytes,
+      mem.weight_bytes, micro_batches, static_cast<long long>(trainable_elements),
+      absl::GetFlag(FLAGS_passes).c_str(), options.threads, absl::GetFlag(FLAGS_steps),
+      absl::GetFlag(FLAGS_warmup));
   std::fflush(stdout);
   if (options.profile) {
     std::fprintf(stderr, "%s %s:\n%s", model_name.c_str(), scheme.c_str(),

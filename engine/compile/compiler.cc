@@ -39,6 +39,10 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   if (options.threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
   }
+  if (options.micro_batches < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("micro_batches must be >= 1, got ", options.micro_batches));
+  }
   if (options.scheme.TrainableElements() == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("scheme '", options.scheme.name, "' trains nothing"));
@@ -47,6 +51,7 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   Graph& graph = out.graph;
   ASSIGN_OR_RETURN(graph,
                    train::BuildSchemeTrainingGraph(model, options.scheme, options.optimizer));
+  if (options.micro_batches > 1 && model.logits != model.loss) graph.UnmarkOutput(model.logits);
   RETURN_IF_ERROR(VerifyGraph(graph));
   // Phases of the derived graph, before passes reorder it.
   const int forward_nodes = model.graph.num_nodes();
@@ -59,7 +64,7 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   }
   ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(graph, options.passes));
   out.loss = report.Map(model.loss);
-  out.logits = report.Map(model.logits);
+  if (options.micro_batches == 1) out.logits = report.Map(model.logits);
 
   v1::PlanMetadata& meta = *out.plan.mutable_metadata();
   meta.set_model_name(options.model_name);
@@ -89,14 +94,17 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   }
   meta.set_fold_constants(options.passes.fold_constants);
   meta.set_in_place(options.passes.in_place);
+  meta.set_micro_batches(options.micro_batches);
+  for (const std::string& name : model.shared_inputs) meta.add_shared_inputs(name);
   ASSIGN_OR_RETURN(runtime::MemoryStats memory,
                    runtime::EstimateMemory(graph, RuntimeOptionsFor(meta)));
   meta.set_arena_bytes(memory.arena_bytes);
   meta.set_scratch_bytes(memory.scratch_bytes);
   meta.set_constant_bytes(memory.constant_bytes);
+  meta.set_staging_bytes(memory.staging_bytes);
   meta.set_weight_bytes(memory.weight_bytes);
   meta.set_optimizer_state_bytes(memory.optimizer_state_bytes);
-  meta.set_flops_per_step(StepFlops(graph));
+  meta.set_flops_per_step(StepFlops(graph) * options.micro_batches);  // the graph is one slice
   meta.set_forward_nodes(forward_nodes);
   meta.set_update_nodes(update_nodes);
   meta.set_backward_nodes(derived_nodes - forward_nodes - update_nodes);
@@ -119,7 +127,7 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
 
   if (cut.has_value()) {
     meta.set_activation_cache_bytes_per_example(cut->bytes_per_example);
-    meta.set_activation_cache_flops_saved(cut->prefix_flops);
+    meta.set_activation_cache_flops_saved(cut->prefix_flops * options.micro_batches);
     meta.set_activation_cache_nodes(cut->prefix_nodes);
   }
 
@@ -129,8 +137,8 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
 }
 
 uint64_t TrainingBytes(const v1::PlanMetadata& m) {
-  return m.arena_bytes() + m.scratch_bytes() + m.constant_bytes() + m.weight_bytes() +
-         m.optimizer_state_bytes();
+  return m.arena_bytes() + m.scratch_bytes() + m.constant_bytes() + m.staging_bytes() +
+         m.weight_bytes() + m.optimizer_state_bytes();
 }
 
 runtime::CompileOptions RuntimeOptionsFor(const v1::PlanMetadata& metadata) {
@@ -139,6 +147,8 @@ runtime::CompileOptions RuntimeOptionsFor(const v1::PlanMetadata& metadata) {
   options.fold_constants = metadata.fold_constants();
   options.in_place = metadata.in_place();
   options.kernel_isa = metadata.kernel_isa();
+  options.micro_batches = std::max(1, metadata.micro_batches());
+  options.shared_inputs.assign(metadata.shared_inputs().begin(), metadata.shared_inputs().end());
   return options;
 }
 
@@ -151,6 +161,10 @@ std::string FormatPlanSummary(const v1::PlanMetadata& m) {
                         m.threads(),
                         m.kernel_isa().empty() ? "the device's widest" : m.kernel_isa());
   absl::StrAppendFormat(&s, "FLOPs per step   %.3f GFLOP\n", m.flops_per_step() / 1e9);
+  if (m.micro_batches() > 1) {
+    absl::StrAppendFormat(&s, "micro-batches    %d a step (the arena holds one slice)\n",
+                          m.micro_batches());
+  }
   absl::StrAppendFormat(&s, "nodes            %d forward, %d backward, %d updates\n",
                         m.forward_nodes(), m.backward_nodes(), m.update_nodes());
   absl::StrAppendFormat(&s, "arena            %s\n", Mib(m.arena_bytes()));
@@ -159,10 +173,14 @@ std::string FormatPlanSummary(const v1::PlanMetadata& m) {
   if (m.fold_constants()) {
     absl::StrAppendFormat(&s, "folded constants %s\n", Mib(m.constant_bytes()));
   }
+  if (m.micro_batches() > 1) {
+    absl::StrAppendFormat(&s, "staged batch     %s\n", Mib(m.staging_bytes()));
+  }
   absl::StrAppendFormat(&s, "weights          %s\n", Mib(m.weight_bytes()));
   absl::StrAppendFormat(&s, "optimizer state  %s\n", Mib(m.optimizer_state_bytes()));
   absl::StrAppendFormat(
-      &s, "training memory  %s (arena + scratch + constants + weights + optimizer state)\n",
+      &s,
+      "training memory  %s (arena + scratch + constants + staging + weights + optimizer state)\n",
       Mib(TrainingBytes(m)));
   if (m.activation_cache_nodes() > 0) {
     absl::StrAppendFormat(

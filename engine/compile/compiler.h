@@ -62,12 +62,21 @@ struct CompileOptions {
   // they come from (8.4 MiB more for MobileNetV2) to save one elementwise pass
   // over the weights per step; devices are short of memory, not of that time.
   passes::PassOptions passes = train::DefaultTrainingPasses();
+  // Micro-batching (runtime::CompileOptions::micro_batches): `model` is built
+  // for one slice, and a step runs it this many times over the batch, the
+  // gradients accumulated in SGD's momentum buffers, so the arena holds one
+  // slice's activations. A micro-batched plan outputs only the loss: the
+  // whole batch's logits would need a staging buffer as large as the
+  // activations it saves (32 MiB for Llama-mini's vocabulary). InvalidArgument
+  // for graphs that cannot run in slices (runtime/executable.h).
+  int micro_batches = 1;
 };
 
 struct CompiledTraining {
   Graph graph;            // the training graph (what plan.graph() encodes)
   v1::CompiledPlan plan;  // format version, graph and metadata
-  // Model::loss and Model::logits in `graph` (passes renumber nodes).
+  // Model::loss and Model::logits in `graph` (passes renumber nodes); no
+  // logits in a micro-batched plan.
   ValueId loss = kNoValue;
   ValueId logits = kNoValue;
 };
@@ -75,8 +84,8 @@ struct CompiledTraining {
 absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
                                                  const CompileOptions& options);
 
-// Everything a training step keeps: arena, scratch, folded constants, weights
-// and optimizer state.
+// Everything a training step keeps: arena, scratch, folded constants, staged
+// batch, weights and optimizer state.
 uint64_t TrainingBytes(const v1::PlanMetadata& metadata);
 
 // The runtime options a device compiles `metadata`'s plan with.

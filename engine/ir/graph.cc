@@ -87,6 +87,10 @@ void Graph::MarkOutput(ValueId id) {
   if (std::find(outputs_.begin(), outputs_.end(), id) == outputs_.end()) outputs_.push_back(id);
 }
 
+void Graph::UnmarkOutput(ValueId id) {
+  outputs_.erase(std::remove(outputs_.begin(), outputs_.end(), id), outputs_.end());
+}
+
 std::vector<std::vector<ValueId>> Graph::ComputeUsers() const {
   std::vector<std::vector<ValueId>> users(nodes_.size());
   for (ValueId id = 0; id < num_nodes(); ++id) {

@@ -54,6 +54,7 @@ class Graph {
   // Values the caller reads after a step (loss, logits): the memory planner
   // keeps them alive to the end of the step.
   void MarkOutput(ValueId id);
+  void UnmarkOutput(ValueId id);
   const std::vector<ValueId>& outputs() const { return outputs_; }
 
   // users[v] = ids of the nodes that read v, in increasing order.

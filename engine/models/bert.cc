@@ -151,6 +151,7 @@ absl::StatusOr<BertModel> BuildBert(const BertConfig& config, Mode mode) {
   ASSIGN_OR_RETURN(bm.input_ids, g.AddInput("input_ids", {DType::kI32, {b, t}}));
   ASSIGN_OR_RETURN(bm.token_type_ids, g.AddInput("token_type_ids", {DType::kI32, {b, t}}));
   ASSIGN_OR_RETURN(bm.position_ids, g.AddInput(kBertPositionsInput, {DType::kI32, {t}}));
+  m.shared_inputs = {kBertPositionsInput};
   ASSIGN_OR_RETURN(m.labels, g.AddInput("labels", {DType::kI32, {b}}));
   m.input = bm.input_ids;
   BertBuilder builder(config, mode, m);

@@ -52,6 +52,7 @@ absl::StatusOr<LlamaModel> BuildLlama(const LlamaConfig& config) {
   ASSIGN_OR_RETURN(lm.tokens, g.AddInput("tokens", {DType::kI32, {b, t}}));
   ASSIGN_OR_RETURN(lm.targets, g.AddInput("targets", {DType::kI32, {b, t}}));
   ASSIGN_OR_RETURN(lm.positions, g.AddInput(kLlamaPositionsInput, {DType::kI32, {t}}));
+  m.shared_inputs = {kLlamaPositionsInput};
   m.input = lm.tokens;
   m.labels = lm.targets;
 

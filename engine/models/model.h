@@ -35,6 +35,10 @@ struct Model {
   // running statistics), in layer order: the names of kBuffer parameters. An
   // evaluation graph need not read all of them (num_batches_tracked).
   std::vector<std::string> buffers;
+  // Inputs that are the same for every example (token positions): a
+  // micro-batched plan feeds them whole to every slice of the batch
+  // (runtime::CompileOptions::shared_inputs).
+  std::vector<std::string> shared_inputs;
 };
 
 }  // namespace fleettune::engine::models

@@ -25,6 +25,16 @@ namespace fleettune::engine::ops {
 // Per-step values visible to kernels.
 struct StepInfo {
   int64_t step = 1;  // 1-based optimizer step (AdamW bias correction)
+  // Micro-batched steps (runtime::CompileOptions::micro_batches): the step's
+  // batch runs as `micro_batches` slices, this is slice `micro_batch`, and
+  // its gradients count `gradient_weight` of the batch's (its share of the
+  // loss's counted examples). Optimizer updates accumulate the slices and
+  // apply the sum on the last one.
+  int micro_batch = 0;
+  int micro_batches = 1;
+  float gradient_weight = 1.0f;
+  bool first_micro_batch() const { return micro_batch == 0; }
+  bool last_micro_batch() const { return micro_batch == micro_batches - 1; }
 };
 
 // What a kernel sees. Shapes were validated when the node was built; kernels

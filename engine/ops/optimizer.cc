@@ -60,16 +60,31 @@ absl::StatusOr<TensorType> InferSgd(const Node& node, absl::Span<const TensorTyp
 
 //   g = grad + wd·p;   buf = momentum·buf + g (when momentum ≠ 0);   p -= lr·buf
 // The buffer starts at zero, so the first step gives buf = g as torch does.
+//
+// A micro-batched step accumulates in the buffer: slice k adds w_k·grad_k
+// (StepInfo::gradient_weight), the first slice also decays the buffer and adds
+// the weight decay, and the last applies the buffer. Since Σ w_k·grad_k is the
+// batch's gradient, that is the same update as one pass over the whole batch,
+// up to the order of the sums. The runtime allows micro-batches only with a
+// momentum buffer to accumulate in. With one slice (w = 1) this is exactly
+// the unsliced update.
 void SgdKernel(const KernelArgs& args) {
   const auto& a = args.attrs<SgdAttrs>();
   float* p = args.in(0).f32();
   const float* g = args.in(1).f32();
   const int64_t n = args.in(1).num_elements();  // the trained rows only
   if (args.num_inputs == 3) {
+    const StepInfo& step = *args.step;
+    const float w = step.gradient_weight;
+    const float decay = step.first_micro_batch() ? a.momentum : 1.0f;
+    const float wd = step.first_micro_batch() ? a.weight_decay : 0.0f;
     float* buf = args.in(2).f32();
+    if (!step.last_micro_batch()) {
+      for (int64_t i = 0; i < n; ++i) buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
+      return;
+    }
     for (int64_t i = 0; i < n; ++i) {
-      const float gi = g[i] + a.weight_decay * p[i];
-      buf[i] = a.momentum * buf[i] + gi;
+      buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
       p[i] -= a.lr * buf[i];
     }
   } else {

@@ -43,6 +43,82 @@ bool PersistsAfterPrologue(const Graph& g, const std::vector<bool>& constant,
 // Bytes a persistent constant takes in the constants buffer (64-aligned slots).
 size_t ConstantSlotBytes(const Node& node) { return (node.type.bytes() + 63) / 64 * 64; }
 
+// A value micro-batching stages: its type for the whole batch.
+struct StagedType {
+  ValueId value = kNoValue;
+  bool input = false;
+  TensorType batch;
+};
+
+// What a micro-batched executable stages (CompileOptions::micro_batches), or
+// why the graph cannot run in slices.
+absl::StatusOr<std::vector<StagedType>> PlanStaging(const Graph& g, const CompileOptions& options) {
+  const int m = options.micro_batches;
+  if (m < 1) return absl::InvalidArgumentError(absl::StrCat("micro_batches must be >= 1, got ", m));
+  if (m == 1) return std::vector<StagedType>{};
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    const Node& node = g.node(id);
+    const std::string op = ops::GetOpDef(node.op).name;
+    switch (node.op) {
+      case OpKind::kBatchNorm:
+      case OpKind::kBatchNormStatsUpdate:
+        return absl::InvalidArgumentError(absl::StrCat(
+            "node ", id, " (", op,
+            ") uses the whole batch's statistics, so the batch cannot run in micro-batches"));
+      case OpKind::kDropout:
+        return absl::InvalidArgumentError(
+            absl::StrCat("node ", id, " (", op,
+                         ") draws one mask per step, so the batch cannot run in micro-batches"));
+      case OpKind::kAdamWUpdate:
+      case OpKind::kSgdUpdate:
+        if (node.op == OpKind::kSgdUpdate && node.inputs.size() == 3) break;
+        return absl::InvalidArgumentError(
+            absl::StrCat("node ", id, " (", op, " of '", g.node(node.inputs[0]).name,
+                         "') has no momentum buffer to accumulate micro-batches in; "
+                         "micro-batching needs SGD with momentum"));
+      default:
+        break;
+    }
+  }
+  std::vector<StagedType> staged;
+  std::vector<bool> shared_found(options.shared_inputs.size(), false);
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    const Node& node = g.node(id);
+    if (node.op != OpKind::kInput) continue;
+    const auto it =
+        std::find(options.shared_inputs.begin(), options.shared_inputs.end(), node.name);
+    if (it != options.shared_inputs.end()) {
+      shared_found[it - options.shared_inputs.begin()] = true;
+      continue;
+    }
+    if (node.type.shape.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("input '", node.name, "' is a scalar, so it cannot be sliced by example; ",
+                       "name it in shared_inputs"));
+    }
+    StagedType s{id, true, node.type};
+    s.batch.shape[0] *= m;
+    staged.push_back(std::move(s));
+  }
+  for (size_t i = 0; i < shared_found.size(); ++i) {
+    if (!shared_found[i]) {
+      return absl::InvalidArgumentError(absl::StrCat("shared input '", options.shared_inputs[i],
+                                                     "' is not an input of the graph"));
+    }
+  }
+  for (ValueId id : g.outputs()) {
+    const TensorType& type = g.type(id);
+    if (type.shape.empty() && type.dtype != DType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat("output %", id, " is a ", TypeToString(type),
+                                                     " scalar; micro-batches combine f32 ones"));
+    }
+    StagedType s{id, false, type};
+    if (!s.batch.shape.empty()) s.batch.shape[0] *= m;
+    staged.push_back(std::move(s));
+  }
+  return staged;
+}
+
 }  // namespace
 
 Tensor* ParameterStore::Find(const std::string& name) {
@@ -374,12 +450,61 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     // masks); a BatchNorm statistics update alone does not advance it.
     if (IsUpdateOp(node.op) && node.op != OpKind::kBatchNormStatsUpdate) exe->updates_ = true;
   }
+  RETURN_IF_ERROR(exe->SetUpMicroBatches(options));
   kernels::SetGemmThreads(options.threads);
   exe->profile_ = options.profile;
   if (exe->profile_) exe->instr_seconds_.assign(exe->program_.size(), 0.0);
   exe->use_reference_kernels_ = options.use_reference_kernels;
   RETURN_IF_ERROR(exe->RefreshConstants());
   return exe;
+}
+
+absl::Status Executable::SetUpMicroBatches(const CompileOptions& options) {
+  ASSIGN_OR_RETURN(std::vector<StagedType> staged, PlanStaging(graph_, options));
+  micro_batches_ = options.micro_batches;
+  for (StagedType& s : staged) {
+    memory_.staging_bytes += s.batch.bytes();
+    auto& list = s.input ? staged_inputs_ : staged_outputs_;
+    list.push_back(Staged{s.value, Tensor(s.batch.dtype, std::move(s.batch.shape))});
+  }
+  gradient_weights_.assign(micro_batches_, 1.0f / micro_batches_);
+  // A softmax cross-entropy averages over the examples its labels count, so
+  // a slice's share is its count over the batch's.
+  int losses = 0;
+  for (const Node& node : graph_.nodes()) {
+    if (node.op != OpKind::kSoftmaxCrossEntropy) continue;
+    ++losses;
+    ValueId labels = node.inputs[1];  // reshapes keep the examples' order
+    while (graph_.node(labels).op == OpKind::kReshape) labels = graph_.node(labels).inputs[0];
+    for (size_t i = 0; i < staged_inputs_.size(); ++i) {
+      if (staged_inputs_[i].value != labels) continue;
+      label_input_ = static_cast<int>(i);
+      label_classes_ = graph_.type(node.inputs[0]).shape.back();
+      ignore_index_ = std::get<CrossEntropyAttrs>(node.attrs).ignore_index;
+    }
+  }
+  if (losses > 1) label_input_ = -1;  // no one count to weigh by: equal shares
+  return absl::OkStatus();
+}
+
+void Executable::WeighMicroBatches() {
+  if (label_input_ < 0) return;  // equal shares, set at Compile()
+  const Tensor& labels = staged_inputs_[label_input_].batch;
+  const int64_t per_slice = labels.num_elements() / micro_batches_;
+  int64_t total = 0;
+  for (int k = 0; k < micro_batches_; ++k) {
+    int64_t counted = 0;
+    for (int64_t i = k * per_slice; i < (k + 1) * per_slice; ++i) {
+      const int32_t label = labels.i32()[i];
+      // As the loss counts (engine/ops/cross_entropy.cc).
+      counted += label != ignore_index_ && label >= 0 && label < label_classes_;
+    }
+    gradient_weights_[k] = static_cast<float>(counted);
+    total += counted;
+  }
+  for (float& w : gradient_weights_) {
+    w = total == 0 ? 1.0f / micro_batches_ : w / static_cast<float>(total);
+  }
 }
 
 absl::Status Executable::RefreshConstants() {
@@ -475,12 +600,15 @@ absl::StatusOr<TensorView> Executable::Input(const std::string& name) {
   if (it == inputs_.end()) {
     return absl::NotFoundError(absl::StrCat("the graph has no input '", name, "'"));
   }
+  for (Staged& s : staged_inputs_) {
+    if (s.value == it->second) return s.batch.view();
+  }
   return views_[it->second];
 }
 
 absl::Status Executable::SetInput(const std::string& name, const Tensor& value) {
   ASSIGN_OR_RETURN(TensorView view, Input(name));
-  const TensorType& want = graph_.type(inputs_[name]);
+  const TensorType want{view.dtype, *view.shape};
   if (value.type() != want) {
     return absl::InvalidArgumentError(absl::StrCat(
         "input '", name, "' expects ", TypeToString(want), ", got ", TypeToString(value.type())));
@@ -494,25 +622,60 @@ absl::StatusOr<TensorView> Executable::Output(ValueId id) const {
   if (std::find(outs.begin(), outs.end(), id) == outs.end()) {
     return absl::InvalidArgumentError(absl::StrCat("%", id, " is not a marked output"));
   }
+  for (const Staged& s : staged_outputs_) {
+    if (s.value == id)
+      return TensorView{const_cast<void*>(s.batch.raw()), &s.batch.shape(), s.batch.dtype()};
+  }
   return views_[id];
+}
+
+void Executable::RunProgram() {
+  if (!profile_) {
+    for (const Instr& instr : program_) instr.fn(instr.args);
+    return;
+  }
+  for (size_t i = 0; i < program_.size(); ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    program_[i].fn(program_[i].args);
+    instr_seconds_[i] +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
 }
 
 absl::Status Executable::Run() {
   // The caller may not be the thread that compiled (kernels::FlushDenormals).
   kernels::FlushDenormalsOnThisThread();
   kernels::SetKernelIsa(isa_);
-  if (profile_) {
-    for (size_t i = 0; i < program_.size(); ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      program_[i].fn(program_[i].args);
-      instr_seconds_[i] +=
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (micro_batches_ == 1) {
+    RunProgram();
+  } else {
+    WeighMicroBatches();
+    for (int k = 0; k < micro_batches_; ++k) {
+      step_.micro_batch = k;
+      step_.micro_batches = micro_batches_;
+      step_.gradient_weight = gradient_weights_[k];
+      for (Staged& s : staged_inputs_) {
+        const size_t bytes = graph_.type(s.value).bytes();
+        std::memcpy(views_[s.value].data, static_cast<std::byte*>(s.batch.raw()) + k * bytes,
+                    bytes);
+      }
+      RunProgram();
+      for (Staged& s : staged_outputs_) {
+        const TensorView& slice = views_[s.value];
+        if (s.batch.shape().empty()) {  // the loss: weighted by the slice's share
+          const float part = gradient_weights_[k] * slice.f32()[0];
+          s.batch.f32()[0] = k == 0 ? part : s.batch.f32()[0] + part;
+          continue;
+        }
+        const size_t bytes = graph_.type(s.value).bytes();
+        std::memcpy(static_cast<std::byte*>(s.batch.raw()) + k * bytes, slice.data, bytes);
+      }
     }
-    ++profiled_steps_;
-    if (updates_) ++step_.step;
-    return absl::OkStatus();
+    step_.micro_batch = 0;
+    step_.micro_batches = 1;
+    step_.gradient_weight = 1.0f;
   }
-  for (const Instr& instr : program_) instr.fn(instr.args);
+  if (profile_) ++profiled_steps_;
   if (updates_) ++step_.step;
   return absl::OkStatus();
 }
@@ -526,7 +689,9 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   arena_options.in_place = options.in_place;
   arena_options.outside_arena = constant;
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
+  ASSIGN_OR_RETURN(std::vector<StagedType> staged, PlanStaging(graph, options));
   MemoryStats m;
+  for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();
   m.arena_bytes = layout.plan.arena_bytes;
   m.in_place_nodes = layout.in_place_nodes;
   m.scratch_bytes = ScratchBytes(graph);

@@ -81,6 +81,23 @@ struct CompileOptions {
   // InvalidArgument for an unknown name, FailedPrecondition when this CPU
   // lacks it.
   std::string kernel_isa;
+  // Micro-batching, the planner's lever on activation memory: `graph` is
+  // built for one slice of the batch, and Run() runs it once per slice,
+  // `micro_batches` slices in all. Input() and Output() are the whole
+  // batch's, staged outside the arena (MemoryStats::staging_bytes): every
+  // input not named in `shared_inputs` is per-example, its dim 0 batch-major,
+  // and slice k is rows [k·n, (k+1)·n) of it; an f32 scalar output (the loss)
+  // is the slices' weighted sum, any other output their concatenation along
+  // dim 0. Each slice's gradients count its share of the examples the loss
+  // counts (its softmax cross-entropy labels that are not ignored; equal
+  // shares for other losses), and SGD accumulates them in its momentum
+  // buffer (engine/ops/optimizer.cc): the update is the one the whole batch
+  // would give, up to the order of the sums, while the arena holds one
+  // slice's activations. InvalidArgument for ops that couple a batch's
+  // examples (BatchNorm with batch statistics, dropout's per-step masks) or an
+  // update with no buffer to accumulate in (AdamW, SGD without momentum).
+  int micro_batches = 1;
+  std::vector<std::string> shared_inputs;  // the same for every slice (positions)
 };
 
 struct MemoryStats {
@@ -91,11 +108,13 @@ struct MemoryStats {
   size_t constant_bytes = 0;         // folded constants the step reads (fold_constants)
   int constant_nodes = 0;            // nodes the prologue computes instead of every step
   int in_place_nodes = 0;            // nodes writing over a dying input (in_place)
+  size_t staging_bytes = 0;          // micro-batching: the whole batch's inputs and outputs
 
   // Everything a step keeps in memory: arena, scratch, folded constants,
-  // weights and optimizer state.
+  // staging, weights and optimizer state.
   size_t total_bytes() const {
-    return arena_bytes + scratch_bytes + constant_bytes + weight_bytes + optimizer_state_bytes;
+    return arena_bytes + scratch_bytes + constant_bytes + staging_bytes + weight_bytes +
+           optimizer_state_bytes;
   }
 };
 
@@ -153,7 +172,16 @@ class Executable {
     ops::KernelFn fn;
     ops::KernelArgs args;
   };
+  // A value of one slice in the arena and the whole batch's outside it.
+  struct Staged {
+    ValueId value = kNoValue;
+    Tensor batch;
+  };
   Executable() = default;
+  absl::Status SetUpMicroBatches(const CompileOptions& options);
+  // Each slice's share of the loss's counted examples.
+  void WeighMicroBatches();
+  void RunProgram();
 
   Graph graph_;
   std::byte* arena_ = nullptr;
@@ -178,6 +206,16 @@ class Executable {
   std::vector<double> instr_seconds_;  // per instruction, when profiling
   int64_t profiled_steps_ = 0;
   MemoryStats memory_;
+  // Micro-batching (CompileOptions::micro_batches).
+  int micro_batches_ = 1;
+  std::vector<Staged> staged_inputs_;
+  std::vector<Staged> staged_outputs_;
+  std::vector<float> gradient_weights_;  // per slice, summing to 1
+  // The loss's labels among staged_inputs_ (-1: equal shares), its class
+  // count and ignore index.
+  int label_input_ = -1;
+  int64_t label_classes_ = 0;
+  int32_t ignore_index_ = 0;
 };
 
 // Plans the arena of `graph` without compiling kernels: per-value buffer
