@@ -31,13 +31,12 @@ struct Case {
 // one the f32 inputs they update in place.
 std::vector<std::vector<float>> RunKernel(KernelFn kernel, const Node& node,
                                           const std::vector<Tensor>& inputs, const TensorType& out,
-                                          size_t scratch_bytes) {
+                                          size_t scratch_bytes, const StepInfo& step) {
   std::vector<Tensor> in = inputs;
   std::vector<TensorView> views;
   for (Tensor& t : in) views.push_back(t.view());
   Tensor output(out.dtype, out.shape);
   std::vector<float> scratch(scratch_bytes / sizeof(float) + 1);
-  StepInfo step;
   KernelArgs args;
   args.node = &node;
   args.inputs = views.data();
@@ -59,7 +58,7 @@ std::vector<std::vector<float>> RunKernel(KernelFn kernel, const Node& node,
 
 // The reference and fast kernels' results on seeded random inputs.
 void RunBoth(const Case& c, std::vector<std::vector<float>>* ref,
-             std::vector<std::vector<float>>* fast) {
+             std::vector<std::vector<float>>* fast, const StepInfo& step = {}) {
   kernels::SetGemmThreads(2);
   const OpDef& def = GetOpDef(c.kind);
   ASSERT_NE(def.fast, nullptr) << def.name;
@@ -81,8 +80,8 @@ void RunBoth(const Case& c, std::vector<std::vector<float>>* ref,
     }
   }
   const size_t scratch = def.scratch_bytes ? def.scratch_bytes(node, types) : 0;
-  *ref = RunKernel(def.reference, node, inputs, out, scratch);
-  *fast = RunKernel(def.fast, node, inputs, out, scratch);
+  *ref = RunKernel(def.reference, node, inputs, out, scratch, step);
+  *fast = RunKernel(def.fast, node, inputs, out, scratch, step);
 }
 
 // Each of `got`'s results within tol + tol·|want| of `want`'s (at most five
@@ -103,9 +102,9 @@ void ExpectClose(const std::vector<std::vector<float>>& want,
   }
 }
 
-void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f) {
+void ExpectFastMatchesReference(const Case& c, float tol = 1e-4f, const StepInfo& step = {}) {
   std::vector<std::vector<float>> ref, fast;
-  RunBoth(c, &ref, &fast);
+  RunBoth(c, &ref, &fast, step);
   ExpectClose(ref, fast, tol, absl::StrCat(GetOpDef(c.kind).name, " reference vs fast"));
 }
 
@@ -368,6 +367,32 @@ TEST(FastKernels, ElementwiseChainSplitOverThreads) {
     std::vector<const Tensor*> in;
     for (const Tensor& t : inputs) in.push_back(&t);
     ExpectBitIdentical(prev, RunFast(OpKind::kElementwiseChain, c.attrs, in));
+  }
+}
+
+// Every phase of a micro-batched step (accumulate, first and last slice, one
+// slice), whole and partial-channel updates, with and without momentum.
+TEST(FastKernels, SgdUpdatesInEveryMicroBatchPhase) {
+  struct Phase {
+    int micro_batch, micro_batches;
+    float weight;
+  };
+  for (const Phase& phase :
+       {Phase{0, 1, 1.0f}, Phase{0, 4, 0.3f}, Phase{2, 4, 0.2f}, Phase{3, 4, 0.25f}}) {
+    StepInfo step;
+    step.micro_batch = phase.micro_batch;
+    step.micro_batches = phase.micro_batches;
+    step.gradient_weight = phase.weight;
+    for (int64_t rows : {0, 96}) {
+      const Shape trained = {rows == 0 ? 1024 : rows, 300};
+      ExpectFastMatchesReference({OpKind::kSgdUpdate,
+                                  {F32({1024, 300}), F32(trained), F32(trained)},
+                                  SgdAttrs{0.05f, 0.9f, 1e-3f, rows}},
+                                 1e-6f, step);
+    }
+    ExpectFastMatchesReference(
+        {OpKind::kSgdUpdate, {F32({1024, 300}), F32({1024, 300})}, SgdAttrs{0.05f, 0.0f, 1e-3f}},
+        1e-6f, step);
   }
 }
 

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -68,28 +69,38 @@ absl::StatusOr<TensorType> InferSgd(const Node& node, absl::Span<const TensorTyp
 // up to the order of the sums. The runtime allows micro-batches only with a
 // momentum buffer to accumulate in. With one slice (w = 1) this is exactly
 // the unsliced update.
-void SgdKernel(const KernelArgs& args) {
+void SgdRange(const KernelArgs& args, int64_t begin, int64_t end) {
   const auto& a = args.attrs<SgdAttrs>();
   float* p = args.in(0).f32();
   const float* g = args.in(1).f32();
-  const int64_t n = args.in(1).num_elements();  // the trained rows only
-  if (args.num_inputs == 3) {
-    const StepInfo& step = *args.step;
-    const float w = step.gradient_weight;
-    const float decay = step.first_micro_batch() ? a.momentum : 1.0f;
-    const float wd = step.first_micro_batch() ? a.weight_decay : 0.0f;
-    float* buf = args.in(2).f32();
-    if (!step.last_micro_batch()) {
-      for (int64_t i = 0; i < n; ++i) buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
-      return;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
-      p[i] -= a.lr * buf[i];
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) p[i] -= a.lr * (g[i] + a.weight_decay * p[i]);
+  if (args.num_inputs == 2) {
+    for (int64_t i = begin; i < end; ++i) p[i] -= a.lr * (g[i] + a.weight_decay * p[i]);
+    return;
   }
+  const StepInfo& step = *args.step;
+  const float w = step.gradient_weight;
+  const float decay = step.first_micro_batch() ? a.momentum : 1.0f;
+  const float wd = step.first_micro_batch() ? a.weight_decay : 0.0f;
+  float* buf = args.in(2).f32();
+  if (!step.last_micro_batch()) {
+    for (int64_t i = begin; i < end; ++i) buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
+    return;
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
+    p[i] -= a.lr * buf[i];
+  }
+}
+
+// The trained rows only: the gradient's elements.
+void SgdKernel(const KernelArgs& args) { SgdRange(args, 0, args.in(1).num_elements()); }
+
+// Split over threads: with micro-batches an update runs once per slice, and
+// one thread streams parameter, gradient and buffer at about half the
+// machine's bandwidth.
+void SgdFast(const KernelArgs& args) {
+  kernels::ParallelFor(args.in(1).num_elements(), 3,
+                       [&](int64_t begin, int64_t end) { SgdRange(args, begin, end); });
 }
 
 absl::StatusOr<TensorType> InferAdamW(const Node& node, absl::Span<const TensorType* const> in) {
@@ -133,6 +144,7 @@ OpDef SgdUpdateOpDef() {
   def.has_output = false;
   def.infer = InferSgd;
   def.reference = SgdKernel;
+  def.fast = SgdFast;
   return def;
 }
 
