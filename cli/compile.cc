@@ -55,15 +55,23 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
   if (batch != static_cast<int64_t>(batch) || batch > 65536) {
     return FlagError("batch", "must be an integer in [1, 65536]");
   }
+  ASSIGN_OR_RETURN(double micro_batches, PositiveNumber(flags, "micro-batches", "1", false));
+  if (micro_batches != static_cast<int64_t>(micro_batches) ||
+      static_cast<int64_t>(batch) % static_cast<int64_t>(micro_batches) != 0) {
+    return FlagError("micro-batches", absl::StrCat("must be an integer that divides --batch ",
+                                                   static_cast<int64_t>(batch)));
+  }
   const std::string bn = Flag(flags, "batchnorm", "frozen");
   if (bn != "frozen" && bn != "train") return FlagError("batchnorm", "must be frozen or train");
+  // A micro-batched plan's graph is one slice of the batch.
   ASSIGN_OR_RETURN(
       engine::models::Model model,
-      zoo->build(static_cast<int64_t>(batch),
+      zoo->build(static_cast<int64_t>(batch / micro_batches),
                  bn == "train" ? engine::models::Mode::kTrain : engine::models::Mode::kEval));
 
   engine::compile::CompileOptions options;
   options.model_name = model_name;
+  options.micro_batches = static_cast<int>(micro_batches);
   if (auto it = flags.find("scheme-file"); it != flags.end()) {
     if (flags.count("scheme")) return FlagError("scheme-file", "give --scheme or --scheme-file");
     auto text = engine::ReadFileToString(it->second, kMaxSchemeFileBytes);
@@ -118,8 +126,7 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
     return absl::OkStatus();
   }
   *out << engine::compile::FormatPlanSummary(meta);
-  const uint64_t need = meta.arena_bytes() + meta.scratch_bytes() + meta.weight_bytes() +
-                        meta.optimizer_state_bytes();
+  const uint64_t need = engine::compile::TrainingBytes(meta);
   const int64_t budget = device_class->training_memory_budget_bytes();
   *out << absl::StrFormat("class budget     %.2f MiB: %s\n", budget / 1048576.0,
                           static_cast<int64_t>(need) <= budget ? "fits" : "DOES NOT FIT");

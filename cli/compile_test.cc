@@ -51,6 +51,25 @@ TEST(Compile, SchemeFilesAndPartialChannels) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--scheme-file")));
 }
 
+TEST(Compile, MicroBatchesShrinkTheArena) {
+  std::ostringstream whole, sliced;
+  ASSERT_OK(RunCompile({{"model", "mlp"}, {"batch", "512"}}, false, &whole));
+  ASSERT_OK(
+      RunCompile({{"model", "mlp"}, {"batch", "512"}, {"micro-batches", "8"}}, false, &sliced));
+  EXPECT_THAT(sliced.str(), HasSubstr("micro-batches    8 a step"));
+  EXPECT_THAT(sliced.str(), HasSubstr("staged batch"));
+  EXPECT_THAT(whole.str(), ::testing::Not(HasSubstr("micro-batches")));
+  std::ostringstream json;
+  ASSERT_OK(RunCompile({{"model", "mlp"}, {"batch", "512"}}, true, &json));
+  ASSERT_OK(RunCompile({{"model", "mlp"}, {"batch", "512"}, {"micro-batches", "8"}}, true, &json));
+  EXPECT_THAT(json.str(), HasSubstr("\"microBatches\":8"));
+  EXPECT_THAT(RunCompile({{"model", "mlp"}, {"batch", "8"}, {"micro-batches", "3"}}, false, &json),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--micro-batches")));
+  EXPECT_THAT(
+      RunCompile({{"model", "mlp"}, {"micro-batches", "2"}, {"optimizer", "adamw"}}, false, &json),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no momentum buffer")));
+}
+
 TEST(Compile, JsonIsTheMetadata) {
   std::ostringstream out;
   ASSERT_OK(RunCompile({{"model", "mlp"}, {"optimizer", "adamw"}}, /*json=*/true, &out));
