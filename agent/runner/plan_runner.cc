@@ -79,7 +79,8 @@ absl::StatusOr<PlanGraph> Understand(const std::string& plan_bytes) {
   if (xs.size() != 2 || g.type(p.input).dtype != DType::kF32) {
     return absl::InvalidArgumentError("plan input 'x' must be f32 [batch, features]");
   }
-  p.batch = xs[0];
+  // A micro-batched plan's graph is one slice; its executables take the whole batch.
+  p.batch = xs[0] * std::max(1, p.metadata.micro_batches());
   p.features = xs[1];
   p.classes = g.type(p.logits).shape.back();
   return p;
