@@ -123,9 +123,9 @@ const std::vector<CommandInfo>& Commands() {
            {"device-class", "CLASS", "device class (default x86-avx2)"},
            {"device-classes", "PATH", "class config, text proto (default built-in classes)"},
            {"batch", "N", "examples per step (default 8)"},
-           {"micro-batches", "K",
+           {"micro-batches", "K|fit",
             "run each batch in K slices, gradients accumulated\nin SGD momentum (divides --batch; "
-            "default 1)"},
+            "default 1);\nfit: the fewest slices that fit the class's budget"},
            {"batchnorm", "frozen|train", "BatchNorm statistics (default frozen)"},
            {"optimizer", "sgd|adamw", "(default sgd)"},
            {"lr", "RATE", "learning rate > 0 (default 0.01)"},

@@ -55,23 +55,35 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
   if (batch != static_cast<int64_t>(batch) || batch > 65536) {
     return FlagError("batch", "must be an integer in [1, 65536]");
   }
-  ASSIGN_OR_RETURN(double micro_batches, PositiveNumber(flags, "micro-batches", "1", false));
-  if (micro_batches != static_cast<int64_t>(micro_batches) ||
-      static_cast<int64_t>(batch) % static_cast<int64_t>(micro_batches) != 0) {
-    return FlagError("micro-batches", absl::StrCat("must be an integer that divides --batch ",
-                                                   static_cast<int64_t>(batch)));
+  // Micro-batch counts to compile: the flag's, or under "fit" every divisor of
+  // the batch, fewest first, until a plan fits the class's budget.
+  const std::string slices = Flag(flags, "micro-batches", "1");
+  const bool fit = slices == "fit";
+  std::vector<int64_t> counts;
+  if (fit) {
+    for (int64_t k = 1; k <= static_cast<int64_t>(batch); ++k) {
+      if (static_cast<int64_t>(batch) % k == 0) counts.push_back(k);
+    }
+  } else {
+    ASSIGN_OR_RETURN(double k, PositiveNumber(flags, "micro-batches", "1", false));
+    if (k != static_cast<int64_t>(k) ||
+        static_cast<int64_t>(batch) % static_cast<int64_t>(k) != 0) {
+      return FlagError("micro-batches", absl::StrCat("must be fit or an integer that divides "
+                                                     "--batch ",
+                                                     static_cast<int64_t>(batch)));
+    }
+    counts.push_back(static_cast<int64_t>(k));
   }
   const std::string bn = Flag(flags, "batchnorm", "frozen");
   if (bn != "frozen" && bn != "train") return FlagError("batchnorm", "must be frozen or train");
+  const engine::models::Mode mode =
+      bn == "train" ? engine::models::Mode::kTrain : engine::models::Mode::kEval;
   // A micro-batched plan's graph is one slice of the batch.
-  ASSIGN_OR_RETURN(
-      engine::models::Model model,
-      zoo->build(static_cast<int64_t>(batch / micro_batches),
-                 bn == "train" ? engine::models::Mode::kTrain : engine::models::Mode::kEval));
+  ASSIGN_OR_RETURN(engine::models::Model model,
+                   zoo->build(static_cast<int64_t>(batch) / counts.front(), mode));
 
   engine::compile::CompileOptions options;
   options.model_name = model_name;
-  options.micro_batches = static_cast<int>(micro_batches);
   if (auto it = flags.find("scheme-file"); it != flags.end()) {
     if (flags.count("scheme")) return FlagError("scheme-file", "give --scheme or --scheme-file");
     auto text = engine::ReadFileToString(it->second, kMaxSchemeFileBytes);
@@ -114,8 +126,22 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
   options.threads = std::max(1, device_class->threads());
   options.kernel_isa = server::KernelIsaFor(*device_class);
 
-  ASSIGN_OR_RETURN(engine::compile::CompiledTraining compiled,
-                   engine::compile::CompileTraining(model, options));
+  const int64_t budget = device_class->training_memory_budget_bytes();
+  engine::compile::CompiledTraining compiled;
+  for (const int64_t k : counts) {
+    if (k != counts.front()) {
+      ASSIGN_OR_RETURN(model, zoo->build(static_cast<int64_t>(batch) / k, mode));
+    }
+    options.micro_batches = static_cast<int>(k);
+    auto attempt = engine::compile::CompileTraining(model, options);
+    // A graph that cannot run in slices keeps the last plan that compiled.
+    if (!attempt.ok() && k != counts.front()) break;
+    RETURN_IF_ERROR(attempt.status());
+    compiled = *std::move(attempt);
+    if (engine::compile::TrainingBytes(compiled.plan.metadata()) <= static_cast<uint64_t>(budget)) {
+      break;
+    }
+  }
   const v1::PlanMetadata& meta = compiled.plan.metadata();
   if (auto it = flags.find("out"); it != flags.end()) {
     RETURN_IF_ERROR(engine::plan::WritePlan(it->second, compiled.plan));
@@ -127,9 +153,14 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
   }
   *out << engine::compile::FormatPlanSummary(meta);
   const uint64_t need = engine::compile::TrainingBytes(meta);
-  const int64_t budget = device_class->training_memory_budget_bytes();
   *out << absl::StrFormat("class budget     %.2f MiB: %s\n", budget / 1048576.0,
                           static_cast<int64_t>(need) <= budget ? "fits" : "DOES NOT FIT");
+  if (fit) {
+    *out << absl::StrFormat(
+        "micro-batches    %d chosen: the fewest slices of the batch of %d %s\n",
+        std::max(1, meta.micro_batches()), static_cast<int64_t>(batch),
+        static_cast<int64_t>(need) <= budget ? "that fit the budget" : "that compiled; none fits");
+  }
   if (auto it = flags.find("out"); it != flags.end())
     *out << "plan written to  " << it->second << "\n";
   return absl::OkStatus();

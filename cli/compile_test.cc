@@ -63,6 +63,21 @@ TEST(Compile, MicroBatchesShrinkTheArena) {
   ASSERT_OK(RunCompile({{"model", "mlp"}, {"batch", "512"}}, true, &json));
   ASSERT_OK(RunCompile({{"model", "mlp"}, {"batch", "512"}, {"micro-batches", "8"}}, true, &json));
   EXPECT_THAT(json.str(), HasSubstr("\"microBatches\":8"));
+  // rpi4's 2 MiB: the whole batch of 256 does not fit (2.05 MiB), 2 slices of it do.
+  std::ostringstream fitted;
+  ASSERT_OK(RunCompile({{"model", "mlp"},
+                        {"scheme", "last-k:1"},
+                        {"batch", "256"},
+                        {"device-class", "rpi4"},
+                        {"micro-batches", "fit"}},
+                       false, &fitted));
+  EXPECT_THAT(fitted.str(), HasSubstr("micro-batches    2 chosen"));
+  EXPECT_THAT(fitted.str(), HasSubstr("2.00 MiB: fits"));
+  std::ostringstream unfitted;
+  ASSERT_OK(RunCompile(
+      {{"model", "mlp"}, {"scheme", "last-k:1"}, {"batch", "256"}, {"device-class", "rpi4"}}, false,
+      &unfitted));
+  EXPECT_THAT(unfitted.str(), HasSubstr("DOES NOT FIT"));
   EXPECT_THAT(RunCompile({{"model", "mlp"}, {"batch", "8"}, {"micro-batches", "3"}}, false, &json),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--micro-batches")));
   EXPECT_THAT(

@@ -332,9 +332,16 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   const int n = g.num_nodes();
   const std::vector<bool> constant =
       options.fold_constants ? FindConstants(g) : std::vector<bool>(n, false);
+  {
+    ASSIGN_OR_RETURN(std::vector<StagedType> staged, PlanStaging(g, options));
+    std::vector<std::pair<ValueId, TensorType>> inputs, outputs;
+    for (const StagedType& s : staged) (s.input ? inputs : outputs).emplace_back(s.value, s.batch);
+    exe->SetUpMicroBatches(options.micro_batches, inputs, outputs);
+  }
   ArenaOptions arena_options;
   arena_options.in_place = options.in_place;
   arena_options.outside_arena = constant;
+  for (const Staged& s : exe->staged_inputs_) arena_options.outside_arena[s.value] = true;
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
   exe->memory_.in_place_nodes = layout.in_place_nodes;
 
@@ -372,9 +379,15 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   std::vector<size_t> offset(n, 0);
   for (size_t i = 0; i < layout.values.size(); ++i)
     offset[layout.values[i]] = layout.plan.offsets[i];
+  for (Staged& s : exe->staged_inputs_) {  // slice 0 of the staged batch
+    const Node& node = g.node(s.value);
+    exe->views_[s.value] = TensorView{s.batch.raw(), &node.type.shape, node.type.dtype};
+    exe->inputs_[node.name] = s.value;
+  }
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (!node.has_output || node.op == OpKind::kParameter || constant[id]) continue;
+    if (arena_options.outside_arena[id]) continue;  // staged
     if (layout.parameter_view[id]) {
       exe->views_[id] =
           TensorView{exe->views_[layout.alias_of[id]].data, &node.type.shape, node.type.dtype};
@@ -441,7 +454,12 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     instr.args.node = &node;
     instr.args.inputs = exe->operands_.data() + exe->operands_.size();
     instr.args.num_inputs = static_cast<int>(node.inputs.size());
-    for (ValueId in : node.inputs) exe->operands_.push_back(exe->views_[in]);
+    for (ValueId in : node.inputs) {
+      for (Staged& s : exe->staged_inputs_) {
+        if (s.value == in) s.operand_slots.push_back(exe->operands_.size());
+      }
+      exe->operands_.push_back(exe->views_[in]);
+    }
     if (node.has_output) instr.args.output = exe->views_[id];
     instr.args.step = &exe->step_;
     if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
@@ -450,7 +468,6 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     // masks); a BatchNorm statistics update alone does not advance it.
     if (IsUpdateOp(node.op) && node.op != OpKind::kBatchNormStatsUpdate) exe->updates_ = true;
   }
-  RETURN_IF_ERROR(exe->SetUpMicroBatches(options));
   kernels::SetGemmThreads(options.threads);
   exe->profile_ = options.profile;
   if (exe->profile_) exe->instr_seconds_.assign(exe->program_.size(), 0.0);
@@ -459,13 +476,17 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   return exe;
 }
 
-absl::Status Executable::SetUpMicroBatches(const CompileOptions& options) {
-  ASSIGN_OR_RETURN(std::vector<StagedType> staged, PlanStaging(graph_, options));
-  micro_batches_ = options.micro_batches;
-  for (StagedType& s : staged) {
-    memory_.staging_bytes += s.batch.bytes();
-    auto& list = s.input ? staged_inputs_ : staged_outputs_;
-    list.push_back(Staged{s.value, Tensor(s.batch.dtype, std::move(s.batch.shape))});
+void Executable::SetUpMicroBatches(int micro_batches,
+                                   const std::vector<std::pair<ValueId, TensorType>>& inputs,
+                                   const std::vector<std::pair<ValueId, TensorType>>& outputs) {
+  micro_batches_ = micro_batches;
+  for (const auto& [value, type] : inputs) {
+    staged_inputs_.push_back(Staged{value, Tensor(type.dtype, type.shape), {}});
+    memory_.staging_bytes += type.bytes();
+  }
+  for (const auto& [value, type] : outputs) {
+    staged_outputs_.push_back(Staged{value, Tensor(type.dtype, type.shape), {}});
+    memory_.staging_bytes += type.bytes();
   }
   gradient_weights_.assign(micro_batches_, 1.0f / micro_batches_);
   // A softmax cross-entropy averages over the examples its labels count, so
@@ -484,7 +505,6 @@ absl::Status Executable::SetUpMicroBatches(const CompileOptions& options) {
     }
   }
   if (losses > 1) label_input_ = -1;  // no one count to weigh by: equal shares
-  return absl::OkStatus();
 }
 
 void Executable::WeighMicroBatches() {
@@ -654,10 +674,10 @@ absl::Status Executable::Run() {
       step_.micro_batch = k;
       step_.micro_batches = micro_batches_;
       step_.gradient_weight = gradient_weights_[k];
-      for (Staged& s : staged_inputs_) {
-        const size_t bytes = graph_.type(s.value).bytes();
-        std::memcpy(views_[s.value].data, static_cast<std::byte*>(s.batch.raw()) + k * bytes,
-                    bytes);
+      for (Staged& s : staged_inputs_) {  // kernels read slice k where it is
+        void* slice = static_cast<std::byte*>(s.batch.raw()) + k * graph_.type(s.value).bytes();
+        views_[s.value].data = slice;
+        for (size_t i : s.operand_slots) operands_[i].data = slice;
       }
       RunProgram();
       for (Staged& s : staged_outputs_) {
@@ -685,11 +705,14 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   const int n = graph.num_nodes();
   const std::vector<bool> constant =
       options.fold_constants ? FindConstants(graph) : std::vector<bool>(n, false);
+  ASSIGN_OR_RETURN(std::vector<StagedType> staged, PlanStaging(graph, options));
   ArenaOptions arena_options;
   arena_options.in_place = options.in_place;
   arena_options.outside_arena = constant;
+  for (const StagedType& s : staged) {
+    if (s.input) arena_options.outside_arena[s.value] = true;
+  }
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
-  ASSIGN_OR_RETURN(std::vector<StagedType> staged, PlanStaging(graph, options));
   MemoryStats m;
   for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();
   m.arena_bytes = layout.plan.arena_bytes;

@@ -38,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -172,13 +173,20 @@ class Executable {
     ops::KernelFn fn;
     ops::KernelArgs args;
   };
-  // A value of one slice in the arena and the whole batch's outside it.
+  // A value of one slice and the whole batch's. An input's slice is read in
+  // place in the batch (operand_slots: where its view is in operands_); an
+  // output's is copied out of the arena.
   struct Staged {
     ValueId value = kNoValue;
     Tensor batch;
+    std::vector<size_t> operand_slots;
   };
   Executable() = default;
-  absl::Status SetUpMicroBatches(const CompileOptions& options);
+  // Allocates the staged batch: per-example inputs, then outputs, each a
+  // value and its type for the whole batch.
+  void SetUpMicroBatches(int micro_batches,
+                         const std::vector<std::pair<ValueId, TensorType>>& inputs,
+                         const std::vector<std::pair<ValueId, TensorType>>& outputs);
   // Each slice's share of the loss's counted examples.
   void WeighMicroBatches();
   void RunProgram();
