@@ -87,7 +87,8 @@ struct CompileOptions {
   // `micro_batches` slices in all. Input() and Output() are the whole
   // batch's, staged outside the arena (MemoryStats::staging_bytes): every
   // input not named in `shared_inputs` is per-example, its dim 0 batch-major,
-  // and slice k is rows [k·n, (k+1)·n) of it; an f32 scalar output (the loss)
+  // and slice k is rows [k·n, (k+1)·n) of it, which kernels read in place (no
+  // arena copy); an f32 scalar output (the loss)
   // is the slices' weighted sum, any other output their concatenation along
   // dim 0. Each slice's gradients count its share of the examples the loss
   // counts (its softmax cross-entropy labels that are not ignored; equal
