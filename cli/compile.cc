@@ -134,13 +134,18 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
     }
     options.micro_batches = static_cast<int>(k);
     auto attempt = engine::compile::CompileTraining(model, options);
-    // A graph that cannot run in slices keeps the last plan that compiled.
+    // A graph that cannot run in slices stops the search.
     if (!attempt.ok() && k != counts.front()) break;
     RETURN_IF_ERROR(attempt.status());
-    compiled = *std::move(attempt);
-    if (engine::compile::TrainingBytes(compiled.plan.metadata()) <= static_cast<uint64_t>(budget)) {
-      break;
+    const uint64_t bytes = engine::compile::TrainingBytes(attempt->plan.metadata());
+    // Fewer slices run faster, so the first that fits wins; if none fits,
+    // the smallest plan is the one reported.
+    const bool fits = bytes <= static_cast<uint64_t>(budget);
+    if (fits || k == counts.front() ||
+        bytes < engine::compile::TrainingBytes(compiled.plan.metadata())) {
+      compiled = *std::move(attempt);
     }
+    if (fits) break;
   }
   const v1::PlanMetadata& meta = compiled.plan.metadata();
   if (auto it = flags.find("out"); it != flags.end()) {
@@ -157,9 +162,11 @@ absl::Status RunCompile(const std::map<std::string, std::string>& flags, bool js
                           static_cast<int64_t>(need) <= budget ? "fits" : "DOES NOT FIT");
   if (fit) {
     *out << absl::StrFormat(
-        "micro-batches    %d chosen: the fewest slices of the batch of %d %s\n",
-        std::max(1, meta.micro_batches()), static_cast<int64_t>(batch),
-        static_cast<int64_t>(need) <= budget ? "that fit the budget" : "that compiled; none fits");
+        "micro-batches    %d chosen: %s\n", std::max(1, meta.micro_batches()),
+        static_cast<int64_t>(need) <= budget
+            ? absl::StrCat("the fewest slices of the batch of ", static_cast<int64_t>(batch),
+                           " that fit the budget")
+            : std::string("no count of slices fits; this one needs the least memory"));
   }
   if (auto it = flags.find("out"); it != flags.end())
     *out << "plan written to  " << it->second << "\n";

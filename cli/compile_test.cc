@@ -78,6 +78,12 @@ TEST(Compile, MicroBatchesShrinkTheArena) {
       {{"model", "mlp"}, {"scheme", "last-k:1"}, {"batch", "256"}, {"device-class", "rpi4"}}, false,
       &unfitted));
   EXPECT_THAT(unfitted.str(), HasSubstr("DOES NOT FIT"));
+  // Full fine-tuning's weights and momentum alone exceed 2 MiB: the smallest plan is reported.
+  std::ostringstream none;
+  ASSERT_OK(RunCompile(
+      {{"model", "mlp"}, {"batch", "256"}, {"device-class", "rpi4"}, {"micro-batches", "fit"}},
+      false, &none));
+  EXPECT_THAT(none.str(), HasSubstr("no count of slices fits; this one needs the least memory"));
   EXPECT_THAT(RunCompile({{"model", "mlp"}, {"batch", "8"}, {"micro-batches", "3"}}, false, &json),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--micro-batches")));
   EXPECT_THAT(
