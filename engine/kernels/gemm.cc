@@ -20,6 +20,12 @@ void Sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
 }
 
 // Debian's oneDNN runs on OpenMP.
+bool GemmsPerThread(int64_t count, int64_t macs) {
+  // Up to this many multiply-adds a GEMM gains little from a second thread.
+  constexpr int64_t kSmallGemmMacs = int64_t{4} << 20;
+  return count >= 2 * MaxThreads() && macs <= kSmallGemmMacs;
+}
+
 void SetGemmThreads(int threads) {
   omp_set_num_threads(std::max(1, threads));
   FlushDenormals();  // the team just sized is the one every kernel runs on

@@ -23,6 +23,14 @@ void Sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
 // Threads used by Sgemm (and other parallel kernels); at least 1.
 void SetGemmThreads(int threads);
 
+// Whether a batch of `count` independent GEMMs of `macs` multiply-adds each
+// should run one per thread, each single-threaded (oneDNN runs on one thread
+// inside a parallel region), instead of one after another on the whole team.
+// Small GEMMs split over the team pay a fork and join each and leave every
+// thread a sliver: attention's 2 M multiply-add products ran at 1.5× the rate
+// one per thread (BENCHMARKS.md, issue #6, fifth session).
+bool GemmsPerThread(int64_t count, int64_t macs);
+
 }  // namespace fleettune::engine::kernels
 
 #endif  // FLEETTUNE_ENGINE_KERNELS_GEMM_H_

@@ -19,6 +19,7 @@
 #include "engine/base/status_macros.h"
 #include "engine/kernels/depthwise_conv.h"
 #include "engine/kernels/gemm.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
@@ -279,6 +280,23 @@ void Col2ImAdd(const Geometry& g, const float* col, float* dx) {
   }
 }
 
+// Calls sample(n) for every sample n of a batch of `count`. Pointwise
+// convolutions whose per-sample GEMM is small (late layers' 8×8 and 4×4
+// planes) run one sample per thread; the rest one sample at a time, each GEMM
+// split over the team. (im2col shares one scratch buffer, so only pointwise
+// ones can.)
+template <typename Fn>
+void ForEachSample(const Geometry& g, const Fn& sample) {
+  const int64_t macs = g.o * g.out_plane() * g.k();
+  if (g.pointwise() && kernels::GemmsPerThread(g.n, macs)) {
+    kernels::ParallelFor(g.n, macs, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) sample(n);
+    });
+    return;
+  }
+  for (int64_t n = 0; n < g.n; ++n) sample(n);
+}
+
 kernels::DepthwiseGeometry Depthwise(const Geometry& g) {
   return {g.n, g.c, g.h, g.w, g.og, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw};
 }
@@ -296,7 +314,7 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
     return;
   }
   const int64_t k = g.k(), plane = g.out_plane();
-  for (int64_t n = 0; n < g.n; ++n) {
+  ForEachSample(g, [&](int64_t n) {
     for (int64_t group = 0; group < g.groups; ++group) {
       const float* xg = x + (n * g.c + group * g.cg) * g.h * g.w;
       const float* col = xg;
@@ -314,7 +332,7 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
       kernels::Sgemm(false, false, g.og, plane, k, 1.0f, w + group * g.og * k, k, col, plane, beta,
                      yg, plane);
     }
-  }
+  });
 }
 
 void Fast(const KernelArgs& args) { FastWithEpilogue(args, {}); }
@@ -330,16 +348,22 @@ void BackwardInputFast(const KernelArgs& args) {
     kernels::F32DepthwiseConvBackwardInput(Depthwise(g), dy, w, dx);
     return;
   }
+  if (g.pointwise()) {
+    ForEachSample(g, [&](int64_t n) {
+      for (int64_t group = 0; group < g.groups; ++group) {
+        // dX_g [cg, plane] = W_gᵀ [cg, og] · dY_g [og, plane]
+        kernels::Sgemm(true, false, k, plane, g.og, 1.0f, w + group * g.og * k, k,
+                       dy + (n * g.o + group * g.og) * plane, plane, 0.0f,
+                       dx + (n * g.c + group * g.cg) * g.h * g.w, plane);
+      }
+    });
+    return;
+  }
   for (int64_t n = 0; n < g.n; ++n) {
     for (int64_t group = 0; group < g.groups; ++group) {
       const float* dyg = dy + (n * g.o + group * g.og) * plane;
       const float* wg = w + group * g.og * k;
       float* dxg = dx + (n * g.c + group * g.cg) * g.h * g.w;
-      if (g.pointwise()) {
-        // dX_g [cg, plane] = W_gᵀ [cg, og] · dY_g [og, plane]
-        kernels::Sgemm(true, false, k, plane, g.og, 1.0f, wg, k, dyg, plane, 0.0f, dxg, plane);
-        continue;
-      }
       // dcol [k, plane] = W_gᵀ · dY_g, then fold the columns back onto dx.
       kernels::Sgemm(true, false, k, plane, g.og, 1.0f, wg, k, dyg, plane, 0.0f, args.scratch,
                      plane);

@@ -162,29 +162,46 @@ TEST(FastKernels, ReduceOverLargeAxes) {
   }
 }
 
+struct Conv {
+  Shape x, w;
+  Conv2dAttrs attrs;
+};
+
+// The convolution, its input gradient and its weight gradient.
+void ExpectConvolutionMatchesReference(const Conv& c) {
+  Node probe;
+  probe.op = OpKind::kConv2d;
+  probe.attrs = c.attrs;
+  const TensorType x = F32(c.x), w = F32(c.w);
+  ASSERT_OK_AND_ASSIGN(TensorType y, InferType(probe, {&x, &w}));
+  ExpectFastMatchesReference({OpKind::kConv2d, {x, w, F32({c.w[0]})}, c.attrs});
+  ExpectFastMatchesReference({OpKind::kConv2dBackwardInput, {y, w}, Conv2dGradAttrs{c.attrs, c.x}});
+  ExpectFastMatchesReference({OpKind::kConv2dBackwardWeight, {x, y}, Conv2dGradAttrs{c.attrs, c.w}},
+                             3e-4f);
+}
+
+// Small ones run a sample per thread (forward, input gradient); large ones
+// and weight gradients split each GEMM over the team.
+TEST(FastKernels, PointwiseConvolutionPaths) {
+  const Conv2dAttrs pointwise{1, 1, 0, 0, 1, 1, 1};
+  for (const Conv& c : std::vector<Conv>{
+           {{8, 64, 8, 8}, {96, 64, 1, 1}, pointwise},    // one per thread
+           {{5, 96, 4, 4}, {320, 96, 1, 1}, pointwise},   // uneven: 5 samples on 2 threads
+           {{8, 16, 64, 64}, {96, 16, 1, 1}, pointwise},  // 6.3 M multiply-adds: the team
+           {{8, 64, 8, 8}, {64, 32, 1, 1}, {1, 1, 0, 0, 1, 1, 2}},  // grouped
+       }) {
+    ExpectConvolutionMatchesReference(c);
+  }
+}
+
 TEST(FastKernels, DepthwiseConvolutionPaths) {
-  struct Conv {
-    Shape x, w;
-    Conv2dAttrs attrs;
-  };
   const std::vector<Conv> convs = {
       {{4, 32, 33, 31}, {32, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 32}},
       {{4, 32, 34, 33}, {32, 1, 3, 3}, {2, 2, 1, 1, 1, 1, 32}},
       {{2, 24, 20, 21}, {48, 1, 5, 5}, {1, 1, 2, 2, 1, 1, 24}},
       {{2, 24, 20, 21}, {24, 1, 3, 3}, {2, 1, 2, 2, 2, 2, 24}},
   };
-  for (const Conv& c : convs) {
-    Node probe;
-    probe.op = OpKind::kConv2d;
-    probe.attrs = c.attrs;
-    const TensorType x = F32(c.x), w = F32(c.w);
-    ASSERT_OK_AND_ASSIGN(TensorType y, InferType(probe, {&x, &w}));
-    ExpectFastMatchesReference({OpKind::kConv2d, {x, w, F32({c.w[0]})}, c.attrs});
-    ExpectFastMatchesReference(
-        {OpKind::kConv2dBackwardInput, {y, w}, Conv2dGradAttrs{c.attrs, c.x}});
-    ExpectFastMatchesReference(
-        {OpKind::kConv2dBackwardWeight, {x, y}, Conv2dGradAttrs{c.attrs, c.w}}, 3e-4f);
-  }
+  for (const Conv& c : convs) ExpectConvolutionMatchesReference(c);
 }
 
 TEST(FastKernels, ActivationsSplitOverThreads) {

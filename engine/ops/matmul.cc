@@ -21,9 +21,6 @@
 namespace fleettune::engine::ops {
 namespace {
 
-// Multiply-adds up to which one GEMM of a batch runs on one thread.
-constexpr int64_t kSmallGemmFlops = int64_t{4} << 20;
-
 struct Dims {
   int64_t m, k, n;
 };
@@ -184,13 +181,9 @@ void Fast(const KernelArgs& args) {
     kernels::Sgemm(attrs.transpose_a, attrs.transpose_b, rows, d.n, d.k, 1.0f, a + ia * d.m * d.k,
                    lda, b + ib * d.k * d.n, ldb, 0.0f, y + i * walk.block() * d.m * d.n, d.n);
   };
-  // Many small GEMMs (attention's per-head products, 2 MFLOP each in
-  // BERT-mini) run one per thread, each single-threaded (oneDNN runs on one
-  // thread inside a parallel region): 1.5× the rate of splitting every small
-  // GEMM over the team, which pays a fork and join per GEMM and leaves each
-  // thread a sliver of it (BENCHMARKS.md, issue #6, fifth session).
+  // Many small GEMMs (attention's per-head products) run one per thread.
   const int64_t flops = rows * d.n * d.k;
-  if (walk.count() >= 2 * kernels::MaxThreads() && flops <= kSmallGemmFlops) {
+  if (kernels::GemmsPerThread(walk.count(), flops)) {
     kernels::ParallelFor(walk.count(), flops, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) gemm(i);
     });
