@@ -126,12 +126,14 @@ void F32BatchNormStatsUpdate(const ChannelLayout& l, const float* x, float momen
 }
 
 void F32BatchNormFrozen(const ChannelLayout& l, const float* x, const float* mean, const float* var,
-                        const float* gamma, const float* beta, float eps, float* y) {
+                        const float* gamma, const float* beta, float eps, float* y,
+                        PlaneEpilogue epilogue) {
   ForChannels(l, 1, [&](int64_t c) {
     const float scale = static_cast<float>(gamma[c] / std::sqrt(static_cast<double>(var[c]) + eps));
     const float shift = beta[c] - mean[c] * scale;
     for (int64_t n = 0; n < l.outer; ++n) {
       ScaleShiftF32(Row(l, x, n, c), l.inner, scale, shift, Row(l, y, n, c));
+      if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, Row(l, y, n, c), l.inner);
     }
   });
 }

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "engine/kernels/epilogue.h"
+
 namespace fleettune::engine::kernels {
 
 struct ChannelLayout {
@@ -35,9 +37,11 @@ void F32BatchNormWeightGrad(const ChannelLayout& l, const float* dy, const float
 void F32BatchNormStatsUpdate(const ChannelLayout& l, const float* x, float momentum,
                              float* running_mean, float* running_var);
 
-// y = (x − mean)/√(var + eps)·γ + β. y may equal x.
+// y = (x − mean)/√(var + eps)·γ + β, then the epilogue on each row of `inner`
+// outputs as soon as it is written. y may equal x.
 void F32BatchNormFrozen(const ChannelLayout& l, const float* x, const float* mean, const float* var,
-                        const float* gamma, const float* beta, float eps, float* y);
+                        const float* gamma, const float* beta, float eps, float* y,
+                        PlaneEpilogue epilogue = {});
 
 // dx = dy·γ/√(var + eps). dx may equal dy.
 void F32BatchNormFrozenGrad(const ChannelLayout& l, const float* dy, const float* var,

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "engine/kernels/epilogue.h"
+
 namespace fleettune::engine::kernels {
 
 // x [n, c, h, w], weight [c·mult, 1, kh, kw], y [n, c·mult, ho, wo]; output
@@ -19,13 +21,6 @@ struct DepthwiseGeometry {
   int64_t kh, kw;
   int64_t ho, wo;
   int64_t sh, sw, ph, pw, dh, dw;
-};
-
-// Called on each output plane right after it is computed, while it is still
-// in cache (a fused activation); fn == nullptr: none.
-struct PlaneEpilogue {
-  void (*fn)(const void* ctx, float* plane, int64_t n) = nullptr;
-  const void* ctx = nullptr;
 };
 
 // y = conv(x, weight) + bias (bias may be null), then the epilogue per plane.

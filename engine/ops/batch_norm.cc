@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "engine/base/status_macros.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -423,11 +424,13 @@ void TrainFast(const KernelArgs& args) {
                              args.in(2).f32(), args.attrs<BatchNormAttrs>().eps, args.output.f32());
 }
 
-void FrozenFast(const KernelArgs& args) {
+void FrozenFastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
   kernels::F32BatchNormFrozen(FastLayout(*args.in(0).shape), args.in(0).f32(), args.in(1).f32(),
                               args.in(2).f32(), args.in(3).f32(), args.in(4).f32(),
-                              args.attrs<BatchNormAttrs>().eps, args.output.f32());
+                              args.attrs<BatchNormAttrs>().eps, args.output.f32(), epilogue);
 }
+
+void FrozenFast(const KernelArgs& args) { FrozenFastWithEpilogue(args, {}); }
 
 void TrainGradFast(const KernelArgs& args) {
   kernels::F32BatchNormTrainGrad(FastLayout(*args.in(1).shape), args.in(0).f32(), args.in(1).f32(),
@@ -457,6 +460,13 @@ void StatsUpdateFast(const KernelArgs& args) {
 }
 
 }  // namespace
+
+void parts::BatchNormInferenceActivationFast(const KernelArgs& bn_args, FusedActivationFn act) {
+  auto activate = [](const void* ctx, float* y, int64_t n) {
+    parts::FusedActivationInPlace(*static_cast<const FusedActivationFn*>(ctx), y, n);
+  };
+  FrozenFastWithEpilogue(bn_args, kernels::PlaneEpilogue{activate, &act});
+}
 
 OpDef BatchNormOpDef() {
   OpDef def;

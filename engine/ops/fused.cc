@@ -110,6 +110,9 @@ void Kernel(const KernelArgs& args) {
   if (kFast && args.node->op == OpKind::kLinearActivation) {
     return parts::LinearFast(a, ActOf(*args.node));
   }
+  if (kFast && args.node->op == OpKind::kBatchNormInferenceActivation) {
+    return parts::BatchNormInferenceActivationFast(a, ActOf(*args.node));
+  }
   (kFast && def.fast != nullptr ? def.fast : def.reference)(a);
   ApplyActivation<kFast>(ActOf(*args.node), args);
 }

@@ -59,6 +59,11 @@ void LinearFast(const KernelArgs& args, std::optional<FusedActivationFn> act);
 // maps, which a per-sample activation was measured to slow down.
 bool DepthwiseConv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act);
 
+// batch_norm.cc: kBatchNormInference's fast kernel for the node in `bn_args`,
+// with `act` applied to each row of a channel right after it is normalized,
+// while in cache: one pass over the tensor instead of two, the same bits.
+void BatchNormInferenceActivationFast(const KernelArgs& bn_args, FusedActivationFn act);
+
 }  // namespace fleettune::engine::ops::parts
 
 #endif  // FLEETTUNE_ENGINE_OPS_KERNEL_PARTS_H_
