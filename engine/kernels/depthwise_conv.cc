@@ -223,8 +223,22 @@ void BackwardInputPlaneS2K3(const DepthwiseGeometry& g, const float* dy, const f
       const float* __restrict d = dy + rows[r] * g.wo;
       const float k0 = k[taps[r] * 3], k1 = k[taps[r] * 3 + 1], k2 = k[taps[r] * 3 + 2];
       // Column 2m reads d[m] through k1; column 2m + 1 reads d[m + 1]
-      // through k0, then d[m] through k2.
+      // through k0, then d[m] through k2. Four m at a time: the even and odd
+      // columns' terms interleaved into two vectors of the row, added in the
+      // scalar loop's order (the even columns' second term is +0).
       int64_t m = 0;
+      for (; 2 * m + 7 < g.w && m + 4 < g.wo; m += 4) {
+        const F32x4 d0 = LoadF32x4(d + m), d1 = LoadF32x4(d + m + 1);
+        const F32x4 even = k1 * d0, odd_first = k0 * d1, odd_second = k2 * d0, zero = {};
+        const F32x4 first_lo = __builtin_shufflevector(even, odd_first, 0, 4, 1, 5);
+        const F32x4 first_hi = __builtin_shufflevector(even, odd_first, 2, 6, 3, 7);
+        const F32x4 second_lo = __builtin_shufflevector(zero, odd_second, 0, 4, 1, 5);
+        const F32x4 second_hi = __builtin_shufflevector(zero, odd_second, 2, 6, 3, 7);
+        const F32x4 lo = (LoadF32x4(row + 2 * m) + first_lo) + second_lo;
+        const F32x4 hi = (LoadF32x4(row + 2 * m + 4) + first_hi) + second_hi;
+        __builtin_memcpy(row + 2 * m, &lo, sizeof lo);
+        __builtin_memcpy(row + 2 * m + 4, &hi, sizeof hi);
+      }
       for (; 2 * m + 1 < g.w && m + 1 < g.wo; ++m) {
         row[2 * m] += k1 * d[m];
         float odd = row[2 * m + 1];
