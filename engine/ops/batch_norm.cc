@@ -462,10 +462,7 @@ void StatsUpdateFast(const KernelArgs& args) {
 }  // namespace
 
 void parts::BatchNormInferenceActivationFast(const KernelArgs& bn_args, FusedActivationFn act) {
-  auto activate = [](const void* ctx, float* y, int64_t n) {
-    parts::FusedActivationInPlace(*static_cast<const FusedActivationFn*>(ctx), y, n);
-  };
-  FrozenFastWithEpilogue(bn_args, kernels::PlaneEpilogue{activate, &act});
+  FrozenFastWithEpilogue(bn_args, parts::ActivationEpilogue(&act));
 }
 
 OpDef BatchNormOpDef() {

@@ -280,7 +280,7 @@ void Col2ImAdd(const Geometry& g, const float* col, float* dx) {
   }
 }
 
-// Calls sample(n) for every sample n of a batch of `count`. Pointwise
+// Calls sample(n) for every sample n of the batch. Pointwise
 // convolutions whose per-sample GEMM is small (late layers' 8×8 and 4×4
 // planes) run one sample per thread; the rest one sample at a time, each GEMM
 // split over the team. (im2col shares one scratch buffer, so only pointwise
@@ -556,10 +556,7 @@ bool parts::DepthwiseConv2dActivationFast(const KernelArgs& conv_args, FusedActi
   if (!g.depthwise()) return false;
   // Each plane (at most a few tens of KiB) is activated by the thread that
   // just wrote it.
-  auto activate = [](const void* ctx, float* y, int64_t n) {
-    parts::FusedActivationInPlace(*static_cast<const FusedActivationFn*>(ctx), y, n);
-  };
-  FastWithEpilogue(conv_args, kernels::PlaneEpilogue{activate, &act});
+  FastWithEpilogue(conv_args, parts::ActivationEpilogue(&act));
   return true;
 }
 

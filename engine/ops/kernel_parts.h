@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "engine/ir/attrs.h"
+#include "engine/kernels/epilogue.h"
 #include "engine/ops/op_registry.h"
 
 namespace fleettune::engine::ops::parts {
@@ -39,6 +40,15 @@ inline void ReluRange(const float* x, float* y, int64_t n) {
 inline void FusedActivationInPlace(FusedActivationFn act, float* y, int64_t n) {
   if (act == FusedActivationFn::kRelu) return ReluRange(y, y, n);
   ActivationFast(static_cast<ActivationFn>(static_cast<int>(act) - 1), y, y, n);
+}
+
+// FusedActivationInPlace(*act, …) as a kernel epilogue, applied to each block
+// of output right after it is written; `act` must outlive the kernel call.
+inline kernels::PlaneEpilogue ActivationEpilogue(const FusedActivationFn* act) {
+  return {[](const void* ctx, float* y, int64_t n) {
+            FusedActivationInPlace(*static_cast<const FusedActivationFn*>(ctx), y, n);
+          },
+          act};
 }
 
 // Work per element of FusedActivationInPlace, in ParallelFor's units.

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "engine/base/status_macros.h"
 #include "engine/ir/verifier.h"
 #include "engine/kernels/gemm.h"
@@ -58,24 +59,24 @@ absl::StatusOr<std::vector<StagedType>> PlanStaging(const Graph& g, const Compil
   if (m == 1) return std::vector<StagedType>{};
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
     const Node& node = g.node(id);
-    const std::string op = ops::GetOpDef(node.op).name;
+    const auto refuse = [&](absl::string_view what, absl::string_view why) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("node ", id, " (", ops::GetOpDef(node.op).name, what, ") ", why));
+    };
     switch (node.op) {
       case OpKind::kBatchNorm:
       case OpKind::kBatchNormStatsUpdate:
-        return absl::InvalidArgumentError(absl::StrCat(
-            "node ", id, " (", op,
-            ") uses the whole batch's statistics, so the batch cannot run in micro-batches"));
+        return refuse("",
+                      "uses the whole batch's statistics, so the batch cannot run in "
+                      "micro-batches");
       case OpKind::kDropout:
-        return absl::InvalidArgumentError(
-            absl::StrCat("node ", id, " (", op,
-                         ") draws one mask per step, so the batch cannot run in micro-batches"));
+        return refuse("", "draws one mask per step, so the batch cannot run in micro-batches");
       case OpKind::kAdamWUpdate:
       case OpKind::kSgdUpdate:
         if (node.op == OpKind::kSgdUpdate && node.inputs.size() == 3) break;
-        return absl::InvalidArgumentError(
-            absl::StrCat("node ", id, " (", op, " of '", g.node(node.inputs[0]).name,
-                         "') has no momentum buffer to accumulate micro-batches in; "
-                         "micro-batching needs SGD with momentum"));
+        return refuse(absl::StrCat(" of '", g.node(node.inputs[0]).name, "'"),
+                      "has no momentum buffer to accumulate micro-batches in; micro-batching "
+                      "needs SGD with momentum");
       default:
         break;
     }
@@ -670,9 +671,9 @@ absl::Status Executable::Run() {
     RunProgram();
   } else {
     WeighMicroBatches();
+    step_.micro_batches = micro_batches_;
     for (int k = 0; k < micro_batches_; ++k) {
       step_.micro_batch = k;
-      step_.micro_batches = micro_batches_;
       step_.gradient_weight = gradient_weights_[k];
       for (Staged& s : staged_inputs_) {  // kernels read slice k where it is
         void* slice = static_cast<std::byte*>(s.batch.raw()) + k * graph_.type(s.value).bytes();
