@@ -2,8 +2,14 @@
 
 #include <algorithm>
 
+#include "engine/kernels/isa.h"
 #include "engine/kernels/parallel.h"
 #include "engine/kernels/vec.h"
+#include "engine/kernels/vec_math.h"
+
+// GCC warns that 8- and 16-lane vectors passed by value change the ABI
+// without AVX; the templates taking them are always inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace fleettune::engine::kernels {
 namespace {
@@ -77,6 +83,441 @@ void Rows3(int rows, const float* const* in, const float* const* k, int64_t w, i
     case 3:
       return Rows3<S, 3>(in, k, w, wo, pw, out);
   }
+}
+
+// --- 3×3 planes as flat vectors ------------------------------------------------
+//
+// A 3×3 layer with padding 1, dilation 1 and stride 1 or 2 (every depthwise
+// layer of MobileNet) reads each output's nine taps at fixed offsets once its
+// input rows are laid out as wide as the output: for stride 1 the input rows
+// themselves, between a zero row above and below; for stride 2 the input's
+// four phases (even or odd rows × even or odd columns), each wo wide. A block
+// of L consecutive outputs of the plane, flattened, is then nine loads and
+// multiply-adds at constant offsets, whatever the plane's width: a 4×4 plane
+// is one AVX-512 vector, where the row loops above spend most of their time
+// on edge columns. Taps that fall off the left or right edge are zeroed by
+// lane masks (only in a row's first and last block when rows are whole
+// vectors); those above or below read zero rows. Each output sums bias, then
+// the taps row by row, column by column, as the row loops do; a masked tap
+// adds k·0, which leaves the sum as it is, so the generic level gives the row
+// loops' bits. Planes are processed in bands of rows whose laid-out input fits
+// kBandFloats (an L1-sized stack buffer).
+
+constexpr int64_t kBandFloats = 8192;
+
+template <typename V>
+using LaneMask = decltype(V{} < V{});
+
+template <typename V>
+inline constexpr int64_t kWidthOf = sizeof(V) / sizeof(float);
+
+// v in every lane, as one broadcast: GCC builds `v + V{}` (vec_math's Splat)
+// or a lane-by-lane fill from inserts, one per lane.
+template <typename V>
+FLEETTUNE_VEC_INLINE V Fill(float v) {
+  const V first = {v};
+  if constexpr (kWidthOf<V> == 4) {
+    return __builtin_shufflevector(first, first, 0, 0, 0, 0);
+  } else if constexpr (kWidthOf<V> == 8) {
+    return __builtin_shufflevector(first, first, 0, 0, 0, 0, 0, 0, 0, 0);
+  } else {
+    static_assert(kWidthOf<V> == 16);
+    return __builtin_shufflevector(first, first, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  }
+}
+
+template <typename V>
+FLEETTUNE_VEC_INLINE V LoadV(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// v where keep, else 0; no-op unless kMask.
+template <bool kMask, typename V>
+FLEETTUNE_VEC_INLINE V Keep(LaneMask<V> keep, V v) {
+  if constexpr (kMask) {
+    return keep ? v : V{};
+  } else {
+    return v;
+  }
+}
+
+// Each lane's column in rows `width` wide, for consecutive blocks of
+// kWidthOf<V> flattened outputs starting at column 0.
+template <typename V>
+struct Columns {
+  LaneMask<V> col;
+  int32_t step, width;
+
+  FLEETTUNE_VEC_INLINE explicit Columns(int64_t w) : width(static_cast<int32_t>(w)) {
+    int32_t lanes[kWidthOf<V>], c = 0;  // lane % w, without dividing
+    for (int64_t lane = 0; lane < kWidthOf<V>; ++lane) {
+      lanes[lane] = c;
+      if (++c == width) c = 0;
+    }
+    step = c;
+    __builtin_memcpy(&col, lanes, sizeof col);
+  }
+  FLEETTUNE_VEC_INLINE LaneMask<V> NotFirst() const { return col != 0; }
+  FLEETTUNE_VEC_INLINE LaneMask<V> NotLast() const { return col != width - 1; }
+  FLEETTUNE_VEC_INLINE void Advance() {
+    col += step;
+    col = col >= width ? col - width : col;
+  }
+};
+
+template <typename V>
+FLEETTUNE_VEC_INLINE void Store(float* out, V v) {
+  __builtin_memcpy(out, &v, sizeof v);
+}
+
+// dst[i] = src[i] for i < n, a vector at a time: the buffers' rows are too
+// short for a call to memcpy to pay (GCC turns element loops into one).
+template <typename V>
+FLEETTUNE_VEC_INLINE void CopyFloats(const float* src, int64_t n, float* dst) {
+  constexpr int64_t kL = kWidthOf<V>;
+  if (n < kL) {
+    for (int64_t i = 0; i < kL; ++i) {
+      if (i < n) dst[i] = src[i];
+    }
+    return;
+  }
+  for (int64_t i = 0; i + kL <= n; i += kL) Store(dst + i, LoadV<V>(src + i));
+  Store(dst + n - kL, LoadV<V>(src + n - kL));  // the tail, overlapping
+}
+
+// dst[i] = 0 for i < n rounded up to whole vectors: callers leave room.
+template <typename V>
+FLEETTUNE_VEC_INLINE void ZeroVectors(int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; i += kWidthOf<V>) Store(dst + i, V{});
+}
+
+// Stores the first n <= kWidthOf<V> lanes of v.
+template <typename V>
+FLEETTUNE_VEC_INLINE void StoreFirst(float* out, V v, int64_t n) {
+  if (n == kWidthOf<V>) return Store(out, v);
+  float lanes[kWidthOf<V>];
+  __builtin_memcpy(lanes, &v, sizeof v);
+  for (int64_t i = 0; i < n; ++i) out[i] = lanes[i];
+}
+
+// Calls taps.Block<kFirst, kLast>(q, not_first, not_last) and stores its
+// result for every block of outputs [q, q + L) of n flattened outputs in rows
+// `cols.width` wide (cols: the first block's columns); kFirst / kLast say
+// whether some lane of the block is in the first / last column, and the masks
+// which lanes are not.
+template <typename V, typename Taps>
+FLEETTUNE_VEC_INLINE void ForEachBlock(int64_t n, Columns<V> cols, const Taps& taps, float* out) {
+  constexpr int64_t kL = kWidthOf<V>;
+  const int64_t w = cols.width;
+  if (w % kL == 0) {  // whole vectors per row: only a row's ends need masks
+    const LaneMask<V> not_first = cols.NotFirst();
+    const LaneMask<V> not_last = cols.col != kL - 1;  // the row's last block
+    for (int64_t row = 0; row < n; row += w) {
+      if (w == kL) {
+        Store(out + row, taps.template Block<true, true>(row, not_first, not_last));
+        continue;
+      }
+      Store(out + row, taps.template Block<true, false>(row, not_first, not_last));
+      for (int64_t q = row + kL; q < row + w - kL; q += kL) {
+        Store(out + q, taps.template Block<false, false>(q, not_first, not_last));
+      }
+      const int64_t q = row + w - kL;
+      Store(out + q, taps.template Block<false, true>(q, not_first, not_last));
+    }
+    return;
+  }
+  for (int64_t q = 0; q < n; q += kL) {
+    StoreFirst(out + q, taps.template Block<true, true>(q, cols.NotFirst(), cols.NotLast()),
+               std::min(kL, n - q));
+    cols.Advance();
+  }
+}
+
+// Stride 1: tap (u, v) of output q is b[q + u·w + v].
+template <typename V>
+struct TapsS1 {
+  const float* b;
+  int64_t w;
+  float k[9];
+  V bias;
+
+  template <bool kFirst, bool kLast>
+  FLEETTUNE_VEC_INLINE V Block(int64_t q, LaneMask<V> not_first, LaneMask<V> not_last) const {
+    V acc = bias;
+    for (int u = 0; u < 3; ++u) {
+      const float* p = b + q + u * w;
+      acc += k[3 * u] * Keep<kFirst>(not_first, LoadV<V>(p));
+      acc += k[3 * u + 1] * LoadV<V>(p + 1);
+      acc += k[3 * u + 2] * Keep<kLast>(not_last, LoadV<V>(p + 2));
+    }
+    return acc;
+  }
+};
+
+// Stride 2: output (i, j) reads input rows 2i − 1, 2i, 2i + 1 (odd-row phases
+// at q, even-row ones at q, odd-row ones at q + wo) and columns 2j − 1, 2j,
+// 2j + 1 (odd column j − 1, even j, odd j).
+template <typename V>
+struct TapsS2 {
+  const float *ee, *eo, *oe, *oo;
+  int64_t wo;
+  float k[9];
+  V bias;
+
+  template <bool kFirst, bool>
+  FLEETTUNE_VEC_INLINE V Block(int64_t q, LaneMask<V> not_first, LaneMask<V>) const {
+    V acc = bias;
+    acc += k[0] * Keep<kFirst>(not_first, LoadV<V>(oo + q - 1));
+    acc += k[1] * LoadV<V>(oe + q);
+    acc += k[2] * LoadV<V>(oo + q);
+    acc += k[3] * Keep<kFirst>(not_first, LoadV<V>(eo + q - 1));
+    acc += k[4] * LoadV<V>(ee + q);
+    acc += k[5] * LoadV<V>(eo + q);
+    acc += k[6] * Keep<kFirst>(not_first, LoadV<V>(oo + q + wo - 1));
+    acc += k[7] * LoadV<V>(oe + q + wo);
+    acc += k[8] * LoadV<V>(oo + q + wo);
+    return acc;
+  }
+};
+
+// (a0, a1, …) and (b0, b1, …) as their even lanes (a0, a2, …, b0, b2, …)
+// and odd ones.
+template <typename V>
+FLEETTUNE_VEC_INLINE void Deinterleave(V a, V b, V* even, V* odd) {
+  if constexpr (kWidthOf<V> == 4) {
+    *even = __builtin_shufflevector(a, b, 0, 2, 4, 6);
+    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7);
+  } else if constexpr (kWidthOf<V> == 8) {
+    *even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+  } else {
+    static_assert(kWidthOf<V> == 16);
+    *even =
+        __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  }
+}
+
+// Input row ih of a plane h × w split into even columns e[j] = row[2j] and odd
+// ones o[j] = row[2j + 1], j < wo, zero past the row or outside the plane;
+// writes whole vectors (callers leave room).
+template <typename V>
+FLEETTUNE_VEC_INLINE void SplitColumns(const float* x, int64_t h, int64_t w, int64_t ih, int64_t wo,
+                                       float* __restrict e, float* __restrict o) {
+  constexpr int64_t kL = kWidthOf<V>;
+  if (ih < 0 || ih >= h) {
+    ZeroVectors<V>(wo, e);
+    ZeroVectors<V>(wo, o);
+    return;
+  }
+  const float* __restrict row = x + ih * w;
+  int64_t j = 0;
+  for (; 2 * (j + kL) <= w; j += kL) {
+    V even, odd;
+    Deinterleave(LoadV<V>(row + 2 * j), LoadV<V>(row + 2 * j + kL), &even, &odd);
+    Store(e + j, even);
+    Store(o + j, odd);
+  }
+  for (; j < wo; ++j) {
+    e[j] = 2 * j < w ? row[2 * j] : 0.0f;
+    o[j] = 2 * j + 1 < w ? row[2 * j + 1] : 0.0f;
+  }
+}
+
+// Channel *c's taps (flipped when `flip`) and bias; *c moves on to the next
+// channel of `channels`.
+FLEETTUNE_VEC_INLINE void NextChannel(int64_t channels, const float* weight, const float* bias,
+                                      bool flip, int64_t* c, float* k, float* b) {
+  const float* kc = weight + *c * 9;
+  for (int t = 0; t < 9; ++t) k[t] = kc[flip ? 8 - t : t];
+  *b = bias != nullptr ? bias[*c] : 0.0f;
+  if (++*c == channels) *c = 0;
+}
+
+// Stride 1. A band of output rows [i0, i0 + rows) reads input rows i0 − 1 …
+// i0 + rows, laid out after one leading float and followed by L floats.
+struct BandS1 {
+  static int64_t Floats(const DepthwiseGeometry& g, int64_t rows, int64_t lanes) {
+    return 1 + (rows + 2) * g.w + lanes;
+  }
+  static int64_t OutputWidth(const DepthwiseGeometry& g) { return g.w; }
+
+  template <typename V>
+  FLEETTUNE_VEC_INLINE static void LayOut(const DepthwiseGeometry& g, const float* x, int64_t i0,
+                                          int64_t rows, float* b) {
+    const int64_t h = g.h, w = g.w;
+    b[0] = 0.0f;
+    // b[1 + r·w + c] = x[i0 − 1 + r][c]: input rows [lo, hi) are in the
+    // plane and contiguous, one copy; zeros around them.
+    const int64_t lo = std::max<int64_t>(i0 - 1, 0), hi = std::min(i0 + rows + 1, h);
+    if (lo > i0 - 1) ZeroVectors<V>(w, b + 1);  // before the copy: may run into it
+    CopyFloats<V>(x + lo * w, (hi - lo) * w, b + 1 + (lo - (i0 - 1)) * w);
+    ZeroVectors<V>((i0 + rows + 1 - hi) * w + kWidthOf<V>, b + 1 + (hi - (i0 - 1)) * w);
+  }
+
+  template <typename V>
+  FLEETTUNE_VEC_INLINE static void Compute(const DepthwiseGeometry& g, const float* b, int64_t rows,
+                                           const float* k, float bias, Columns<V> cols,
+                                           float* out) {
+    TapsS1<V> taps{b, g.w, {}, Fill<V>(bias)};
+    for (int t = 0; t < 9; ++t) taps.k[t] = k[t];
+    ForEachBlock<V>(rows * g.w, cols, taps, out);
+  }
+};
+
+// Stride 2. A band of output rows [i0, i0 + rows) reads the four phases of
+// input rows 2·i0 − 1 … 2(i0 + rows) − 1, each after one leading zero and
+// followed by L zeros: ee/eo hold input rows 2(i0 + r) for r < rows, oe/oo
+// rows 2(i0 + r) − 1 for r <= rows; e/o: even or odd columns.
+struct BandS2 {
+  static int64_t EvenFloats(const DepthwiseGeometry& g, int64_t rows, int64_t lanes) {
+    return 1 + rows * g.wo + lanes;
+  }
+  static int64_t Floats(const DepthwiseGeometry& g, int64_t rows, int64_t lanes) {
+    return 2 * EvenFloats(g, rows, lanes) + 2 * (EvenFloats(g, rows, lanes) + g.wo);
+  }
+  static int64_t OutputWidth(const DepthwiseGeometry& g) { return g.wo; }
+
+  template <typename V>
+  FLEETTUNE_VEC_INLINE static void LayOut(const DepthwiseGeometry& g, const float* x, int64_t i0,
+                                          int64_t rows, float* b) {
+    constexpr int64_t kL = kWidthOf<V>;
+    const int64_t n = rows * g.wo, even = EvenFloats(g, rows, kL), odd = even + g.wo;
+    float* ee = b + 1;
+    float* eo = ee + even;
+    float* oe = eo + even;
+    float* oo = oe + odd;
+    for (int64_t r = 0; r < rows; ++r) {
+      SplitColumns<V>(x, g.h, g.w, 2 * (i0 + r), g.wo, ee + r * g.wo, eo + r * g.wo);
+    }
+    for (int64_t r = 0; r <= rows; ++r) {
+      SplitColumns<V>(x, g.h, g.w, 2 * (i0 + r) - 1, g.wo, oe + r * g.wo, oo + r * g.wo);
+    }
+    for (float* phase : {ee, eo}) ZeroVectors<V>(kL, phase + n), phase[-1] = 0.0f;
+    for (float* phase : {oe, oo}) ZeroVectors<V>(kL, phase + n + g.wo), phase[-1] = 0.0f;
+  }
+
+  template <typename V>
+  FLEETTUNE_VEC_INLINE static void Compute(const DepthwiseGeometry& g, const float* b, int64_t rows,
+                                           const float* k, float bias, Columns<V> cols,
+                                           float* out) {
+    const int64_t even = EvenFloats(g, rows, kWidthOf<V>), odd = even + g.wo;
+    TapsS2<V> taps{b + 1, b + 1 + even, b + 1 + 2 * even, b + 1 + 2 * even + odd,
+                   g.wo,  {},           Fill<V>(bias)};
+    for (int t = 0; t < 9; ++t) taps.k[t] = k[t];
+    ForEachBlock<V>(rows * g.wo, cols, taps, out);
+  }
+};
+
+// Output planes [begin, end) (sample-major, one per input plane) of a
+// Flat3x3 geometry, each followed by the epilogue; kernels flipped when
+// `flip` (the input gradient as a forward convolution). Planes whose laid-out
+// input fits the buffer whole are laid out several at a time, then computed:
+// a vector load spanning floats just copied into the buffer waits for the
+// copies to reach the cache (stores forward only to loads within one store),
+// which cost small planes more than their arithmetic.
+template <typename V, typename Band>
+FLEETTUNE_VEC_INLINE void Planes(const DepthwiseGeometry& g, const float* x, const float* weight,
+                                 const float* bias, bool flip, int64_t begin, int64_t end,
+                                 PlaneEpilogue epilogue, float* y) {
+  constexpr int64_t kL = kWidthOf<V>;
+  float b[kBandFloats + kL];  // layouts may write up to a vector past their end
+  const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
+  const Columns<V> cols(Band::OutputWidth(g));
+  // No lambdas here: a lambda's body is compiled for the default ISA, not
+  // this function's target.
+  float k[9], b_c;
+  int64_t c = begin % g.c;  // the channel of the next plane, kept without dividing
+  const int64_t whole = Band::Floats(g, g.ho, kL);
+  if (whole <= kBandFloats) {
+    const int64_t group = kBandFloats / whole;
+    for (int64_t p0 = begin; p0 < end; p0 += group) {
+      const int64_t count = std::min(group, end - p0);
+      for (int64_t i = 0; i < count; ++i) {
+        Band::template LayOut<V>(g, x + (p0 + i) * in_plane, 0, g.ho, b + i * whole);
+      }
+      for (int64_t p = p0; p < p0 + count; ++p) {
+        NextChannel(g.c, weight, bias, flip, &c, k, &b_c);
+        Band::template Compute<V>(g, b + (p - p0) * whole, g.ho, k, b_c, cols, y + p * out_plane);
+        if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, y + p * out_plane, out_plane);
+      }
+    }
+    return;
+  }
+  int64_t band = 1;  // the most rows whose input fits
+  while (Band::Floats(g, band + 1, kL) <= kBandFloats) ++band;
+  for (int64_t p = begin; p < end; ++p) {
+    NextChannel(g.c, weight, bias, flip, &c, k, &b_c);
+    for (int64_t i0 = 0; i0 < g.ho; i0 += band) {
+      const int64_t rows = std::min(band, g.ho - i0);
+      Band::template LayOut<V>(g, x + p * in_plane, i0, rows, b);
+      Band::template Compute<V>(g, b, rows, k, b_c, cols, y + p * out_plane + i0 * g.wo);
+    }
+    if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, y + p * out_plane, out_plane);
+  }
+}
+
+template <typename V>
+FLEETTUNE_VEC_INLINE void Planes3x3(const DepthwiseGeometry& g, const float* x, const float* weight,
+                                    const float* bias, bool flip, int64_t begin, int64_t end,
+                                    PlaneEpilogue epilogue, float* y) {
+  if (g.sh == 1) {
+    Planes<V, BandS1>(g, x, weight, bias, flip, begin, end, epilogue, y);
+  } else {
+    Planes<V, BandS2>(g, x, weight, bias, flip, begin, end, epilogue, y);
+  }
+}
+
+void Planes3x3Generic(const DepthwiseGeometry& g, const float* x, const float* weight,
+                      const float* bias, bool flip, int64_t begin, int64_t end,
+                      PlaneEpilogue epilogue, float* y) {
+  Planes3x3<F32x4>(g, x, weight, bias, flip, begin, end, epilogue, y);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void Planes3x3Avx2(const DepthwiseGeometry& g, const float* x,
+                                                       const float* weight, const float* bias,
+                                                       bool flip, int64_t begin, int64_t end,
+                                                       PlaneEpilogue epilogue, float* y) {
+  Planes3x3<F32x8>(g, x, weight, bias, flip, begin, end, epilogue, y);
+}
+__attribute__((target("avx512f"))) void Planes3x3Avx512(const DepthwiseGeometry& g, const float* x,
+                                                        const float* weight, const float* bias,
+                                                        bool flip, int64_t begin, int64_t end,
+                                                        PlaneEpilogue epilogue, float* y) {
+  Planes3x3<F32x16>(g, x, weight, bias, flip, begin, end, epilogue, y);
+}
+#endif
+
+// Whether Planes3x3 computes g's planes: 3×3, padding 1, dilation 1, stride 1
+// or 2 both ways, one output channel per input channel, and rows narrow
+// enough for a band of three rows at every level.
+bool Flat3x3(const DepthwiseGeometry& g) {
+  constexpr int64_t kMaxL = 16;
+  if (g.kh != 3 || g.kw != 3 || g.ph != 1 || g.pw != 1 || g.dh != 1 || g.dw != 1) return false;
+  if (g.mult != 1 || g.sh != g.sw || (g.sh != 1 && g.sh != 2)) return false;
+  if (g.sh == 1) {
+    return g.ho == g.h && g.wo == g.w && BandS1::Floats(g, 1, kMaxL) <= kBandFloats;
+  }
+  return g.ho == (g.h - 1) / 2 + 1 && g.wo == (g.w - 1) / 2 + 1 &&
+         BandS2::Floats(g, 1, kMaxL) <= kBandFloats;
+}
+
+// Planes3x3 at the kernel ISA's width.
+void Planes3x3(const DepthwiseGeometry& g, const float* x, const float* weight, const float* bias,
+               bool flip, int64_t begin, int64_t end, PlaneEpilogue epilogue, float* y) {
+#if defined(__x86_64__)
+  switch (KernelIsa()) {
+    case Isa::kAvx512:
+      return Planes3x3Avx512(g, x, weight, bias, flip, begin, end, epilogue, y);
+    case Isa::kAvx2:
+      return Planes3x3Avx2(g, x, weight, bias, flip, begin, end, epilogue, y);
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  Planes3x3Generic(g, x, weight, bias, flip, begin, end, epilogue, y);
 }
 
 // One output plane from one input plane; adds to `out` when accumulate.
@@ -259,6 +700,12 @@ void BackwardInputPlaneS2K3(const DepthwiseGeometry& g, const float* dy, const f
 void F32DepthwiseConv(const DepthwiseGeometry& g, const float* x, const float* weight,
                       const float* bias, float* y, PlaneEpilogue epilogue) {
   const int64_t o_count = g.c * g.mult, plane = g.ho * g.wo;
+  if (Flat3x3(g)) {
+    ParallelFor(g.n * o_count, plane * 9, [&](int64_t begin, int64_t end) {
+      Planes3x3(g, x, weight, bias, /*flip=*/false, begin, end, epilogue, y);
+    });
+    return;
+  }
   ParallelFor(g.n * o_count, plane * g.kh * g.kw, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / o_count, o = p % o_count;
@@ -283,6 +730,12 @@ void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, 
       g.sh == 1 && g.sw == 1 && t.ph >= 0 && t.pw >= 0 && kk <= kMaxTaps;
   const bool stride2_3x3 = g.sh == 2 && g.sw == 2 && g.kh == 3 && g.kw == 3 && g.dh == 1 &&
                            g.dw == 1 && g.ph == 1 && g.pw == 1 && g.mult == 1;
+  if (transposed_forward && Flat3x3(t)) {
+    ParallelFor(g.n * g.c, in_plane * 9, [&](int64_t begin, int64_t end) {
+      Planes3x3(t, dy, weight, nullptr, /*flip=*/true, begin, end, {}, dx);
+    });
+    return;
+  }
   ParallelFor(g.n * g.c, in_plane * g.mult * kk, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.c, c = p % g.c;

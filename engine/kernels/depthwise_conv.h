@@ -1,9 +1,12 @@
 // f32 depthwise convolution (PyTorch's Conv2d with groups = in_channels) and
 // its input and weight gradients as direct loops over NCHW planes, split over
 // planes (forward, input gradient) or channels (weight gradient) with
-// ParallelFor. 3-wide kernels with dilation 1 and stride 1 or 2 (MobileNet's)
-// take unrolled row loops that GCC vectorizes; other shapes a generic loop.
-// No allocation; outputs must not alias inputs.
+// ParallelFor. 3×3 kernels with padding 1, dilation 1 and stride 1 or 2
+// (MobileNet's) run on flattened planes at the kernel ISA's vector width
+// (isa.h) for the forward pass and the stride-1 input gradient; other 3-wide
+// kernels take unrolled row loops that GCC vectorizes, other shapes a generic
+// loop. No allocation (band buffers are on the stack); outputs must not alias
+// inputs.
 #ifndef FLEETTUNE_ENGINE_KERNELS_DEPTHWISE_CONV_H_
 #define FLEETTUNE_ENGINE_KERNELS_DEPTHWISE_CONV_H_
 

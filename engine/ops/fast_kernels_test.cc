@@ -3,6 +3,7 @@
 // than the vector lanes, odd sizes, and enough work that ParallelFor splits
 // it over two threads. Kernels are called directly through their OpDef.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -194,14 +195,72 @@ TEST(FastKernels, PointwiseConvolutionPaths) {
   }
 }
 
+// 3×3 depthwise layers with padding 1 and stride 1 or 2 (flat-vector planes
+// in kernels/depthwise_conv.cc): rows a whole number of vectors wide, planes
+// a whole number of rows per vector, neither, single columns and rows, odd
+// sizes, and rows wide enough to take several bands per plane.
+std::vector<Conv> FlatDepthwiseConvs() {
+  std::vector<Conv> out;
+  for (int64_t stride : {1, 2}) {
+    const Conv2dAttrs a{stride, stride, 1, 1, 1, 1, 0};
+    for (const auto& [c, h, w] : std::vector<std::array<int64_t, 3>>{{96, 4, 4},
+                                                                     {40, 8, 8},
+                                                                     {16, 32, 32},
+                                                                     {8, 16, 64},
+                                                                     {24, 7, 5},
+                                                                     {12, 9, 1},
+                                                                     {12, 1, 9},
+                                                                     {12, 2, 3},
+                                                                     {3, 5, 2100},
+                                                                     {2, 4, 4099}}) {
+      Conv2dAttrs attrs = a;
+      attrs.groups = c;
+      out.push_back({{3, c, h, w}, {c, 1, 3, 3}, attrs});
+    }
+  }
+  return out;
+}
+
 TEST(FastKernels, DepthwiseConvolutionPaths) {
-  const std::vector<Conv> convs = {
+  std::vector<Conv> convs = {
       {{4, 32, 33, 31}, {32, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 32}},
       {{4, 32, 34, 33}, {32, 1, 3, 3}, {2, 2, 1, 1, 1, 1, 32}},
       {{2, 24, 20, 21}, {48, 1, 5, 5}, {1, 1, 2, 2, 1, 1, 24}},
       {{2, 24, 20, 21}, {24, 1, 3, 3}, {2, 1, 2, 2, 2, 2, 24}},
   };
+  for (const Conv& c : FlatDepthwiseConvs()) convs.push_back(c);
   for (const Conv& c : convs) ExpectConvolutionMatchesReference(c);
+}
+
+// The flat-vector depthwise planes at every kernel ISA this host runs give
+// the generic level's results to within rounding: the same sums in the same
+// order, with fused multiply-adds.
+TEST(FastKernels, DepthwiseConvolutionAgreesAcrossKernelIsas) {
+  for (const Conv& c : FlatDepthwiseConvs()) {
+    Node probe;
+    probe.op = OpKind::kConv2d;
+    probe.attrs = c.attrs;
+    const TensorType x = F32(c.x), w = F32(c.w);
+    ASSERT_OK_AND_ASSIGN(TensorType y, InferType(probe, {&x, &w}));
+    for (const Case& op : std::vector<Case>{
+             {OpKind::kConv2d, {x, w, F32({c.w[0]})}, c.attrs},
+             {OpKind::kConv2dBackwardInput, {y, w}, Conv2dGradAttrs{c.attrs, c.x}},
+         }) {
+      std::vector<std::vector<float>> unused, generic;
+      kernels::SetKernelIsa(kernels::Isa::kGeneric);
+      RunBoth(op, &unused, &generic);
+      for (kernels::Isa isa : {kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+        if (!kernels::HostSupports(isa)) continue;
+        kernels::SetKernelIsa(isa);
+        std::vector<std::vector<float>> wide;
+        RunBoth(op, &unused, &wide);
+        ExpectClose(generic, wide, 1e-6f,
+                    absl::StrCat(GetOpDef(op.kind).name, " x ", ShapeToString(x.shape), " stride ",
+                                 c.attrs.stride_h, ": generic vs ", kernels::IsaName(isa)));
+      }
+    }
+  }
+  kernels::SetKernelIsa(kernels::Isa::kGeneric);
 }
 
 TEST(FastKernels, ActivationsSplitOverThreads) {
