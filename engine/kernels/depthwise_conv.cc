@@ -202,13 +202,13 @@ FLEETTUNE_VEC_INLINE void StoreFirst(float* out, V v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = lanes[i];
 }
 
-// Calls taps.Block<kFirst, kLast>(q, not_first, not_last) and stores its
-// result for every block of outputs [q, q + L) of n flattened outputs in rows
-// `cols.width` wide (cols: the first block's columns); kFirst / kLast say
-// whether some lane of the block is in the first / last column, and the masks
-// which lanes are not.
-template <typename V, typename Taps>
-FLEETTUNE_VEC_INLINE void ForEachBlock(int64_t n, Columns<V> cols, const Taps& taps, float* out) {
+// Calls visit.Block<kFirst, kLast>(q, not_first, not_last, count) for every
+// block of outputs [q, q + count) of n flattened outputs in rows `cols.width`
+// wide (cols: the first block's columns), count = L but for a last partial
+// block; kFirst / kLast say whether some lane of the block is in the first /
+// last column, and the masks which lanes are not.
+template <typename V, typename Visitor>
+FLEETTUNE_VEC_INLINE void ForEachBlock(int64_t n, Columns<V> cols, Visitor& visit) {
   constexpr int64_t kL = kWidthOf<V>;
   const int64_t w = cols.width;
   if (w % kL == 0) {  // whole vectors per row: only a row's ends need masks
@@ -216,43 +216,39 @@ FLEETTUNE_VEC_INLINE void ForEachBlock(int64_t n, Columns<V> cols, const Taps& t
     const LaneMask<V> not_last = cols.col != kL - 1;  // the row's last block
     for (int64_t row = 0; row < n; row += w) {
       if (w == kL) {
-        Store(out + row, taps.template Block<true, true>(row, not_first, not_last));
+        visit.template Block<true, true>(row, not_first, not_last, kL);
         continue;
       }
-      Store(out + row, taps.template Block<true, false>(row, not_first, not_last));
+      visit.template Block<true, false>(row, not_first, not_last, kL);
       for (int64_t q = row + kL; q < row + w - kL; q += kL) {
-        Store(out + q, taps.template Block<false, false>(q, not_first, not_last));
+        visit.template Block<false, false>(q, not_first, not_last, kL);
       }
-      const int64_t q = row + w - kL;
-      Store(out + q, taps.template Block<false, true>(q, not_first, not_last));
+      visit.template Block<false, true>(row + w - kL, not_first, not_last, kL);
     }
     return;
   }
   for (int64_t q = 0; q < n; q += kL) {
-    StoreFirst(out + q, taps.template Block<true, true>(q, cols.NotFirst(), cols.NotLast()),
-               std::min(kL, n - q));
+    visit.template Block<true, true>(q, cols.NotFirst(), cols.NotLast(), std::min(kL, n - q));
     cols.Advance();
   }
 }
 
-// Stride 1: tap (u, v) of output q is b[q + u·w + v].
+// The nine taps x[3u + v] of a block of outputs, zero where they fall off the
+// plane. Stride 1: tap (u, v) of output q is b[q + u·w + v].
 template <typename V>
-struct TapsS1 {
+struct WindowS1 {
   const float* b;
   int64_t w;
-  float k[9];
-  V bias;
 
   template <bool kFirst, bool kLast>
-  FLEETTUNE_VEC_INLINE V Block(int64_t q, LaneMask<V> not_first, LaneMask<V> not_last) const {
-    V acc = bias;
+  FLEETTUNE_VEC_INLINE void Taps(int64_t q, LaneMask<V> not_first, LaneMask<V> not_last,
+                                 V* x) const {
     for (int u = 0; u < 3; ++u) {
       const float* p = b + q + u * w;
-      acc += k[3 * u] * Keep<kFirst>(not_first, LoadV<V>(p));
-      acc += k[3 * u + 1] * LoadV<V>(p + 1);
-      acc += k[3 * u + 2] * Keep<kLast>(not_last, LoadV<V>(p + 2));
+      x[3 * u] = Keep<kFirst>(not_first, LoadV<V>(p));
+      x[3 * u + 1] = LoadV<V>(p + 1);
+      x[3 * u + 2] = Keep<kLast>(not_last, LoadV<V>(p + 2));
     }
-    return acc;
   }
 };
 
@@ -260,25 +256,75 @@ struct TapsS1 {
 // at q, even-row ones at q, odd-row ones at q + wo) and columns 2j − 1, 2j,
 // 2j + 1 (odd column j − 1, even j, odd j).
 template <typename V>
-struct TapsS2 {
+struct WindowS2 {
   const float *ee, *eo, *oe, *oo;
   int64_t wo;
-  float k[9];
-  V bias;
 
   template <bool kFirst, bool>
-  FLEETTUNE_VEC_INLINE V Block(int64_t q, LaneMask<V> not_first, LaneMask<V>) const {
+  FLEETTUNE_VEC_INLINE void Taps(int64_t q, LaneMask<V> not_first, LaneMask<V>, V* x) const {
+    x[0] = Keep<kFirst>(not_first, LoadV<V>(oo + q - 1));
+    x[1] = LoadV<V>(oe + q);
+    x[2] = LoadV<V>(oo + q);
+    x[3] = Keep<kFirst>(not_first, LoadV<V>(eo + q - 1));
+    x[4] = LoadV<V>(ee + q);
+    x[5] = LoadV<V>(eo + q);
+    x[6] = Keep<kFirst>(not_first, LoadV<V>(oo + q + wo - 1));
+    x[7] = LoadV<V>(oe + q + wo);
+    x[8] = LoadV<V>(oo + q + wo);
+  }
+};
+
+// out[q] = bias + Σ_t k[t]·tap t, taps added in order.
+template <typename V, typename Window>
+struct ForwardBlocks {
+  Window window;
+  float k[9];
+  V bias;
+  float* out;
+
+  template <bool kFirst, bool kLast>
+  FLEETTUNE_VEC_INLINE void Block(int64_t q, LaneMask<V> not_first, LaneMask<V> not_last,
+                                  int64_t count) {
+    V x[9];
+    window.template Taps<kFirst, kLast>(q, not_first, not_last, x);
     V acc = bias;
-    acc += k[0] * Keep<kFirst>(not_first, LoadV<V>(oo + q - 1));
-    acc += k[1] * LoadV<V>(oe + q);
-    acc += k[2] * LoadV<V>(oo + q);
-    acc += k[3] * Keep<kFirst>(not_first, LoadV<V>(eo + q - 1));
-    acc += k[4] * LoadV<V>(ee + q);
-    acc += k[5] * LoadV<V>(eo + q);
-    acc += k[6] * Keep<kFirst>(not_first, LoadV<V>(oo + q + wo - 1));
-    acc += k[7] * LoadV<V>(oe + q + wo);
-    acc += k[8] * LoadV<V>(oo + q + wo);
-    return acc;
+    for (int t = 0; t < 9; ++t) acc += k[t] * x[t];
+    StoreFirst(out + q, acc, count);
+  }
+};
+
+// Σ_q dy[q]·tap t for each t: vector partial sums, and scalar ones for
+// partial blocks, until Flush adds them to double sums.
+template <typename V, typename Window>
+struct WeightGradBlocks {
+  Window window;
+  const float* dy;
+  V acc[9];
+  float tail[9];
+
+  template <bool kFirst, bool kLast>
+  FLEETTUNE_VEC_INLINE void Block(int64_t q, LaneMask<V> not_first, LaneMask<V> not_last,
+                                  int64_t count) {
+    V x[9];
+    window.template Taps<kFirst, kLast>(q, not_first, not_last, x);
+    if (count == kWidthOf<V>) {
+      const V d = LoadV<V>(dy + q);
+      for (int t = 0; t < 9; ++t) acc[t] += d * x[t];
+      return;
+    }
+    for (int64_t lane = 0; lane < count; ++lane) {
+      for (int t = 0; t < 9; ++t) tail[t] += dy[q + lane] * x[t][lane];
+    }
+  }
+
+  FLEETTUNE_VEC_INLINE void Flush(double* sum) {
+    for (int t = 0; t < 9; ++t) {
+      float s = tail[t];
+      for (int64_t lane = 0; lane < kWidthOf<V>; ++lane) s += acc[t][lane];
+      sum[t] += s;
+      acc[t] = V{};
+      tail[t] = 0.0f;
+    }
   }
 };
 
@@ -339,6 +385,9 @@ FLEETTUNE_VEC_INLINE void NextChannel(int64_t channels, const float* weight, con
 // Stride 1. A band of output rows [i0, i0 + rows) reads input rows i0 − 1 …
 // i0 + rows, laid out after one leading float and followed by L floats.
 struct BandS1 {
+  template <typename V>
+  using Window = WindowS1<V>;
+
   static int64_t Floats(const DepthwiseGeometry& g, int64_t rows, int64_t lanes) {
     return 1 + (rows + 2) * g.w + lanes;
   }
@@ -358,12 +407,9 @@ struct BandS1 {
   }
 
   template <typename V>
-  FLEETTUNE_VEC_INLINE static void Compute(const DepthwiseGeometry& g, const float* b, int64_t rows,
-                                           const float* k, float bias, Columns<V> cols,
-                                           float* out) {
-    TapsS1<V> taps{b, g.w, {}, Fill<V>(bias)};
-    for (int t = 0; t < 9; ++t) taps.k[t] = k[t];
-    ForEachBlock<V>(rows * g.w, cols, taps, out);
+  FLEETTUNE_VEC_INLINE static WindowS1<V> WindowOf(const DepthwiseGeometry& g, const float* b,
+                                                   int64_t) {
+    return {b, g.w};
   }
 };
 
@@ -372,6 +418,9 @@ struct BandS1 {
 // followed by L zeros: ee/eo hold input rows 2(i0 + r) for r < rows, oe/oo
 // rows 2(i0 + r) − 1 for r <= rows; e/o: even or odd columns.
 struct BandS2 {
+  template <typename V>
+  using Window = WindowS2<V>;
+
   static int64_t EvenFloats(const DepthwiseGeometry& g, int64_t rows, int64_t lanes) {
     return 1 + rows * g.wo + lanes;
   }
@@ -400,16 +449,20 @@ struct BandS2 {
   }
 
   template <typename V>
-  FLEETTUNE_VEC_INLINE static void Compute(const DepthwiseGeometry& g, const float* b, int64_t rows,
-                                           const float* k, float bias, Columns<V> cols,
-                                           float* out) {
+  FLEETTUNE_VEC_INLINE static WindowS2<V> WindowOf(const DepthwiseGeometry& g, const float* b,
+                                                   int64_t rows) {
     const int64_t even = EvenFloats(g, rows, kWidthOf<V>), odd = even + g.wo;
-    TapsS2<V> taps{b + 1, b + 1 + even, b + 1 + 2 * even, b + 1 + 2 * even + odd,
-                   g.wo,  {},           Fill<V>(bias)};
-    for (int t = 0; t < 9; ++t) taps.k[t] = k[t];
-    ForEachBlock<V>(rows * g.wo, cols, taps, out);
+    return {b + 1, b + 1 + even, b + 1 + 2 * even, b + 1 + 2 * even + odd, g.wo};
   }
 };
+
+// The most output rows of a band whose laid-out input fits the buffer.
+template <typename Band>
+int64_t BandRows(const DepthwiseGeometry& g, int64_t lanes) {
+  int64_t rows = 1;
+  while (rows < g.ho && Band::Floats(g, rows + 1, lanes) <= kBandFloats) ++rows;
+  return rows;
+}
 
 // Output planes [begin, end) (sample-major, one per input plane) of a
 // Flat3x3 geometry, each followed by the epilogue; kernels flipped when
@@ -428,7 +481,8 @@ FLEETTUNE_VEC_INLINE void Planes(const DepthwiseGeometry& g, const float* x, con
   const Columns<V> cols(Band::OutputWidth(g));
   // No lambdas here: a lambda's body is compiled for the default ISA, not
   // this function's target.
-  float k[9], b_c;
+  ForwardBlocks<V, typename Band::template Window<V>> blocks{};
+  float b_c;
   int64_t c = begin % g.c;  // the channel of the next plane, kept without dividing
   const int64_t whole = Band::Floats(g, g.ho, kL);
   if (whole <= kBandFloats) {
@@ -439,23 +493,76 @@ FLEETTUNE_VEC_INLINE void Planes(const DepthwiseGeometry& g, const float* x, con
         Band::template LayOut<V>(g, x + (p0 + i) * in_plane, 0, g.ho, b + i * whole);
       }
       for (int64_t p = p0; p < p0 + count; ++p) {
-        NextChannel(g.c, weight, bias, flip, &c, k, &b_c);
-        Band::template Compute<V>(g, b + (p - p0) * whole, g.ho, k, b_c, cols, y + p * out_plane);
+        NextChannel(g.c, weight, bias, flip, &c, blocks.k, &b_c);
+        blocks.bias = Fill<V>(b_c);
+        blocks.window = Band::template WindowOf<V>(g, b + (p - p0) * whole, g.ho);
+        blocks.out = y + p * out_plane;
+        ForEachBlock<V>(out_plane, cols, blocks);
         if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, y + p * out_plane, out_plane);
       }
     }
     return;
   }
-  int64_t band = 1;  // the most rows whose input fits
-  while (Band::Floats(g, band + 1, kL) <= kBandFloats) ++band;
+  const int64_t band = BandRows<Band>(g, kL);
   for (int64_t p = begin; p < end; ++p) {
-    NextChannel(g.c, weight, bias, flip, &c, k, &b_c);
+    NextChannel(g.c, weight, bias, flip, &c, blocks.k, &b_c);
+    blocks.bias = Fill<V>(b_c);
     for (int64_t i0 = 0; i0 < g.ho; i0 += band) {
       const int64_t rows = std::min(band, g.ho - i0);
       Band::template LayOut<V>(g, x + p * in_plane, i0, rows, b);
-      Band::template Compute<V>(g, b, rows, k, b_c, cols, y + p * out_plane + i0 * g.wo);
+      blocks.window = Band::template WindowOf<V>(g, b, rows);
+      blocks.out = y + p * out_plane + i0 * g.wo;
+      ForEachBlock<V>(rows * g.wo, cols, blocks);
     }
     if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, y + p * out_plane, out_plane);
+  }
+}
+
+// dweight of channels [begin, end) of a Flat3x3 geometry: for each, the
+// samples' planes laid out as in Planes (several at a time when whole ones
+// fit), f32 vector partial sums per group of planes (or per plane), added
+// up in double.
+template <typename V, typename Band>
+FLEETTUNE_VEC_INLINE void WeightGradChannels(const DepthwiseGeometry& g, const float* x,
+                                             const float* dy, int64_t begin, int64_t end,
+                                             float* dweight) {
+  constexpr int64_t kL = kWidthOf<V>;
+  float b[kBandFloats + kL];
+  const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
+  const Columns<V> cols(Band::OutputWidth(g));
+  const int64_t whole = Band::Floats(g, g.ho, kL);
+  const int64_t group = whole <= kBandFloats ? kBandFloats / whole : 0;
+  const int64_t band = BandRows<Band>(g, kL);
+  WeightGradBlocks<V, typename Band::template Window<V>> blocks{};
+  for (int64_t c = begin; c < end; ++c) {
+    double sum[9] = {};
+    for (int t = 0; t < 9; ++t) blocks.acc[t] = V{}, blocks.tail[t] = 0.0f;
+    if (group > 0) {
+      for (int64_t n0 = 0; n0 < g.n; n0 += group) {
+        const int64_t count = std::min(group, g.n - n0);
+        for (int64_t i = 0; i < count; ++i) {
+          Band::template LayOut<V>(g, x + ((n0 + i) * g.c + c) * in_plane, 0, g.ho, b + i * whole);
+        }
+        for (int64_t i = 0; i < count; ++i) {
+          blocks.window = Band::template WindowOf<V>(g, b + i * whole, g.ho);
+          blocks.dy = dy + ((n0 + i) * g.c + c) * out_plane;
+          ForEachBlock<V>(out_plane, cols, blocks);
+        }
+        blocks.Flush(sum);
+      }
+    } else {
+      for (int64_t n = 0; n < g.n; ++n) {
+        for (int64_t i0 = 0; i0 < g.ho; i0 += band) {
+          const int64_t rows = std::min(band, g.ho - i0);
+          Band::template LayOut<V>(g, x + (n * g.c + c) * in_plane, i0, rows, b);
+          blocks.window = Band::template WindowOf<V>(g, b, rows);
+          blocks.dy = dy + (n * g.c + c) * out_plane + i0 * g.wo;
+          ForEachBlock<V>(rows * g.wo, cols, blocks);
+        }
+        blocks.Flush(sum);
+      }
+    }
+    for (int t = 0; t < 9; ++t) dweight[c * 9 + t] = static_cast<float>(sum[t]);
   }
 }
 
@@ -470,29 +577,38 @@ FLEETTUNE_VEC_INLINE void Planes3x3(const DepthwiseGeometry& g, const float* x, 
   }
 }
 
-void Planes3x3Generic(const DepthwiseGeometry& g, const float* x, const float* weight,
-                      const float* bias, bool flip, int64_t begin, int64_t end,
-                      PlaneEpilogue epilogue, float* y) {
-  Planes3x3<F32x4>(g, x, weight, bias, flip, begin, end, epilogue, y);
+template <typename V>
+FLEETTUNE_VEC_INLINE void WeightGrad3x3(const DepthwiseGeometry& g, const float* x, const float* dy,
+                                        int64_t begin, int64_t end, float* dweight) {
+  if (g.sh == 1) {
+    WeightGradChannels<V, BandS1>(g, x, dy, begin, end, dweight);
+  } else {
+    WeightGradChannels<V, BandS2>(g, x, dy, begin, end, dweight);
+  }
 }
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) void Planes3x3Avx2(const DepthwiseGeometry& g, const float* x,
-                                                       const float* weight, const float* bias,
-                                                       bool flip, int64_t begin, int64_t end,
-                                                       PlaneEpilogue epilogue, float* y) {
-  Planes3x3<F32x8>(g, x, weight, bias, flip, begin, end, epilogue, y);
-}
-__attribute__((target("avx512f"))) void Planes3x3Avx512(const DepthwiseGeometry& g, const float* x,
-                                                        const float* weight, const float* bias,
-                                                        bool flip, int64_t begin, int64_t end,
-                                                        PlaneEpilogue epilogue, float* y) {
-  Planes3x3<F32x16>(g, x, weight, bias, flip, begin, end, epilogue, y);
-}
-#endif
 
-// Whether Planes3x3 computes g's planes: 3×3, padding 1, dilation 1, stride 1
-// or 2 both ways, one output channel per input channel, and rows narrow
-// enough for a band of three rows at every level.
+// Each at every level: generic (4 lanes), AVX2 + FMA (8), AVX-512 (16).
+#define FLEETTUNE_DEPTHWISE_LEVEL(suffix, target, V)                                             \
+  target void Planes3x3##suffix(const DepthwiseGeometry& g, const float* x, const float* weight, \
+                                const float* bias, bool flip, int64_t begin, int64_t end,        \
+                                PlaneEpilogue epilogue, float* y) {                              \
+    Planes3x3<V>(g, x, weight, bias, flip, begin, end, epilogue, y);                             \
+  }                                                                                              \
+  target void WeightGrad3x3##suffix(const DepthwiseGeometry& g, const float* x, const float* dy, \
+                                    int64_t begin, int64_t end, float* dweight) {                \
+    WeightGrad3x3<V>(g, x, dy, begin, end, dweight);                                             \
+  }
+
+FLEETTUNE_DEPTHWISE_LEVEL(Generic, , F32x4)
+#if defined(__x86_64__)
+FLEETTUNE_DEPTHWISE_LEVEL(Avx2, __attribute__((target("avx2,fma"))), F32x8)
+FLEETTUNE_DEPTHWISE_LEVEL(Avx512, __attribute__((target("avx512f"))), F32x16)
+#endif
+#undef FLEETTUNE_DEPTHWISE_LEVEL
+
+// Whether Planes3x3 and WeightGrad3x3 compute g: 3×3, padding 1, dilation 1,
+// stride 1 or 2 both ways, one output channel per input channel, and rows
+// narrow enough for a band of one output row at every level.
 bool Flat3x3(const DepthwiseGeometry& g) {
   constexpr int64_t kMaxL = 16;
   if (g.kh != 3 || g.kw != 3 || g.ph != 1 || g.pw != 1 || g.dh != 1 || g.dw != 1) return false;
@@ -504,7 +620,7 @@ bool Flat3x3(const DepthwiseGeometry& g) {
          BandS2::Floats(g, 1, kMaxL) <= kBandFloats;
 }
 
-// Planes3x3 at the kernel ISA's width.
+// Planes3x3 and WeightGrad3x3 at the kernel ISA's width.
 void Planes3x3(const DepthwiseGeometry& g, const float* x, const float* weight, const float* bias,
                bool flip, int64_t begin, int64_t end, PlaneEpilogue epilogue, float* y) {
 #if defined(__x86_64__)
@@ -518,6 +634,21 @@ void Planes3x3(const DepthwiseGeometry& g, const float* x, const float* weight, 
   }
 #endif
   Planes3x3Generic(g, x, weight, bias, flip, begin, end, epilogue, y);
+}
+
+void WeightGrad3x3(const DepthwiseGeometry& g, const float* x, const float* dy, int64_t begin,
+                   int64_t end, float* dweight) {
+#if defined(__x86_64__)
+  switch (KernelIsa()) {
+    case Isa::kAvx512:
+      return WeightGrad3x3Avx512(g, x, dy, begin, end, dweight);
+    case Isa::kAvx2:
+      return WeightGrad3x3Avx2(g, x, dy, begin, end, dweight);
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  WeightGrad3x3Generic(g, x, dy, begin, end, dweight);
 }
 
 // One output plane from one input plane; adds to `out` when accumulate.
@@ -780,6 +911,11 @@ void F32DepthwiseConvBackwardWeight(const DepthwiseGeometry& g, const float* x, 
                                     float* dweight) {
   const int64_t o_count = g.c * g.mult, in_plane = g.h * g.w, out_plane = g.ho * g.wo;
   const bool row3 = g.kw == 3 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+  if (Flat3x3(g)) {
+    ParallelFor(o_count, g.n * out_plane * 9,
+                [&](int64_t begin, int64_t end) { WeightGrad3x3(g, x, dy, begin, end, dweight); });
+    return;
+  }
   ParallelFor(o_count, g.n * out_plane * g.kh * g.kw, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       float* dk = dweight + o * g.kh * g.kw;

@@ -301,8 +301,13 @@ kernels::DepthwiseGeometry Depthwise(const Geometry& g) {
   return {g.n, g.c, g.h, g.w, g.og, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw};
 }
 
-// The convolution; a depthwise one calls `epilogue` on each output plane as
-// soon as it is written (GEMM-lowered ones ignore it).
+// row[i] += v, i < n.
+void AddScalar(float v, float* __restrict row, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) row[i] += v;
+}
+
+// The convolution, with `epilogue` called on each output plane: as soon as
+// it is written (depthwise), or on a sample's planes after its GEMM.
 void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
   const Geometry g = MakeGeometry(*args.in(0).shape, *args.in(1).shape, args.attrs<Conv2dAttrs>());
   const float* x = args.in(0).f32();
@@ -322,16 +327,24 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
         Im2Col(g, xg, args.scratch);
         col = args.scratch;
       }
-      float* yg = y + (n * g.o + group * g.og) * plane;
-      float beta = 0.0f;
-      if (b != nullptr) {
-        for (int64_t o = 0; o < g.og; ++o) std::fill_n(yg + o * plane, plane, b[group * g.og + o]);
-        beta = 1.0f;
-      }
       // Y_g [og, plane] = W_g [og, k] · col [k, plane]
-      kernels::Sgemm(false, false, g.og, plane, k, 1.0f, w + group * g.og * k, k, col, plane, beta,
-                     yg, plane);
+      kernels::Sgemm(false, false, g.og, plane, k, 1.0f, w + group * g.og * k, k, col, plane, 0.0f,
+                     y + (n * g.o + group * g.og) * plane, plane);
     }
+    if (b == nullptr && epilogue.fn == nullptr) return;
+    // The sample's bias and epilogue while its output (at most a few MiB) is
+    // still in cache, instead of a pass to fill the whole output with the
+    // bias before the GEMMs and one to activate it after. Split over the
+    // team unless this sample already has a thread to itself (ParallelFor
+    // nested in ForEachSample's runs serially).
+    float* yn = y + n * g.o * plane;
+    kernels::ParallelFor(g.o, 2 * plane, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        float* row = yn + o * plane;
+        if (b != nullptr) AddScalar(b[o], row, plane);
+        if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, row, plane);
+      }
+    });
   });
 }
 
@@ -550,14 +563,8 @@ std::vector<OpTestCase> BackwardWeightTestCases() {
 
 }  // namespace
 
-bool parts::DepthwiseConv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act) {
-  const Geometry g =
-      MakeGeometry(*conv_args.in(0).shape, *conv_args.in(1).shape, conv_args.attrs<Conv2dAttrs>());
-  if (!g.depthwise()) return false;
-  // Each plane (at most a few tens of KiB) is activated by the thread that
-  // just wrote it.
+void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act) {
   FastWithEpilogue(conv_args, parts::ActivationEpilogue(&act));
-  return true;
 }
 
 OpDef Conv2dOpDef() {

@@ -103,9 +103,8 @@ void Kernel(const KernelArgs& args) {
   const OpDef& def = GetOpDef(inner.op);
   KernelArgs a = args;
   a.node = &inner;
-  if (kFast && args.node->op == OpKind::kConv2dActivation &&
-      parts::DepthwiseConv2dActivationFast(a, ActOf(*args.node))) {
-    return;
+  if (kFast && args.node->op == OpKind::kConv2dActivation) {
+    return parts::Conv2dActivationFast(a, ActOf(*args.node));
   }
   if (kFast && args.node->op == OpKind::kLinearActivation) {
     return parts::LinearFast(a, ActOf(*args.node));

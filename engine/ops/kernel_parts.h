@@ -62,12 +62,11 @@ inline int64_t FusedActivationCost(FusedActivationFn act) {
 // added, while in cache (the same bits as the two kernels in turn).
 void LinearFast(const KernelArgs& args, std::optional<FusedActivationFn> act);
 
-// conv.cc: for a depthwise kConv2d node in `conv_args`, its fast kernel with
-// `act` applied to each plane right after it is computed, while in cache (the
-// same bits as the two kernels in turn); returns true. Returns false, having
-// done nothing, for other convolutions: their GEMM outputs are whole feature
-// maps, which a per-sample activation was measured to slow down.
-bool DepthwiseConv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act);
+// conv.cc: kConv2d's fast kernel for the node in `conv_args`, with `act`
+// applied while the output is in cache (the same bits as the two kernels in
+// turn): to each plane right after it is computed (depthwise), or to each
+// sample's output right after its GEMM and bias.
+void Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act);
 
 // batch_norm.cc: kBatchNormInference's fast kernel for the node in `bn_args`,
 // with `act` applied to each row of a channel right after it is normalized,
