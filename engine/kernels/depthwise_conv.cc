@@ -587,6 +587,139 @@ FLEETTUNE_VEC_INLINE void WeightGrad3x3(const DepthwiseGeometry& g, const float*
   }
 }
 
+// (a0, a1, …) and (b0, b1, …) interleaved: (a0, b0, a1, b1, …) in *lo, the
+// rest in *hi.
+template <typename V>
+FLEETTUNE_VEC_INLINE void Interleave(V a, V b, V* lo, V* hi) {
+  if constexpr (kWidthOf<V> == 4) {
+    *lo = __builtin_shufflevector(a, b, 0, 4, 1, 5);
+    *hi = __builtin_shufflevector(a, b, 2, 6, 3, 7);
+  } else if constexpr (kWidthOf<V> == 8) {
+    *lo = __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11);
+    *hi = __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15);
+  } else {
+    static_assert(kWidthOf<V> == 16);
+    *lo = __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    *hi =
+        __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  }
+}
+
+// row[2j] = e[j], row[2j + 1] = o[j] for the w columns of a row.
+template <typename V>
+FLEETTUNE_VEC_INLINE void InterleaveRow(const float* e, const float* o, int64_t wo, int64_t w,
+                                        float* row) {
+  constexpr int64_t kL = kWidthOf<V>;
+  int64_t j = 0;
+  for (; 2 * (j + kL) <= w; j += kL) {
+    V lo, hi;
+    Interleave(LoadV<V>(e + j), LoadV<V>(o + j), &lo, &hi);
+    Store(row + 2 * j, lo);
+    Store(row + 2 * j + kL, hi);
+  }
+  for (; j < wo; ++j) {
+    row[2 * j] = e[j];
+    if (2 * j + 1 < w) row[2 * j + 1] = o[j];
+  }
+}
+
+// The stride-2 input gradient's four phases, dx[2a + r][2b + s] for r, s in
+// {0, 1} (ee, eo, oe, oo), from dy laid out row-major with a zero row after
+// it: dx[2a][2b] reads dy[a][b] through the centre tap; dx[2a][2b + 1]
+// dy[a][b + 1] and dy[a][b] through taps (1, 0) and (1, 2); dx[2a + 1][2b]
+// dy[a][b] and dy[a + 1][b] through (2, 1) and (0, 1); dx[2a + 1][2b + 1] all
+// four. Terms are added in the row loops' order (dy rows ascending, then
+// taps v = 0, 1, 2).
+template <typename V>
+struct InputGradS2Blocks {
+  const float* d;
+  int64_t wo;
+  float k[9];
+  float *ee, *eo, *oe, *oo;
+
+  template <bool, bool kLast>
+  FLEETTUNE_VEC_INLINE void Block(int64_t q, LaneMask<V>, LaneMask<V> not_last, int64_t) {
+    const V d00 = LoadV<V>(d + q), d10 = LoadV<V>(d + q + wo);
+    const V d01 = Keep<kLast>(not_last, LoadV<V>(d + q + 1));
+    const V d11 = Keep<kLast>(not_last, LoadV<V>(d + q + wo + 1));
+    const V zero = {};
+    Store(ee + q, zero + k[4] * d00);
+    Store(eo + q, (zero + k[3] * d01) + k[5] * d00);
+    Store(oe + q, (zero + k[7] * d00) + k[1] * d10);
+    Store(oo + q, (((zero + k[6] * d01) + k[8] * d00) + k[0] * d11) + k[2] * d10);
+  }
+};
+
+// dx planes [begin, end) of a 3×3, stride-2, padding-1 layer (InputGradS2
+// says which): for each band of dy rows, the band (and the row below it) laid
+// out with a zero row past the plane, its phases computed a vector at a time,
+// then interleaved into dx rows. Small planes are laid out several at a time,
+// as in Planes.
+template <typename V>
+FLEETTUNE_VEC_INLINE void InputGradS2Planes(const DepthwiseGeometry& g, const float* dy,
+                                            const float* weight, int64_t begin, int64_t end,
+                                            float* dx) {
+  constexpr int64_t kL = kWidthOf<V>;
+  float b[kBandFloats + kL];
+  float phases[kBandFloats + 4 * kL];
+  const int64_t ho = g.ho, wo = g.wo, in_plane = g.h * g.w, out_plane = ho * wo;
+  int64_t band = 1;
+  while (band < ho && (band + 2) * wo + kL <= kBandFloats &&
+         4 * ((band + 1) * wo + kL) <= kBandFloats) {
+    ++band;
+  }
+  const int64_t whole = (ho + 1) * wo + kL;  // a laid-out plane
+  const int64_t group = band == ho ? kBandFloats / whole : 1;
+  const Columns<V> cols(wo);
+  InputGradS2Blocks<V> blocks{};
+  blocks.wo = wo;
+  int64_t c = begin % g.c;
+  for (int64_t p0 = begin; p0 < end; p0 += group) {
+    const int64_t count = std::min(group, end - p0);
+    for (int64_t i = 0; i < count && group > 1; ++i) {
+      CopyFloats<V>(dy + (p0 + i) * out_plane, out_plane, b + i * whole);
+      ZeroVectors<V>(wo + kL, b + i * whole + out_plane);
+    }
+    for (int64_t p = p0; p < p0 + count; ++p) {
+      float unused_bias;
+      NextChannel(g.c, weight, nullptr, false, &c, blocks.k, &unused_bias);
+      for (int64_t a0 = 0; a0 < ho; a0 += band) {
+        const int64_t rows = std::min(band, ho - a0), n = rows * wo;
+        if (group > 1) {
+          blocks.d = b + (p - p0) * whole;
+        } else {  // dy rows a0 … a0 + rows, zero past the plane
+          const int64_t have = std::min(rows + 1, ho - a0);
+          CopyFloats<V>(dy + p * out_plane + a0 * wo, have * wo, b);
+          ZeroVectors<V>((rows + 1 - have) * wo + kL, b + have * wo);
+          blocks.d = b;
+        }
+        const int64_t stride = n + kL;
+        blocks.ee = phases, blocks.eo = phases + stride;
+        blocks.oe = phases + 2 * stride, blocks.oo = phases + 3 * stride;
+        ForEachBlock<V>(n, cols, blocks);
+        float* dxp = dx + p * in_plane;
+        for (int64_t a = 0; a < rows; ++a) {
+          const int64_t ih = 2 * (a0 + a);
+          InterleaveRow<V>(blocks.ee + a * wo, blocks.eo + a * wo, wo, g.w, dxp + ih * g.w);
+          if (ih + 1 < g.h) {
+            InterleaveRow<V>(blocks.oe + a * wo, blocks.oo + a * wo, wo, g.w, dxp + (ih + 1) * g.w);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Whether InputGradS2Planes computes g's input gradient: 3×3, stride 2,
+// padding 1, dilation 1, one output channel per input channel, rows narrow
+// enough for a band of one row at every level.
+bool InputGradS2(const DepthwiseGeometry& g) {
+  constexpr int64_t kMaxL = 16;
+  return g.sh == 2 && g.sw == 2 && g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && g.ph == 1 &&
+         g.pw == 1 && g.mult == 1 && g.ho == (g.h - 1) / 2 + 1 && g.wo == (g.w - 1) / 2 + 1 &&
+         4 * (2 * g.wo + kMaxL) <= kBandFloats;
+}
+
 // Each at every level: generic (4 lanes), AVX2 + FMA (8), AVX-512 (16).
 #define FLEETTUNE_DEPTHWISE_LEVEL(suffix, target, V)                                             \
   target void Planes3x3##suffix(const DepthwiseGeometry& g, const float* x, const float* weight, \
@@ -597,6 +730,10 @@ FLEETTUNE_VEC_INLINE void WeightGrad3x3(const DepthwiseGeometry& g, const float*
   target void WeightGrad3x3##suffix(const DepthwiseGeometry& g, const float* x, const float* dy, \
                                     int64_t begin, int64_t end, float* dweight) {                \
     WeightGrad3x3<V>(g, x, dy, begin, end, dweight);                                             \
+  }                                                                                              \
+  target void InputGradS2##suffix(const DepthwiseGeometry& g, const float* dy,                   \
+                                  const float* weight, int64_t begin, int64_t end, float* dx) {  \
+    InputGradS2Planes<V>(g, dy, weight, begin, end, dx);                                         \
   }
 
 FLEETTUNE_DEPTHWISE_LEVEL(Generic, , F32x4)
@@ -634,6 +771,21 @@ void Planes3x3(const DepthwiseGeometry& g, const float* x, const float* weight, 
   }
 #endif
   Planes3x3Generic(g, x, weight, bias, flip, begin, end, epilogue, y);
+}
+
+void InputGradS2(const DepthwiseGeometry& g, const float* dy, const float* weight, int64_t begin,
+                 int64_t end, float* dx) {
+#if defined(__x86_64__)
+  switch (KernelIsa()) {
+    case Isa::kAvx512:
+      return InputGradS2Avx512(g, dy, weight, begin, end, dx);
+    case Isa::kAvx2:
+      return InputGradS2Avx2(g, dy, weight, begin, end, dx);
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  InputGradS2Generic(g, dy, weight, begin, end, dx);
 }
 
 void WeightGrad3x3(const DepthwiseGeometry& g, const float* x, const float* dy, int64_t begin,
@@ -865,6 +1017,11 @@ void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, 
     ParallelFor(g.n * g.c, in_plane * 9, [&](int64_t begin, int64_t end) {
       Planes3x3(t, dy, weight, nullptr, /*flip=*/true, begin, end, {}, dx);
     });
+    return;
+  }
+  if (InputGradS2(g)) {
+    ParallelFor(g.n * g.c, in_plane * 3,
+                [&](int64_t begin, int64_t end) { InputGradS2(g, dy, weight, begin, end, dx); });
     return;
   }
   ParallelFor(g.n * g.c, in_plane * g.mult * kk, [&](int64_t begin, int64_t end) {
