@@ -101,7 +101,10 @@ void Rows3(int rows, const float* const* in, const float* const* k, int64_t w, i
 // the taps row by row, column by column, as the row loops do; a masked tap
 // adds k·0, which leaves the sum as it is, so the generic level gives the row
 // loops' bits. Planes are processed in bands of rows whose laid-out input fits
-// kBandFloats (an L1-sized stack buffer).
+// kBandFloats (an L1-sized stack buffer). The weight gradient reads the same
+// layout (dy times each tap), the stride-1 input gradient is the forward
+// pass with the kernel flipped, and the stride-2 input gradient has a layout
+// of its own (InputGradS2Planes).
 
 constexpr int64_t kBandFloats = 8192;
 
@@ -111,8 +114,9 @@ using LaneMask = decltype(V{} < V{});
 template <typename V>
 inline constexpr int64_t kWidthOf = sizeof(V) / sizeof(float);
 
-// v in every lane, as one broadcast: GCC builds `v + V{}` (vec_math's Splat)
-// or a lane-by-lane fill from inserts, one per lane.
+// v in every lane, as one broadcast instruction: vec_math's Splat (v + V{})
+// costs an add as well, and a lane-by-lane fill compiles to one insert per
+// lane.
 template <typename V>
 FLEETTUNE_VEC_INLINE V Fill(float v) {
   const V first = {v};
