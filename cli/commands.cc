@@ -78,6 +78,9 @@ const std::vector<CommandInfo>& Commands() {
            {"weight-decay", "W", ">= 0 (default 0)"},
            {"epochs", "N", "passes over the local training set (default 5)"},
            {"batch", "N", "batch size (default 64)"},
+           {"micro-batches", "K|fit",
+            "run each batch in K slices, gradients accumulated\nin SGD momentum (divides --batch; "
+            "default 1);\nfit: per class, the fewest slices that fit its\nbudget"},
            {"seed", "N", "shuffling and initialization seed (default 0)"},
            {"scheme", "SCHEME",
             "full, bias-only, last-k:N, freeze:LAYER[,LAYER...],\n"
@@ -687,6 +690,20 @@ absl::StatusOr<v1::JobSpec> BuildJobSpec(const std::map<std::string, std::string
   if (const std::string* v = flag("batch")) {
     ASSIGN_OR_RETURN(int32_t batch, ParsePositiveInt("batch", *v));
     hp->set_batch_size(batch);
+  }
+  if (const std::string* v = flag("micro-batches")) {
+    if (*v == "fit") {
+      hp->set_micro_batches(0);
+      hp->set_fit_micro_batches(true);
+    } else {
+      ASSIGN_OR_RETURN(int32_t slices, ParsePositiveInt("micro-batches", *v));
+      if (hp->batch_size() % slices != 0) {
+        return FlagError("micro-batches", absl::StrCat("must be fit or divide --batch (",
+                                                       hp->batch_size(), "), got ", Quote(*v)));
+      }
+      hp->set_micro_batches(slices);
+      hp->set_fit_micro_batches(false);
+    }
   }
   if (const std::string* v = flag("seed")) {
     uint64_t seed = 0;

@@ -343,6 +343,18 @@ TEST(BuildJobSpec, SchemesAndDeadlines) {
   EXPECT_EQ(spec.completion().deadline().nanos(), 500000000);
 }
 
+TEST(BuildJobSpec, MicroBatches) {
+  Flags flags = MinimalSubmit();
+  flags.insert({{"batch", "32"}, {"micro-batches", "4"}});
+  ASSERT_OK_AND_ASSIGN(v1::JobSpec spec, BuildJobSpec(flags, kNow));
+  EXPECT_EQ(spec.hyper_parameters().micro_batches(), 4);
+  EXPECT_FALSE(spec.hyper_parameters().fit_micro_batches());
+  flags["micro-batches"] = "fit";
+  ASSERT_OK_AND_ASSIGN(spec, BuildJobSpec(flags, kNow));
+  EXPECT_EQ(spec.hyper_parameters().micro_batches(), 0);
+  EXPECT_TRUE(spec.hyper_parameters().fit_micro_batches());
+}
+
 TEST(BuildJobSpec, ProfileRidesWithFit) {
   engine::search::ContributionProfile profile;
   profile.model_name = "mlp";
@@ -478,6 +490,8 @@ TEST(BuildJobSpec, EachBadValueNamesItsFlag) {
       {{{"epochs", "0"}}, "--epochs: must be an integer >= 1, got \"0\""},
       {{{"batch", "3.5"}}, "--batch: must be an integer >= 1, got \"3.5\""},
       {{{"batch", "99999999999"}}, "--batch: must be an integer >= 1, got \"99999999999\""},
+      {{{"micro-batches", "3"}}, "--micro-batches: must be fit or divide --batch (64), got \"3\""},
+      {{{"micro-batches", "0"}}, "--micro-batches: must be an integer >= 1, got \"0\""},
       {{{"seed", "-3"}}, "--seed: must be an integer >= 0, got \"-3\""},
       {{{"optimizer", "adam"}}, "--optimizer: want sgd or adamw, got \"adam\""},
       {{{"optimizer", "adamw"}, {"momentum", "0.9"}},

@@ -354,7 +354,12 @@ std::string FormatPlanTable(const v1::Job& job) {
     const auto bytes = [](uint64_t b) {
       return FormatBytes(static_cast<int64_t>(std::min<uint64_t>(b, INT64_MAX)));
     };
-    rows.push_back({p.device_class(), plan.scheme(), FormatCount(plan.trainable_parameters()),
+    // A micro-batched plan runs each step in slices of the batch.
+    const std::string scheme =
+        plan.micro_batches() > 1
+            ? absl::StrCat(plan.scheme(), " (", plan.micro_batches(), " slices)")
+            : plan.scheme();
+    rows.push_back({p.device_class(), scheme, FormatCount(plan.trainable_parameters()),
                     bytes(plan.arena_bytes()), bytes(plan.weight_bytes()),
                     bytes(plan.optimizer_state_bytes()), bytes(plan.total_bytes()),
                     bytes(plan.budget_bytes()), bytes(plan.dense_total_bytes()),

@@ -206,6 +206,14 @@ TEST(FormatPlanTable, ShowsMemoryAgainstBudget) {
             "      0 B\n");
 }
 
+TEST(FormatPlanTable, NamesTheSlicesOfAMicroBatchedPlan) {
+  v1::Job job = JobWithTwoClasses();
+  job.mutable_progress(1)->mutable_plan()->set_micro_batches(4);
+  const std::string table = FormatPlanTable(job);
+  EXPECT_THAT(table, HasSubstr("\nx86-avx2  full (4 slices)  "));
+  EXPECT_THAT(table, HasSubstr("\nrpi4      last-k:2  "));
+}
+
 TEST(FormatWatchFrame, HeadlineThenProgress) {
   v1::Job job = JobWithTwoClasses();
   job.mutable_progress(1)->set_failed(1);

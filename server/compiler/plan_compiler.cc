@@ -136,6 +136,27 @@ absl::Status ValidateHyperParameters(const v1::HyperParameters& h) {
     return absl::InvalidArgumentError(
         absl::StrCat("hyper_parameters.epochs must be >= 1, got ", h.epochs()));
   }
+  if (h.micro_batches() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hyper_parameters.micro_batches must be >= 0, got ", h.micro_batches()));
+  }
+  if (h.micro_batches() > 1 && h.batch_size() % h.micro_batches() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("hyper_parameters.micro_batches (",
+                                                   h.micro_batches(), ") must divide batch_size (",
+                                                   h.batch_size(), ")"));
+  }
+  if (h.fit_micro_batches() && h.micro_batches() > 1) {
+    return absl::InvalidArgumentError(
+        "hyper_parameters: give micro_batches or fit_micro_batches, not both");
+  }
+  const bool slices = h.fit_micro_batches() || h.micro_batches() > 1;
+  if (slices && (h.optimizer() != v1::OPTIMIZER_KIND_SGD || h.momentum() == 0.0f)) {
+    // The slices' gradients add up in SGD's momentum buffer; AdamW's second moment needs
+    // the whole batch's gradient, and plain SGD has no buffer.
+    return absl::InvalidArgumentError(
+        "hyper_parameters: micro-batching needs SGD with momentum > 0 (the slices' gradients "
+        "add up in its momentum buffer)");
+  }
   return absl::OkStatus();
 }
 
@@ -238,6 +259,8 @@ std::string CacheKey(const v1::JobSpec& spec, const v1::DeviceClass& device_clas
   key.AddFloat("hyper.momentum", h.momentum());
   key.AddFloat("hyper.weight_decay", h.weight_decay());
   key.Add("hyper.batch_size", h.batch_size());
+  key.Add("hyper.micro_batches", std::max(1, h.micro_batches()));
+  key.Add("hyper.fit_micro_batches", h.fit_micro_batches() ? 1 : 0);
   if (spec.scheme().kind_case() == v1::SchemeSpec::kPreset) {
     key.Add("scheme.preset", spec.scheme().preset());
   } else if (spec.scheme().kind_case() == v1::SchemeSpec::kScheme) {
@@ -336,10 +359,11 @@ struct Candidate {
   engine::compile::CompiledTraining compiled;  // the plan, its graph and metadata
   uint64_t arena_bytes = 0;
   uint64_t workspace_bytes = 0;  // kernel scratch + folded constants
+  uint64_t staging_bytes = 0;    // a micro-batched plan's whole-batch inputs
   uint64_t weight_bytes = 0;
   uint64_t optimizer_state_bytes = 0;
   uint64_t total_bytes() const {
-    return arena_bytes + workspace_bytes + weight_bytes + optimizer_state_bytes;
+    return arena_bytes + workspace_bytes + staging_bytes + weight_bytes + optimizer_state_bytes;
   }
 };
 
@@ -349,10 +373,12 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
                                          const std::string& model_name,
                                          engine::scheme::ResolvedScheme resolved,
                                          const engine::autodiff::OptimizerConfig& optimizer,
-                                         const v1::DeviceClass& device_class) {
+                                         const v1::DeviceClass& device_class,
+                                         int micro_batches = 1) {
   Candidate c;
   c.scheme = resolved.name;
   engine::compile::CompileOptions options;
+  options.micro_batches = micro_batches;
   options.model_name = model_name;
   options.scheme = resolved;
   options.optimizer = optimizer;
@@ -364,18 +390,76 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
   const v1::PlanMetadata& meta = c.compiled.plan.metadata();
   c.arena_bytes = meta.arena_bytes();
   c.workspace_bytes = meta.scratch_bytes() + meta.constant_bytes();
+  c.staging_bytes = meta.staging_bytes();
   c.weight_bytes = meta.weight_bytes();
   c.optimizer_state_bytes = meta.optimizer_state_bytes();
   return c;
 }
 
+// The slices of the batch that candidates are compiled in: a count, or the
+// fewest that fit the class's budget. A micro-batched plan's graph is one
+// slice's, so its model is built for batch / slices.
+struct Slicing {
+  int micro_batches = 1;
+  bool fit = false;
+  engine::models::MlpConfig config;  // the whole batch's
+
+  static Slicing Of(const v1::HyperParameters& h, const engine::models::MlpConfig& config) {
+    return {std::max(1, h.micro_batches()), h.fit_micro_batches(), config};
+  }
+
+  absl::StatusOr<engine::models::Model> SliceModel(int slices) const {
+    engine::models::MlpConfig slice = config;
+    slice.batch = config.batch / slices;
+    return engine::models::BuildMlp(slice);
+  }
+};
+
+// `resolved` compiled for `device_class` in the slices `slicing` asks for:
+// under fit, the whole batch if it fits the class's budget, else the fewest
+// slices (divisors of the batch, ascending) that fit, else the plan needing
+// the least memory, for the caller to report over budget.
+absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
+                                         const std::string& model_name,
+                                         engine::scheme::ResolvedScheme resolved,
+                                         const engine::autodiff::OptimizerConfig& optimizer,
+                                         const v1::DeviceClass& device_class,
+                                         const Slicing& slicing) {
+  if (!slicing.fit) {
+    if (slicing.micro_batches == 1) {
+      return BuildCandidate(model, model_name, std::move(resolved), optimizer, device_class);
+    }
+    ASSIGN_OR_RETURN(engine::models::Model slice, slicing.SliceModel(slicing.micro_batches));
+    return BuildCandidate(slice, model_name, std::move(resolved), optimizer, device_class,
+                          slicing.micro_batches);
+  }
+  const uint64_t budget = static_cast<uint64_t>(device_class.training_memory_budget_bytes());
+  const int batch = static_cast<int>(slicing.config.batch);
+  std::optional<Candidate> smallest;
+  for (int k = 1; k <= batch; ++k) {
+    if (batch % k != 0) continue;
+    std::optional<engine::models::Model> slice;
+    if (k > 1) {
+      ASSIGN_OR_RETURN(slice, slicing.SliceModel(k));
+    }
+    ASSIGN_OR_RETURN(Candidate c, BuildCandidate(k > 1 ? *slice : model, model_name, resolved,
+                                                 optimizer, device_class, k));
+    if (c.total_bytes() <= budget) return c;
+    if (!smallest.has_value() || c.total_bytes() < smallest->total_bytes()) {
+      smallest = std::move(c);
+    }
+  }
+  return *std::move(smallest);
+}
+
 absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
                                          const std::string& model_name, const std::string& preset,
                                          const engine::autodiff::OptimizerConfig& optimizer,
-                                         const v1::DeviceClass& device_class) {
+                                         const v1::DeviceClass& device_class,
+                                         const Slicing& slicing = {}) {
   ASSIGN_OR_RETURN(engine::scheme::ResolvedScheme resolved,
                    engine::train::ResolvePreset(model, preset));
-  return BuildCandidate(model, model_name, std::move(resolved), optimizer, device_class);
+  return BuildCandidate(model, model_name, std::move(resolved), optimizer, device_class, slicing);
 }
 
 std::string Bytes(uint64_t bytes) {
@@ -383,12 +467,13 @@ std::string Bytes(uint64_t bytes) {
 }
 
 std::string Breakdown(const Candidate& c) {
-  return absl::StrCat("arena ", FormatBytes(c.arena_bytes),
-                      c.workspace_bytes > 0
-                          ? absl::StrCat(" + kernel workspace ", FormatBytes(c.workspace_bytes))
-                          : "",
-                      " + weights ", FormatBytes(c.weight_bytes), " + optimizer state ",
-                      FormatBytes(c.optimizer_state_bytes));
+  return absl::StrCat(
+      "arena ", FormatBytes(c.arena_bytes),
+      c.workspace_bytes > 0 ? absl::StrCat(" + kernel workspace ", FormatBytes(c.workspace_bytes))
+                            : "",
+      c.staging_bytes > 0 ? absl::StrCat(" + staged batch ", FormatBytes(c.staging_bytes)) : "",
+      " + weights ", FormatBytes(c.weight_bytes), " + optimizer state ",
+      FormatBytes(c.optimizer_state_bytes));
 }
 
 // Floating-point operations of the GEMMs (matmul and linear nodes, forward and backward):
@@ -478,17 +563,20 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
 
   // The dense plan comes first in every case: it is the baseline the summary reports, and the
   // first choice of fit_class_budget.
+  // It is the whole batch's: the memory saving figure counts what slicing saves too.
   ASSIGN_OR_RETURN(Candidate dense,
                    BuildCandidate(model, model_name, "full", optimizer, device_class));
   const uint64_t dense_total = dense.total_bytes();
+  const Slicing slicing = Slicing::Of(spec.hyper_parameters(), config);
+  const bool whole_batch = slicing.micro_batches == 1 && !slicing.fit;
   std::optional<Candidate> chosen;
   if (spec.scheme().kind_case() == v1::SchemeSpec::kPreset) {
     const std::string& preset = spec.scheme().preset();
-    if (preset == "full") {
+    if (preset == "full" && whole_batch) {
       chosen = std::move(dense);
     } else {
       absl::StatusOr<Candidate> c =
-          BuildCandidate(model, model_name, preset, optimizer, device_class);
+          BuildCandidate(model, model_name, preset, optimizer, device_class, slicing);
       if (!c.ok()) {
         return absl::Status(c.status().code(),
                             absl::StrCat("scheme.preset: ", c.status().message()));
@@ -503,7 +591,7 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
                        engine::plan::SchemeFromProto(spec.scheme().scheme()));
       if (s.name.empty()) s.name = "custom";
       ASSIGN_OR_RETURN(engine::scheme::ResolvedScheme r, engine::scheme::ResolveScheme(model, s));
-      return BuildCandidate(model, model_name, std::move(r), optimizer, device_class);
+      return BuildCandidate(model, model_name, std::move(r), optimizer, device_class, slicing);
     }();
     if (!c.ok()) {
       return absl::Status(c.status().code(), absl::StrCat("scheme.scheme: ", c.status().message()));
@@ -515,8 +603,13 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
       return absl::FailedPreconditionError(absl::StrCat(
           "scheme '", chosen->scheme, "' needs ", Bytes(chosen->total_bytes()), " on class ",
           device_class.name(), ", ", Bytes(chosen->total_bytes() - budget), " over its ",
-          Bytes(budget), " budget (", Breakdown(*chosen),
-          "); choose a sparser scheme or scheme.fit_class_budget"));
+          Bytes(budget), " budget (", Breakdown(*chosen), ")",
+          chosen->compiled.plan.metadata().micro_batches() > 1
+              ? absl::StrCat(" in ", chosen->compiled.plan.metadata().micro_batches(),
+                             " micro-batches")
+              : "",
+          "; choose a sparser scheme, scheme.fit_class_budget or, with SGD and momentum, "
+          "hyper_parameters.fit_micro_batches"));
     }
   } else if (spec.scheme().has_contribution_profile()) {
     absl::StatusOr<Candidate> c =
@@ -526,6 +619,11 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
                           absl::StrCat("scheme.contribution_profile: ", c.status().message()));
     }
     chosen = *std::move(c);
+    if (slicing.micro_batches > 1) {
+      // Slices only shrink the plan the search fitted on the whole batch.
+      ASSIGN_OR_RETURN(chosen, BuildCandidate(model, model_name, chosen->resolved, optimizer,
+                                              device_class, slicing));
+    }
     if (chosen->total_bytes() > budget) {
       // The search costs every set with this compiler, so this is a bug, not bad input.
       return absl::InternalError(
@@ -541,10 +639,11 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
     std::optional<Candidate> smallest;
     for (const std::string& scheme : order) {
       Candidate c;
-      if (scheme == "full") {
+      if (scheme == "full" && whole_batch) {
         c = std::move(dense);
       } else {
-        ASSIGN_OR_RETURN(c, BuildCandidate(model, model_name, scheme, optimizer, device_class));
+        ASSIGN_OR_RETURN(
+            c, BuildCandidate(model, model_name, scheme, optimizer, device_class, slicing));
       }
       if (c.total_bytes() <= budget) {
         chosen = std::move(c);
@@ -578,6 +677,7 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
   s.set_total_bytes(chosen->total_bytes());
   s.set_budget_bytes(budget);
   s.set_dense_total_bytes(dense_total);
+  s.set_micro_batches(std::max(1, plan.metadata().micro_batches()));
   return out;
 }
 
@@ -588,6 +688,11 @@ absl::StatusOr<CompiledClassPlan> PlanCompiler::Compile(const v1::JobSpec& spec,
   RETURN_IF_ERROR(ValidateModelSpec(spec.base_model()));
   RETURN_IF_ERROR(ValidateHyperParameters(spec.hyper_parameters()));
   RETURN_IF_ERROR(ValidateScheme(spec.scheme()));
+  if (spec.hyper_parameters().fit_micro_batches() && spec.scheme().has_contribution_profile()) {
+    return absl::InvalidArgumentError(
+        "hyper_parameters.fit_micro_batches does not apply to scheme.contribution_profile, "
+        "whose search fits whole-batch plans; give hyper_parameters.micro_batches instead");
+  }
   RETURN_IF_ERROR(ValidateDeviceClass(device_class));
   const std::string& weights = spec.base_model().safetensors_weights();
   const std::string key =

@@ -657,6 +657,30 @@ TEST(PlanCompiler, RejectsBadHyperParametersAndSchemes) {
       {[&](auto& s) { s.mutable_scheme()->set_fit_class_budget(false); },
        "scheme.fit_class_budget is false"},
       {[&](auto& s) { s.mutable_scheme()->set_preset(""); }, "scheme.preset is empty"},
+      {[&](auto& s) { h(s)->set_micro_batches(-2); }, "micro_batches must be >= 0, got -2"},
+      {[&](auto& s) { h(s)->set_micro_batches(3); },
+       "micro_batches (3) must divide batch_size (64)"},
+      {[&](auto& s) {
+         h(s)->set_micro_batches(2);
+         h(s)->set_fit_micro_batches(true);
+       },
+       "give micro_batches or fit_micro_batches, not both"},
+      {[&](auto& s) {
+         h(s)->set_momentum(0.0f);
+         h(s)->set_micro_batches(2);
+       },
+       "micro-batching needs SGD with momentum > 0"},
+      {[&](auto& s) {
+         h(s)->set_optimizer(v1::OPTIMIZER_KIND_ADAMW);
+         h(s)->set_momentum(0.0f);
+         h(s)->set_fit_micro_batches(true);
+       },
+       "micro-batching needs SGD with momentum > 0"},
+      {[&](auto& s) {
+         h(s)->set_fit_micro_batches(true);
+         *s.mutable_scheme()->mutable_contribution_profile() = ReferenceProfile();
+       },
+       "fit_micro_batches does not apply to scheme.contribution_profile"},
   };
   PlanCompiler compiler;
   for (const BadHyperCase& c : cases) {
@@ -681,6 +705,103 @@ TEST(PlanCompiler, LargerBatchNeedsALargerArena) {
   ASSERT_OK_AND_ASSIGN(CompiledClassPlan b128, compiler.Compile(spec, DefaultClass("x86-avx2")));
   EXPECT_GT(b128.summary.arena_bytes(), b64.summary.arena_bytes());
   EXPECT_EQ(b128.summary.weight_bytes(), b64.summary.weight_bytes());
+}
+
+// The reference workload on a batch large enough for its activations to
+// outweigh its weights, gradients and momentum, which slices do not shrink.
+v1::JobSpec LargeBatchSpec() {
+  v1::JobSpec spec = ReferenceSpec();
+  spec.mutable_hyper_parameters()->set_batch_size(1024);
+  return spec;
+}
+
+// The total a preset needs on `device_class` in `slices` micro-batches.
+uint64_t TotalInSlices(PlanCompiler& compiler, const std::string& preset, int slices,
+                       const v1::DeviceClass& device_class) {
+  v1::JobSpec spec = LargeBatchSpec();
+  spec.mutable_scheme()->set_preset(preset);
+  spec.mutable_hyper_parameters()->set_micro_batches(slices);
+  absl::StatusOr<CompiledClassPlan> plan = compiler.Compile(spec, device_class);
+  EXPECT_OK(plan.status());
+  return plan.ok() ? plan->summary.total_bytes() : 0;
+}
+
+TEST(PlanCompiler, MicroBatchedPlansRunInSlicesAndNeedLessMemory) {
+  PlanCompiler compiler;
+  v1::JobSpec spec = LargeBatchSpec();
+  spec.mutable_scheme()->set_preset("full");
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan whole, compiler.Compile(spec, DefaultClass("x86-avx2")));
+  EXPECT_EQ(whole.summary.micro_batches(), 1);
+  spec.mutable_hyper_parameters()->set_micro_batches(4);
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan sliced, compiler.Compile(spec, DefaultClass("x86-avx2")));
+  EXPECT_EQ(compiler.compilations(), 2);  // the slices are part of the cache key
+  EXPECT_EQ(sliced.summary.micro_batches(), 4);
+  ASSERT_OK_AND_ASSIGN(v1::CompiledPlan parsed, engine::plan::ParsePlan(sliced.plan_bytes));
+  EXPECT_EQ(parsed.metadata().micro_batches(), 4);
+  // The graph is one slice of 256; the whole batch of 1024 is staged, and counted.
+  EXPECT_GT(parsed.metadata().staging_bytes(), 1024u * 784 * 4);
+  EXPECT_EQ(sliced.summary.total_bytes(),
+            sliced.summary.arena_bytes() + sliced.summary.weight_bytes() +
+                sliced.summary.optimizer_state_bytes() + parsed.metadata().scratch_bytes() +
+                parsed.metadata().constant_bytes() + parsed.metadata().staging_bytes());
+  EXPECT_LT(sliced.summary.arena_bytes(), whole.summary.arena_bytes());
+  EXPECT_LT(sliced.summary.total_bytes(), whole.summary.total_bytes());
+  EXPECT_EQ(sliced.summary.trainable_parameters(), whole.summary.trainable_parameters());
+  // The memory saving counts against the whole batch's dense plan.
+  EXPECT_EQ(sliced.summary.dense_total_bytes(), whole.summary.total_bytes());
+}
+
+TEST(PlanCompiler, FitMicroBatchesPicksTheFewestSlicesThatFit) {
+  PlanCompiler compiler;
+  const v1::DeviceClass& x86 = DefaultClass("x86-avx2");
+  const uint64_t whole = TotalInSlices(compiler, "full", 1, x86);
+  const uint64_t two = TotalInSlices(compiler, "full", 2, x86);
+  const uint64_t four = TotalInSlices(compiler, "full", 4, x86);
+  ASSERT_GT(whole, two);
+  ASSERT_GT(two, four);
+  v1::JobSpec spec = LargeBatchSpec();
+  spec.mutable_scheme()->set_preset("full");
+  spec.mutable_hyper_parameters()->set_fit_micro_batches(true);
+  // Room for 4 slices, not for 2: 4.
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan fitted,
+                       compiler.Compile(spec, ClassWithBudget(static_cast<int64_t>(four))));
+  EXPECT_EQ(fitted.summary.scheme(), "full");
+  EXPECT_EQ(fitted.summary.micro_batches(), 4);
+  EXPECT_EQ(fitted.summary.total_bytes(), four);
+  // Room for the whole batch: no slices.
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan roomy,
+                       compiler.Compile(spec, ClassWithBudget(static_cast<int64_t>(whole))));
+  EXPECT_EQ(roomy.summary.micro_batches(), 1);
+  // Without fit_micro_batches the whole batch is over that budget, and the error says what
+  // would help.
+  spec.mutable_hyper_parameters()->set_fit_micro_batches(false);
+  EXPECT_THAT(compiler.Compile(spec, ClassWithBudget(static_cast<int64_t>(four))),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("hyper_parameters.fit_micro_batches")));
+  // No number of slices fits a budget below the weights and momentum: the smallest plan is
+  // reported with its slices.
+  spec.mutable_hyper_parameters()->set_fit_micro_batches(true);
+  EXPECT_THAT(compiler.Compile(spec, ClassWithBudget(1 << 20)),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("scheme 'full' needs"), HasSubstr("micro-batches;"))));
+}
+
+TEST(PlanCompiler, FitClassBudgetWithSlicesKeepsTheDenserScheme) {
+  PlanCompiler compiler;
+  // A budget that full fine-tuning fits only in slices: the preset ladder takes full in
+  // slices before a sparser scheme on the whole batch.
+  const v1::DeviceClass& x86 = DefaultClass("x86-avx2");
+  const uint64_t two = TotalInSlices(compiler, "full", 2, x86);
+  ASSERT_LT(two, TotalInSlices(compiler, "full", 1, x86));
+  v1::JobSpec spec = LargeBatchSpec();  // fit_class_budget
+  const v1::DeviceClass small = ClassWithBudget(static_cast<int64_t>(two));
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan whole, compiler.Compile(spec, small));
+  EXPECT_NE(whole.summary.scheme(), "full");
+  spec.mutable_hyper_parameters()->set_fit_micro_batches(true);
+  ASSERT_OK_AND_ASSIGN(CompiledClassPlan sliced, compiler.Compile(spec, small));
+  EXPECT_EQ(sliced.summary.scheme(), "full");
+  EXPECT_EQ(sliced.summary.micro_batches(), 2);
+  EXPECT_GT(sliced.summary.trainable_parameters(), whole.summary.trainable_parameters());
 }
 
 }  // namespace
