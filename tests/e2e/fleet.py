@@ -473,6 +473,18 @@ def test(fleet, args):
           "the searched scheme improved rpi4's accuracy %.3f -> %.3f" % (
               p.get("accuracyBefore", 0), p.get("accuracyAfter", 0)))
 
+    # A micro-batched plan: the x86 device runs each batch of 32 in 2 slices, the slices'
+    # gradients added up in SGD's momentum.
+    job5 = submit(fleet, weights, 1, ["x86-avx2"], name="sliced", extra=["--micro-batches=2"])
+    job = fleet.wait_job(job5)
+    p = job["progress"][0]
+    check(job["state"] == "JOB_STATE_SUCCEEDED" and p["plan"].get("microBatches") == 2,
+          "the x86 device trained a plan in 2 micro-batches (%s, %s)" % (
+              job["state"], p["plan"].get("microBatches")))
+    check(p.get("accuracyAfter", 0) > p.get("accuracyBefore", 1),
+          "the micro-batched plan improved accuracy %.3f -> %.3f" % (
+              p.get("accuracyBefore", 0), p.get("accuracyAfter", 0)))
+
     # Bad local data: the only rpi5 device has no dataset file.
     fleet.start_agent("device-3-broken", "rpi5",
                       digits_dataset(args.data_dir, 0, 1, path=os.path.join(fleet.work, "missing.png")))
