@@ -435,9 +435,13 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
   }
   const uint64_t budget = static_cast<uint64_t>(device_class.training_memory_budget_bytes());
   const int batch = static_cast<int>(slicing.config.batch);
+  // A batch of 55440 has 120 divisors; each count tried is a compilation, so
+  // a spec gets its 12 smallest (the saving shrinks as the slices do).
+  constexpr int kMaxCounts = 12;
   std::optional<Candidate> smallest;
-  for (int k = 1; k <= batch; ++k) {
+  for (int k = 1, tried = 0; k <= batch && tried < kMaxCounts; ++k) {
     if (batch % k != 0) continue;
+    ++tried;
     std::optional<engine::models::Model> slice;
     if (k > 1) {
       ASSIGN_OR_RETURN(slice, slicing.SliceModel(k));
