@@ -114,22 +114,6 @@ using LaneMask = decltype(V{} < V{});
 template <typename V>
 inline constexpr int64_t kWidthOf = sizeof(V) / sizeof(float);
 
-// v in every lane, as one broadcast instruction: vec_math's Splat (v + V{})
-// costs an add as well, and a lane-by-lane fill compiles to one insert per
-// lane.
-template <typename V>
-FLEETTUNE_VEC_INLINE V Fill(float v) {
-  const V first = {v};
-  if constexpr (kWidthOf<V> == 4) {
-    return __builtin_shufflevector(first, first, 0, 0, 0, 0);
-  } else if constexpr (kWidthOf<V> == 8) {
-    return __builtin_shufflevector(first, first, 0, 0, 0, 0, 0, 0, 0, 0);
-  } else {
-    static_assert(kWidthOf<V> == 16);
-    return __builtin_shufflevector(first, first, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-  }
-}
-
 template <typename V>
 FLEETTUNE_VEC_INLINE V LoadV(const float* p) {
   V v;
@@ -498,7 +482,7 @@ FLEETTUNE_VEC_INLINE void Planes(const DepthwiseGeometry& g, const float* x, con
       }
       for (int64_t p = p0; p < p0 + count; ++p) {
         NextChannel(g.c, weight, bias, flip, &c, blocks.k, &b_c);
-        blocks.bias = Fill<V>(b_c);
+        blocks.bias = Splat<V>(b_c);
         blocks.window = Band::template WindowOf<V>(g, b + (p - p0) * whole, g.ho);
         blocks.out = y + p * out_plane;
         ForEachBlock<V>(out_plane, cols, blocks);
@@ -510,7 +494,7 @@ FLEETTUNE_VEC_INLINE void Planes(const DepthwiseGeometry& g, const float* x, con
   const int64_t band = BandRows<Band>(g, kL);
   for (int64_t p = begin; p < end; ++p) {
     NextChannel(g.c, weight, bias, flip, &c, blocks.k, &b_c);
-    blocks.bias = Fill<V>(b_c);
+    blocks.bias = Splat<V>(b_c);
     for (int64_t i0 = 0; i0 < g.ho; i0 += band) {
       const int64_t rows = std::min(band, g.ho - i0);
       Band::template LayOut<V>(g, x + p * in_plane, i0, rows, b);

@@ -29,9 +29,19 @@ using F32x8 = float __attribute__((vector_size(32)));
 using F32x16 = float __attribute__((vector_size(64)));
 using I32x4 = int32_t __attribute__((vector_size(16)));
 
+// v in every lane, as one broadcast instruction (`V{} + v` costs an add as
+// well, and a lane-by-lane fill compiles to one insert per lane).
 template <typename V>
 FLEETTUNE_VEC_INLINE V Splat(float v) {
-  return V{} + v;
+  const V first = {v};
+  if constexpr (sizeof(V) == 4 * sizeof(float)) {
+    return __builtin_shufflevector(first, first, 0, 0, 0, 0);
+  } else if constexpr (sizeof(V) == 8 * sizeof(float)) {
+    return __builtin_shufflevector(first, first, 0, 0, 0, 0, 0, 0, 0, 0);
+  } else {
+    static_assert(sizeof(V) == 16 * sizeof(float));
+    return __builtin_shufflevector(first, first, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  }
 }
 
 // e^x: x = k·ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial,

@@ -368,7 +368,8 @@ struct Candidate {
 };
 
 // The compiled plan of `resolved` for `device_class` (engine/compile, the same
-// compiler as `fleettune compile`) and the memory it needs.
+// compiler as `fleettune compile`) and the memory it needs; with
+// micro_batches > 1, `model` is built for one slice of the batch.
 absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
                                          const std::string& model_name,
                                          engine::scheme::ResolvedScheme resolved,
@@ -408,6 +409,8 @@ struct Slicing {
     return {std::max(1, h.micro_batches()), h.fit_micro_batches(), config};
   }
 
+  bool WholeBatch() const { return micro_batches == 1 && !fit; }
+
   absl::StatusOr<engine::models::Model> SliceModel(int slices) const {
     engine::models::MlpConfig slice = config;
     slice.batch = config.batch / slices;
@@ -426,7 +429,7 @@ absl::StatusOr<Candidate> BuildCandidate(const engine::models::Model& model,
                                          const v1::DeviceClass& device_class,
                                          const Slicing& slicing) {
   if (!slicing.fit) {
-    if (slicing.micro_batches == 1) {
+    if (slicing.WholeBatch()) {
       return BuildCandidate(model, model_name, std::move(resolved), optimizer, device_class);
     }
     ASSIGN_OR_RETURN(engine::models::Model slice, slicing.SliceModel(slicing.micro_batches));
@@ -572,11 +575,10 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
                    BuildCandidate(model, model_name, "full", optimizer, device_class));
   const uint64_t dense_total = dense.total_bytes();
   const Slicing slicing = Slicing::Of(spec.hyper_parameters(), config);
-  const bool whole_batch = slicing.micro_batches == 1 && !slicing.fit;
   std::optional<Candidate> chosen;
   if (spec.scheme().kind_case() == v1::SchemeSpec::kPreset) {
     const std::string& preset = spec.scheme().preset();
-    if (preset == "full" && whole_batch) {
+    if (preset == "full" && slicing.WholeBatch()) {
       chosen = std::move(dense);
     } else {
       absl::StatusOr<Candidate> c =
@@ -643,7 +645,7 @@ absl::StatusOr<CompiledClassPlan> CompileUncached(const v1::JobSpec& spec,
     std::optional<Candidate> smallest;
     for (const std::string& scheme : order) {
       Candidate c;
-      if (scheme == "full" && whole_batch) {
+      if (scheme == "full" && slicing.WholeBatch()) {
         c = std::move(dense);
       } else {
         ASSIGN_OR_RETURN(
