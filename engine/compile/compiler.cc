@@ -21,7 +21,8 @@
 namespace fleettune::engine::compile {
 namespace {
 
-bool IsUpdate(OpKind op) { return op == OpKind::kSgdUpdate || op == OpKind::kAdamWUpdate; }
+// Optimizer updates (not BatchNorm statistics updates).
+bool IsUpdate(OpKind op) { return IsUpdateOp(op) && op != OpKind::kBatchNormStatsUpdate; }
 
 uint64_t Bytes(const TensorType& type) {
   return static_cast<uint64_t>(type.num_elements()) * DTypeSize(type.dtype);
@@ -76,12 +77,20 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   for (const std::string& name : options.scheme.TrainableNames()) {
     meta.add_trainable_parameters(name);  // in layer order
   }
-  uint64_t gradient_bytes = 0;
+  uint64_t gradient_bytes = 0, fused_gradient_bytes = 0;
   for (const Node& node : graph.nodes()) {
-    if (!IsUpdate(node.op)) continue;  // inputs: parameter, gradient, state...
-    gradient_bytes += Bytes(graph.type(node.inputs[1]));
+    if (node.op == OpKind::kSgdUpdate || node.op == OpKind::kAdamWUpdate) {
+      gradient_bytes += Bytes(graph.type(node.inputs[1]));  // (parameter, gradient, state...)
+    } else if (node.op == OpKind::kSgdMatMulUpdate) {
+      // The gradient is never stored: as many bytes as the trained rows.
+      const int64_t rows = std::get<FusedSgdAttrs>(node.attrs).sgd.rows;
+      TensorType trained = graph.type(node.inputs[0]);
+      if (rows > 0) trained.shape[0] = rows;
+      fused_gradient_bytes += Bytes(trained);
+    }
   }
   meta.set_gradient_bytes(gradient_bytes);
+  meta.set_fused_gradient_bytes(fused_gradient_bytes);
   int update_nodes = 0;
   std::map<std::pair<std::string, std::string>, int> kernels;
   for (const Node& node : graph.nodes()) {
@@ -168,7 +177,12 @@ std::string FormatPlanSummary(const v1::PlanMetadata& m) {
   absl::StrAppendFormat(&s, "nodes            %d forward, %d backward, %d updates\n",
                         m.forward_nodes(), m.backward_nodes(), m.update_nodes());
   absl::StrAppendFormat(&s, "arena            %s\n", Mib(m.arena_bytes()));
-  absl::StrAppendFormat(&s, "  of it gradients %s\n", Mib(m.gradient_bytes()));
+  absl::StrAppendFormat(&s, "  of it gradients %s", Mib(m.gradient_bytes()));
+  if (m.fused_gradient_bytes() > 0) {
+    absl::StrAppendFormat(&s, " (%s more accumulated into optimizer state, never stored)",
+                          Mib(m.fused_gradient_bytes()));
+  }
+  s += "\n";
   absl::StrAppendFormat(&s, "kernel scratch   %s\n", Mib(m.scratch_bytes()));
   if (m.fold_constants()) {
     absl::StrAppendFormat(&s, "folded constants %s\n", Mib(m.constant_bytes()));

@@ -93,7 +93,9 @@ TEST(CompileTraining, PlanFromFileRunsAsCompiledAndMatchesTheMetadata) {
   EXPECT_GT(meta.flops_per_step(), 0u);
   EXPECT_GT(meta.backward_nodes(), 0);
   EXPECT_EQ(meta.update_nodes(), meta.trainable_parameters_size());
-  EXPECT_EQ(meta.gradient_bytes(), meta.trainable_elements() * 4);
+  // The classifier's weight gradient goes straight into its momentum buffer.
+  EXPECT_GT(meta.fused_gradient_bytes(), 0u);
+  EXPECT_EQ(meta.gradient_bytes() + meta.fused_gradient_bytes(), meta.trainable_elements() * 4);
   EXPECT_EQ(meta.activation_cache_nodes(), 0);  // full: the first layer trains
 }
 
@@ -138,8 +140,8 @@ TEST(CompileTraining, EveryPassThroughAPlanFileTrainsLikeTheUnoptimizedGraph) {
   std::vector<float> want_losses;
   runtime::ParameterStore want;
   train("none", &want_losses, &want);
-  for (const char* spec : {"fold_batch_norm", "fuse", "dce", "pack_masks", "reorder_updates",
-                           "fold_constants", "in_place", "all"}) {
+  for (const char* spec : {"fold_batch_norm", "fuse", "dce", "pack_masks", "fuse_updates",
+                           "reorder_updates", "fold_constants", "in_place", "all"}) {
     SCOPED_TRACE(spec);
     std::vector<float> losses;
     runtime::ParameterStore got;
@@ -212,7 +214,7 @@ TEST(CompileTraining, PartialChannelSchemesCountOnlyTheTrainedRows) {
   ASSERT_OK_AND_ASSIGN(CompiledTraining compiled, CompileTraining(model, o));
   const v1::PlanMetadata& meta = compiled.plan.metadata();
   EXPECT_EQ(static_cast<int64_t>(meta.trainable_elements()), o.scheme.TrainableElements());
-  EXPECT_EQ(meta.gradient_bytes(), meta.trainable_elements() * 4);
+  EXPECT_EQ(meta.gradient_bytes() + meta.fused_gradient_bytes(), meta.trainable_elements() * 4);
   EXPECT_EQ(meta.optimizer_state_bytes(), meta.trainable_elements() * 4);  // momentum
 }
 

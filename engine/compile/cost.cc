@@ -61,6 +61,15 @@ uint64_t NodeFlops(const Graph& graph, ValueId id) {
       return 2 * Elements(in(1)) * ConvMacsPerOutput(node.type.shape);
     case OpKind::kActivationMask:  // two compares per element of y
       return 2 * Elements(in(0));
+    case OpKind::kSgdMatMulUpdate: {  // (p, a, b[, buf]): g = op(a)·op(b), then 3 per element
+      const auto* attrs = std::get_if<FusedSgdAttrs>(&node.attrs);
+      const Shape& a = in(1);
+      const Shape& b = in(2);
+      if (attrs == nullptr || a.size() != 2 || b.size() != 2) return 0;
+      const bool ta = attrs->product.transpose_a, tb = attrs->product.transpose_b;
+      const uint64_t m = ta ? a[1] : a[0], k = ta ? a[0] : a[1], n = tb ? b[0] : b[1];
+      return m * n * (2 * k + 3);
+    }
     case OpKind::kSgdUpdate:
     case OpKind::kAdamWUpdate:
       return Elements(in(1)) * (node.op == OpKind::kSgdUpdate ? 3 : 10);  // per gradient element

@@ -342,13 +342,21 @@ struct ElementwiseChainAttrs {
   bool operator==(const ElementwiseChainAttrs& o) const { return steps == o.steps; }
 };
 
+// kSgdMatMulUpdate: kSgdUpdate whose gradient is the product op(a)·op(b)
+// (kMatMul's semantics, both operands rank 2), never materialized.
+struct FusedSgdAttrs {
+  SgdAttrs sgd;
+  MatMulAttrs product;
+  bool operator==(const FusedSgdAttrs& o) const { return sgd == o.sgd && product == o.product; }
+};
+
 using Attrs =
     std::variant<NoAttrs, ParameterAttrs, MatMulAttrs, ShapeAttrs, ReduceAttrs, ScalarAttrs,
                  FillAttrs, CrossEntropyAttrs, SgdAttrs, AdamWAttrs, Conv2dAttrs, Conv2dGradAttrs,
                  Pool2dAttrs, Pool2dGradAttrs, BatchNormAttrs, ActivationAttrs, DropoutAttrs,
                  NormAttrs, SoftmaxAttrs, PermuteAttrs, AxisAttrs, SliceAttrs, SliceGradAttrs,
                  RopeAttrs, FusedConvAttrs, FusedActivationAttrs, FusedBatchNormAttrs,
-                 FusedNormAttrs, ElementwiseChainAttrs>;
+                 FusedNormAttrs, ElementwiseChainAttrs, FusedSgdAttrs>;
 
 }  // namespace fleettune::engine
 

@@ -83,6 +83,10 @@ enum class OpKind : uint8_t {
   // gradient, emitted only by the pack_masks pass (engine/ops/activation_mask.cc).
   kActivationMask,
   kMaskedGrad,
+  // kSgdUpdate with the gradient given as a product of two matrices, emitted
+  // only by the fuse_updates pass (engine/passes/fuse_updates.h): the weight
+  // gradient's GEMM accumulates straight into the momentum buffer.
+  kSgdMatMulUpdate,
   kCount,
 };
 

@@ -61,6 +61,11 @@ std::string RowsField(int64_t rows) {
   return rows == 0 ? std::string() : absl::StrCat(", rows=", rows);
 }
 
+std::string SgdFields(const SgdAttrs& a) {
+  return absl::StrCat("lr=", a.lr, ", momentum=", a.momentum, ", weight_decay=", a.weight_decay,
+                      RowsField(a.rows));
+}
+
 std::string ConvFields(const Conv2dAttrs& a) {
   return absl::StrCat("stride=[", a.stride_h, ", ", a.stride_w, "], padding=[", a.pad_h, ", ",
                       a.pad_w, "], dilation=[", a.dilation_h, ", ", a.dilation_w,
@@ -118,9 +123,11 @@ std::string PrintAttrs(const Attrs& attrs) {
           [](const CrossEntropyAttrs& a) {
             return absl::StrCat("{ignore_index=", a.ignore_index, "}");
           },
-          [](const SgdAttrs& a) {
-            return absl::StrCat("{lr=", a.lr, ", momentum=", a.momentum,
-                                ", weight_decay=", a.weight_decay, RowsField(a.rows), "}");
+          [](const SgdAttrs& a) { return absl::StrCat("{", SgdFields(a), "}"); },
+          [](const FusedSgdAttrs& a) {
+            return absl::StrCat("{", SgdFields(a.sgd),
+                                ", transpose_a=", Bool(a.product.transpose_a),
+                                ", transpose_b=", Bool(a.product.transpose_b), "}");
           },
           [](const AdamWAttrs& a) {
             return absl::StrCat("{lr=", a.lr, ", beta1=", a.beta1, ", beta2=", a.beta2,

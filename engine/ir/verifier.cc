@@ -21,11 +21,10 @@ absl::Status NodeError(const Graph& g, ValueId id, const Args&... args) {
 // The role operand i of update op `op` must have as the parameter it writes,
 // or nullopt for an operand it only reads (a gradient, a batch).
 std::optional<ParamRole> WrittenRole(OpKind op, size_t i) {
+  if (!WritesOperand(op, static_cast<int>(i))) return std::nullopt;
   if (op == OpKind::kBatchNormStatsUpdate) {
-    if (i == 0) return std::nullopt;  // the batch
-    return ParamRole::kBuffer;        // running mean, running var, num_batches_tracked
+    return ParamRole::kBuffer;  // running mean, running var, num_batches_tracked
   }
-  if (i == 1) return std::nullopt;  // the gradient
   return i == 0 ? ParamRole::kWeight : ParamRole::kOptimizerState;
 }
 
@@ -45,7 +44,21 @@ const char* RoleName(ParamRole role) {
 
 bool IsUpdateOp(OpKind op) {
   return op == OpKind::kSgdUpdate || op == OpKind::kAdamWUpdate ||
-         op == OpKind::kBatchNormStatsUpdate;
+         op == OpKind::kBatchNormStatsUpdate || op == OpKind::kSgdMatMulUpdate;
+}
+
+bool WritesOperand(OpKind op, int i) {
+  switch (op) {
+    case OpKind::kBatchNormStatsUpdate:
+      return i != 0;  // reads the batch
+    case OpKind::kSgdUpdate:
+    case OpKind::kAdamWUpdate:
+      return i != 1;  // reads the gradient
+    case OpKind::kSgdMatMulUpdate:
+      return i != 1 && i != 2;  // reads the gradient's two factors
+    default:
+      return false;
+  }
 }
 
 absl::Status VerifyGraph(const Graph& g) {

@@ -26,6 +26,11 @@ absl::Status VerifyGraph(const Graph& graph);
 // (optimizer updates, BatchNorm running-statistics updates).
 bool IsUpdateOp(OpKind op);
 
+// Whether update op `op` writes its operand i (a parameter, optimizer state or
+// statistics buffer) rather than only reading it (a gradient, a batch, the
+// factors of a fused gradient). False for ops that are not updates.
+bool WritesOperand(OpKind op, int i);
+
 }  // namespace fleettune::engine
 
 #endif  // FLEETTUNE_ENGINE_IR_VERIFIER_H_

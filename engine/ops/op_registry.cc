@@ -71,6 +71,7 @@ OpDef RmsNormActivationOpDef();
 OpDef ElementwiseChainOpDef();
 OpDef ActivationMaskOpDef();
 OpDef MaskedGradOpDef();
+OpDef SgdMatMulUpdateOpDef();
 
 namespace {
 
@@ -141,6 +142,7 @@ Table BuildTable() {
   Register(t, OpKind::kElementwiseChain, ElementwiseChainOpDef());
   Register(t, OpKind::kActivationMask, ActivationMaskOpDef());
   Register(t, OpKind::kMaskedGrad, MaskedGradOpDef());
+  Register(t, OpKind::kSgdMatMulUpdate, SgdMatMulUpdateOpDef());
   return t;
 }
 
@@ -164,16 +166,16 @@ absl::StatusOr<TensorType> InferType(const Node& node, absl::Span<const TensorTy
   }
   if (node.attrs.index() != def.attrs_index) {
     static constexpr const char* kAttrNames[] = {
-        "no attributes",   "ParameterAttrs",       "MatMulAttrs",
-        "ShapeAttrs",      "ReduceAttrs",          "ScalarAttrs",
-        "FillAttrs",       "CrossEntropyAttrs",    "SgdAttrs",
-        "AdamWAttrs",      "Conv2dAttrs",          "Conv2dGradAttrs",
-        "Pool2dAttrs",     "Pool2dGradAttrs",      "BatchNormAttrs",
-        "ActivationAttrs", "DropoutAttrs",         "NormAttrs",
-        "SoftmaxAttrs",    "PermuteAttrs",         "AxisAttrs",
-        "SliceAttrs",      "SliceGradAttrs",       "RopeAttrs",
-        "FusedConvAttrs",  "FusedActivationAttrs", "FusedBatchNormAttrs",
-        "FusedNormAttrs",  "ElementwiseChainAttrs"};
+        "no attributes",   "ParameterAttrs",        "MatMulAttrs",
+        "ShapeAttrs",      "ReduceAttrs",           "ScalarAttrs",
+        "FillAttrs",       "CrossEntropyAttrs",     "SgdAttrs",
+        "AdamWAttrs",      "Conv2dAttrs",           "Conv2dGradAttrs",
+        "Pool2dAttrs",     "Pool2dGradAttrs",       "BatchNormAttrs",
+        "ActivationAttrs", "DropoutAttrs",          "NormAttrs",
+        "SoftmaxAttrs",    "PermuteAttrs",          "AxisAttrs",
+        "SliceAttrs",      "SliceGradAttrs",        "RopeAttrs",
+        "FusedConvAttrs",  "FusedActivationAttrs",  "FusedBatchNormAttrs",
+        "FusedNormAttrs",  "ElementwiseChainAttrs", "FusedSgdAttrs"};
     static_assert(sizeof(kAttrNames) / sizeof(kAttrNames[0]) == std::variant_size_v<Attrs>);
     return OpError(node, "takes ", kAttrNames[def.attrs_index], ", got ",
                    kAttrNames[node.attrs.index()]);

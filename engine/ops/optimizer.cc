@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/base/status_macros.h"
+#include "engine/kernels/gemm.h"
 #include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
@@ -69,19 +70,17 @@ absl::StatusOr<TensorType> InferSgd(const Node& node, absl::Span<const TensorTyp
 // up to the order of the sums. The runtime allows micro-batches only with a
 // momentum buffer to accumulate in. With one slice (w = 1) this is exactly
 // the unsliced update.
-void SgdRange(const KernelArgs& args, int64_t begin, int64_t end) {
-  const auto& a = args.attrs<SgdAttrs>();
-  float* p = args.in(0).f32();
-  const float* g = args.in(1).f32();
-  if (args.num_inputs == 2) {
+//
+// `buf` is null without momentum.
+void SgdRange(const SgdAttrs& a, const StepInfo& step, float* p, const float* g, float* buf,
+              int64_t begin, int64_t end) {
+  if (buf == nullptr) {
     for (int64_t i = begin; i < end; ++i) p[i] -= a.lr * (g[i] + a.weight_decay * p[i]);
     return;
   }
-  const StepInfo& step = *args.step;
   const float w = step.gradient_weight;
   const float decay = step.first_micro_batch() ? a.momentum : 1.0f;
   const float wd = step.first_micro_batch() ? a.weight_decay : 0.0f;
-  float* buf = args.in(2).f32();
   if (!step.last_micro_batch()) {
     for (int64_t i = begin; i < end; ++i) buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
     return;
@@ -92,15 +91,133 @@ void SgdRange(const KernelArgs& args, int64_t begin, int64_t end) {
   }
 }
 
+float* MomentumBuffer(const KernelArgs& args, int index) {
+  return args.num_inputs > index ? args.in(index).f32() : nullptr;
+}
+
 // The trained rows only: the gradient's elements.
-void SgdKernel(const KernelArgs& args) { SgdRange(args, 0, args.in(1).num_elements()); }
+void SgdKernel(const KernelArgs& args) {
+  SgdRange(args.attrs<SgdAttrs>(), *args.step, args.in(0).f32(), args.in(1).f32(),
+           MomentumBuffer(args, 2), 0, args.in(1).num_elements());
+}
 
 // Split over threads: with micro-batches an update runs once per slice, and
 // one thread streams parameter, gradient and buffer at about half the
 // machine's bandwidth.
 void SgdFast(const KernelArgs& args) {
-  kernels::ParallelFor(args.in(1).num_elements(), 3,
-                       [&](int64_t begin, int64_t end) { SgdRange(args, begin, end); });
+  const auto& a = args.attrs<SgdAttrs>();
+  float* p = args.in(0).f32();
+  const float* g = args.in(1).f32();
+  float* buf = MomentumBuffer(args, 2);
+  kernels::ParallelFor(args.in(1).num_elements(), 3, [&](int64_t begin, int64_t end) {
+    SgdRange(a, *args.step, p, g, buf, begin, end);
+  });
+}
+
+// kSgdMatMulUpdate: the update above with gradient g = op(a)·op(b), inputs
+// (parameter, a, b[, momentum buffer]). The fuse_updates pass emits it for a
+// weight gradient (dW = dYᵀ·X) that only its update reads, so g is never
+// stored: the GEMM accumulates into the momentum buffer, which is where the
+// update would have added it anyway.
+struct ProductDims {
+  int64_t m, k, n;
+};
+
+ProductDims GetProductDims(const Shape& a, const Shape& b, const MatMulAttrs& t) {
+  return {t.transpose_a ? a[1] : a[0], t.transpose_a ? a[0] : a[1], t.transpose_b ? b[0] : b[1]};
+}
+
+absl::StatusOr<TensorType> InferSgdMatMul(const Node& node,
+                                          absl::Span<const TensorType* const> in) {
+  const auto* attrs = std::get_if<FusedSgdAttrs>(&node.attrs);
+  if (attrs == nullptr) return OpError(node, "needs FusedSgdAttrs");
+  const bool wants_buffer = attrs->sgd.momentum != 0.0f;
+  if (wants_buffer != (in.size() == 4)) {
+    return OpError(node,
+                   "takes (param, a, b, momentum_buffer) with momentum and (param, a, b) "
+                   "without, got ",
+                   in.size(), " inputs");
+  }
+  for (int i : {1, 2}) {
+    RETURN_IF_ERROR(ExpectDType(node, *in[i], DType::kF32, i == 1 ? "a" : "b"));
+    if (in[i]->shape.size() != 2) {
+      return OpError(node, i == 1 ? "a" : "b", " must have rank 2, got ", TypeToString(*in[i]));
+    }
+  }
+  const ProductDims d = GetProductDims(in[1]->shape, in[2]->shape, attrs->product);
+  const int64_t kb = attrs->product.transpose_b ? in[2]->shape[1] : in[2]->shape[0];
+  if (d.k != kb) {
+    return OpError(node, "inner dims ", d.k, " vs ", kb, " (a ", TypeToString(*in[1]), ", b ",
+                   TypeToString(*in[2]), ")");
+  }
+  // The product stands where kSgdUpdate's gradient operand would.
+  const TensorType grad{DType::kF32, {d.m, d.n}};
+  std::vector<const TensorType*> operands = {in[0], &grad};
+  if (wants_buffer) operands.push_back(in[3]);
+  RETURN_IF_ERROR(CheckOperands(node, operands, attrs->sgd.rows));
+  return TensorType{DType::kF32, {}};
+}
+
+// Each gradient element as kMatMul's reference computes it, then the
+// elementwise update on it.
+void SgdMatMulKernel(const KernelArgs& args) {
+  const auto& attrs = args.attrs<FusedSgdAttrs>();
+  const Shape& as = *args.in(1).shape;
+  const Shape& bs = *args.in(2).shape;
+  const ProductDims d = GetProductDims(as, bs, attrs.product);
+  const float* a = args.in(1).f32();
+  const float* b = args.in(2).f32();
+  float* p = args.in(0).f32();
+  float* buf = MomentumBuffer(args, 3);
+  for (int64_t i = 0; i < d.m; ++i) {
+    for (int64_t j = 0; j < d.n; ++j) {
+      double acc = 0.0;
+      for (int64_t q = 0; q < d.k; ++q) {
+        const float av = attrs.product.transpose_a ? a[q * as[1] + i] : a[i * as[1] + q];
+        const float bv = attrs.product.transpose_b ? b[j * bs[1] + q] : b[q * bs[1] + j];
+        acc += static_cast<double>(av) * bv;
+      }
+      const float g = static_cast<float>(acc);
+      const int64_t at = i * d.n + j;
+      SgdRange(attrs.sgd, *args.step, p + at, &g, buf == nullptr ? nullptr : buf + at, 0, 1);
+    }
+  }
+}
+
+// One GEMM into the buffer, then at most one pass over it:
+//   momentum: buf = decay·buf + w·g by the GEMM's beta and alpha; the first
+//             slice adds wd·p, the last applies p -= lr·buf;
+//   none:     p = (1 − lr·wd)·p − lr·g by the GEMM alone.
+void SgdMatMulFast(const KernelArgs& args) {
+  const auto& attrs = args.attrs<FusedSgdAttrs>();
+  const SgdAttrs& sgd = attrs.sgd;
+  const Shape& as = *args.in(1).shape;
+  const Shape& bs = *args.in(2).shape;
+  const ProductDims d = GetProductDims(as, bs, attrs.product);
+  const float* a = args.in(1).f32();
+  const float* b = args.in(2).f32();
+  float* p = args.in(0).f32();
+  float* buf = MomentumBuffer(args, 3);
+  const bool ta = attrs.product.transpose_a, tb = attrs.product.transpose_b;
+  if (buf == nullptr) {
+    kernels::Sgemm(ta, tb, d.m, d.n, d.k, -sgd.lr, a, as[1], b, bs[1],
+                   1.0f - sgd.lr * sgd.weight_decay, p, d.n);
+    return;
+  }
+  const StepInfo& step = *args.step;
+  const float decay = step.first_micro_batch() ? sgd.momentum : 1.0f;
+  const float wd = step.first_micro_batch() ? sgd.weight_decay : 0.0f;
+  kernels::Sgemm(ta, tb, d.m, d.n, d.k, step.gradient_weight, a, as[1], b, bs[1], decay, buf, d.n);
+  const bool apply = step.last_micro_batch();
+  if (wd == 0.0f && !apply) return;
+  kernels::ParallelFor(d.m * d.n, 2, [&](int64_t begin, int64_t end) {
+    if (wd != 0.0f) {
+      for (int64_t i = begin; i < end; ++i) buf[i] += wd * p[i];
+    }
+    if (apply) {
+      for (int64_t i = begin; i < end; ++i) p[i] -= sgd.lr * buf[i];
+    }
+  });
 }
 
 absl::StatusOr<TensorType> InferAdamW(const Node& node, absl::Span<const TensorType* const> in) {
@@ -156,6 +273,19 @@ OpDef AdamWUpdateOpDef() {
   def.has_output = false;
   def.infer = InferAdamW;
   def.reference = AdamWKernel;
+  return def;
+}
+
+OpDef SgdMatMulUpdateOpDef() {
+  OpDef def;
+  def.name = "sgd_matmul_update";
+  def.attrs_index = AttrsIndexOf<FusedSgdAttrs>();
+  def.min_inputs = 3;
+  def.max_inputs = 4;
+  def.has_output = false;
+  def.infer = InferSgdMatMul;
+  def.reference = SgdMatMulKernel;
+  def.fast = SgdMatMulFast;
   return def;
 }
 

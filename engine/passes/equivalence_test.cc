@@ -3,7 +3,8 @@
 // optimizer state) after 3 steps. Passes that run the same kernels on the
 // same values are bit-exact (fusion included: fused kernels do each element's
 // arithmetic as the unfused kernels do); BatchNorm folding reassociates the convolution
-// (W·s)·x vs (W·x)·s, so it gets a relative tolerance.
+// (W·s)·x vs (W·x)·s, and fused updates add the momentum buffer inside the
+// GEMM, so those get a relative tolerance.
 #include "engine/base/status_matchers.h"
 #include "engine/ir/verifier.h"
 #include "engine/passes/pipeline.h"
@@ -17,6 +18,10 @@ namespace {
 struct ModelCase {
   const char* name;
   absl::StatusOr<testing::TestModel> (*build)();
+  // For passes that change rounding (fuse_updates): relative tolerance and
+  // noise floor (test_util.h) after 3 steps.
+  double rounding_tolerance = 1e-5;
+  double noise_floor = 1e-3;
 };
 
 absl::StatusOr<testing::TestModel> MobileNetTrain() {
@@ -48,7 +53,10 @@ absl::StatusOr<testing::TestModel> ResNetFrozenBn() {
 }
 
 const ModelCase kModels[] = {
-    {"mobilenet_v2_train", MobileNetTrain},
+    // Training-mode BatchNorm over a batch of 2 (1×1 planes at the end)
+    // amplifies a rounding difference step by step: 3e-5 relative on the
+    // weights after 3 steps, more on the β buffers that hold only noise.
+    {"mobilenet_v2_train", MobileNetTrain, 3e-4, 1e-2},
     {"mobilenet_v2_frozen_bn", MobileNetFrozenBn},
     {"mobilenet_v2_frozen_bn_full", MobileNetFrozenBnFull},
     {"mobilenet_v2_bias_only", MobileNetBiasOnly},
@@ -60,10 +68,14 @@ const ModelCase kModels[] = {
     {"resnet_frozen_bn", ResNetFrozenBn},
 };
 
-const char* const kPasses[] = {"fold_batch_norm", "fuse",           "dce",      "pack_masks",
-                               "reorder_updates", "fold_constants", "in_place", "all"};
+const char* const kPasses[] = {"fold_batch_norm", "fuse",         "dce",
+                               "pack_masks",      "fuse_updates", "reorder_updates",
+                               "fold_constants",  "in_place",     "all"};
 
-// The first entry of PassReport::passes is fold_batch_norm (pipeline.h order).
+// PassReport::passes in pipeline.h order.
+constexpr int kFoldBatchNorm = 0;
+constexpr int kFuseUpdates = 4;
+
 class Equivalence : public ::testing::TestWithParam<ModelCase> {};
 
 TEST_P(Equivalence, EveryPassTrainsTheSame) {
@@ -84,8 +96,16 @@ TEST_P(Equivalence, EveryPassTrainsTheSame) {
     compile.fold_constants = options.fold_constants;
     ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
                          testing::TrainSteps(g, report.Map(m.model.loss), m, 3, compile));
-    const bool exact = !options.fold_batch_norm || report.passes[0].rewrites == 0;
-    testing::ExpectSameTraining(want, got, exact ? 0.0 : 2e-4);
+    ASSERT_EQ(report.passes[kFuseUpdates].name, "fuse_updates");
+    const bool folded = report.passes[kFoldBatchNorm].rewrites > 0;
+    const bool fused_updates = report.passes[kFuseUpdates].rewrites > 0;
+    if (folded) {
+      testing::ExpectSameTraining(want, got, 2e-4);
+    } else if (fused_updates) {
+      testing::ExpectSameTraining(want, got, GetParam().rounding_tolerance, GetParam().noise_floor);
+    } else {
+      testing::ExpectSameTraining(want, got, 0.0);
+    }
   }
 }
 

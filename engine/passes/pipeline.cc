@@ -13,6 +13,7 @@
 #include "engine/passes/fold_batch_norm.h"
 #include "engine/passes/fuse.h"
 #include "engine/passes/fuse_elementwise.h"
+#include "engine/passes/fuse_updates.h"
 #include "engine/passes/pack_masks.h"
 #include "engine/passes/reorder_updates.h"
 #include "engine/passes/rewrite.h"
@@ -35,7 +36,8 @@ absl::StatusOr<PassOptions> PassOptions::Parse(absl::string_view spec) {
   PassOptions all;
   if (spec == "all") return all;
   PassOptions out = all;
-  out.fold_batch_norm = out.fuse = out.dce = out.pack_masks = out.reorder_updates = false;
+  out.fold_batch_norm = out.fuse = out.dce = out.pack_masks = out.fuse_updates = false;
+  out.reorder_updates = false;
   out.fold_constants = out.in_place = false;
   if (spec == "none" || spec.empty()) return out;
   for (absl::string_view name : absl::StrSplit(spec, ',')) {
@@ -47,6 +49,8 @@ absl::StatusOr<PassOptions> PassOptions::Parse(absl::string_view spec) {
       out.dce = true;
     } else if (name == "pack_masks") {
       out.pack_masks = true;
+    } else if (name == "fuse_updates") {
+      out.fuse_updates = true;
     } else if (name == "reorder_updates") {
       out.reorder_updates = true;
     } else if (name == "fold_constants") {
@@ -56,8 +60,8 @@ absl::StatusOr<PassOptions> PassOptions::Parse(absl::string_view spec) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "unknown pass '", name,
-          "' (known: fold_batch_norm, fuse, dce, pack_masks, reorder_updates, fold_constants, "
-          "in_place, all, none)"));
+          "' (known: fold_batch_norm, fuse, dce, pack_masks, fuse_updates, reorder_updates, "
+          "fold_constants, in_place, all, none)"));
     }
   }
   return out;
@@ -135,6 +139,9 @@ absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options) {
   }));
   RETURN_IF_ERROR(run("pack_masks", options.pack_masks, [&](std::vector<ValueId>* map, int* n) {
     return PackActivationMasks(graph, map, n);
+  }));
+  RETURN_IF_ERROR(run("fuse_updates", options.fuse_updates, [&](std::vector<ValueId>* map, int* n) {
+    return FuseUpdates(graph, map, n);
   }));
   RETURN_IF_ERROR(run("reorder_updates", options.reorder_updates,
                       [&](std::vector<ValueId>* map, int* n) -> absl::StatusOr<bool> {

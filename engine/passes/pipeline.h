@@ -20,6 +20,8 @@
 //   dce              drop nodes no output, loss or update needs (dce.h)
 //   pack_masks       ReLU/ReLU6 outputs kept for their gradient → bit masks
 //                    (pack_masks.h)
+//   fuse_updates     weight-gradient matmul + SGD update → one update whose GEMM
+//                    accumulates into the momentum buffer (fuse_updates.h)
 //   reorder_updates  each update right after its gradient (reorder_updates.h)
 // Runtime features the report measures but Compile() applies:
 //   fold_constants   values of frozen parameters computed once (CompileOptions)
@@ -46,6 +48,7 @@ struct PassOptions {
   bool fuse = true;
   bool dce = true;
   bool pack_masks = true;
+  bool fuse_updates = true;
   bool reorder_updates = true;
   // Runtime halves: copy into runtime::CompileOptions.
   bool fold_constants = true;

@@ -23,11 +23,11 @@ const PassStats& Stats(const PassReport& r, const std::string& name) {
 
 TEST(PassOptions, ParsesAllNoneAndLists) {
   ASSERT_OK_AND_ASSIGN(PassOptions all, PassOptions::Parse("all"));
-  EXPECT_TRUE(all.fold_batch_norm && all.fuse && all.dce && all.reorder_updates &&
-              all.fold_constants && all.in_place);
+  EXPECT_TRUE(all.fold_batch_norm && all.fuse && all.dce && all.pack_masks && all.fuse_updates &&
+              all.reorder_updates && all.fold_constants && all.in_place);
   ASSERT_OK_AND_ASSIGN(PassOptions none, PassOptions::Parse("none"));
-  EXPECT_FALSE(none.fold_batch_norm || none.fuse || none.dce || none.reorder_updates ||
-               none.fold_constants || none.in_place);
+  EXPECT_FALSE(none.fold_batch_norm || none.fuse || none.dce || none.pack_masks ||
+               none.fuse_updates || none.reorder_updates || none.fold_constants || none.in_place);
   ASSERT_OK_AND_ASSIGN(PassOptions some, PassOptions::Parse("dce,in_place"));
   EXPECT_TRUE(some.dce && some.in_place);
   EXPECT_FALSE(some.fuse || some.reorder_updates);
@@ -41,9 +41,10 @@ TEST(RunPasses, ReportsWhatEachPassDid) {
   Graph g = m.graph;
   ASSERT_OK_AND_ASSIGN(PassReport report, RunPasses(g));
   ASSERT_OK(VerifyGraph(g));
-  ASSERT_EQ(report.passes.size(), 7u);
+  ASSERT_EQ(report.passes.size(), 8u);
   EXPECT_GT(Stats(report, "fold_batch_norm").rewrites, 10);
   EXPECT_GT(Stats(report, "fuse").rewrites, 0);
+  EXPECT_EQ(Stats(report, "fuse_updates").rewrites, 1);  // the classifier's weight
   const PassStats& reorder = Stats(report, "reorder_updates");
   EXPECT_TRUE(reorder.changed);
   EXPECT_LT(reorder.arena_bytes_after, reorder.arena_bytes_before);

@@ -13,10 +13,8 @@ namespace fleettune::engine::passes {
 
 std::vector<int> WrittenOperands(const Node& node) {
   std::vector<int> out;
-  if (!IsUpdateOp(node.op)) return out;
-  const int read_only = node.op == OpKind::kBatchNormStatsUpdate ? 0 : 1;
   for (int i = 0; i < static_cast<int>(node.inputs.size()); ++i) {
-    if (i != read_only) out.push_back(i);
+    if (WritesOperand(node.op, i)) out.push_back(i);
   }
   return out;
 }

@@ -34,9 +34,11 @@ namespace fleettune::engine::passes {
 // FailedPrecondition for a graph whose inputs are not earlier nodes.
 absl::StatusOr<bool> ReorderUpdates(Graph& graph, std::vector<ValueId>* old_to_new = nullptr);
 
-// The operands an update node writes in place (indices into node.inputs):
-// for SGD / AdamW every operand but the gradient (1), for BatchNorm statistics
-// updates every operand but the batch (0). Empty for other ops.
+// The operands an update node writes in place (indices into node.inputs), as
+// engine/ir/verifier.h's WritesOperand: for SGD / AdamW every operand but the
+// gradient (1), for fused SGD every operand but the gradient's factors (1, 2),
+// for BatchNorm statistics updates every operand but the batch (0). Empty for
+// other ops.
 std::vector<int> WrittenOperands(const Node& node);
 
 }  // namespace fleettune::engine::passes

@@ -180,16 +180,17 @@ size_t ArenaBytes(const Graph& graph) {
   return layout.ok() ? layout->plan.arena_bytes : 0;
 }
 
-double RelativeDifference(const float* a, const float* b, int64_t n) {
+double RelativeDifference(const float* a, const float* b, int64_t n, double floor) {
   double diff = 0.0, scale = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     diff = std::max(diff, static_cast<double>(std::fabs(a[i] - b[i])));
     scale = std::max(scale, static_cast<double>(std::fabs(a[i])));
   }
-  return diff == 0.0 ? 0.0 : diff / std::max(scale, 1e-30);
+  return diff == 0.0 ? 0.0 : diff / std::max(scale, floor);
 }
 
-void ExpectSameTraining(const TrainResult& want, const TrainResult& got, double tolerance) {
+void ExpectSameTraining(const TrainResult& want, const TrainResult& got, double tolerance,
+                        double floor) {
   ASSERT_EQ(want.losses.size(), got.losses.size());
   for (size_t i = 0; i < want.losses.size(); ++i) {
     EXPECT_NEAR(got.losses[i], want.losses[i],
@@ -201,7 +202,8 @@ void ExpectSameTraining(const TrainResult& want, const TrainResult& got, double 
     ASSERT_NE(other, nullptr) << name;
     ASSERT_EQ(other->type(), t.type()) << name;
     if (t.dtype() != DType::kF32) continue;
-    EXPECT_LE(RelativeDifference(t.f32(), other->f32(), t.num_elements()), tolerance) << name;
+    EXPECT_LE(RelativeDifference(t.f32(), other->f32(), t.num_elements(), floor), tolerance)
+        << name;
   }
 }
 

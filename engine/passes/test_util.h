@@ -65,12 +65,17 @@ int CountOps(const Graph& graph, OpKind op);
 // (gtest failure and 0 if planning fails).
 size_t ArenaBytes(const Graph& graph);
 
-// Largest |a − b| over max(|a|) of two tensors (0 for equal ones).
-double RelativeDifference(const float* a, const float* b, int64_t n);
+// Largest |a − b| over max(|a|, floor) of two tensors (0 for equal ones).
+double RelativeDifference(const float* a, const float* b, int64_t n, double floor = 1e-30);
 
 // Gtest expectations: same losses and same f32 parameters (weights, buffers,
-// optimizer state) within `tolerance` relative.
-void ExpectSameTraining(const TrainResult& want, const TrainResult& got, double tolerance);
+// optimizer state) within `tolerance` relative. A tensor whose largest
+// magnitude is under `floor` is measured against `floor`: for passes that
+// change rounding, tensors that hold only rounding noise (the β of a
+// BatchNorm whose shift the next training-mode BatchNorm removes has a true
+// gradient of about zero) are compared at the scale of that noise.
+void ExpectSameTraining(const TrainResult& want, const TrainResult& got, double tolerance,
+                        double floor = 1e-30);
 
 }  // namespace fleettune::engine::passes::testing
 

@@ -106,6 +106,7 @@ constexpr OpRow kOps[] = {
     {OpKind::kElementwiseChain, v1::OP_KIND_ELEMENTWISE_CHAIN, v1::Node::kElementwiseChain},
     {OpKind::kActivationMask, v1::OP_KIND_ACTIVATION_MASK, v1::Node::kScalar},
     {OpKind::kMaskedGrad, v1::OP_KIND_MASKED_GRAD, v1::Node::ATTRS_NOT_SET},
+    {OpKind::kSgdMatMulUpdate, v1::OP_KIND_SGD_MATMUL_UPDATE, v1::Node::kFusedSgd},
 };
 static_assert(std::size(kOps) == kNumOpKinds, "every OpKind needs a row in kOps");
 
@@ -284,6 +285,17 @@ absl::StatusOr<ActivationFn> ActivationFnFromProto(int fn) {
                                         : absl::StrCat("unknown activation fn ", fn));
 }
 
+void SgdToProto(const SgdAttrs& a, v1::SgdAttrs* s) {
+  s->set_lr(a.lr);
+  s->set_momentum(a.momentum);
+  s->set_weight_decay(a.weight_decay);
+  s->set_rows(a.rows);
+}
+
+SgdAttrs SgdFromProto(const v1::SgdAttrs& s) {
+  return SgdAttrs{s.lr(), s.momentum(), s.weight_decay(), s.rows()};
+}
+
 // Sets the oneof from `attrs` and returns the case it set.
 v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
   std::visit(
@@ -313,13 +325,7 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
           [&](const CrossEntropyAttrs& a) {
             out->mutable_cross_entropy()->set_ignore_index(a.ignore_index);
           },
-          [&](const SgdAttrs& a) {
-            v1::SgdAttrs* s = out->mutable_sgd();
-            s->set_lr(a.lr);
-            s->set_momentum(a.momentum);
-            s->set_weight_decay(a.weight_decay);
-            s->set_rows(a.rows);
-          },
+          [&](const SgdAttrs& a) { SgdToProto(a, out->mutable_sgd()); },
           [&](const AdamWAttrs& a) {
             v1::AdamWAttrs* w = out->mutable_adamw();
             w->set_lr(a.lr);
@@ -395,6 +401,12 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
               if (StepReadsFn(step.op)) s->set_fn(kActivationFns[static_cast<int>(step.fn)].second);
               s->set_value(step.value);
             }
+          },
+          [&](const FusedSgdAttrs& a) {
+            v1::FusedSgdAttrs* f = out->mutable_fused_sgd();
+            SgdToProto(a.sgd, f->mutable_sgd());
+            f->mutable_product()->set_transpose_a(a.product.transpose_a);
+            f->mutable_product()->set_transpose_b(a.product.transpose_b);
           },
           [&](const FusedBatchNormAttrs& a) {
             v1::FusedBatchNormAttrs* f = out->mutable_fused_batch_norm();
@@ -492,9 +504,12 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
     }
     case v1::Node::kCrossEntropy:
       return CrossEntropyAttrs{node.cross_entropy().ignore_index()};
-    case v1::Node::kSgd: {
-      const v1::SgdAttrs& s = node.sgd();
-      return SgdAttrs{s.lr(), s.momentum(), s.weight_decay(), s.rows()};
+    case v1::Node::kSgd:
+      return SgdFromProto(node.sgd());
+    case v1::Node::kFusedSgd: {
+      const v1::FusedSgdAttrs& f = node.fused_sgd();
+      return FusedSgdAttrs{SgdFromProto(f.sgd()),
+                           MatMulAttrs{f.product().transpose_a(), f.product().transpose_b()}};
     }
     case v1::Node::kAdamw: {
       const v1::AdamWAttrs& a = node.adamw();

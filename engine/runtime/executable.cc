@@ -73,7 +73,9 @@ absl::StatusOr<std::vector<StagedType>> PlanStaging(const Graph& g, const Compil
         return refuse("", "draws one mask per step, so the batch cannot run in micro-batches");
       case OpKind::kAdamWUpdate:
       case OpKind::kSgdUpdate:
+      case OpKind::kSgdMatMulUpdate:
         if (node.op == OpKind::kSgdUpdate && node.inputs.size() == 3) break;
+        if (node.op == OpKind::kSgdMatMulUpdate && node.inputs.size() == 4) break;
         return refuse(absl::StrCat(" of '", g.node(node.inputs[0]).name, "'"),
                       "has no momentum buffer to accumulate micro-batches in; micro-batching "
                       "needs SGD with momentum");
@@ -203,10 +205,10 @@ std::vector<bool> FindConstants(const Graph& graph) {
   const int n = graph.num_nodes();
   std::vector<bool> written(n, false);
   for (const Node& node : graph.nodes()) {
-    if (!IsUpdateOp(node.op)) continue;
-    const size_t read_only = node.op == OpKind::kBatchNormStatsUpdate ? 0 : 1;
-    for (size_t i = 0; i < node.inputs.size(); ++i) {
-      if (i != read_only && graph.IsValid(node.inputs[i])) written[node.inputs[i]] = true;
+    for (int i = 0; i < static_cast<int>(node.inputs.size()); ++i) {
+      if (WritesOperand(node.op, i) && graph.IsValid(node.inputs[i])) {
+        written[node.inputs[i]] = true;
+      }
     }
   }
   std::vector<bool> constant(n, false);
@@ -253,8 +255,10 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
   // (BatchNorm folding reshapes every frozen conv weight twice a step).
   std::vector<bool> written(n, false);
   for (ValueId id = 0; id < n; ++id) {
-    if (!IsUpdateOp(graph.node(id).op)) continue;
-    for (ValueId in : graph.node(id).inputs) written[in] = true;
+    const Node& node = graph.node(id);
+    for (int i = 0; i < static_cast<int>(node.inputs.size()); ++i) {
+      if (WritesOperand(node.op, i)) written[node.inputs[i]] = true;
+    }
   }
   std::vector<int> last_use(n, -1);
   for (ValueId id = 0; id < n; ++id) {

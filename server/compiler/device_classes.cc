@@ -31,18 +31,21 @@ constexpr int64_t kGiB = int64_t{1} << 30;
 // device's real work, so a class grants fleettune a deliberately small slice. They are sized
 // against the reference workload, an MLP 784-256-128-10 with batch 64, whose plans need (from
 // the compiler, with its passes: updates run as soon as their gradient is complete, so each
-// gradient buffer is freed at once; plan_compiler_test.cc checks the outcomes below):
+// gradient buffer is freed at once, and SGD's weight gradients accumulate straight into the
+// momentum buffer, or the weight, without being stored; plan_compiler_test.cc checks the
+// outcomes below):
 //
 //   scheme      SGD        SGD, momentum 0.9   AdamW
-//   full        1.92 MiB   2.82 MiB            3.71 MiB
-//   last-k:2    1.31 MiB   1.44 MiB            1.57 MiB
+//   full        1.26 MiB   2.15 MiB            3.72 MiB
+//   last-k:2    1.22 MiB   1.35 MiB            1.57 MiB
 //   last-k:1    1.18 MiB   1.19 MiB            1.19 MiB
-//   bias-only   1.25 MiB   1.25 MiB            1.25 MiB
+//   bias-only   1.20 MiB   1.20 MiB            1.20 MiB
 //
 // (0.90 MiB of every figure is the weights; bias-only needs more than last-k:1 because its
 // gradients flow back through every layer.) So with scheme.fit_class_budget:
 //   rpi4              2 MiB: full fine-tuning with plain SGD (which needed 2.05 MiB before the
-//                     update reordering); last-k:2 with momentum or AdamW.
+//                     update reordering, 1.92 MiB before fused updates); last-k:2 with momentum
+//                     or AdamW.
 //   rpi5              3.5 MiB: full with SGD (with or without momentum); last-k:2 with AdamW.
 //   jetson-orin-nano  16 MiB: full with every optimizer.
 //   x86-avx2          64 MiB: full with every optimizer.
