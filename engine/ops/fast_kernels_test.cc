@@ -153,14 +153,23 @@ TEST(FastKernels, CrossEntropyOverAWideVocabulary) {
 }
 
 TEST(FastKernels, ReduceOverLargeAxes) {
-  for (OpKind kind : {OpKind::kReduceSum, OpKind::kReduceMean}) {
-    ExpectFastMatchesReference({kind, {F32({8, 96, 32, 32})}, ReduceAttrs{{0, 2, 3}, false}});
-    ExpectFastMatchesReference({kind, {F32({600, 300})}, ReduceAttrs{{0}, false}});
-    // Rows wider than kColumnSumMaxBlockedWidth: split over columns, no scratch.
-    ExpectFastMatchesReference({kind, {F32({37, 5000})}, ReduceAttrs{{0}, false}});
-    ExpectFastMatchesReference({kind, {F32({300, 517})}, ReduceAttrs{{1}, true}});
-    ExpectFastMatchesReference({kind, {F32({4, 6, 50, 70})}, ReduceAttrs{{1, 3}, false}});
+  for (kernels::Isa isa : {kernels::Isa::kGeneric, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (!kernels::HostSupports(isa)) continue;
+    SCOPED_TRACE(kernels::IsaName(isa));
+    kernels::SetKernelIsa(isa);
+    for (OpKind kind : {OpKind::kReduceSum, OpKind::kReduceMean}) {
+      ExpectFastMatchesReference({kind, {F32({8, 96, 32, 32})}, ReduceAttrs{{0, 2, 3}, false}});
+      // Column sums in registers: whole groups of vectors, single vectors and a scalar tail.
+      ExpectFastMatchesReference({kind, {F32({600, 300})}, ReduceAttrs{{0}, false}});
+      ExpectFastMatchesReference({kind, {F32({1024, 256})}, ReduceAttrs{{0}, false}});
+      ExpectFastMatchesReference({kind, {F32({5, 3})}, ReduceAttrs{{0}, false}});
+      // Rows wider than kColumnSumMaxBlockedWidth: split over columns, no scratch.
+      ExpectFastMatchesReference({kind, {F32({37, 5000})}, ReduceAttrs{{0}, false}});
+      ExpectFastMatchesReference({kind, {F32({300, 517})}, ReduceAttrs{{1}, true}});
+      ExpectFastMatchesReference({kind, {F32({4, 6, 50, 70})}, ReduceAttrs{{1, 3}, false}});
+    }
   }
+  kernels::SetKernelIsa(kernels::Isa::kGeneric);
 }
 
 struct Conv {
