@@ -33,11 +33,26 @@ struct ParameterAttrs {
 };
 
 // y = op(a) · op(b), op = transpose when the flag is set. 2-D only.
+//
+// The fuse pass (engine/passes/fold_matmul.h) also folds neighbours into a
+// matmul, after autodiff (such a matmul has no gradient rule):
+//   alpha            y = alpha · op(a) · op(b) (a power-of-two scale);
+//   interleaved_*    that operand, or y, is stored [..., T, H, D] and taken
+//                    as [..., H, T, D]: attention's heads interleaved in each
+//                    token's row, so the transposes that split and merge the
+//                    heads are never copied. Needs rank >= 3.
 struct MatMulAttrs {
   bool transpose_a = false;
   bool transpose_b = false;
+  float alpha = 1.0f;
+  bool interleaved_a = false;
+  bool interleaved_b = false;
+  bool interleaved_y = false;
+  bool folded() const { return alpha != 1.0f || interleaved_a || interleaved_b || interleaved_y; }
   bool operator==(const MatMulAttrs& o) const {
-    return transpose_a == o.transpose_a && transpose_b == o.transpose_b;
+    return transpose_a == o.transpose_a && transpose_b == o.transpose_b && alpha == o.alpha &&
+           interleaved_a == o.interleaved_a && interleaved_b == o.interleaved_b &&
+           interleaved_y == o.interleaved_y;
   }
 };
 

@@ -61,6 +61,17 @@ std::string RowsField(int64_t rows) {
   return rows == 0 ? std::string() : absl::StrCat(", rows=", rows);
 }
 
+// The transposes always, folded neighbours only when present.
+std::string MatMulFields(const MatMulAttrs& a) {
+  std::string out =
+      absl::StrCat("transpose_a=", Bool(a.transpose_a), ", transpose_b=", Bool(a.transpose_b));
+  if (a.alpha != 1.0f) absl::StrAppend(&out, ", alpha=", a.alpha);
+  if (a.interleaved_a) absl::StrAppend(&out, ", interleaved_a=true");
+  if (a.interleaved_b) absl::StrAppend(&out, ", interleaved_b=true");
+  if (a.interleaved_y) absl::StrAppend(&out, ", interleaved_y=true");
+  return out;
+}
+
 std::string SgdFields(const SgdAttrs& a) {
   return absl::StrCat("lr=", a.lr, ", momentum=", a.momentum, ", weight_decay=", a.weight_decay,
                       RowsField(a.rows));
@@ -107,10 +118,7 @@ std::string PrintAttrs(const Attrs& attrs) {
       Overloaded{
           [](const NoAttrs&) { return std::string(); },
           [](const ParameterAttrs& a) { return absl::StrCat("{role=", RoleName(a.role), "}"); },
-          [](const MatMulAttrs& a) {
-            return absl::StrCat("{transpose_a=", Bool(a.transpose_a),
-                                ", transpose_b=", Bool(a.transpose_b), "}");
-          },
+          [](const MatMulAttrs& a) { return absl::StrCat("{", MatMulFields(a), "}"); },
           [](const ShapeAttrs& a) { return absl::StrCat("{shape=", ShapeToString(a.shape), "}"); },
           [](const ReduceAttrs& a) {
             return absl::StrCat("{axes=[", absl::StrJoin(a.axes, ", "),
@@ -125,9 +133,7 @@ std::string PrintAttrs(const Attrs& attrs) {
           },
           [](const SgdAttrs& a) { return absl::StrCat("{", SgdFields(a), "}"); },
           [](const FusedSgdAttrs& a) {
-            return absl::StrCat("{", SgdFields(a.sgd),
-                                ", transpose_a=", Bool(a.product.transpose_a),
-                                ", transpose_b=", Bool(a.product.transpose_b), "}");
+            return absl::StrCat("{", SgdFields(a.sgd), ", ", MatMulFields(a.product), "}");
           },
           [](const AdamWAttrs& a) {
             return absl::StrCat("{lr=", a.lr, ", beta1=", a.beta1, ", beta2=", a.beta2,

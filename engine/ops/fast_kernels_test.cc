@@ -152,6 +152,39 @@ TEST(FastKernels, CrossEntropyOverAWideVocabulary) {
   }
 }
 
+// Matmuls with attention's transposes and scale folded in (fold_matmul.h):
+// interleaved operands and outputs, alpha, broadcast batch dimensions.
+TEST(FastKernels, FoldedMatMulLayouts) {
+  auto folded = [](bool ta, bool tb, float alpha, bool ia, bool ib, bool iy) {
+    MatMulAttrs a{ta, tb};
+    a.alpha = alpha;
+    a.interleaved_a = ia;
+    a.interleaved_b = ib;
+    a.interleaved_y = iy;
+    return a;
+  };
+  struct FoldedCase {
+    Shape a, b;
+    MatMulAttrs attrs;
+  };
+  for (const FoldedCase& c : std::vector<FoldedCase>{
+           // q [B, T, H, D] · k [B, T, H, D]ᵀ per head → scores [B, H, T, T], scaled.
+           {{2, 5, 3, 4}, {2, 5, 3, 4}, folded(false, true, 0.125f, true, true, false)},
+           // probs [B, H, T, T] · v [B, T, H, D] → context written as [B, T, H, D].
+           {{2, 3, 5, 5}, {2, 5, 3, 4}, folded(false, false, 1.0f, false, true, true)},
+           // dk = dsᵀ · q with q interleaved, written interleaved.
+           {{2, 3, 5, 5}, {2, 5, 3, 4}, folded(true, false, 0.5f, false, true, true)},
+           // An interleaved a against a broadcast b, and a transposed interleaved a.
+           {{2, 5, 3, 4}, {4, 6}, folded(false, false, 1.0f, true, false, false)},
+           {{2, 4, 3, 5}, {2, 3, 4, 6}, folded(true, false, 2.0f, true, false, true)},
+           // Rank 5 with broadcast batch dims on b; alpha alone on plain operands.
+           {{2, 2, 7, 3, 4}, {2, 1, 1, 4, 5}, folded(false, false, 1.0f, true, false, false)},
+           {{2, 3, 5, 4}, {4, 6}, folded(false, false, 0.25f, false, false, false)},
+       }) {
+    ExpectFastMatchesReference({OpKind::kMatMul, {F32(c.a), F32(c.b)}, c.attrs});
+  }
+}
+
 TEST(FastKernels, ReduceOverLargeAxes) {
   for (kernels::Isa isa : {kernels::Isa::kGeneric, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
     if (!kernels::HostSupports(isa)) continue;

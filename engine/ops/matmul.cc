@@ -11,6 +11,8 @@
 // (FoldableBatchDims), else one call per matrix; many small matrices are
 // spread over the threads, one single-threaded call each.
 #include <array>
+#include <cmath>
+#include <utility>
 
 #include "engine/base/status_macros.h"
 #include "engine/kernels/gemm.h"
@@ -34,13 +36,46 @@ Dims GetDims(const Shape& a, const Shape& b, const MatMulAttrs& attrs) {
   return d;
 }
 
+// The shape a matmul takes an operand (or y) as: with `interleaved` the
+// stored [..., T, H, D] is taken as [..., H, T, D]. Shape inference only:
+// kernels must not allocate, they use LogicalDim.
+Shape Logical(Shape stored, bool interleaved) {
+  const size_t r = stored.size();
+  if (interleaved && r >= 3) std::swap(stored[r - 3], stored[r - 2]);
+  return stored;
+}
+
+// Logical dimension d of `stored` (see Logical).
+int64_t LogicalDim(const Shape& stored, bool interleaved, int d) {
+  const int r = static_cast<int>(stored.size());
+  if (interleaved && r >= 3 && (d == r - 3 || d == r - 2))
+    return stored[d == r - 3 ? r - 2 : r - 3];
+  return stored[d];
+}
+
+// GetDims on the stored shapes.
+Dims GetStoredDims(const Shape& a, const Shape& b, const MatMulAttrs& attrs) {
+  const int ra = static_cast<int>(a.size()), rb = static_cast<int>(b.size());
+  const int64_t a_rows = LogicalDim(a, attrs.interleaved_a, ra - 2), a_cols = a[ra - 1];
+  const int64_t b_rows = LogicalDim(b, attrs.interleaved_b, rb - 2), b_cols = b[rb - 1];
+  return {attrs.transpose_a ? a_cols : a_rows, attrs.transpose_a ? a_rows : a_cols,
+          attrs.transpose_b ? b_rows : b_cols};
+}
+
 absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* const> in) {
   const auto* attrs = std::get_if<MatMulAttrs>(&node.attrs);
   if (attrs == nullptr) return OpError(node, "needs MatMulAttrs");
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "a"));
   RETURN_IF_ERROR(ExpectDType(node, *in[1], DType::kF32, "b"));
-  const Shape& as = in[0]->shape;
-  const Shape& bs = in[1]->shape;
+  if (attrs->interleaved_a && in[0]->shape.size() < 3) {
+    return OpError(node, "interleaved a must have rank >= 3, got ", TypeToString(*in[0]));
+  }
+  if (attrs->interleaved_b && in[1]->shape.size() < 3) {
+    return OpError(node, "interleaved b must have rank >= 3, got ", TypeToString(*in[1]));
+  }
+  if (!std::isfinite(attrs->alpha)) return OpError(node, "alpha must be finite");
+  const Shape as = Logical(in[0]->shape, attrs->interleaved_a);
+  const Shape bs = Logical(in[1]->shape, attrs->interleaved_b);
   if (as.size() < 2) return OpError(node, "a must have rank >= 2, got ", TypeToString(*in[0]));
   if (bs.size() < 2) return OpError(node, "b must have rank >= 2, got ", TypeToString(*in[1]));
   const Dims d = GetDims(as, bs, *attrs);
@@ -55,74 +90,93 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   Shape out = *std::move(batch);
   out.push_back(d.m);
   out.push_back(d.n);
+  if (attrs->interleaved_y && out.size() < 3) {
+    return OpError(node, "interleaved y needs rank >= 3, got ", ShapeToString(out));
+  }
+  out = Logical(std::move(out), attrs->interleaved_y);  // swapping back is the same swap
   if (absl::Status s = ValidateShape(out); !s.ok()) return OpError(node, s.message());
   return TensorType{DType::kF32, out};
 }
 
-// Where each matrix of y reads its a and b matrices under numpy broadcasting
-// of the batch dimensions. The last `folded` batch dimensions are not walked:
-// a "matrix" is then a block of y matrices along them, located by its first.
-// Fixed-size state: does not allocate.
-class BatchWalk {
- public:
-  BatchWalk(const Shape& as, const Shape& bs, const Shape& ys, int folded)
-      : outer_(static_cast<int>(ys.size()) - 2 - folded) {
-    const int rank = static_cast<int>(ys.size()) - 2;
-    int64_t stride_a = 1, stride_b = 1;
-    for (int k = 0; k < rank; ++k) {
-      const int d = rank - 1 - k;
-      const int da = static_cast<int>(as.size()) - 3 - k;
-      const int db = static_cast<int>(bs.size()) - 3 - k;
-      const int64_t na = da >= 0 ? as[da] : 1;
-      const int64_t nb = db >= 0 ? bs[db] : 1;
-      sa_[d] = na == 1 ? 0 : stride_a;
-      sb_[d] = nb == 1 ? 0 : stride_b;
-      dims_[d] = ys[d];
-      stride_a *= na;
-      stride_b *= nb;
-      (k < folded ? block_ : count_) *= ys[d];
-    }
-  }
-
-  int64_t count() const { return count_; }  // matrices (blocks) to compute
-  int64_t block() const { return block_; }  // y matrices per block
-
-  // The a and b matrices block i reads.
-  void Locate(int64_t i, int64_t* ia, int64_t* ib) const {
-    *ia = *ib = 0;
-    for (int d = outer_ - 1; d >= 0; --d) {
-      const int64_t idx = i % dims_[d];
-      i /= dims_[d];
-      *ia += idx * sa_[d];
-      *ib += idx * sb_[d];
-    }
-  }
-
- private:
-  int outer_;
-  std::array<int64_t, kMaxRank> sa_{}, sb_{}, dims_{};
-  int64_t count_ = 1, block_ = 1;
+// Where an operand's (or y's) matrices are in its storage: the stride between
+// rows (ld) and, per batch dimension of y, the stride between matrices (0
+// along a broadcast dimension), in elements. Columns are always adjacent.
+struct MatrixLayout {
+  int64_t ld = 0;
+  std::array<int64_t, kMaxRank> batch_stride{};
 };
 
-// Calls fn(y_matrix, a_matrix, b_matrix) for every block of y (BatchWalk),
-// with the indices of the block's first y, a and b matrices.
-template <typename Fn>
-void ForEachMatrix(const Shape& as, const Shape& bs, const Shape& ys, int folded, Fn&& fn) {
-  const BatchWalk walk(as, bs, ys, folded);
-  for (int64_t i = 0; i < walk.count(); ++i) {
-    int64_t ia, ib;
-    walk.Locate(i, &ia, &ib);
-    fn(i * walk.block(), ia, ib);
+// `stored` is the tensor's shape; `y_batch_rank` the rank of y's batch
+// dimensions, which the operand's align to from the right (numpy
+// broadcasting; the operand may have fewer).
+MatrixLayout LayoutOf(const Shape& stored, bool interleaved, int y_batch_rank) {
+  const int r = static_cast<int>(stored.size());
+  std::array<int64_t, kMaxRank> stride{};  // row-major strides of the storage
+  int64_t s = 1;
+  for (int d = r - 1; d >= 0; --d) {
+    stride[d] = s;
+    s *= stored[d];
   }
+  // Logical dimension d is stored dimension perm(d).
+  auto perm = [&](int d) {
+    if (!interleaved) return d;
+    return d == r - 3 ? r - 2 : d == r - 2 ? r - 3 : d;
+  };
+  MatrixLayout l;
+  l.ld = stride[perm(r - 2)];
+  for (int k = 0; k < y_batch_rank; ++k) {
+    const int d = r - 3 - k;  // the operand's batch dim under y's batch dim y_batch_rank-1-k
+    if (d >= 0 && LogicalDim(stored, interleaved, d) != 1) {
+      l.batch_stride[y_batch_rank - 1 - k] = stride[perm(d)];
+    }
+  }
+  return l;
 }
+
+// The matrices of one matmul node: y's batch dimensions (logical) and where
+// a, b and y keep theirs.
+// Fixed-size state: does not allocate.
+struct Batch {
+  std::array<int64_t, kMaxRank> dims{};  // y's logical batch dimensions
+  int rank = 0;
+  MatrixLayout a, b, y;
+  int64_t count = 1;
+
+  // The last `folded` batch dimensions are not walked (FoldableBatchDims):
+  // matrix i is then the first of a block along them.
+  Batch(const Shape& as, const Shape& bs, const Shape& ys, const MatMulAttrs& attrs, int folded = 0)
+      : rank(static_cast<int>(ys.size()) - 2) {
+    for (int d = 0; d < rank; ++d) dims[d] = LogicalDim(ys, attrs.interleaved_y, d);
+    a = LayoutOf(as, attrs.interleaved_a, rank);
+    b = LayoutOf(bs, attrs.interleaved_b, rank);
+    y = LayoutOf(ys, attrs.interleaved_y, rank);
+    for (int k = 0; k < folded; ++k) dims[rank - 1 - k] = 1;
+    for (int d = 0; d < rank; ++d) count *= dims[d];
+  }
+
+  // Element offsets of matrix i's a, b and y.
+  void Locate(int64_t i, int64_t* ia, int64_t* ib, int64_t* iy) const {
+    *ia = *ib = *iy = 0;
+    for (int d = rank - 1; d >= 0; --d) {
+      const int64_t idx = i % dims[d];
+      i /= dims[d];
+      *ia += idx * a.batch_stride[d];
+      *ib += idx * b.batch_stride[d];
+      *iy += idx * y.batch_stride[d];
+    }
+  }
+};
 
 // How many trailing batch dimensions of y can join the GEMM's rows: those
 // along which b is broadcast while a is not (nor transposed), so the a (and
 // y) matrices along them are consecutive rows multiplying the same b. Covers
 // x [B, T, K] · W [K, N] and grouped-query attention's q [.., R, T, D] against
-// k [.., 1, S, D].
-int FoldableBatchDims(const Shape& as, const Shape& bs, const Shape& ys, bool transpose_a) {
-  if (transpose_a) return 0;
+// k [.., 1, S, D]. None with interleaved operands, whose rows are not
+// consecutive.
+int FoldableBatchDims(const Shape& as, const Shape& bs, const Shape& ys, const MatMulAttrs& attrs) {
+  if (attrs.transpose_a || attrs.interleaved_a || attrs.interleaved_b || attrs.interleaved_y) {
+    return 0;
+  }
   const int rank = static_cast<int>(ys.size()) - 2;
   int folded = 0;
   for (int k = 0; k < rank; ++k) {
@@ -139,15 +193,18 @@ void Reference(const KernelArgs& args) {
   const auto& attrs = args.attrs<MatMulAttrs>();
   const Shape& as = *args.in(0).shape;
   const Shape& bs = *args.in(1).shape;
-  const Dims d = GetDims(as, bs, attrs);
-  const int64_t lda = as.back(), ldb = bs.back();
+  const Batch batch(as, bs, *args.output.shape, attrs);
+  const Dims d = GetStoredDims(as, bs, attrs);
   const float* a0 = args.in(0).f32();
   const float* b0 = args.in(1).f32();
   float* y0 = args.output.f32();
-  ForEachMatrix(as, bs, *args.output.shape, 0, [&](int64_t iy, int64_t ia, int64_t ib) {
-    const float* a = a0 + ia * d.m * d.k;
-    const float* b = b0 + ib * d.k * d.n;
-    float* y = y0 + iy * d.m * d.n;
+  const int64_t lda = batch.a.ld, ldb = batch.b.ld, ldy = batch.y.ld;
+  for (int64_t m = 0; m < batch.count; ++m) {
+    int64_t ia, ib, iy;
+    batch.Locate(m, &ia, &ib, &iy);
+    const float* a = a0 + ia;
+    const float* b = b0 + ib;
+    float* y = y0 + iy;
     for (int64_t i = 0; i < d.m; ++i) {
       for (int64_t j = 0; j < d.n; ++j) {
         double acc = 0.0;
@@ -156,10 +213,10 @@ void Reference(const KernelArgs& args) {
           const float bv = attrs.transpose_b ? b[j * ldb + p] : b[p * ldb + j];
           acc += static_cast<double>(av) * bv;
         }
-        y[i * d.n + j] = static_cast<float>(acc);
+        y[i * ldy + j] = static_cast<float>(attrs.alpha * acc);
       }
     }
-  });
+  }
 }
 
 void Fast(const KernelArgs& args) {
@@ -167,29 +224,32 @@ void Fast(const KernelArgs& args) {
   const Shape& as = *args.in(0).shape;
   const Shape& bs = *args.in(1).shape;
   const Shape& ys = *args.output.shape;
-  const Dims d = GetDims(as, bs, attrs);
-  const int64_t lda = as.back(), ldb = bs.back();
+  const Dims d = GetStoredDims(as, bs, attrs);
   const float* a = args.in(0).f32();
   const float* b = args.in(1).f32();
   float* y = args.output.f32();
-  const int folded = FoldableBatchDims(as, bs, ys, attrs.transpose_a);
-  const BatchWalk walk(as, bs, ys, folded);
-  const int64_t rows = d.m * walk.block();
+  // A block of consecutive matrices along the folded batch dims is one GEMM
+  // with `block` times the rows.
+  const int folded = FoldableBatchDims(as, bs, ys, attrs);
+  int64_t block = 1;
+  for (int k = 0; k < folded; ++k) block *= ys[ys.size() - 3 - k];
+  const Batch batch(as, bs, ys, attrs, folded);
+  const int64_t rows = d.m * block;
   auto gemm = [&](int64_t i) {
-    int64_t ia, ib;
-    walk.Locate(i, &ia, &ib);
-    kernels::Sgemm(attrs.transpose_a, attrs.transpose_b, rows, d.n, d.k, 1.0f, a + ia * d.m * d.k,
-                   lda, b + ib * d.k * d.n, ldb, 0.0f, y + i * walk.block() * d.m * d.n, d.n);
+    int64_t ia, ib, iy;
+    batch.Locate(i, &ia, &ib, &iy);
+    kernels::Sgemm(attrs.transpose_a, attrs.transpose_b, rows, d.n, d.k, attrs.alpha, a + ia,
+                   batch.a.ld, b + ib, batch.b.ld, 0.0f, y + iy, batch.y.ld);
   };
   // Many small GEMMs (attention's per-head products) run one per thread.
   const int64_t flops = rows * d.n * d.k;
-  if (kernels::GemmsPerThread(walk.count(), flops)) {
-    kernels::ParallelFor(walk.count(), flops, [&](int64_t begin, int64_t end) {
+  if (kernels::GemmsPerThread(batch.count, flops)) {
+    kernels::ParallelFor(batch.count, flops, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) gemm(i);
     });
     return;
   }
-  for (int64_t i = 0; i < walk.count(); ++i) gemm(i);
+  for (int64_t i = 0; i < batch.count; ++i) gemm(i);
 }
 
 // With Y = op(A)·op(B), per matrix of the batch:
@@ -200,6 +260,11 @@ void Fast(const KernelArgs& args) {
 // then summed over the batch dimensions an operand was broadcast along.
 absl::Status Gradient(GradContext& ctx) {
   const auto& attrs = std::get<MatMulAttrs>(ctx.node().attrs);
+  if (attrs.folded()) {
+    return absl::UnimplementedError(
+        "matmul with folded alpha or interleaved operands has no gradient rule (the fuse pass "
+        "emits it after autodiff)");
+  }
   const ValueId a = ctx.input(0), b = ctx.input(1), dy = ctx.dy();
   const bool ta = attrs.transpose_a, tb = attrs.transpose_b;
   if (ctx.NeedsGrad(0)) {

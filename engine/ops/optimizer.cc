@@ -131,6 +131,9 @@ absl::StatusOr<TensorType> InferSgdMatMul(const Node& node,
                                           absl::Span<const TensorType* const> in) {
   const auto* attrs = std::get_if<FusedSgdAttrs>(&node.attrs);
   if (attrs == nullptr) return OpError(node, "needs FusedSgdAttrs");
+  if (attrs->product.folded()) {
+    return OpError(node, "the product takes transposes only (no alpha, no interleaved operands)");
+  }
   const bool wants_buffer = attrs->sgd.momentum != 0.0f;
   if (wants_buffer != (in.size() == 4)) {
     return OpError(node,

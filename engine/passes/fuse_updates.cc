@@ -15,6 +15,7 @@ bool Fusible(const Graph& graph, const std::vector<std::vector<ValueId>>& users,
   const ValueId g = update.inputs[1];
   const Node& product = graph.node(g);
   if (product.op != OpKind::kMatMul || users[g].size() != 1) return false;
+  if (std::get<MatMulAttrs>(product.attrs).folded()) return false;
   const auto& outs = graph.outputs();
   if (std::find(outs.begin(), outs.end(), g) != outs.end()) return false;
   for (ValueId factor : product.inputs) {

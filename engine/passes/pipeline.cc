@@ -11,6 +11,7 @@
 #include "engine/ir/verifier.h"
 #include "engine/passes/dce.h"
 #include "engine/passes/fold_batch_norm.h"
+#include "engine/passes/fold_matmul.h"
 #include "engine/passes/fuse.h"
 #include "engine/passes/fuse_elementwise.h"
 #include "engine/passes/fuse_updates.h"
@@ -123,13 +124,15 @@ absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options) {
                       }));
   RETURN_IF_ERROR(
       run("fuse", options.fuse, [&](std::vector<ValueId>* map, int* n) -> absl::StatusOr<bool> {
-        std::vector<ValueId> pairs_map, chains_map;
-        int pairs = 0, chains = 0;
+        // Matmul folds first: a scale they take would otherwise join a chain.
+        std::vector<ValueId> folds_map, pairs_map, chains_map;
+        int folds = 0, pairs = 0, chains = 0;
+        ASSIGN_OR_RETURN(bool folded, FoldIntoMatMuls(graph, &folds_map, &folds));
         ASSIGN_OR_RETURN(bool paired, FuseActivations(graph, &pairs_map, &pairs));
         ASSIGN_OR_RETURN(bool chained, FuseElementwiseChains(graph, &chains_map, &chains));
-        *map = ComposeMaps(pairs_map, chains_map);
-        *n = pairs + chains;
-        return paired || chained;
+        *map = ComposeMaps(ComposeMaps(folds_map, pairs_map), chains_map);
+        *n = folds + pairs + chains;
+        return folded || paired || chained;
       }));
   RETURN_IF_ERROR(run("dce", options.dce, [&](std::vector<ValueId>* map, int* n) {
     const int before = graph.num_nodes();

@@ -14,9 +14,11 @@
 //
 // Graph passes, in this order (each is one file with its own test):
 //   fold_batch_norm  conv2d + frozen batch_norm_inference → one conv (fold_batch_norm.h)
-//   fuse             conv/linear/frozen BN/add/norm + activation → fused op
+//   fuse             head transposes and power-of-two scales → the matmuls
+//                    that read or write them (fold_matmul.h), then
+//                    conv/linear/frozen BN/add/norm + activation → fused op
 //                    (fuse.h), then elementwise chains → elementwise_chain
-//                    (fuse_elementwise.h); rewrites = pairs + chains
+//                    (fuse_elementwise.h); rewrites = folds + pairs + chains
 //   dce              drop nodes no output, loss or update needs (dce.h)
 //   pack_masks       ReLU/ReLU6 outputs kept for their gradient → bit masks
 //                    (pack_masks.h)

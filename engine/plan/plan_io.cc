@@ -285,6 +285,26 @@ absl::StatusOr<ActivationFn> ActivationFnFromProto(int fn) {
                                         : absl::StrCat("unknown activation fn ", fn));
 }
 
+void MatMulToProto(const MatMulAttrs& a, v1::MatMulAttrs* m) {
+  m->set_transpose_a(a.transpose_a);
+  m->set_transpose_b(a.transpose_b);
+  if (a.alpha != 1.0f) m->set_alpha(a.alpha);
+  m->set_interleaved_a(a.interleaved_a);
+  m->set_interleaved_b(a.interleaved_b);
+  m->set_interleaved_y(a.interleaved_y);
+}
+
+MatMulAttrs MatMulFromProto(const v1::MatMulAttrs& m) {
+  MatMulAttrs a;
+  a.transpose_a = m.transpose_a();
+  a.transpose_b = m.transpose_b();
+  a.alpha = m.alpha() == 0.0f ? 1.0f : m.alpha();
+  a.interleaved_a = m.interleaved_a();
+  a.interleaved_b = m.interleaved_b();
+  a.interleaved_y = m.interleaved_y();
+  return a;
+}
+
 void SgdToProto(const SgdAttrs& a, v1::SgdAttrs* s) {
   s->set_lr(a.lr);
   s->set_momentum(a.momentum);
@@ -302,11 +322,7 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
       Overloaded{
           [](const NoAttrs&) {},
           [&](const ParameterAttrs& a) { out->mutable_parameter()->set_role(RoleToProto(a.role)); },
-          [&](const MatMulAttrs& a) {
-            v1::MatMulAttrs* m = out->mutable_matmul();
-            m->set_transpose_a(a.transpose_a);
-            m->set_transpose_b(a.transpose_b);
-          },
+          [&](const MatMulAttrs& a) { MatMulToProto(a, out->mutable_matmul()); },
           [&](const ShapeAttrs& a) {
             v1::ShapeAttrs* s = out->mutable_shape();
             for (int64_t d : a.shape) s->add_shape(d);
@@ -405,8 +421,7 @@ v1::Node::AttrsCase AttrsToProto(const Attrs& attrs, v1::Node* out) {
           [&](const FusedSgdAttrs& a) {
             v1::FusedSgdAttrs* f = out->mutable_fused_sgd();
             SgdToProto(a.sgd, f->mutable_sgd());
-            f->mutable_product()->set_transpose_a(a.product.transpose_a);
-            f->mutable_product()->set_transpose_b(a.product.transpose_b);
+            MatMulToProto(a.product, f->mutable_product());
           },
           [&](const FusedBatchNormAttrs& a) {
             v1::FusedBatchNormAttrs* f = out->mutable_fused_batch_norm();
@@ -484,7 +499,7 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
               absl::StrCat("unknown parameter role ", static_cast<int>(node.parameter().role())));
       }
     case v1::Node::kMatmul:
-      return MatMulAttrs{node.matmul().transpose_a(), node.matmul().transpose_b()};
+      return MatMulFromProto(node.matmul());
     case v1::Node::kShape: {
       ShapeAttrs attrs;
       ASSIGN_OR_RETURN(attrs.shape, ShapeFromProto(node.shape().shape()));
@@ -508,8 +523,7 @@ absl::StatusOr<Attrs> AttrsFromProto(const v1::Node& node) {
       return SgdFromProto(node.sgd());
     case v1::Node::kFusedSgd: {
       const v1::FusedSgdAttrs& f = node.fused_sgd();
-      return FusedSgdAttrs{SgdFromProto(f.sgd()),
-                           MatMulAttrs{f.product().transpose_a(), f.product().transpose_b()}};
+      return FusedSgdAttrs{SgdFromProto(f.sgd()), MatMulFromProto(f.product())};
     }
     case v1::Node::kAdamw: {
       const v1::AdamWAttrs& a = node.adamw();

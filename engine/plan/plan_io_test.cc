@@ -509,6 +509,40 @@ absl::StatusOr<Graph> FusedOpsGraph() {
   return g;
 }
 
+// A matmul with attention's transposes and scale folded in, and an SGD
+// update that takes its gradient's GEMM (fold_matmul.h, fuse_updates.h).
+TEST(PlanIo, FoldedMatMulsAndFusedUpdatesRoundTrip) {
+  Graph g;
+  const ValueId q = *g.AddInput("q", {DType::kF32, {2, 5, 3, 4}});
+  const ValueId dy = *g.AddInput("dy", {DType::kF32, {6, 2}});
+  const ValueId x = *g.AddInput("x", {DType::kF32, {6, 3}});
+  const ValueId w = *g.AddParameter("w", {DType::kF32, {2, 3}});
+  const ValueId buf =
+      *g.AddParameter("w.momentum_buffer", {DType::kF32, {2, 3}}, ParamRole::kOptimizerState);
+  MatMulAttrs folded{false, true};
+  folded.alpha = 0.125f;
+  folded.interleaved_a = folded.interleaved_b = folded.interleaved_y = true;
+  ASSERT_OK_AND_ASSIGN(ValueId scores, g.AddNode(OpKind::kMatMul, {q, q}, folded));
+  EXPECT_EQ(g.type(scores).shape, (Shape{2, 5, 3, 5}));
+  ASSERT_OK(g.AddNode(OpKind::kSgdMatMulUpdate, {w, dy, x, buf},
+                      FusedSgdAttrs{SgdAttrs{0.1f, 0.9f, 1e-4f}, MatMulAttrs{true, false}})
+                .status());
+  g.MarkOutput(scores);
+  ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(g));
+  ASSERT_OK_AND_ASSIGN(Graph back, GraphFromProto(proto));
+  ExpectSameGraph(g, back);
+  // Plans written before alpha existed read as alpha 1.
+  const int mm = FindOp(proto, v1::OP_KIND_MATMUL);
+  proto.mutable_nodes(mm)->mutable_matmul()->clear_alpha();
+  ASSERT_OK_AND_ASSIGN(Graph old, GraphFromProto(proto));
+  EXPECT_EQ(std::get<MatMulAttrs>(old.node(scores).attrs).alpha, 1.0f);
+  // The fused update's product takes no folded layout.
+  const int update = FindOp(proto, v1::OP_KIND_SGD_MATMUL_UPDATE);
+  proto.mutable_nodes(update)->mutable_fused_sgd()->mutable_product()->set_alpha(2.0f);
+  EXPECT_THAT(GraphFromProto(proto), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("the product takes transposes only")));
+}
+
 TEST(PlanIo, FusedOpsRoundTripAndAreValidatedWhenRead) {
   ASSERT_OK_AND_ASSIGN(Graph graph, FusedOpsGraph());
   ASSERT_OK_AND_ASSIGN(v1::Graph proto, GraphToProto(graph));
