@@ -138,6 +138,19 @@ std::vector<OpTestCase> TestCases() {
   return {c, ignored};
 }
 
+// The gradient's cases (logits, labels, dloss): the in-place test runs them
+// with dlogits over the logits.
+std::vector<OpTestCase> GradTestCases() {
+  std::vector<OpTestCase> cases = TestCases();
+  for (OpTestCase& c : cases) c.inputs.push_back({DType::kF32, {}});
+  OpTestCase wide;  // a row wider than the vector tail
+  wide.inputs = {{DType::kF32, {3, 37}}, {DType::kI32, {3}}, {DType::kF32, {}}};
+  wide.attrs = CrossEntropyAttrs{};
+  wide.int_upper = 37;
+  cases.push_back(wide);
+  return cases;
+}
+
 absl::StatusOr<TensorType> InferGrad(const Node& node, absl::Span<const TensorType* const> in) {
   if (!std::holds_alternative<CrossEntropyAttrs>(node.attrs)) {
     return OpError(node, "needs CrossEntropyAttrs");
@@ -225,6 +238,7 @@ OpDef SoftmaxCrossEntropyGradOpDef() {
   def.infer = InferGrad;
   def.reference = GradKernel;
   def.fast = FastGradKernel;
+  def.test_cases = GradTestCases;
   return def;
 }
 

@@ -99,6 +99,18 @@ std::vector<OpTestCase> TestCases() {
           make({5, 3}, true)};
 }
 
+// (dy, y) pairs of softmax's shapes; the in-place test runs them with dx over
+// either.
+std::vector<OpTestCase> GradTestCases() {
+  std::vector<OpTestCase> cases;
+  for (const Shape& s : {Shape{3, 5}, Shape{7}, Shape{2, 4, 33}}) {
+    OpTestCase c;
+    c.inputs = {{DType::kF32, s}, {DType::kF32, s}};
+    cases.push_back(c);
+  }
+  return cases;
+}
+
 absl::StatusOr<TensorType> InferGrad(const Node& node, absl::Span<const TensorType* const> in) {
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "dy"));
   if (*in[0] != *in[1]) {
@@ -159,6 +171,7 @@ OpDef SoftmaxGradOpDef() {
   def.infer = InferGrad;
   def.reference = GradKernel;
   def.fast = FastGradKernel;
+  def.test_cases = GradTestCases;
   return def;
 }
 

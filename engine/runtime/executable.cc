@@ -166,7 +166,14 @@ std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id) {
     case OpKind::kBatchNormInferenceGrad:
     case OpKind::kBatchNormInferenceActivation:
     case OpKind::kMaskedGrad:  // dx overwrites dy
+    // Row-wise: each row's max and sum are read first, then the row is
+    // written at the indices it is read from.
+    case OpKind::kSoftmax:
+    case OpKind::kSoftmaxCrossEntropyGrad:  // dlogits overwrite the logits
       candidates = {0};
+      break;
+    case OpKind::kSoftmaxGrad:  // the row's Σ dy·y first, then dx[j] from dy[j] and y[j]
+      candidates = {0, 1};
       break;
     case OpKind::kAdd:
     case OpKind::kSub:

@@ -252,8 +252,11 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
 // kernels allow it: elementwise ops (relu, scale, activation, add, sub, mul,
 // div and their gradients, frozen BatchNorm and its input gradient, the fused
 // activation ops' elementwise tails excluded; an elementwise_chain's inputs
-// that only its first step reads) whose output has the operand's type. Returns candidate operand
-// indices, best first; empty when none.
+// that only its first step reads) and row-wise ops whose kernels read a row's
+// statistics before writing it element by element (softmax, its gradient,
+// softmax cross-entropy's gradient over the logits), whose output has the
+// operand's type. Returns candidate operand indices, best first; empty when
+// none.
 std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id);
 
 // Values computable once at compile time: kFill, parameters no update node
