@@ -53,106 +53,129 @@ bool FoldInto(const Node& node, int slot, MatMulAttrs* attrs) {
   return true;
 }
 
-// One round of input folds: every foldable node read only by matmuls goes
-// into each of them. Returns the number folded.
-absl::StatusOr<int> FoldInputs(Graph& graph, std::vector<ValueId>* old_to_new) {
-  const int n = graph.num_nodes();
-  const auto users = graph.ComputeUsers();
-  std::vector<bool> drop(n, false);
-  std::vector<MatMulAttrs> attrs(n);
-  std::vector<std::vector<ValueId>> inputs(n);
-  std::vector<bool> changed(n, false);
-  int count = 0;
-  for (ValueId p = 0; p < n; ++p) {
-    const Node& node = graph.node(p);
-    if (!Foldable(node) || IsOutput(graph, p) || users[p].empty()) continue;
-    bool all = true;
-    for (ValueId u : users[p]) all = all && graph.node(u).op == OpKind::kMatMul;
-    if (!all) continue;
-    // Tentatively fold into every reader; give up if any refuses.
-    std::vector<std::pair<ValueId, MatMulAttrs>> updates;
-    for (ValueId u : users[p]) {
-      if (std::find_if(updates.begin(), updates.end(),
-                       [&](const auto& e) { return e.first == u; }) != updates.end()) {
-        continue;  // a matmul reading p twice: both slots handled below
+// What one round does: matmuls re-emitted with new inputs and attributes,
+// and folded nodes dropped or taken over by the matmul that absorbed them.
+struct Round {
+  explicit Round(const Graph& graph)
+      : graph(graph),
+        users(graph.ComputeUsers()),
+        rewritten(graph.num_nodes(), false),
+        inputs(graph.num_nodes()),
+        attrs(graph.num_nodes()),
+        folded(graph.num_nodes(), false),
+        absorbed_by(graph.num_nodes(), kNoValue) {}
+
+  // Matmul u's attributes and inputs as this round has them so far.
+  MatMulAttrs Attrs(ValueId u) const {
+    return rewritten[u] ? attrs[u] : std::get<MatMulAttrs>(graph.node(u).attrs);
+  }
+  void Rewrite(ValueId u, const MatMulAttrs& a) {
+    if (!rewritten[u]) inputs[u] = graph.node(u).inputs;
+    attrs[u] = a;
+    rewritten[u] = true;
+  }
+
+  // The rebuilt graph.
+  absl::Status Apply(Graph& out, std::vector<ValueId>* old_to_new) const {
+    GraphRewriter rw(graph);
+    for (ValueId id = 0; id < graph.num_nodes(); ++id) {
+      if (folded[id]) {
+        if (absorbed_by[id] != kNoValue) rw.Map(id, rw.New(absorbed_by[id]));
+        continue;
       }
-      MatMulAttrs a = changed[u] ? attrs[u] : std::get<MatMulAttrs>(graph.node(u).attrs);
+      if (!rewritten[id]) {
+        RETURN_IF_ERROR(rw.Copy(id));
+        continue;
+      }
+      std::vector<ValueId> mapped;
+      for (ValueId in : inputs[id]) mapped.push_back(rw.New(in));
+      ASSIGN_OR_RETURN(ValueId y,
+                       rw.Emit(OpKind::kMatMul, std::move(mapped), attrs[id], graph.node(id).name));
+      rw.Map(id, y);
+    }
+    ASSIGN_OR_RETURN(out, rw.Finish());
+    *old_to_new = rw.old_to_new();
+    return absl::OkStatus();
+  }
+
+  const Graph& graph;
+  const std::vector<std::vector<ValueId>> users;
+  std::vector<bool> rewritten;
+  std::vector<std::vector<ValueId>> inputs;
+  std::vector<MatMulAttrs> attrs;
+  std::vector<bool> folded;
+  std::vector<ValueId> absorbed_by;  // the matmul that took a folded node's place, if any
+};
+
+// Input folds: every foldable node read only by matmuls goes into each of
+// them. Returns the number folded.
+int PlanInputFolds(Round& round) {
+  const Graph& graph = round.graph;
+  int count = 0;
+  for (ValueId p = 0; p < graph.num_nodes(); ++p) {
+    const Node& node = graph.node(p);
+    const std::vector<ValueId>& readers = round.users[p];
+    if (!Foldable(node) || IsOutput(graph, p) || readers.empty()) continue;
+    bool all = true;
+    for (ValueId u : readers) all = all && graph.node(u).op == OpKind::kMatMul;
+    if (!all) continue;
+    // Tentatively fold into every reader (once per reader, both slots if it
+    // reads p twice); give up if any refuses.
+    std::vector<std::pair<ValueId, MatMulAttrs>> updates;
+    for (ValueId u : readers) {
+      if (std::any_of(updates.begin(), updates.end(),
+                      [&](const auto& e) { return e.first == u; })) {
+        continue;
+      }
+      MatMulAttrs a = round.Attrs(u);
       for (int slot : {0, 1}) {
         if (graph.node(u).inputs[slot] == p) all = all && FoldInto(node, slot, &a);
       }
       updates.emplace_back(u, a);
     }
     if (!all) continue;
-    for (auto& [u, a] : updates) {
-      if (!changed[u]) inputs[u] = graph.node(u).inputs;
-      for (ValueId& in : inputs[u]) {
+    for (const auto& [u, a] : updates) {
+      round.Rewrite(u, a);
+      for (ValueId& in : round.inputs[u]) {
         if (in == p) in = node.inputs[0];
       }
-      attrs[u] = a;
-      changed[u] = true;
     }
-    drop[p] = true;
+    round.folded[p] = true;
     ++count;
   }
-  if (count == 0) return 0;
-  GraphRewriter rw(graph);
-  for (ValueId id = 0; id < n; ++id) {
-    if (drop[id]) continue;
-    if (!changed[id]) {
-      RETURN_IF_ERROR(rw.Copy(id));
-      continue;
-    }
-    std::vector<ValueId> mapped;
-    for (ValueId in : inputs[id]) mapped.push_back(rw.New(in));
-    ASSIGN_OR_RETURN(ValueId y,
-                     rw.Emit(OpKind::kMatMul, std::move(mapped), attrs[id], graph.node(id).name));
-    rw.Map(id, y);
-  }
-  ASSIGN_OR_RETURN(graph, rw.Finish());
-  *old_to_new = rw.old_to_new();
   return count;
 }
 
-// One round of output folds: a matmul whose only reader is a foldable node
-// takes it over.
-absl::StatusOr<int> FoldOutputs(Graph& graph, std::vector<ValueId>* old_to_new) {
-  const int n = graph.num_nodes();
-  const auto users = graph.ComputeUsers();
-  std::vector<ValueId> absorbed_by(n, kNoValue);  // the matmul that takes this node over
-  std::vector<MatMulAttrs> attrs(n);
-  std::vector<bool> changed(n, false);
+// Output folds: a matmul whose only reader is a foldable node takes it over.
+int PlanOutputFolds(Round& round) {
+  const Graph& graph = round.graph;
   int count = 0;
-  for (ValueId m = 0; m < n; ++m) {
+  for (ValueId m = 0; m < graph.num_nodes(); ++m) {
     const Node& node = graph.node(m);
-    if (node.op != OpKind::kMatMul || users[m].size() != 1 || IsOutput(graph, m)) continue;
-    const ValueId u = users[m][0];
+    if (node.op != OpKind::kMatMul || round.users[m].size() != 1 || IsOutput(graph, m)) continue;
+    const ValueId u = round.users[m][0];
     if (!Foldable(graph.node(u))) continue;
-    MatMulAttrs a = std::get<MatMulAttrs>(node.attrs);
+    MatMulAttrs a = round.Attrs(m);
     if (!FoldInto(graph.node(u), 2, &a)) continue;
-    attrs[m] = a;
-    changed[m] = true;
-    absorbed_by[u] = m;
+    round.Rewrite(m, a);
+    round.folded[u] = true;
+    round.absorbed_by[u] = m;
     ++count;
   }
-  if (count == 0) return 0;
-  GraphRewriter rw(graph);
-  for (ValueId id = 0; id < n; ++id) {
-    if (absorbed_by[id] != kNoValue) {
-      rw.Map(id, rw.New(absorbed_by[id]));
-      continue;
-    }
-    if (!changed[id]) {
-      RETURN_IF_ERROR(rw.Copy(id));
-      continue;
-    }
-    const Node& node = graph.node(id);
-    std::vector<ValueId> mapped;
-    for (ValueId in : node.inputs) mapped.push_back(rw.New(in));
-    ASSIGN_OR_RETURN(ValueId y, rw.Emit(OpKind::kMatMul, std::move(mapped), attrs[id], node.name));
-    rw.Map(id, y);
+  return count;
+}
+
+// One round of `plan` (PlanInputFolds or PlanOutputFolds) applied to graph.
+absl::StatusOr<int> FoldRound(Graph& graph, int (*plan)(Round&), std::vector<ValueId>* map) {
+  Round round(graph);
+  const int count = plan(round);
+  if (count > 0) {
+    Graph out;
+    std::vector<ValueId> step;
+    RETURN_IF_ERROR(round.Apply(out, &step));
+    graph = std::move(out);
+    *map = ComposeMaps(*map, step);
   }
-  ASSIGN_OR_RETURN(graph, rw.Finish());
-  *old_to_new = rw.old_to_new();
   return count;
 }
 
@@ -165,11 +188,8 @@ absl::StatusOr<bool> FoldIntoMatMuls(Graph& graph, std::vector<ValueId>* old_to_
   // Each round removes nodes, so this ends; a chain (transpose → scale →
   // matmul) takes one round per link.
   for (;;) {
-    std::vector<ValueId> step;
-    ASSIGN_OR_RETURN(int inputs, FoldInputs(graph, &step));
-    if (inputs > 0) map = ComposeMaps(map, step);
-    ASSIGN_OR_RETURN(int outputs, FoldOutputs(graph, &step));
-    if (outputs > 0) map = ComposeMaps(map, step);
+    ASSIGN_OR_RETURN(int inputs, FoldRound(graph, PlanInputFolds, &map));
+    ASSIGN_OR_RETURN(int outputs, FoldRound(graph, PlanOutputFolds, &map));
     total += inputs + outputs;
     if (inputs + outputs == 0) break;
   }
