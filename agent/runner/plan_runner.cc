@@ -38,6 +38,17 @@ using engine::runtime::Executable;
 using engine::runtime::ParameterStore;
 
 constexpr int kMaxLossPoints = 256;
+
+// The SGD settings of an update node, plain or with its gradient's GEMM fused
+// in (fuse_updates); null for other nodes.
+const engine::SgdAttrs* SgdOf(const Node& n) {
+  if (n.op == OpKind::kSgdUpdate) return std::get_if<engine::SgdAttrs>(&n.attrs);
+  if (n.op == OpKind::kSgdMatMulUpdate) {
+    const auto* fused = std::get_if<engine::FusedSgdAttrs>(&n.attrs);
+    return fused == nullptr ? nullptr : &fused->sgd;
+  }
+  return nullptr;
+}
 constexpr int kTimedSteps = 16;
 // Checkpoint tensors that are not parameters.
 constexpr char kStepsKey[] = "fleettune.steps_done";
@@ -125,8 +136,8 @@ absl::StatusOr<Graph> DenseGraph(const PlanGraph& p) {
   engine::autodiff::OptimizerConfig optimizer;
   bool found = false;
   for (const Node& n : p.train.nodes()) {
-    if (n.op == OpKind::kSgdUpdate) {
-      optimizer = engine::autodiff::OptimizerConfig::Sgd(std::get<engine::SgdAttrs>(n.attrs));
+    if (const engine::SgdAttrs* sgd = SgdOf(n)) {
+      optimizer = engine::autodiff::OptimizerConfig::Sgd(*sgd);
       found = true;
     } else if (n.op == OpKind::kAdamWUpdate) {
       optimizer = engine::autodiff::OptimizerConfig::AdamW(std::get<engine::AdamWAttrs>(n.attrs));
@@ -318,8 +329,7 @@ absl::StatusOr<v1::MetricsReport> RunPlan(const PlanRunInputs& in, const ReportF
     // (An update with `rows` set trains only some output channels: a sparse plan.)
     int updates = 0, weights = 0;
     for (const Node& n : p.train.nodes()) {
-      if (const auto* sgd = std::get_if<engine::SgdAttrs>(&n.attrs);
-          n.op == OpKind::kSgdUpdate && sgd != nullptr) {
+      if (const engine::SgdAttrs* sgd = SgdOf(n)) {
         updates += sgd->rows == 0;
       } else if (const auto* adamw = std::get_if<engine::AdamWAttrs>(&n.attrs);
                  n.op == OpKind::kAdamWUpdate && adamw != nullptr) {

@@ -4,6 +4,7 @@
 
 #include "engine/base/status_matchers.h"
 #include "engine/ir/verifier.h"
+#include "engine/passes/fuse.h"
 #include "engine/passes/test_util.h"
 #include "engine/runtime/executable.h"
 #include "gmock/gmock.h"
@@ -125,6 +126,20 @@ TEST(FoldIntoMatMuls, FoldsPowersOfTwoOnlyAndComputesTheSameBits) {
     ASSERT_EQ(want.size(), 1u);
     EXPECT_EQ(want, got);
   }
+}
+
+TEST(FoldIntoMatMuls, UnfuseGivesBackPlainMatMulsThatComputeTheSame) {
+  const Graph original = Attention(0.25f, false);
+  Graph g = original;
+  ASSERT_OK(FoldIntoMatMuls(g).status());
+  ASSERT_OK_AND_ASSIGN(bool changed, UnfuseActivations(g));
+  EXPECT_TRUE(changed);
+  ASSERT_OK(VerifyGraph(g));
+  for (const Node& node : g.nodes()) {
+    if (node.op == OpKind::kMatMul) EXPECT_FALSE(std::get<MatMulAttrs>(node.attrs).folded());
+  }
+  EXPECT_EQ(HeadSwaps(g), 4);  // the split once per read operand, and the merge
+  EXPECT_EQ(Outputs(original), Outputs(g));
 }
 
 TEST(FoldIntoMatMuls, KeepsATransposeAnotherOpReads) {

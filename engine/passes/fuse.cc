@@ -44,6 +44,40 @@ std::optional<std::pair<OpKind, Attrs>> FusedFor(const Node& p, FusedActivationF
   }
 }
 
+// [..., T, H, D] ↔ [..., H, T, D] of a rank-r value.
+PermuteAttrs HeadSwap(int rank) {
+  PermuteAttrs swap;
+  for (int i = 0; i < rank; ++i) swap.perm.push_back(i);
+  std::swap(swap.perm[rank - 3], swap.perm[rank - 2]);
+  return swap;
+}
+
+// A folded matmul as the transposes, plain matmul and scale fold_matmul.h
+// took in; returns the value standing for its output.
+absl::StatusOr<ValueId> EmitUnfoldedMatMul(GraphRewriter& rw, const Node& node) {
+  const auto& folded = std::get<MatMulAttrs>(node.attrs);
+  const Graph& out = rw.graph();
+  std::vector<ValueId> operands;
+  for (int slot : {0, 1}) {
+    ValueId v = rw.New(node.inputs[slot]);
+    if (slot == 0 ? folded.interleaved_a : folded.interleaved_b) {
+      ASSIGN_OR_RETURN(v, rw.Emit(OpKind::kTranspose, {v},
+                                  HeadSwap(static_cast<int>(out.type(v).shape.size()))));
+    }
+    operands.push_back(v);
+  }
+  ASSIGN_OR_RETURN(ValueId y, rw.Emit(OpKind::kMatMul, std::move(operands),
+                                      MatMulAttrs{folded.transpose_a, folded.transpose_b}));
+  if (folded.alpha != 1.0f) {
+    ASSIGN_OR_RETURN(y, rw.Emit(OpKind::kScale, {y}, ScalarAttrs{folded.alpha}));
+  }
+  if (folded.interleaved_y) {
+    ASSIGN_OR_RETURN(
+        y, rw.Emit(OpKind::kTranspose, {y}, HeadSwap(static_cast<int>(out.type(y).shape.size()))));
+  }
+  return y;
+}
+
 }  // namespace
 
 absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_new, int* fused) {
@@ -129,6 +163,15 @@ absl::StatusOr<bool> UnfuseActivations(Graph& graph, std::vector<ValueId>* old_t
         changed = true;
         continue;
       }
+      case OpKind::kMatMul:
+        if (std::get<MatMulAttrs>(node.attrs).folded()) {
+          ASSIGN_OR_RETURN(ValueId out, EmitUnfoldedMatMul(rw, node));
+          rw.Map(id, out);
+          changed = true;
+          continue;
+        }
+        RETURN_IF_ERROR(rw.Copy(id));
+        continue;
       default:
         RETURN_IF_ERROR(rw.Copy(id));
         continue;

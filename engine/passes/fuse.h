@@ -42,12 +42,14 @@ namespace fleettune::engine::passes {
 absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_new = nullptr,
                                      int* fused = nullptr);
 
-// The inverse of both fusion passes: every fused op becomes its producer
-// followed by its activation again, and every elementwise_chain its steps, so
-// autodiff can run over an optimized forward graph (a device builds its dense
-// baseline from a fused plan this way). Values keep their meaning;
-// `old_to_new` maps each fused node to its activation (a chain to its last
-// step). Returns whether anything changed.
+// The inverse of the fuse pipeline: every fused op becomes its producer
+// followed by its activation again, every elementwise_chain its steps, and
+// every matmul with folded neighbours (fold_matmul.h) a plain matmul between
+// its transposes and scale, so autodiff can run over an optimized forward
+// graph (a device builds its dense baseline from a fused plan this way).
+// Values keep their meaning; `old_to_new` maps each fused node to its
+// activation (a chain to its last step, a matmul to its last unfolded op).
+// Returns whether anything changed.
 absl::StatusOr<bool> UnfuseActivations(Graph& graph, std::vector<ValueId>* old_to_new = nullptr);
 
 }  // namespace fleettune::engine::passes

@@ -40,6 +40,8 @@ class GraphRewriter {
   void Map(ValueId old_id, ValueId new_id) { old_to_new_[old_id] = new_id; }
   // The new id of a source value, or kNoValue when it was not copied.
   ValueId New(ValueId old_id) const { return old_to_new_[old_id]; }
+  // The graph rebuilt so far (types of the new values).
+  const Graph& graph() const { return out_; }
 
   // Marks the outputs of the source graph (remapped) and returns the new graph.
   // FailedPrecondition if a marked output was dropped.
