@@ -99,6 +99,23 @@ TEST(VerifyGraph, CatchesUpdateOfNonParameter) {
                                          HasSubstr("must be a weight parameter")));
 }
 
+TEST(VerifyGraph, CatchesAnUpdateReadingWhatItWrites) {
+  Small s = BuildSmall();
+  // w [4, 3] as its own gradient, and as a factor of a fused one.
+  ASSERT_OK(s.g.AddNode(OpKind::kSgdUpdate, {s.w, s.w}, SgdAttrs{}).status());
+  EXPECT_THAT(VerifyGraph(s.g),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("operand 1 reads %2, which this update writes")));
+  Small f = BuildSmall();
+  const ValueId ones = *f.g.AddNode(OpKind::kFill, {}, FillAttrs{1.0f, {4, 4}});
+  ASSERT_OK(f.g.AddNode(OpKind::kSgdMatMulUpdate, {f.w, ones, f.w},
+                        FusedSgdAttrs{SgdAttrs{}, MatMulAttrs{}})
+                .status());
+  EXPECT_THAT(VerifyGraph(f.g),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("operand 2 reads %2, which this update writes")));
+}
+
 TEST(VerifyGraph, CatchesDoubleUpdate) {
   Small s = BuildSmall();
   ValueId grad = *s.g.AddNode(OpKind::kFill, {}, FillAttrs{1.0f, {4}});

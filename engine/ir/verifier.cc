@@ -116,6 +116,16 @@ absl::Status VerifyGraph(const Graph& g) {
           return NodeError(g, id, "%", node.inputs[i], " is updated twice");
         }
       }
+      // The kernels read the other operands while they write these.
+      for (size_t i = 0; i < node.inputs.size(); ++i) {
+        if (WritesOperand(node.op, static_cast<int>(i))) continue;
+        for (size_t j = 0; j < node.inputs.size(); ++j) {
+          if (WritesOperand(node.op, static_cast<int>(j)) && node.inputs[j] == node.inputs[i]) {
+            return NodeError(g, id, "operand ", i, " reads %", node.inputs[i],
+                             ", which this update writes");
+          }
+        }
+      }
     }
   }
   for (ValueId out : g.outputs()) {
