@@ -10,6 +10,12 @@
 // library), one call per block of matrices that share their b matrix
 // (FoldableBatchDims), else one call per matrix; many small matrices are
 // spread over the threads, one single-threaded call each.
+//
+// After autodiff the fuse pass may fold neighbours in (MatMulAttrs, and
+// engine/passes/fold_matmul.h): y = alpha · op(a) · op(b), with an operand or
+// y stored [..., T, H, D] and taken as [..., H, T, D]. Shapes above are the
+// taken ones; each matrix is then a strided view (MatrixLayout) handed to the
+// same GEMM, so nothing is copied. Such a matmul has no gradient rule.
 #include <array>
 #include <cmath>
 #include <utility>
