@@ -33,15 +33,6 @@ struct Dims {
   int64_t m, k, n;
 };
 
-Dims GetDims(const Shape& a, const Shape& b, const MatMulAttrs& attrs) {
-  const size_t ra = a.size(), rb = b.size();
-  Dims d;
-  d.m = attrs.transpose_a ? a[ra - 1] : a[ra - 2];
-  d.k = attrs.transpose_a ? a[ra - 2] : a[ra - 1];
-  d.n = attrs.transpose_b ? b[rb - 2] : b[rb - 1];
-  return d;
-}
-
 // The shape a matmul takes an operand (or y) as: with `interleaved` the
 // stored [..., T, H, D] is taken as [..., H, T, D]. Shape inference only:
 // kernels must not allocate, they use LogicalDim.
@@ -59,8 +50,8 @@ int64_t LogicalDim(const Shape& stored, bool interleaved, int d) {
   return stored[d];
 }
 
-// GetDims on the stored shapes.
-Dims GetStoredDims(const Shape& a, const Shape& b, const MatMulAttrs& attrs) {
+// m, k, n of a matmul from its operands' stored shapes (rank >= 2).
+Dims GetDims(const Shape& a, const Shape& b, const MatMulAttrs& attrs) {
   const int ra = static_cast<int>(a.size()), rb = static_cast<int>(b.size());
   const int64_t a_rows = LogicalDim(a, attrs.interleaved_a, ra - 2), a_cols = a[ra - 1];
   const int64_t b_rows = LogicalDim(b, attrs.interleaved_b, rb - 2), b_cols = b[rb - 1];
@@ -84,7 +75,7 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   const Shape bs = Logical(in[1]->shape, attrs->interleaved_b);
   if (as.size() < 2) return OpError(node, "a must have rank >= 2, got ", TypeToString(*in[0]));
   if (bs.size() < 2) return OpError(node, "b must have rank >= 2, got ", TypeToString(*in[1]));
-  const Dims d = GetDims(as, bs, *attrs);
+  const Dims d = GetDims(in[0]->shape, in[1]->shape, *attrs);
   const int64_t kb = attrs->transpose_b ? bs[bs.size() - 1] : bs[bs.size() - 2];
   if (d.k != kb) {
     return OpError(node, "inner dims ", d.k, " vs ", kb, " (a ", TypeToString(*in[0]), ", b ",
@@ -200,7 +191,7 @@ void Reference(const KernelArgs& args) {
   const Shape& as = *args.in(0).shape;
   const Shape& bs = *args.in(1).shape;
   const Batch batch(as, bs, *args.output.shape, attrs);
-  const Dims d = GetStoredDims(as, bs, attrs);
+  const Dims d = GetDims(as, bs, attrs);
   const float* a0 = args.in(0).f32();
   const float* b0 = args.in(1).f32();
   float* y0 = args.output.f32();
@@ -230,7 +221,7 @@ void Fast(const KernelArgs& args) {
   const Shape& as = *args.in(0).shape;
   const Shape& bs = *args.in(1).shape;
   const Shape& ys = *args.output.shape;
-  const Dims d = GetStoredDims(as, bs, attrs);
+  const Dims d = GetDims(as, bs, attrs);
   const float* a = args.in(0).f32();
   const float* b = args.in(1).f32();
   float* y = args.output.f32();
