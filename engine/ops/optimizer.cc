@@ -10,6 +10,7 @@
 // parameter only: the gradient and the optimizer state are [rows, ...] and the
 // kernels touch the first rows·(row size) elements, which are exactly those
 // rows in row-major layout. The other rows are never read or written.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -82,6 +83,10 @@ void SgdRange(const SgdAttrs& a, const StepInfo& step, float* p, const float* g,
   const float decay = step.first_micro_batch() ? a.momentum : 1.0f;
   const float wd = step.first_micro_batch() ? a.weight_decay : 0.0f;
   if (!step.last_micro_batch()) {
+    if (wd == 0.0f) {  // a later slice: leaves p unread (w·g + 0·p is w·g for finite p)
+      for (int64_t i = begin; i < end; ++i) buf[i] = decay * buf[i] + w * g[i];
+      return;
+    }
     for (int64_t i = begin; i < end; ++i) buf[i] = decay * buf[i] + (w * g[i] + wd * p[i]);
     return;
   }
@@ -187,6 +192,84 @@ void SgdMatMulKernel(const KernelArgs& args) {
   }
 }
 
+// A tall gradient, [m, n] with m ≥ 4·n (a vocabulary projection's
+// [8192, 256]) over at least 512 samples, is computed transposed, in blocks
+// of rows. Over 1024 tokens oneDNN multiplies dYᵀ·X at about 245 GFLOP/s and
+// Xᵀ·dY, which gives gᵀ, at about 315 (bench/gemm_bench.cc, BENCHMARKS.md).
+// Over 256 (a micro-batch's slice) the gap is 285 against 320, which the
+// transposing pass eats: Llama-mini's head ran slower that way. Each block's
+// gᵀ goes to a scratch slot small enough to stay in L2, and the update reads
+// it from there. Each slot takes one thread, so a team larger than
+// kTallSlots keeps the single GEMM.
+constexpr int64_t kTallMinRows = 1024;
+constexpr int64_t kTallMinDepth = 512;
+constexpr int64_t kTallSlots = 4;
+constexpr int64_t kTallSlotFloats = int64_t{1} << 16;  // 256 KiB
+
+// Rows per block and the slots a tall gradient uses; rows == 0 when it is
+// not tall.
+struct RowBlocks {
+  int64_t rows = 0, slots = 0;
+};
+
+RowBlocks TallSplit(const ProductDims& d) {
+  constexpr int64_t kMinBlockRows = 64;
+  if (d.m < kTallMinRows || d.m < 4 * d.n || d.k < kTallMinDepth ||
+      d.n * kMinBlockRows > kTallSlotFloats) {
+    return {};
+  }
+  const int64_t rows = kTallSlotFloats / d.n;
+  return {rows, std::min(kTallSlots, (d.m + rows - 1) / rows)};
+}
+
+// The update of `rows` rows of p (and buf) from gᵀ, [n, rows] with row
+// stride `rows`: kStrip rows at a time are transposed into `strip`
+// ([kStrip, n]) and updated in one contiguous pass.
+constexpr int64_t kStrip = 16;
+
+void SgdRowsFromTransposed(const SgdAttrs& a, const StepInfo& step, int64_t rows, int64_t n,
+                           const float* gt, float* strip, float* p, float* buf) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kStrip) {
+    const int64_t rs = std::min(kStrip, rows - r0);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* col = gt + j * rows + r0;
+      for (int64_t r = 0; r < rs; ++r) strip[r * n + j] = col[r];
+    }
+    const int64_t at = r0 * n;
+    SgdRange(a, step, p + at, strip, buf == nullptr ? nullptr : buf + at, 0, rs * n);
+  }
+}
+
+// g = op(a)·op(b) block by block as gᵀ = op(b)ᵀ·op(a)ᵀ, each block's update
+// right after its GEMM. Slot s takes blocks s, s + slots, ...
+void TallUpdate(const FusedSgdAttrs& attrs, const StepInfo& step, const ProductDims& d,
+                RowBlocks split, const float* a, int64_t lda, const float* b, int64_t ldb, float* p,
+                float* buf, float* scratch) {
+  const bool ta = attrs.product.transpose_a, tb = attrs.product.transpose_b;
+  const int64_t blocks = (d.m + split.rows - 1) / split.rows;
+  kernels::ParallelFor(split.slots, kernels::kMinParallelWork, [&](int64_t begin, int64_t end) {
+    for (int64_t slot = begin; slot < end; ++slot) {
+      float* gt = scratch + slot * (split.rows + kStrip) * d.n;
+      float* strip = gt + split.rows * d.n;
+      for (int64_t block = slot; block < blocks; block += split.slots) {
+        const int64_t r0 = block * split.rows, rows = std::min(split.rows, d.m - r0);
+        // gᵀ[:, r0 : r0 + rows] = op(b)ᵀ · (op(a)[r0 : r0 + rows, :])ᵀ
+        kernels::Sgemm(!tb, !ta, d.n, rows, d.k, 1.0f, b, ldb, ta ? a + r0 : a + r0 * lda, lda,
+                       0.0f, gt, rows);
+        SgdRowsFromTransposed(attrs.sgd, step, rows, d.n, gt, strip, p + r0 * d.n,
+                              buf == nullptr ? nullptr : buf + r0 * d.n);
+      }
+    }
+  });
+}
+
+size_t SgdMatMulScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
+  const auto& attrs = std::get<FusedSgdAttrs>(node.attrs);
+  const ProductDims d = GetProductDims(in[1]->shape, in[2]->shape, attrs.product);
+  const RowBlocks split = TallSplit(d);
+  return static_cast<size_t>(split.slots * (split.rows + kStrip) * d.n) * sizeof(float);
+}
+
 // One GEMM into the buffer, then at most one pass over it:
 //   momentum: buf = decay·buf + w·g by the GEMM's beta and alpha; the first
 //             slice adds wd·p, the last applies p -= lr·buf;
@@ -202,6 +285,11 @@ void SgdMatMulFast(const KernelArgs& args) {
   float* p = args.in(0).f32();
   float* buf = MomentumBuffer(args, 3);
   const bool ta = attrs.product.transpose_a, tb = attrs.product.transpose_b;
+  const RowBlocks split = TallSplit(d);
+  if (split.rows != 0 && kernels::MaxThreads() <= kTallSlots) {
+    TallUpdate(attrs, *args.step, d, split, a, as[1], b, bs[1], p, buf, args.scratch);
+    return;
+  }
   if (buf == nullptr) {
     kernels::Sgemm(ta, tb, d.m, d.n, d.k, -sgd.lr, a, as[1], b, bs[1],
                    1.0f - sgd.lr * sgd.weight_decay, p, d.n);
@@ -289,6 +377,7 @@ OpDef SgdMatMulUpdateOpDef() {
   def.infer = InferSgdMatMul;
   def.reference = SgdMatMulKernel;
   def.fast = SgdMatMulFast;
+  def.scratch_bytes = SgdMatMulScratchBytes;
   return def;
 }
 

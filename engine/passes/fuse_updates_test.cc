@@ -1,11 +1,13 @@
 #include "engine/passes/fuse_updates.h"
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
 #include "engine/base/status_matchers.h"
 #include "engine/ir/verifier.h"
+#include "engine/kernels/gemm.h"
 #include "engine/ops/op_registry.h"
 #include "engine/passes/pipeline.h"
 #include "engine/passes/test_util.h"
@@ -121,12 +123,14 @@ TEST(FuseUpdates, KeepsAGradientSomethingElseReads) {
 // The fused kernels against the unfused pair (kMatMul's reference, then
 // kSgdUpdate's), for every operand layout, with and without momentum and
 // partial rows, on the first, a middle and the last slice of a micro-batched
-// step.
+// step; and for tall gradients, which the fast kernel computes transposed in
+// blocks of rows (more blocks than scratch slots, the last one short).
 struct KernelCase {
   bool ta, tb;
   float momentum, weight_decay;
-  int64_t rows;  // of the 6-row parameter; 0 = all
+  int64_t rows;  // of the parameter; 0 = all
   int micro_batch, micro_batches;
+  int64_t param_rows = 6, cols = 5;
 };
 
 class SgdMatMulKernels : public ::testing::TestWithParam<KernelCase> {};
@@ -139,9 +143,18 @@ std::vector<float> Random(int64_t n, uint64_t seed) {
   return v;
 }
 
+// The index where got and want differ most.
+size_t WorstElement(const std::vector<float>& got, const std::vector<float>& want) {
+  size_t worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::abs(got[i] - want[i]) > std::abs(got[worst] - want[worst])) worst = i;
+  }
+  return worst;
+}
+
 TEST_P(SgdMatMulKernels, FastAndReferenceMatchTheUnfusedPair) {
   const KernelCase c = GetParam();
-  constexpr int64_t kParamRows = 6, kN = 5, kK = 7;
+  const int64_t kParamRows = c.param_rows, kN = c.cols, kK = c.param_rows > 1000 ? 520 : 7;
   const int64_t m = c.rows == 0 ? kParamRows : c.rows;
   const Shape p_shape = {kParamRows, kN}, grad_shape = {m, kN};
   const Shape a_shape = c.ta ? Shape{kK, m} : Shape{m, kK};
@@ -173,6 +186,8 @@ TEST_P(SgdMatMulKernels, FastAndReferenceMatchTheUnfusedPair) {
     ops::GetOpDef(OpKind::kSgdUpdate).reference(update);
   }
   const ops::OpDef& def = ops::GetOpDef(OpKind::kSgdMatMulUpdate);
+  // The tall path takes one scratch slot per thread: keep the team within them.
+  if (c.param_rows > 1000) kernels::SetGemmThreads(2);
   for (ops::KernelFn kernel : {def.reference, def.fast}) {
     SCOPED_TRACE(kernel == def.fast ? "fast" : "reference");
     std::vector<float> p = p0, buf = buf0;
@@ -183,11 +198,22 @@ TEST_P(SgdMatMulKernels, FastAndReferenceMatchTheUnfusedPair) {
                              {const_cast<float*>(a.data()), &a_shape},
                              {const_cast<float*>(b.data()), &b_shape},
                              {buf.data(), &grad_shape}};
-    kernel(ops::KernelArgs{&node, in, momentum ? 4 : 3, {}, &step});
-    for (size_t i = 0; i < p.size(); ++i) EXPECT_NEAR(p[i], p_want[i], 1e-6f) << "p[" << i << "]";
-    for (size_t i = 0; i < buf.size(); ++i) {
-      EXPECT_NEAR(buf[i], buf_want[i], 1e-6f) << "buf[" << i << "]";
-    }
+    const TensorType types[] = {{DType::kF32, p_shape},
+                                {DType::kF32, a_shape},
+                                {DType::kF32, b_shape},
+                                {DType::kF32, grad_shape}};
+    const TensorType* type_ptrs[] = {&types[0], &types[1], &types[2], &types[3]};
+    std::vector<float> scratch(
+        def.scratch_bytes(node, absl::MakeConstSpan(type_ptrs, momentum ? 4 : 3)) / sizeof(float));
+    if (c.param_rows > 1000) EXPECT_FALSE(scratch.empty()) << "a tall gradient takes slots";
+    ops::KernelArgs args{&node, in, momentum ? 4 : 3, {}, &step};
+    args.scratch = scratch.data();
+    kernel(args);
+    // A tall case's gradient sums 520 products (|g| ~ 20) in float.
+    const float tol = c.param_rows > 1000 ? 1e-4f : 1e-6f;
+    const size_t p_worst = WorstElement(p, p_want), buf_worst = WorstElement(buf, buf_want);
+    EXPECT_NEAR(p[p_worst], p_want[p_worst], tol) << "p[" << p_worst << "]";
+    EXPECT_NEAR(buf[buf_worst], buf_want[buf_worst], tol) << "buf[" << buf_worst << "]";
   }
 }
 
@@ -203,6 +229,15 @@ std::vector<KernelCase> KernelCases() {
   out.push_back({true, false, 0.9f, 1e-2f, 0, 0, 4});  // first of 4 slices
   out.push_back({true, false, 0.9f, 1e-2f, 0, 2, 4});  // a middle slice
   out.push_back({true, false, 0.9f, 1e-2f, 4, 3, 4});  // the last, partial rows
+  // Tall: [1100, 256] over 520 samples is 5 blocks of 256 rows in 4 slots.
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      out.push_back({ta, tb, 0.9f, 1e-2f, 0, 0, 1, 1100, 256});
+      out.push_back({ta, tb, 0.0f, 1e-2f, 0, 0, 1, 1100, 256});
+    }
+  }
+  out.push_back({true, false, 0.9f, 1e-2f, 1030, 2, 4, 1100, 256});  // middle slice, partial
+  out.push_back({true, false, 0.9f, 1e-2f, 0, 3, 4, 1100, 256});     // the last slice
   return out;
 }
 
