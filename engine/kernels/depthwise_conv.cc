@@ -988,7 +988,7 @@ void F32DepthwiseConv(const DepthwiseGeometry& g, const float* x, const float* w
 }
 
 void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, const float* weight,
-                                   float* dx) {
+                                   float* dx, PlaneEpilogue epilogue) {
   const int64_t o_count = g.c * g.mult, in_plane = g.h * g.w, out_plane = g.ho * g.wo;
   const int64_t kk = g.kh * g.kw;
   // With stride 1, dx is the convolution of dy with the flipped kernel and
@@ -1003,13 +1003,21 @@ void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, 
                            g.dw == 1 && g.ph == 1 && g.pw == 1 && g.mult == 1;
   if (transposed_forward && Flat3x3(t)) {
     ParallelFor(g.n * g.c, in_plane * 9, [&](int64_t begin, int64_t end) {
-      Planes3x3(t, dy, weight, nullptr, /*flip=*/true, begin, end, {}, dx);
+      Planes3x3(t, dy, weight, nullptr, /*flip=*/true, begin, end, epilogue, dx);
     });
     return;
   }
   if (InputGradS2(g)) {
-    ParallelFor(g.n * g.c, in_plane * 3,
-                [&](int64_t begin, int64_t end) { InputGradS2(g, dy, weight, begin, end, dx); });
+    // The epilogue on groups of planes of at most 64 KiB, while in cache.
+    const int64_t group = std::max<int64_t>(1, (int64_t{16} << 10) / in_plane);
+    ParallelFor(g.n * g.c, in_plane * 3, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; p += group) {
+        const int64_t q = std::min(end, p + group);
+        InputGradS2(g, dy, weight, p, q, dx);
+        if (epilogue.fn != nullptr)
+          epilogue.fn(epilogue.ctx, dx + p * in_plane, (q - p) * in_plane);
+      }
+    });
     return;
   }
   ParallelFor(g.n * g.c, in_plane * g.mult * kk, [&](int64_t begin, int64_t end) {
@@ -1018,6 +1026,7 @@ void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, 
       float* dxc = dx + p * in_plane;
       if (stride2_3x3) {
         BackwardInputPlaneS2K3(g, dy + (n * o_count + c) * out_plane, weight + c * kk, dxc);
+        if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, dxc, in_plane);
         continue;
       }
       for (int64_t m = 0; m < g.mult; ++m) {
@@ -1048,6 +1057,7 @@ void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, 
           }
         }
       }
+      if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, dxc, in_plane);
     }
   });
 }

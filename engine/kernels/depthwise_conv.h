@@ -30,9 +30,10 @@ struct DepthwiseGeometry {
 void F32DepthwiseConv(const DepthwiseGeometry& g, const float* x, const float* weight,
                       const float* bias, float* y, PlaneEpilogue epilogue = {});
 
-// dx [n, c, h, w] from dy [n, c·mult, ho, wo].
+// dx [n, c, h, w] from dy [n, c·mult, ho, wo], then the epilogue on each
+// plane of dx (or a few adjacent ones at a time) once it is complete.
 void F32DepthwiseConvBackwardInput(const DepthwiseGeometry& g, const float* dy, const float* weight,
-                                   float* dx);
+                                   float* dx, PlaneEpilogue epilogue = {});
 
 // dweight [c·mult, 1, kh, kw] = Σ over samples and positions of dy · x.
 void F32DepthwiseConvBackwardWeight(const DepthwiseGeometry& g, const float* x, const float* dy,

@@ -30,6 +30,7 @@
 
 #include "engine/base/status_macros.h"
 #include "engine/kernels/parallel.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -141,6 +142,28 @@ __attribute__((target("avx2"))) void MaskedGradAvx2(const float* dy, const int32
     }
   }
 }
+// The word's halves are the lanes' masks: a masked move per 16 elements.
+__attribute__((target("avx512f"))) void MaskedGradAvx512(const float* dy, const int32_t* m,
+                                                         float* dx, int64_t words) {
+  for (int64_t w = 0; w < words; ++w) {
+    const uint32_t word = static_cast<uint32_t>(m[w]);
+    const __m512 lo =
+        _mm512_maskz_mov_ps(static_cast<__mmask16>(word), _mm512_loadu_ps(dy + w * kBits));
+    const __m512 hi = _mm512_maskz_mov_ps(static_cast<__mmask16>(word >> 16),
+                                          _mm512_loadu_ps(dy + w * kBits + 16));
+    _mm512_storeu_ps(dx + w * kBits, lo);
+    _mm512_storeu_ps(dx + w * kBits + 16, hi);
+  }
+}
+
+// At the kernel ISA's width.
+void MaskedGradWords(const float* dy, const int32_t* m, float* dx, int64_t words) {
+  if (kernels::KernelIsa() == kernels::Isa::kAvx512) {
+    MaskedGradAvx512(dy, m, dx, words);
+  } else {
+    MaskedGradAvx2(dy, m, dx, words);
+  }
+}
 #endif
 
 // Whole words on the threads, then the tail word (fewer than 32 elements).
@@ -177,7 +200,7 @@ void MaskedGradFast(const KernelArgs& args) {
   kernels::ParallelFor(full, kBits, [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__)
     if (kernels::KernelIsa() != kernels::Isa::kGeneric) {
-      MaskedGradAvx2(dy + begin * kBits, m + begin, dx + begin * kBits, end - begin);
+      MaskedGradWords(dy + begin * kBits, m + begin, dx + begin * kBits, end - begin);
       return;
     }
 #endif
@@ -189,6 +212,31 @@ void MaskedGradFast(const KernelArgs& args) {
     dx[i] = (static_cast<uint32_t>(m[full]) >> (i % kBits)) & 1u ? dy[i] : 0.0f;
   }
 }
+
+}  // namespace
+
+void parts::MaskInPlace(const int32_t* mask, int64_t first, float* x, int64_t n) {
+  auto scalar = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t e = first + i;
+      if (!((static_cast<uint32_t>(mask[e / kBits]) >> (e % kBits)) & 1u)) x[i] = 0.0f;
+    }
+  };
+  // Up to the first word boundary, whole words, then the rest.
+  const int64_t head = std::min(n, (kBits - first % kBits) % kBits);
+  scalar(0, head);
+  const int64_t words = (n - head) / kBits;
+#if defined(__x86_64__)
+  if (kernels::KernelIsa() != kernels::Isa::kGeneric) {
+    MaskedGradWords(x + head, mask + (first + head) / kBits, x + head, words);
+    scalar(head + words * kBits, n);
+    return;
+  }
+#endif
+  scalar(head, n);
+}
+
+namespace {
 
 // Element counts that leave a partial last word, and one of whole words.
 std::vector<OpTestCase> MaskTestCases() {

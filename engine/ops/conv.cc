@@ -7,6 +7,11 @@
 // Group g maps input channels [g·C/groups, (g+1)·C/groups) to output channels
 // [g·O/groups, (g+1)·O/groups); groups = C = O is a depthwise convolution.
 //
+// kConv2dBackwardInput takes an optional third input, the bit mask of the
+// ReLU or ReLU6 in front of the convolution (activation_mask's layout over
+// dx): dx is then masked_grad(dx, mask), each block masked right after it is
+// written. The pack_masks pass folds a masked_grad of the input gradient in.
+//
 // Kernels: the reference kernels are direct loops accumulating in double. The
 // fast kernels lower each (sample, group) to one GEMM on an im2col buffer
 // (kernels::Sgemm; a 1×1, stride-1, unpadded convolution reads x directly),
@@ -189,6 +194,12 @@ void BackwardInputReference(const KernelArgs& args) {
       }
     }
   }
+  if (args.num_inputs == 3) {
+    const int32_t* mask = args.in(2).i32();
+    for (int64_t i = 0; i < args.output.num_elements(); ++i) {
+      if (!((static_cast<uint32_t>(mask[i / 32]) >> (i % 32)) & 1u)) dx[i] = 0.0f;
+    }
+  }
 }
 
 // dw[o,ci,u,v] = Σ_{n,i,j} dy[n,o,i,j] · x[n, g·cg+ci, i·sh−ph+u·dh, j·sw−pw+v·dw]
@@ -228,34 +239,36 @@ void BackwardWeightReference(const KernelArgs& args) {
 
 // col[(ci·KH + u)·KW + v, i·WO + j] = x[ci, i·sh − ph + u·dh, j·sw − pw + v·dw]
 // (0 outside the input), for the cg channels of one (sample, group) at x.
+// The rows are split over the team: a stem convolution's GEMM (K = 27) takes
+// less time than one thread's copy of its strided columns.
 void Im2Col(const Geometry& g, const float* x, float* col) {
-  for (int64_t ci = 0; ci < g.cg; ++ci) {
-    const float* xc = x + ci * g.h * g.w;
-    for (int64_t u = 0; u < g.kh; ++u) {
-      for (int64_t v = 0; v < g.kw; ++v) {
-        float* row = col + ((ci * g.kh + u) * g.kw + v) * g.out_plane();
-        const int64_t off_w = v * g.dw - g.pw;
-        int64_t lo, hi;
-        ValidRange(g.w, g.wo, g.sw, off_w, &lo, &hi);
-        for (int64_t i = 0; i < g.ho; ++i) {
-          float* out = row + i * g.wo;
-          const int64_t ih = i * g.sh - g.ph + u * g.dh;
-          if (ih < 0 || ih >= g.h) {
-            std::fill_n(out, g.wo, 0.0f);
-            continue;
-          }
-          const float* in = xc + ih * g.w;
-          std::fill_n(out, lo, 0.0f);
-          if (g.sw == 1) {
-            if (hi > lo) std::memcpy(out + lo, in + lo + off_w, (hi - lo) * sizeof(float));
-          } else {
-            for (int64_t j = lo; j < hi; ++j) out[j] = in[j * g.sw + off_w];
-          }
-          std::fill(out + hi, out + g.wo, 0.0f);
+  const int64_t taps = g.kh * g.kw;
+  kernels::ParallelFor(g.cg * taps, g.out_plane(), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t ci = r / taps, u = r % taps / g.kw, v = r % g.kw;
+      const float* xc = x + ci * g.h * g.w;
+      float* row = col + r * g.out_plane();
+      const int64_t off_w = v * g.dw - g.pw;
+      int64_t lo, hi;
+      ValidRange(g.w, g.wo, g.sw, off_w, &lo, &hi);
+      for (int64_t i = 0; i < g.ho; ++i) {
+        float* out = row + i * g.wo;
+        const int64_t ih = i * g.sh - g.ph + u * g.dh;
+        if (ih < 0 || ih >= g.h) {
+          std::fill_n(out, g.wo, 0.0f);
+          continue;
         }
+        const float* in = xc + ih * g.w;
+        std::fill_n(out, lo, 0.0f);
+        if (g.sw == 1) {
+          if (hi > lo) std::memcpy(out + lo, in + lo + off_w, (hi - lo) * sizeof(float));
+        } else {
+          for (int64_t j = lo; j < hi; ++j) out[j] = in[j * g.sw + off_w];
+        }
+        std::fill(out + hi, out + g.wo, 0.0f);
       }
     }
-  }
+  });
 }
 
 // The adjoint of Im2Col: dx[ci, ...] += col[...] for one (sample, group).
@@ -350,6 +363,26 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
 
 void Fast(const KernelArgs& args) { FastWithEpilogue(args, {}); }
 
+// The mask of a masked input gradient, as an epilogue on blocks of dx.
+struct DxMask {
+  const int32_t* mask;
+  const float* dx;
+};
+
+void ApplyDxMask(const void* ctx, float* block, int64_t n) {
+  const auto* m = static_cast<const DxMask*>(ctx);
+  parts::MaskInPlace(m->mask, block - m->dx, block, n);
+}
+
+// The epilogue on dx[first, first + n), split over the team unless already
+// on one thread of it (a nested ParallelFor runs serially).
+void MaskBlock(kernels::PlaneEpilogue epilogue, float* first, int64_t n) {
+  if (epilogue.fn == nullptr) return;
+  kernels::ParallelFor(n, 2, [&](int64_t begin, int64_t end) {
+    epilogue.fn(epilogue.ctx, first + begin, end - begin);
+  });
+}
+
 void BackwardInputFast(const KernelArgs& args) {
   const auto& a = args.attrs<Conv2dGradAttrs>();
   const Geometry g = MakeGeometry(a.shape, *args.in(1).shape, a.conv);
@@ -357,17 +390,21 @@ void BackwardInputFast(const KernelArgs& args) {
   const float* w = args.in(1).f32();
   float* dx = args.output.f32();
   const int64_t k = g.k(), plane = g.out_plane();
+  const DxMask mask{args.num_inputs == 3 ? args.in(2).i32() : nullptr, dx};
+  kernels::PlaneEpilogue epilogue;
+  if (mask.mask != nullptr) epilogue = {ApplyDxMask, &mask};
   if (g.depthwise()) {
-    kernels::F32DepthwiseConvBackwardInput(Depthwise(g), dy, w, dx);
+    kernels::F32DepthwiseConvBackwardInput(Depthwise(g), dy, w, dx, epilogue);
     return;
   }
   if (g.pointwise()) {
     ForEachSample(g, [&](int64_t n) {
       for (int64_t group = 0; group < g.groups; ++group) {
         // dX_g [cg, plane] = W_gᵀ [cg, og] · dY_g [og, plane]
+        float* dxg = dx + (n * g.c + group * g.cg) * g.h * g.w;
         kernels::Sgemm(true, false, k, plane, g.og, 1.0f, w + group * g.og * k, k,
-                       dy + (n * g.o + group * g.og) * plane, plane, 0.0f,
-                       dx + (n * g.c + group * g.cg) * g.h * g.w, plane);
+                       dy + (n * g.o + group * g.og) * plane, plane, 0.0f, dxg, plane);
+        MaskBlock(epilogue, dxg, g.cg * plane);
       }
     });
     return;
@@ -382,6 +419,7 @@ void BackwardInputFast(const KernelArgs& args) {
                      plane);
       std::fill_n(dxg, g.cg * g.h * g.w, 0.0f);
       Col2ImAdd(g, args.scratch, dxg);
+      MaskBlock(epilogue, dxg, g.cg * g.h * g.w);
     }
   }
 }
@@ -471,6 +509,13 @@ absl::StatusOr<TensorType> InferBackwardInput(const Node& node,
   if (*in[0] != y) {
     return OpError(node, "dy must be ", TypeToString(y), ", got ", TypeToString(*in[0]));
   }
+  if (in.size() == 3) {
+    const TensorType mask{DType::kI32, {parts::MaskWords(x.num_elements())}};
+    if (*in[2] != mask) {
+      return OpError(node, "mask for dx ", TypeToString(x), " must be ", TypeToString(mask),
+                     ", got ", TypeToString(*in[2]));
+    }
+  }
   return x;
 }
 
@@ -539,12 +584,18 @@ std::vector<OpTestCase> TestCases() {
   return out;
 }
 
+// Every case plain and with a mask (random bits) over dx.
 std::vector<OpTestCase> BackwardInputTestCases() {
   std::vector<OpTestCase> out;
   for (const ConvCase& c : ConvCases()) {
     OpTestCase t;
     t.inputs = {{DType::kF32, OutputShape(c)}, {DType::kF32, c.w}};
     t.attrs = Conv2dGradAttrs{c.attrs, c.x};
+    out.push_back(t);
+    int64_t elements = 1;
+    for (int64_t d : c.x) elements *= d;
+    t.inputs.push_back({DType::kI32, {parts::MaskWords(elements)}});
+    t.int_upper = 1 << 30;  // random bits in all but the top two of each word
     out.push_back(t);
   }
   return out;
@@ -583,12 +634,13 @@ OpDef Conv2dOpDef() {
 }
 
 // Not differentiable: emitted only by Conv2d's gradient rule (no second
-// order). Inputs (dy, weight); attrs carry x's shape.
+// order). Inputs (dy, weight[, mask]); attrs carry x's shape.
 OpDef Conv2dBackwardInputOpDef() {
   OpDef def;
   def.name = "conv2d_backward_input";
   def.attrs_index = AttrsIndexOf<Conv2dGradAttrs>();
-  def.min_inputs = def.max_inputs = 2;
+  def.min_inputs = 2;
+  def.max_inputs = 3;
   def.infer = InferBackwardInput;
   def.reference = BackwardInputReference;
   def.fast = BackwardInputFast;

@@ -73,6 +73,15 @@ void Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act);
 // while in cache: one pass over the tensor instead of two, the same bits.
 void BatchNormInferenceActivationFast(const KernelArgs& bn_args, FusedActivationFn act);
 
+// activation_mask.cc: what kMaskedGrad computes, in place, on elements
+// [first, first + n) of a tensor whose bit mask (activation_mask's layout) is
+// `mask`: x[i] = x[i] where the element's bit is set, else +0. `x` points at
+// element `first`. Single-threaded; any alignment of `first`.
+void MaskInPlace(const int32_t* mask, int64_t first, float* x, int64_t n);
+
+// The i32 words of a mask over `elements` elements.
+inline int64_t MaskWords(int64_t elements) { return (elements + 31) / 32; }
+
 }  // namespace fleettune::engine::ops::parts
 
 #endif  // FLEETTUNE_ENGINE_OPS_KERNEL_PARTS_H_

@@ -95,4 +95,49 @@ absl::StatusOr<bool> PackActivationMasks(Graph& graph, std::vector<ValueId>* old
   return true;
 }
 
+absl::StatusOr<bool> FoldMasksIntoConvGrads(Graph& graph, std::vector<ValueId>* old_to_new,
+                                            int* folded) {
+  const int n = graph.num_nodes();
+  const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
+  const auto& outs = graph.outputs();
+  std::vector<ValueId> mask_for(n, kNoValue);  // per input gradient: the mask it takes
+  std::vector<bool> fold(n, false);            // masked_grads that disappear
+  int count = 0;
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    if (node.op != OpKind::kMaskedGrad) continue;
+    const ValueId dx = node.inputs[0], mask = node.inputs[1];
+    const Node& grad = graph.node(dx);
+    if (grad.op != OpKind::kConv2dBackwardInput || grad.inputs.size() != 2) continue;
+    if (users[dx].size() != 1 || mask > dx) continue;
+    if (std::find(outs.begin(), outs.end(), dx) != outs.end()) continue;
+    mask_for[dx] = mask;
+    fold[id] = true;
+    ++count;
+  }
+  if (folded != nullptr) *folded = count;
+  if (count == 0) return Unchanged(n, old_to_new);
+  GraphRewriter rw(graph);
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    if (fold[id]) {
+      rw.Map(id, rw.New(node.inputs[0]));
+      continue;
+    }
+    if (mask_for[id] == kNoValue) {
+      RETURN_IF_ERROR(rw.Copy(id));
+      continue;
+    }
+    ASSIGN_OR_RETURN(ValueId dx,
+                     rw.Emit(OpKind::kConv2dBackwardInput,
+                             {rw.New(node.inputs[0]), rw.New(node.inputs[1]), rw.New(mask_for[id])},
+                             node.attrs, node.name));
+    rw.Map(id, dx);
+  }
+  ASSIGN_OR_RETURN(Graph out, rw.Finish());
+  if (old_to_new != nullptr) *old_to_new = rw.old_to_new();
+  graph = std::move(out);
+  return true;
+}
+
 }  // namespace fleettune::engine::passes

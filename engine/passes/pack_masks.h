@@ -38,6 +38,16 @@ namespace fleettune::engine::passes {
 absl::StatusOr<bool> PackActivationMasks(Graph& graph, std::vector<ValueId>* old_to_new = nullptr,
                                          int* packed = nullptr);
 
+// The pass's second step: a masked_grad whose gradient is a convolution's
+// input gradient read by nothing else becomes that gradient's mask operand,
+// conv2d_backward_input(dy, w, mask) (engine/ops/conv.cc), which masks each
+// block of dx as it writes it instead of a pass over the whole tensor. The
+// same bits. `folded` (optional) gets the number folded; `old_to_new` maps
+// each folded masked_grad to the masked convolution.
+absl::StatusOr<bool> FoldMasksIntoConvGrads(Graph& graph,
+                                            std::vector<ValueId>* old_to_new = nullptr,
+                                            int* folded = nullptr);
+
 }  // namespace fleettune::engine::passes
 
 #endif  // FLEETTUNE_ENGINE_PASSES_PACK_MASKS_H_

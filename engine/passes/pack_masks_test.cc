@@ -216,5 +216,70 @@ TEST(PackActivationMasks, LeavesActivationsTrainableLayersRead) {
   }
 }
 
+// The second step on bias-only MobileNetV2: every ReLU6 gradient there masks a
+// convolution's input gradient, which takes the mask instead. Three steps
+// train bit-identically, with the reference kernels and with the fast ones.
+TEST(FoldMasksIntoConvGrads, MobileNetV2InputGradientsTakeTheirMasks) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m,
+                       testing::SmallMobileNetV2(models::Mode::kEval, "bias-only"));
+  Graph packed = m.graph;
+  std::vector<ValueId> pack_map;
+  ASSERT_OK(PackActivationMasks(packed, &pack_map).status());
+  const int masked_grads = testing::CountOps(packed, OpKind::kMaskedGrad);
+  Graph g = packed;
+  std::vector<ValueId> fold_map;
+  int folded = 0;
+  ASSERT_OK_AND_ASSIGN(bool changed, FoldMasksIntoConvGrads(g, &fold_map, &folded));
+  EXPECT_TRUE(changed);
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_GT(folded, 10);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kMaskedGrad), masked_grads - folded);
+  int with_mask = 0;
+  for (const Node& node : g.nodes()) {
+    with_mask += node.op == OpKind::kConv2dBackwardInput && node.inputs.size() == 3;
+  }
+  EXPECT_EQ(with_mask, folded);
+  EXPECT_EQ(g.num_nodes(), packed.num_nodes() - folded);
+
+  const ValueId loss = pack_map[m.model.loss];
+  for (bool reference : {true, false}) {
+    SCOPED_TRACE(reference ? "reference kernels" : "fast kernels");
+    runtime::CompileOptions options;
+    options.use_reference_kernels = reference;
+    ASSERT_OK_AND_ASSIGN(testing::TrainResult want,
+                         testing::TrainSteps(packed, loss, m, 3, options));
+    ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
+                         testing::TrainSteps(g, fold_map[loss], m, 3, options));
+    testing::ExpectSameTraining(want, got, 0.0);
+  }
+}
+
+// An input gradient something else also reads keeps its masked_grad: the
+// other reader needs it unmasked.
+TEST(FoldMasksIntoConvGrads, KeepsAGradientWithAnotherReader) {
+  ASSERT_OK_AND_ASSIGN(testing::TestModel m,
+                       testing::SmallMobileNetV2(models::Mode::kEval, "bias-only"));
+  Graph g = m.graph;
+  ASSERT_OK(PackActivationMasks(g).status());
+  Graph all = g;
+  int folded_all = 0;
+  ASSERT_OK(FoldMasksIntoConvGrads(all, nullptr, &folded_all).status());
+  ValueId read = kNoValue;
+  for (ValueId id = 0; id < g.num_nodes() && read == kNoValue; ++id) {
+    const Node& node = g.node(id);
+    if (node.op == OpKind::kMaskedGrad &&
+        g.node(node.inputs[0]).op == OpKind::kConv2dBackwardInput) {
+      read = node.inputs[0];
+    }
+  }
+  ASSERT_NE(read, kNoValue);
+  ASSERT_OK_AND_ASSIGN(ValueId also, g.AddNode(OpKind::kScale, {read}, ScalarAttrs{2.0f}));
+  g.MarkOutput(also);
+  int folded = 0;
+  ASSERT_OK(FoldMasksIntoConvGrads(g, nullptr, &folded).status());
+  ASSERT_OK(VerifyGraph(g));
+  EXPECT_EQ(folded, folded_all - 1);
+}
+
 }  // namespace
 }  // namespace fleettune::engine::passes

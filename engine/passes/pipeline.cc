@@ -140,9 +140,18 @@ absl::StatusOr<PassReport> RunPasses(Graph& graph, const PassOptions& options) {
     *n = before - graph.num_nodes();
     return changed;
   }));
-  RETURN_IF_ERROR(run("pack_masks", options.pack_masks, [&](std::vector<ValueId>* map, int* n) {
-    return PackActivationMasks(graph, map, n);
-  }));
+  RETURN_IF_ERROR(
+      run("pack_masks", options.pack_masks,
+          [&](std::vector<ValueId>* map, int* n) -> absl::StatusOr<bool> {
+            // Pack, then fold masks into convolutions' input gradients.
+            std::vector<ValueId> pack_map, fold_map;
+            int packed = 0, folded = 0;
+            ASSIGN_OR_RETURN(bool packs, PackActivationMasks(graph, &pack_map, &packed));
+            ASSIGN_OR_RETURN(bool folds, FoldMasksIntoConvGrads(graph, &fold_map, &folded));
+            *map = ComposeMaps(pack_map, fold_map);
+            *n = packed + folded;
+            return packs || folds;
+          }));
   RETURN_IF_ERROR(run("fuse_updates", options.fuse_updates, [&](std::vector<ValueId>* map, int* n) {
     return FuseUpdates(graph, map, n);
   }));

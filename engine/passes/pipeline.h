@@ -20,7 +20,8 @@
 //                    (fuse.h), then elementwise chains → elementwise_chain
 //                    (fuse_elementwise.h); rewrites = folds + pairs + chains
 //   dce              drop nodes no output, loss or update needs (dce.h)
-//   pack_masks       ReLU/ReLU6 outputs kept for their gradient → bit masks
+//   pack_masks       ReLU/ReLU6 outputs kept for their gradient → bit masks,
+//                    applied by the convolution input gradients they follow
 //                    (pack_masks.h)
 //   fuse_updates     weight-gradient matmul + SGD update → one update whose GEMM
 //                    accumulates into the momentum buffer (fuse_updates.h)

@@ -48,7 +48,8 @@ using engine::TensorType;
 
 // Bump whenever the compiler's output for the same inputs changes (new passes, new metadata),
 // so that a cache key computed by an older build never names a newer plan.
-constexpr int kCompilerRevision = 6;  // 5: pack_masks; 6: fuse_updates
+// 5: pack_masks; 6: fuse_updates; 7: masks folded into conv2d_backward_input.
+constexpr int kCompilerRevision = 7;
 
 // An MLP with more layers than this is not a model anyone fine-tunes on an edge device; the cap
 // bounds the work a hostile spec can cause before the budget check.
