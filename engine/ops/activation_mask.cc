@@ -21,6 +21,11 @@
 // kMaskedGrad: (dy f32[...], m i32[ceil(n / 32)]) → dx = dy where the bit is
 // set, else +0.
 // Neither is differentiable: both exist only in backward graphs.
+//
+// With the fast kernels, the runtime has a ReLU or ReLU6 convolution write
+// its activation_mask's words itself, as it activates each plane
+// (runtime::AbsorbedMasks), and conv2d_backward_input applies a mask it
+// takes as a third operand (the pack_masks pass folds masked_grad in).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -129,6 +134,34 @@ __attribute__((target("avx2"))) void PackAvx2(Derivative passes, const float* y,
   }
 }
 
+// Two 16-lane compares per word; an infinite upper bound passes every y > 0.
+__attribute__((target("avx512f"))) void PackAvx512(Derivative passes, const float* y, int32_t* m,
+                                                   int64_t words) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 upper = _mm512_set1_ps(passes.upper);
+  const bool unbounded = std::isinf(passes.upper);
+  for (int64_t w = 0; w < words; ++w) {
+    uint32_t word = 0;
+    for (int h = 0; h < 2; ++h) {
+      const __m512 v = _mm512_loadu_ps(y + w * kBits + 16 * h);
+      const __mmask16 positive = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ);
+      const __mmask16 in =
+          unbounded ? positive : _mm512_mask_cmp_ps_mask(positive, v, upper, _CMP_LT_OQ);
+      word |= static_cast<uint32_t>(in) << (16 * h);
+    }
+    std::memcpy(m + w, &word, sizeof(word));
+  }
+}
+
+// At the kernel ISA's width.
+void PackWords(Derivative passes, const float* y, int32_t* m, int64_t words) {
+  if (kernels::KernelIsa() == kernels::Isa::kAvx512) {
+    PackAvx512(passes, y, m, words);
+  } else {
+    PackAvx2(passes, y, m, words);
+  }
+}
+
 // Each lane tests its own bit of the word: (word & 1 << lane) != 0.
 __attribute__((target("avx2"))) void MaskedGradAvx2(const float* dy, const int32_t* m, float* dx,
                                                     int64_t words) {
@@ -176,7 +209,7 @@ void PackFast(const KernelArgs& args) {
   kernels::ParallelFor(full, kBits, [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__)
     if (kernels::KernelIsa() != kernels::Isa::kGeneric) {
-      PackAvx2(passes, y + begin * kBits, m + begin, end - begin);
+      PackWords(passes, y + begin * kBits, m + begin, end - begin);
       return;
     }
 #endif
@@ -214,6 +247,21 @@ void MaskedGradFast(const KernelArgs& args) {
 }
 
 }  // namespace
+
+void parts::PackMask(float upper, const float* y, int64_t first, int64_t n, int32_t* mask) {
+  const Derivative passes{upper};
+  int32_t* m = mask + first / kBits;
+#if defined(__x86_64__)
+  if (kernels::KernelIsa() != kernels::Isa::kGeneric) {
+    PackWords(passes, y, m, n / kBits);
+    return;
+  }
+#endif
+  for (int64_t w = 0; w < n / kBits; ++w) {
+    const uint32_t word = PackWord(passes, y + w * kBits, kBits);
+    std::memcpy(m + w, &word, sizeof(word));
+  }
+}
 
 void parts::MaskInPlace(const int32_t* mask, int64_t first, float* x, int64_t n) {
   auto scalar = [&](int64_t begin, int64_t end) {

@@ -20,6 +20,7 @@
 // contiguous output rows. The im2col buffer is the op's scratch workspace.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "engine/base/status_macros.h"
 #include "engine/kernels/depthwise_conv.h"
@@ -614,8 +615,34 @@ std::vector<OpTestCase> BackwardWeightTestCases() {
 
 }  // namespace
 
-void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act) {
-  FastWithEpilogue(conv_args, parts::ActivationEpilogue(&act));
+namespace {
+
+// The activation, then the plane's mask bits, on each block of y.
+struct ActivateAndPack {
+  FusedActivationFn act;
+  float upper;
+  const float* y;
+  int32_t* mask;
+};
+
+void ActivateAndPackBlock(const void* ctx, float* block, int64_t n) {
+  const auto* c = static_cast<const ActivateAndPack*>(ctx);
+  parts::FusedActivationInPlace(c->act, block, n);
+  parts::PackMask(c->upper, block, block - c->y, n, c->mask);
+}
+
+}  // namespace
+
+void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act,
+                                 int32_t* mask) {
+  if (mask == nullptr) {
+    FastWithEpilogue(conv_args, parts::ActivationEpilogue(&act));
+    return;
+  }
+  const ActivateAndPack ctx{
+      act, act == FusedActivationFn::kRelu6 ? 6.0f : std::numeric_limits<float>::infinity(),
+      conv_args.output.f32(), mask};
+  FastWithEpilogue(conv_args, {ActivateAndPackBlock, &ctx});
 }
 
 OpDef Conv2dOpDef() {

@@ -104,7 +104,7 @@ void Kernel(const KernelArgs& args) {
   KernelArgs a = args;
   a.node = &inner;
   if (kFast && args.node->op == OpKind::kConv2dActivation) {
-    return parts::Conv2dActivationFast(a, ActOf(*args.node));
+    return parts::Conv2dActivationFast(a, ActOf(*args.node), args.activation_mask);
   }
   if (kFast && args.node->op == OpKind::kLinearActivation) {
     return parts::LinearFast(a, ActOf(*args.node));

@@ -66,7 +66,10 @@ void LinearFast(const KernelArgs& args, std::optional<FusedActivationFn> act);
 // applied while the output is in cache (the same bits as the two kernels in
 // turn): to each plane right after it is computed (depthwise), or to each
 // sample's output right after its GEMM and bias.
-void Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act);
+// With `mask`, each activated plane's activation_mask bits (ReLU: clamp +inf,
+// ReLU6: 6) go there too; the output planes must be whole mask words.
+void Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act,
+                          int32_t* mask = nullptr);
 
 // batch_norm.cc: kBatchNormInference's fast kernel for the node in `bn_args`,
 // with `act` applied to each row of a channel right after it is normalized,
@@ -78,6 +81,11 @@ void BatchNormInferenceActivationFast(const KernelArgs& bn_args, FusedActivation
 // `mask`: x[i] = x[i] where the element's bit is set, else +0. `x` points at
 // element `first`. Single-threaded; any alignment of `first`.
 void MaskInPlace(const int32_t* mask, int64_t first, float* x, int64_t n);
+
+// activation_mask.cc: what kActivationMask{upper} computes for the whole
+// words [first / 32, (first + n) / 32) of y's mask, from y[first, first + n)
+// at `y`; first and n multiples of 32. Single-threaded.
+void PackMask(float upper, const float* y, int64_t first, int64_t n, int32_t* mask);
 
 // The i32 words of a mask over `elements` elements.
 inline int64_t MaskWords(int64_t elements) { return (elements + 31) / 32; }

@@ -48,6 +48,11 @@ struct KernelArgs {
   // Workspace of at least OpDef::scratch_bytes, shared by all kernels of an
   // executable (they run one at a time); null when the op asks for none.
   float* scratch = nullptr;
+  // Set on a conv2d_activation (ReLU or ReLU6) whose activation_mask node
+  // the runtime absorbed (runtime::AbsorbedMasks): the kernel also writes
+  // that node's output here, in activation_mask's layout, as it activates
+  // each plane.
+  int32_t* activation_mask = nullptr;
 
   const TensorView& in(int i) const { return inputs[i]; }
   template <typename T>

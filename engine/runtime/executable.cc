@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -42,6 +43,20 @@ bool PersistsAfterPrologue(const Graph& g, const std::vector<bool>& constant,
 }
 
 // Bytes a persistent constant takes in the constants buffer (64-aligned slots).
+// AbsorbedMasks under `options`: the fast kernels only, and neither node folded.
+std::vector<ValueId> AbsorbedMasksFor(const Graph& g, const CompileOptions& options,
+                                      const std::vector<bool>& constant) {
+  std::vector<ValueId> absorbed(g.num_nodes(), kNoValue);
+  if (options.use_reference_kernels) return absorbed;
+  absorbed = AbsorbedMasks(g);
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    if (absorbed[id] != kNoValue && (constant[id] || constant[absorbed[id]])) {
+      absorbed[id] = kNoValue;
+    }
+  }
+  return absorbed;
+}
+
 size_t ConstantSlotBytes(const Node& node) { return (node.type.bytes() + 63) / 64 * 64; }
 
 // A value micro-batching stages: its type for the whole batch.
@@ -208,6 +223,25 @@ std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id) {
   return out;
 }
 
+std::vector<ValueId> AbsorbedMasks(const Graph& graph) {
+  std::vector<ValueId> by(graph.num_nodes(), kNoValue);
+  for (ValueId id = 0; id < graph.num_nodes(); ++id) {
+    const Node& node = graph.node(id);
+    if (node.op != OpKind::kActivationMask || node.inputs.size() != 1) continue;
+    const ValueId conv = node.inputs[0];
+    const Node& producer = graph.node(conv);
+    if (producer.op != OpKind::kConv2dActivation) continue;
+    const FusedActivationFn act = std::get<FusedConvAttrs>(producer.attrs).act;
+    const float upper = std::get<ScalarAttrs>(node.attrs).value;
+    const bool same_clamp = (act == FusedActivationFn::kRelu && std::isinf(upper) && upper > 0) ||
+                            (act == FusedActivationFn::kRelu6 && upper == 6.0f);
+    const Shape& y = producer.type.shape;
+    if (!same_clamp || y.size() != 4 || (y[2] * y[3]) % 32 != 0) continue;
+    by[id] = conv;
+  }
+  return by;
+}
+
 std::vector<bool> FindConstants(const Graph& graph) {
   const int n = graph.num_nodes();
   std::vector<bool> written(n, false);
@@ -250,6 +284,19 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
   if (!options.outside_arena.empty() && static_cast<int>(options.outside_arena.size()) != n) {
     return absl::InvalidArgumentError(absl::StrCat(
         "outside_arena has ", options.outside_arena.size(), " entries for ", n, " nodes"));
+  }
+  if (!options.written_by.empty()) {
+    if (static_cast<int>(options.written_by.size()) != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("written_by has ", options.written_by.size(), " entries for ", n, " nodes"));
+    }
+    for (ValueId id = 0; id < n; ++id) {
+      const ValueId by = options.written_by[id];
+      if (by != kNoValue && (by < 0 || by >= id)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("value ", id, " is written by node ", by, ", which is not earlier"));
+      }
+    }
   }
   auto outside = [&](ValueId id) {
     return graph.node(id).op == OpKind::kParameter ||
@@ -310,6 +357,9 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
     req.bytes = node.type.bytes();
     // Inputs are written by the caller before the step starts.
     req.first_use = node.op == OpKind::kInput ? -1 : id;
+    if (!options.written_by.empty() && options.written_by[id] != kNoValue) {
+      req.first_use = options.written_by[id];
+    }
     req.last_use = node.op == OpKind::kInput ? std::max(last_use[id], n) : last_use[id];
     if (reuses[id] != kNoValue && request_of[reuses[id]] >= 0) {
       req.in_place_of = request_of[reuses[id]];
@@ -354,6 +404,8 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   arena_options.in_place = options.in_place;
   arena_options.outside_arena = constant;
   for (const Staged& s : exe->staged_inputs_) arena_options.outside_arena[s.value] = true;
+  const std::vector<ValueId> absorbed = AbsorbedMasksFor(g, options, constant);
+  arena_options.written_by = absorbed;
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
   exe->memory_.in_place_nodes = layout.in_place_nodes;
 
@@ -451,10 +503,15 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   // Program.
   size_t total_operands = 0;
   for (const Node& node : g.nodes()) total_operands += node.inputs.size();
-  exe->operands_.reserve(total_operands);  // never reallocates below
+  exe->operands_.reserve(total_operands);     // never reallocates below
+  std::vector<ValueId> mask_of(n, kNoValue);  // a convolution's absorbed mask
+  for (ValueId id = 0; id < n; ++id) {
+    if (absorbed[id] != kNoValue) mask_of[absorbed[id]] = id;
+  }
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (node.op == OpKind::kInput || node.op == OpKind::kParameter || constant[id]) continue;
+    if (absorbed[id] != kNoValue) continue;  // its convolution writes it
     const ops::OpDef& def = ops::GetOpDef(node.op);
     ops::KernelFn fn =
         options.use_reference_kernels || def.fast == nullptr ? def.reference : def.fast;
@@ -473,6 +530,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
       exe->operands_.push_back(exe->views_[in]);
     }
     if (node.has_output) instr.args.output = exe->views_[id];
+    if (mask_of[id] != kNoValue) instr.args.activation_mask = exe->views_[mask_of[id]].i32();
     instr.args.step = &exe->step_;
     if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
     exe->program_.push_back(instr);
@@ -724,6 +782,7 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   for (const StagedType& s : staged) {
     if (s.input) arena_options.outside_arena[s.value] = true;
   }
+  arena_options.written_by = AbsorbedMasksFor(graph, options, constant);
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
   MemoryStats m;
   for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();

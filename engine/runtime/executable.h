@@ -245,6 +245,10 @@ struct ArenaOptions {
   // Per value: true when it lives outside the arena (folded constants).
   // Empty: none.
   std::vector<bool> outside_arena;
+  // Per value: the earlier node whose kernel writes it along with its own
+  // output (an absorbed activation mask, AbsorbedMasks), so that its buffer
+  // is live from that node on; kNoValue for the rest. Empty: none.
+  std::vector<ValueId> written_by;
 };
 absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& options = {});
 
@@ -258,6 +262,14 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
 // operand's type. Returns candidate operand indices, best first; empty when
 // none.
 std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id);
+
+// The activation_mask nodes the fast kernels compute inside the convolution
+// they read: per node, the conv2d_activation (ReLU or ReLU6, the mask's clamp)
+// that packs its bits while each output plane is in cache, or kNoValue. The
+// planes must be whole mask words (ho·wo a multiple of 32), since threads
+// write planes side by side. Compile() skips such a node's own instruction;
+// its buffer is live from the convolution on (ArenaOptions::written_by).
+std::vector<ValueId> AbsorbedMasks(const Graph& graph);
 
 // Values computable once at compile time: kFill, parameters no update node
 // writes (weights and buffers; never optimizer state), and nodes whose inputs

@@ -207,6 +207,92 @@ TEST(Executable, ReshapesOfFrozenParametersAreViews) {
   }
 }
 
+// A ReLU6 convolution's mask, computed by the convolution's fast kernel
+// instead of its own node: the same bits as the reference kernels' separate
+// pass, and the mask's buffer is live from the convolution on (not free for
+// reuse while the convolution still reads its input). Planes of 16 elements
+// are not whole mask words, so that mask keeps its node.
+TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
+  for (int64_t side : {8, 4}) {
+    SCOPED_TRACE(side);
+    Graph g;
+    ASSERT_OK_AND_ASSIGN(ValueId in, g.AddInput("x", {DType::kF32, {2, 3, side, side}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, {5, 3, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b, g.AddParameter("b", {DType::kF32, {5}}));
+    // x dies at the convolution.
+    ASSERT_OK_AND_ASSIGN(ValueId x, g.AddNode(OpKind::kScale, {in}, ScalarAttrs{4.0f}));
+    Conv2dAttrs conv{1, 1, 1, 1, 1, 1, 1};
+    ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kConv2dActivation, {x, w, b},
+                                              FusedConvAttrs{conv, FusedActivationFn::kRelu6}));
+    ASSERT_OK_AND_ASSIGN(ValueId m, g.AddNode(OpKind::kActivationMask, {y}, ScalarAttrs{6.0f}));
+    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddNode(OpKind::kScale, {y}, ScalarAttrs{-1.0f}));
+    ASSERT_OK_AND_ASSIGN(ValueId dx, g.AddNode(OpKind::kMaskedGrad, {dy, m}));
+    g.MarkOutput(y);
+    g.MarkOutput(m);
+    g.MarkOutput(dx);
+    const std::vector<ValueId> absorbed = AbsorbedMasks(g);
+    EXPECT_EQ(absorbed[m], side == 8 ? y : kNoValue);
+
+    ArenaOptions options;
+    options.written_by = absorbed;
+    ASSERT_OK_AND_ASSIGN(ArenaLayout layout, PlanArena(g, options));
+    const auto request = [&](ValueId v) {
+      return layout.requests[std::find(layout.values.begin(), layout.values.end(), v) -
+                             layout.values.begin()];
+    };
+    EXPECT_EQ(request(m).first_use, side == 8 ? y : m);
+
+    for (bool reference : {true, false}) {
+      SCOPED_TRACE(reference ? "reference kernels" : "fast kernels");
+      ParameterStore params;
+      std::vector<float> wv(5 * 27), bv(5);
+      for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.05f * static_cast<float>(i % 11) - 0.2f;
+      for (size_t i = 0; i < bv.size(); ++i) bv[i] = 0.5f * static_cast<float>(i);
+      ASSERT_OK_AND_ASSIGN(Tensor wt, Tensor::FromF32({5, 3, 3, 3}, wv));
+      ASSERT_OK_AND_ASSIGN(Tensor bt, Tensor::FromF32({5}, bv));
+      ASSERT_OK(params.Set("w", wt));
+      ASSERT_OK(params.Set("b", bt));
+      CompileOptions compile;
+      compile.use_reference_kernels = reference;
+      ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params, compile));
+      std::vector<float> xv(2 * 3 * side * side);
+      for (size_t i = 0; i < xv.size(); ++i) xv[i] = 0.1f * static_cast<float>(i % 23) - 1.0f;
+      ASSERT_OK_AND_ASSIGN(Tensor xt, Tensor::FromF32({2, 3, side, side}, xv));
+      ASSERT_OK(exe->SetInput("x", xt));
+      ASSERT_OK(exe->Run());
+      // What activation_mask and masked_grad make of the y this run computed.
+      ASSERT_OK_AND_ASSIGN(TensorView yv, exe->Output(y));
+      ASSERT_OK_AND_ASSIGN(TensorView mv, exe->Output(m));
+      ASSERT_OK_AND_ASSIGN(TensorView dv, exe->Output(dx));
+      int passing = 0;
+      for (int64_t i = 0; i < yv.num_elements(); ++i) {
+        const float v = yv.f32()[i];
+        const bool bit = (static_cast<uint32_t>(mv.i32()[i / 32]) >> (i % 32)) & 1u;
+        EXPECT_EQ(bit, v > 0.0f && v < 6.0f) << "element " << i;
+        EXPECT_EQ(dv.f32()[i], bit ? -v : 0.0f) << "element " << i;
+        passing += bit;
+      }
+      EXPECT_GT(passing, 0);
+      EXPECT_LT(passing, yv.num_elements());
+    }
+  }
+}
+
+TEST(Executable, PlanArenaRejectsAWriterThatIsNotEarlier) {
+  Graph g;
+  ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {4}}));
+  ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kScale, {x}, ScalarAttrs{2.0f}));
+  g.MarkOutput(y);
+  ArenaOptions options;
+  options.written_by = {kNoValue, y};
+  EXPECT_THAT(PlanArena(g, options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("written by node 1, which is not earlier")));
+  options.written_by = {kNoValue};
+  EXPECT_THAT(PlanArena(g, options),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("written_by has 1 entries")));
+}
+
 TEST(Executable, RejectsMissingWeightAndTypeMismatch) {
   Fixture f;
   ASSERT_NO_FATAL_FAILURE(Build(&f, autodiff::OptimizerConfig::Sgd({0.1f, 0.0f, 0.0f})));
