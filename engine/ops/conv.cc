@@ -11,6 +11,8 @@
 // ReLU or ReLU6 in front of the convolution (activation_mask's layout over
 // dx): dx is then masked_grad(dx, mask), each block masked right after it is
 // written. The pack_masks pass folds a masked_grad of the input gradient in.
+// Its fast kernel can also sum dx per channel (a bias gradient the runtime
+// absorbed, KernelArgs::channel_sums) plane by plane as it writes them.
 //
 // Kernels: the reference kernels are direct loops accumulating in double. The
 // fast kernels lower each (sample, group) to one GEMM on an im2col buffer
@@ -26,6 +28,7 @@
 #include "engine/kernels/depthwise_conv.h"
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/parallel.h"
+#include "engine/kernels/vec.h"
 #include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
@@ -364,15 +367,46 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
 
 void Fast(const KernelArgs& args) { FastWithEpilogue(args, {}); }
 
-// The mask of a masked input gradient, as an epilogue on blocks of dx.
-struct DxMask {
-  const int32_t* mask;
+// The im2col buffer of one (sample, group); none for pointwise or depthwise.
+size_t ColumnBytes(const Geometry& g) {
+  if (g.pointwise() || g.depthwise()) return 0;
+  return static_cast<size_t>(g.k() * g.out_plane()) * sizeof(float);
+}
+
+// Where the per-plane sums of absorbed channel sums start in the input
+// gradient's scratch: past the im2col buffer, 64-byte aligned.
+size_t PlaneSumsOffset(const Geometry& g) { return (ColumnBytes(g) + 63) / 64 * 64; }
+
+// What the input gradient does to each block of whole dx planes once they
+// are written: the mask of a masked input gradient, then each plane's sum
+// for absorbed channel sums (kernels::SumF32, as reduce_sum's fast kernel
+// sums a plane).
+struct DxEpilogue {
   const float* dx;
+  const int32_t* mask;  // or null
+  int64_t plane;        // h·w
+  double* plane_sums;   // [n·c], or null
 };
 
-void ApplyDxMask(const void* ctx, float* block, int64_t n) {
-  const auto* m = static_cast<const DxMask*>(ctx);
-  parts::MaskInPlace(m->mask, block - m->dx, block, n);
+void DxBlock(const void* ctx, float* block, int64_t n) {
+  const auto* e = static_cast<const DxEpilogue*>(ctx);
+  const int64_t first = block - e->dx;
+  if (e->mask != nullptr) parts::MaskInPlace(e->mask, first, block, n);
+  if (e->plane_sums == nullptr) return;
+  for (int64_t at = 0; at < n; at += e->plane) {
+    e->plane_sums[(first + at) / e->plane] = kernels::SumF32(block + at, e->plane);
+  }
+}
+
+// reduce_sum's order: per channel, the planes' sums over samples in double.
+void ChannelSums(const Geometry& g, const double* plane_sums, float* sums) {
+  kernels::ParallelFor(g.c, g.n, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sum = 0.0;
+      for (int64_t n = 0; n < g.n; ++n) sum += plane_sums[n * g.c + c];
+      sums[c] = static_cast<float>(sum);
+    }
+  });
 }
 
 // The epilogue on dx[first, first + n), split over the team unless already
@@ -384,16 +418,12 @@ void MaskBlock(kernels::PlaneEpilogue epilogue, float* first, int64_t n) {
   });
 }
 
-void BackwardInputFast(const KernelArgs& args) {
-  const auto& a = args.attrs<Conv2dGradAttrs>();
-  const Geometry g = MakeGeometry(a.shape, *args.in(1).shape, a.conv);
+void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
+                               kernels::PlaneEpilogue epilogue) {
   const float* dy = args.in(0).f32();
   const float* w = args.in(1).f32();
   float* dx = args.output.f32();
   const int64_t k = g.k(), plane = g.out_plane();
-  const DxMask mask{args.num_inputs == 3 ? args.in(2).i32() : nullptr, dx};
-  kernels::PlaneEpilogue epilogue;
-  if (mask.mask != nullptr) epilogue = {ApplyDxMask, &mask};
   if (g.depthwise()) {
     kernels::F32DepthwiseConvBackwardInput(Depthwise(g), dy, w, dx, epilogue);
     return;
@@ -425,6 +455,21 @@ void BackwardInputFast(const KernelArgs& args) {
   }
 }
 
+void BackwardInputFast(const KernelArgs& args) {
+  const auto& a = args.attrs<Conv2dGradAttrs>();
+  const Geometry g = MakeGeometry(a.shape, *args.in(1).shape, a.conv);
+  double* plane_sums =
+      args.channel_sums == nullptr
+          ? nullptr
+          : reinterpret_cast<double*>(reinterpret_cast<char*>(args.scratch) + PlaneSumsOffset(g));
+  const DxEpilogue dx_epilogue{args.output.f32(), args.num_inputs == 3 ? args.in(2).i32() : nullptr,
+                               g.h * g.w, plane_sums};
+  kernels::PlaneEpilogue epilogue;
+  if (dx_epilogue.mask != nullptr || plane_sums != nullptr) epilogue = {DxBlock, &dx_epilogue};
+  BackwardInputWithEpilogue(args, g, epilogue);
+  if (plane_sums != nullptr) ChannelSums(g, plane_sums, args.channel_sums);
+}
+
 void BackwardWeightFast(const KernelArgs& args) {
   const auto& a = args.attrs<Conv2dGradAttrs>();
   const Geometry g = MakeGeometry(*args.in(0).shape, a.shape, a.conv);
@@ -452,19 +497,15 @@ void BackwardWeightFast(const KernelArgs& args) {
   }
 }
 
-// The im2col buffer of one (sample, group); none for pointwise or depthwise.
-size_t ColumnBytes(const Geometry& g) {
-  if (g.pointwise() || g.depthwise()) return 0;
-  return static_cast<size_t>(g.k() * g.out_plane()) * sizeof(float);
-}
-
 size_t ScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
   return ColumnBytes(MakeGeometry(in[0]->shape, in[1]->shape, std::get<Conv2dAttrs>(node.attrs)));
 }
 
+// The im2col buffer, then a double per dx plane for absorbed channel sums.
 size_t BackwardInputScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
   const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
-  return ColumnBytes(MakeGeometry(a.shape, in[1]->shape, a.conv));
+  const Geometry g = MakeGeometry(a.shape, in[1]->shape, a.conv);
+  return PlaneSumsOffset(g) + static_cast<size_t>(g.n * g.c) * sizeof(double);
 }
 
 size_t BackwardWeightScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {

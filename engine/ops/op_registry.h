@@ -53,6 +53,11 @@ struct KernelArgs {
   // that node's output here, in activation_mask's layout, as it activates
   // each plane.
   int32_t* activation_mask = nullptr;
+  // Set on a conv2d_backward_input whose reduce_sum over (N, H, W) the
+  // runtime absorbed (runtime::AbsorbedChannelSums): the kernel also writes
+  // those per-channel sums of dx here, the bits reduce_sum's fast kernel
+  // computes, summing each plane while it is in cache.
+  float* channel_sums = nullptr;
 
   const TensorView& in(int i) const { return inputs[i]; }
   template <typename T>

@@ -43,16 +43,20 @@ bool PersistsAfterPrologue(const Graph& g, const std::vector<bool>& constant,
 }
 
 // Bytes a persistent constant takes in the constants buffer (64-aligned slots).
-// AbsorbedMasks under `options`: the fast kernels only, and neither node folded.
-std::vector<ValueId> AbsorbedMasksFor(const Graph& g, const CompileOptions& options,
+// AbsorbedMasks and AbsorbedChannelSums under `options`: the fast kernels
+// only, neither node folded, and one absorbed node per producer.
+std::vector<ValueId> AbsorbedNodesFor(const Graph& g, const CompileOptions& options,
                                       const std::vector<bool>& constant) {
-  std::vector<ValueId> absorbed(g.num_nodes(), kNoValue);
+  const int n = g.num_nodes();
+  std::vector<ValueId> absorbed(n, kNoValue);
   if (options.use_reference_kernels) return absorbed;
-  absorbed = AbsorbedMasks(g);
-  for (ValueId id = 0; id < g.num_nodes(); ++id) {
-    if (absorbed[id] != kNoValue && (constant[id] || constant[absorbed[id]])) {
-      absorbed[id] = kNoValue;
-    }
+  const std::vector<ValueId> masks = AbsorbedMasks(g), sums = AbsorbedChannelSums(g);
+  std::vector<bool> taken(n, false);
+  for (ValueId id = 0; id < n; ++id) {
+    const ValueId by = masks[id] != kNoValue ? masks[id] : sums[id];
+    if (by == kNoValue || constant[id] || constant[by] || taken[by]) continue;
+    absorbed[id] = by;
+    taken[by] = true;
   }
   return absorbed;
 }
@@ -242,6 +246,21 @@ std::vector<ValueId> AbsorbedMasks(const Graph& graph) {
   return by;
 }
 
+std::vector<ValueId> AbsorbedChannelSums(const Graph& graph) {
+  std::vector<ValueId> by(graph.num_nodes(), kNoValue);
+  for (ValueId id = 0; id < graph.num_nodes(); ++id) {
+    const Node& node = graph.node(id);
+    if (node.op != OpKind::kReduceSum || node.inputs.size() != 1) continue;
+    const ValueId grad = node.inputs[0];
+    if (graph.node(grad).op != OpKind::kConv2dBackwardInput) continue;
+    const Shape& dx = graph.type(grad).shape;
+    if (!(std::get<ReduceAttrs>(node.attrs) == ReduceAttrs{{0, 2, 3}, false})) continue;
+    if (dx.size() != 4 || dx[2] * dx[3] <= 1) continue;
+    by[id] = grad;
+  }
+  return by;
+}
+
 std::vector<bool> FindConstants(const Graph& graph) {
   const int n = graph.num_nodes();
   std::vector<bool> written(n, false);
@@ -404,7 +423,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   arena_options.in_place = options.in_place;
   arena_options.outside_arena = constant;
   for (const Staged& s : exe->staged_inputs_) arena_options.outside_arena[s.value] = true;
-  const std::vector<ValueId> absorbed = AbsorbedMasksFor(g, options, constant);
+  const std::vector<ValueId> absorbed = AbsorbedNodesFor(g, options, constant);
   arena_options.written_by = absorbed;
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
   exe->memory_.in_place_nodes = layout.in_place_nodes;
@@ -503,15 +522,15 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   // Program.
   size_t total_operands = 0;
   for (const Node& node : g.nodes()) total_operands += node.inputs.size();
-  exe->operands_.reserve(total_operands);     // never reallocates below
-  std::vector<ValueId> mask_of(n, kNoValue);  // a convolution's absorbed mask
+  exe->operands_.reserve(total_operands);         // never reallocates below
+  std::vector<ValueId> absorbed_by(n, kNoValue);  // a producer's absorbed node
   for (ValueId id = 0; id < n; ++id) {
-    if (absorbed[id] != kNoValue) mask_of[absorbed[id]] = id;
+    if (absorbed[id] != kNoValue) absorbed_by[absorbed[id]] = id;
   }
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (node.op == OpKind::kInput || node.op == OpKind::kParameter || constant[id]) continue;
-    if (absorbed[id] != kNoValue) continue;  // its convolution writes it
+    if (absorbed[id] != kNoValue) continue;  // its producer writes it
     const ops::OpDef& def = ops::GetOpDef(node.op);
     ops::KernelFn fn =
         options.use_reference_kernels || def.fast == nullptr ? def.reference : def.fast;
@@ -530,7 +549,11 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
       exe->operands_.push_back(exe->views_[in]);
     }
     if (node.has_output) instr.args.output = exe->views_[id];
-    if (mask_of[id] != kNoValue) instr.args.activation_mask = exe->views_[mask_of[id]].i32();
+    if (absorbed_by[id] != kNoValue) {
+      const TensorView& extra = exe->views_[absorbed_by[id]];
+      if (node.op == OpKind::kConv2dActivation) instr.args.activation_mask = extra.i32();
+      if (node.op == OpKind::kConv2dBackwardInput) instr.args.channel_sums = extra.f32();
+    }
     instr.args.step = &exe->step_;
     if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
     exe->program_.push_back(instr);
@@ -782,7 +805,7 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   for (const StagedType& s : staged) {
     if (s.input) arena_options.outside_arena[s.value] = true;
   }
-  arena_options.written_by = AbsorbedMasksFor(graph, options, constant);
+  arena_options.written_by = AbsorbedNodesFor(graph, options, constant);
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
   MemoryStats m;
   for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();

@@ -246,8 +246,8 @@ struct ArenaOptions {
   // Empty: none.
   std::vector<bool> outside_arena;
   // Per value: the earlier node whose kernel writes it along with its own
-  // output (an absorbed activation mask, AbsorbedMasks), so that its buffer
-  // is live from that node on; kNoValue for the rest. Empty: none.
+  // output (AbsorbedMasks, AbsorbedChannelSums), so that its buffer is live
+  // from that node on; kNoValue for the rest. Empty: none.
   std::vector<ValueId> written_by;
 };
 absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& options = {});
@@ -270,6 +270,13 @@ std::vector<int> InPlaceCandidates(const Graph& graph, ValueId id);
 // write planes side by side. Compile() skips such a node's own instruction;
 // its buffer is live from the convolution on (ArenaOptions::written_by).
 std::vector<ValueId> AbsorbedMasks(const Graph& graph);
+
+// Likewise for bias gradients: the reduce_sum nodes over (N, H, W) of a
+// conv2d_backward_input's dx [N, C, H, W] (H·W > 1), which its fast kernel
+// computes as it writes each plane (KernelArgs::channel_sums), in the order
+// reduce_sum's fast kernel sums, so the bits are the same. Per node, the
+// convolution that computes it, or kNoValue.
+std::vector<ValueId> AbsorbedChannelSums(const Graph& graph);
 
 // Values computable once at compile time: kFill, parameters no update node
 // writes (weights and buffers; never optimizer state), and nodes whose inputs

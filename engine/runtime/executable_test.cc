@@ -7,6 +7,7 @@
 
 #include "engine/base/status_matchers.h"
 #include "engine/models/mlp.h"
+#include "engine/ops/op_registry.h"
 #include "engine/train/trainer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -275,6 +276,72 @@ TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
       EXPECT_GT(passing, 0);
       EXPECT_LT(passing, yv.num_elements());
     }
+  }
+}
+
+// A bias gradient (reduce_sum over N, H, W) of a convolution's input
+// gradient, summed by the convolution's fast kernel as it writes dx: the bits
+// reduce_sum's own fast kernel computes from that dx. Masked and unmasked,
+// depthwise and pointwise; 1×1 planes keep the reduce_sum node.
+TEST(Executable, InputGradientsSumTheirChannels) {
+  struct Case {
+    int64_t side, groups;
+    bool masked;
+  };
+  for (const Case& c : {Case{8, 1, false}, Case{8, 4, true}, Case{5, 4, false}, Case{1, 1, true}}) {
+    SCOPED_TRACE(::testing::Message() << c.side << " " << c.groups << " " << c.masked);
+    Graph g;
+    const Shape x{3, 4, c.side, c.side};
+    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, {3, 4, c.side, c.side}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, {4, 4 / c.groups, 3, 3}}));
+    std::vector<ValueId> operands = {dy, w};
+    const int64_t words = (3 * 4 * c.side * c.side + 31) / 32;
+    if (c.masked) {
+      ASSERT_OK_AND_ASSIGN(ValueId m, g.AddInput("m", {DType::kI32, {words}}));
+      operands.push_back(m);
+    }
+    ASSERT_OK_AND_ASSIGN(
+        ValueId dx,
+        g.AddNode(OpKind::kConv2dBackwardInput, operands,
+                  Conv2dGradAttrs{Conv2dAttrs{1, 1, 1, 1, 1, 1, static_cast<int>(c.groups)}, x}));
+    ASSERT_OK_AND_ASSIGN(ValueId db, g.AddNode(OpKind::kReduceSum, {dx}, ReduceAttrs{{0, 2, 3}}));
+    g.MarkOutput(dx);
+    g.MarkOutput(db);
+    EXPECT_EQ(AbsorbedChannelSums(g)[db], c.side > 1 ? dx : kNoValue);
+
+    ParameterStore params;
+    std::vector<float> wv(4 * (4 / c.groups) * 9);
+    for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.07f * static_cast<float>(i % 13) - 0.4f;
+    ASSERT_OK_AND_ASSIGN(Tensor wt, Tensor::FromF32({4, 4 / c.groups, 3, 3}, wv));
+    ASSERT_OK(params.Set("w", wt));
+    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params));
+    ASSERT_OK_AND_ASSIGN(TensorView dyv, exe->Input("dy"));
+    for (int64_t i = 0; i < dyv.num_elements(); ++i) {
+      dyv.f32()[i] = 0.013f * static_cast<float>(i % 97) - 0.6f;
+    }
+    if (c.masked) {
+      ASSERT_OK_AND_ASSIGN(TensorView mv, exe->Input("m"));
+      for (int64_t i = 0; i < words; ++i) mv.i32()[i] = static_cast<int32_t>(0x5a3c96e1u * (i + 1));
+    }
+    ASSERT_OK(exe->Run());
+    ASSERT_OK_AND_ASSIGN(TensorView dxv, exe->Output(dx));
+    ASSERT_OK_AND_ASSIGN(TensorView dbv, exe->Output(db));
+    // reduce_sum's fast kernel over the dx this run wrote.
+    Node sum;
+    sum.op = OpKind::kReduceSum;
+    sum.attrs = ReduceAttrs{{0, 2, 3}};
+    const TensorType dx_type{DType::kF32, x};
+    const TensorType* types[] = {&dx_type};
+    const ops::OpDef& def = ops::GetOpDef(OpKind::kReduceSum);
+    std::vector<float> scratch(def.scratch_bytes(sum, absl::MakeConstSpan(types)) / sizeof(float) +
+                               1);
+    std::vector<float> want(4);
+    const Shape want_shape{4};
+    ops::StepInfo step;
+    ops::KernelArgs args{&sum, &dxv, 1, {want.data(), &want_shape}, &step};
+    args.scratch = scratch.data();
+    def.fast(args);
+    EXPECT_EQ(std::vector<float>(dbv.f32(), dbv.f32() + 4), want);
   }
 }
 
