@@ -160,11 +160,19 @@ void Fast(const KernelArgs& args) {
   float* cos_table = args.scratch;
   float* sin_table = args.scratch + num_pos * h;
   const float sign = attrs.inverse ? -1.0f : 1.0f;
+  // One pow per frequency, not per table entry (they cost more than the
+  // sines and cosines).
+  constexpr int64_t kMaxHalf = 256;
+  std::array<float, kMaxHalf> inv_freq_table;
+  const bool tabled = h <= kMaxHalf;
+  if (tabled) {
+    for (int64_t j = 0; j < h; ++j) inv_freq_table[j] = InvFreq(j, d, attrs.base);
+  }
   kernels::ParallelFor(num_pos, 40 * h, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float p = static_cast<float>(pos[i]);
       for (int64_t j = 0; j < h; ++j) {
-        const float theta = p * InvFreq(j, d, attrs.base);
+        const float theta = p * (tabled ? inv_freq_table[j] : InvFreq(j, d, attrs.base));
         cos_table[i * h + j] = std::cos(theta);
         sin_table[i * h + j] = sign * std::sin(theta);
       }
