@@ -95,6 +95,15 @@ size_t FastScratchBytes(const Node&, absl::Span<const TensorType* const> in) {
   return in[0]->shape.size() == 2 ? static_cast<size_t>(in[0]->shape[0]) * sizeof(double) : 0;
 }
 
+// The loss from per-row losses: one ordered sum over the counted rows.
+float MeanLoss(const double* row_loss, const int32_t* labels, int64_t n, int64_t c,
+               int32_t ignore) {
+  const int64_t count = CountedSamples(labels, n, c, ignore);
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) total += row_loss[i];
+  return count == 0 ? 0.0f : static_cast<float>(total / count);
+}
+
 void FastKernel(const KernelArgs& args) {
   const int32_t ignore = args.attrs<CrossEntropyAttrs>().ignore_index;
   const Shape& ls = *args.in(0).shape;
@@ -111,10 +120,7 @@ void FastKernel(const KernelArgs& args) {
       row_loss[i] = static_cast<double>(m) + log_sum - z[i * c + labels[i]];
     }
   });
-  const int64_t count = CountedSamples(labels, n, c, ignore);
-  double total = 0.0;
-  for (int64_t i = 0; i < n; ++i) total += row_loss[i];
-  args.output.f32()[0] = count == 0 ? 0.0f : static_cast<float>(total / count);
+  args.output.f32()[0] = MeanLoss(row_loss, labels, n, c, ignore);
 }
 
 // dz[n, j] = dy · (softmax(z_n)[j] − [j == label_n]) / count  for counted rows, else 0.
@@ -195,21 +201,29 @@ void FastGradKernel(const KernelArgs& args) {
   float* dz = args.output.f32();
   const int64_t count = CountedSamples(labels, n, c, ignore);
   const float scale = count == 0 ? 0.0f : dy / static_cast<float>(count);
+  // With an absorbed loss node, each row's loss as FastKernel computes it.
+  double* row_loss =
+      args.cross_entropy_loss == nullptr ? nullptr : reinterpret_cast<double*>(args.scratch);
   kernels::ParallelFor(n, 3 * c, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       float* row = dz + i * c;
+      if (row_loss != nullptr) row_loss[i] = 0.0;
       if (!Counted(labels[i], c, ignore)) {
         std::fill_n(row, c, 0.0f);
         continue;
       }
+      // Read before the row's exps overwrite it (dz may be z).
+      const float z_label = z[i * c + labels[i]];
       // The row's exps land in dz itself, then scale to softmax · scale.
       float m, log_sum;
       FastRowStats(z + i * c, c, row, &m, &log_sum);
+      if (row_loss != nullptr) row_loss[i] = static_cast<double>(m) + log_sum - z_label;
       const kernels::F32x4 k = kernels::SplatF32x4(scale / std::exp(log_sum));
       kernels::MapF32x4(row, row, c, [k](kernels::F32x4 v) { return v * k; });
       row[labels[i]] -= scale;
     }
   });
+  if (row_loss != nullptr) *args.cross_entropy_loss = MeanLoss(row_loss, labels, n, c, ignore);
 }
 
 }  // namespace
@@ -238,6 +252,7 @@ OpDef SoftmaxCrossEntropyGradOpDef() {
   def.infer = InferGrad;
   def.reference = GradKernel;
   def.fast = FastGradKernel;
+  def.scratch_bytes = FastScratchBytes;  // per-row losses for an absorbed loss node
   def.test_cases = GradTestCases;
   return def;
 }

@@ -58,6 +58,11 @@ struct KernelArgs {
   // those per-channel sums of dx here, the bits reduce_sum's fast kernel
   // computes, summing each plane while it is in cache.
   float* channel_sums = nullptr;
+  // Set on a softmax_cross_entropy_grad whose loss node the runtime absorbed
+  // (runtime::AbsorbedLosses): the kernel also writes that loss here, the
+  // bits softmax_cross_entropy's fast kernel computes, from the row
+  // statistics the gradient needs anyway.
+  float* cross_entropy_loss = nullptr;
 
   const TensorView& in(int i) const { return inputs[i]; }
   template <typename T>

@@ -43,22 +43,35 @@ bool PersistsAfterPrologue(const Graph& g, const std::vector<bool>& constant,
 }
 
 // Bytes a persistent constant takes in the constants buffer (64-aligned slots).
-// AbsorbedMasks and AbsorbedChannelSums under `options`: the fast kernels
-// only, neither node folded, and one absorbed node per producer.
+// AbsorbedMasks, AbsorbedChannelSums and AbsorbedLosses under `options`:
+// the fast kernels only, neither node folded, one absorbed node per writer.
 std::vector<ValueId> AbsorbedNodesFor(const Graph& g, const CompileOptions& options,
                                       const std::vector<bool>& constant) {
   const int n = g.num_nodes();
   std::vector<ValueId> absorbed(n, kNoValue);
   if (options.use_reference_kernels) return absorbed;
-  const std::vector<ValueId> masks = AbsorbedMasks(g), sums = AbsorbedChannelSums(g);
+  const std::vector<ValueId> masks = AbsorbedMasks(g), sums = AbsorbedChannelSums(g),
+                             losses = AbsorbedLosses(g);
   std::vector<bool> taken(n, false);
   for (ValueId id = 0; id < n; ++id) {
-    const ValueId by = masks[id] != kNoValue ? masks[id] : sums[id];
+    ValueId by = masks[id];
+    if (by == kNoValue) by = sums[id];
+    if (by == kNoValue) by = losses[id];
     if (by == kNoValue || constant[id] || constant[by] || taken[by]) continue;
     absorbed[id] = by;
     taken[by] = true;
   }
   return absorbed;
+}
+
+// The arena's view of absorbed nodes: a value an earlier node writes is live
+// from that node on; one a later node writes (a loss) lives where it is.
+std::vector<ValueId> WrittenEarlier(const std::vector<ValueId>& absorbed) {
+  std::vector<ValueId> by(absorbed.size(), kNoValue);
+  for (size_t id = 0; id < absorbed.size(); ++id) {
+    if (absorbed[id] != kNoValue && absorbed[id] < static_cast<ValueId>(id)) by[id] = absorbed[id];
+  }
+  return by;
 }
 
 size_t ConstantSlotBytes(const Node& node) { return (node.type.bytes() + 63) / 64 * 64; }
@@ -261,6 +274,29 @@ std::vector<ValueId> AbsorbedChannelSums(const Graph& graph) {
   return by;
 }
 
+std::vector<ValueId> AbsorbedLosses(const Graph& graph) {
+  const int n = graph.num_nodes();
+  std::vector<ValueId> by(n, kNoValue);
+  const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
+  const auto& outs = graph.outputs();
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& loss = graph.node(id);
+    if (loss.op != OpKind::kSoftmaxCrossEntropy || !users[id].empty()) continue;
+    if (std::find(outs.begin(), outs.end(), id) == outs.end()) continue;
+    for (ValueId u : users[loss.inputs[0]]) {
+      const Node& grad = graph.node(u);
+      if (u > id && grad.op == OpKind::kSoftmaxCrossEntropyGrad &&
+          grad.inputs[0] == loss.inputs[0] && grad.inputs[1] == loss.inputs[1] &&
+          std::get<CrossEntropyAttrs>(grad.attrs).ignore_index ==
+              std::get<CrossEntropyAttrs>(loss.attrs).ignore_index) {
+        by[id] = u;
+        break;
+      }
+    }
+  }
+  return by;
+}
+
 std::vector<bool> FindConstants(const Graph& graph) {
   const int n = graph.num_nodes();
   std::vector<bool> written(n, false);
@@ -424,7 +460,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   arena_options.outside_arena = constant;
   for (const Staged& s : exe->staged_inputs_) arena_options.outside_arena[s.value] = true;
   const std::vector<ValueId> absorbed = AbsorbedNodesFor(g, options, constant);
-  arena_options.written_by = absorbed;
+  arena_options.written_by = WrittenEarlier(absorbed);
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
   exe->memory_.in_place_nodes = layout.in_place_nodes;
 
@@ -553,6 +589,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
       const TensorView& extra = exe->views_[absorbed_by[id]];
       if (node.op == OpKind::kConv2dActivation) instr.args.activation_mask = extra.i32();
       if (node.op == OpKind::kConv2dBackwardInput) instr.args.channel_sums = extra.f32();
+      if (node.op == OpKind::kSoftmaxCrossEntropyGrad) instr.args.cross_entropy_loss = extra.f32();
     }
     instr.args.step = &exe->step_;
     if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
@@ -805,7 +842,7 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   for (const StagedType& s : staged) {
     if (s.input) arena_options.outside_arena[s.value] = true;
   }
-  arena_options.written_by = AbsorbedNodesFor(graph, options, constant);
+  arena_options.written_by = WrittenEarlier(AbsorbedNodesFor(graph, options, constant));
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
   MemoryStats m;
   for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();

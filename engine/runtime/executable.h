@@ -278,6 +278,14 @@ std::vector<ValueId> AbsorbedMasks(const Graph& graph);
 // convolution that computes it, or kNoValue.
 std::vector<ValueId> AbsorbedChannelSums(const Graph& graph);
 
+// Softmax cross-entropy losses its gradient computes too: a marked output
+// no node reads, whose softmax_cross_entropy_grad (same logits, labels and
+// attributes) comes later and computes the row statistics the loss is made
+// of (KernelArgs::cross_entropy_loss), the same bits as the loss's own fast
+// kernel. Per node, that gradient, or kNoValue. The loss's buffer lives to
+// the end of the step as an output, so the later write is safe.
+std::vector<ValueId> AbsorbedLosses(const Graph& graph);
+
 // Values computable once at compile time: kFill, parameters no update node
 // writes (weights and buffers; never optimizer state), and nodes whose inputs
 // all are such values (dropout excluded: its mask changes every step).

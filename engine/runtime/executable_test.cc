@@ -345,6 +345,67 @@ TEST(Executable, InputGradientsSumTheirChannels) {
   }
 }
 
+// A cross-entropy loss its gradient computes: the bits the loss's own fast
+// kernel computes from the same logits, also when the gradient overwrites
+// the logits in place. A loss another node reads keeps its node.
+TEST(Executable, CrossEntropyGradientsComputeTheirLoss) {
+  for (bool read : {false, true}) {
+    SCOPED_TRACE(read ? "loss read by a node" : "loss only an output");
+    Graph g;
+    const Shape z_shape{6, 37};
+    ASSERT_OK_AND_ASSIGN(ValueId in, g.AddInput("z", {DType::kF32, z_shape}));
+    ASSERT_OK_AND_ASSIGN(ValueId labels, g.AddInput("labels", {DType::kI32, {6}}));
+    ASSERT_OK_AND_ASSIGN(ValueId dloss, g.AddInput("dloss", {DType::kF32, {}}));
+    // The logits die at the gradient, which may then overwrite them.
+    ASSERT_OK_AND_ASSIGN(ValueId z, g.AddNode(OpKind::kScale, {in}, ScalarAttrs{3.0f}));
+    const CrossEntropyAttrs attrs{2};  // label 2 is ignored
+    ASSERT_OK_AND_ASSIGN(ValueId loss, g.AddNode(OpKind::kSoftmaxCrossEntropy, {z, labels}, attrs));
+    ASSERT_OK_AND_ASSIGN(ValueId dz,
+                         g.AddNode(OpKind::kSoftmaxCrossEntropyGrad, {z, labels, dloss}, attrs));
+    g.MarkOutput(loss);
+    g.MarkOutput(dz);
+    if (read) {
+      ASSERT_OK_AND_ASSIGN(ValueId twice, g.AddNode(OpKind::kScale, {loss}, ScalarAttrs{2.0f}));
+      g.MarkOutput(twice);
+    }
+    EXPECT_EQ(AbsorbedLosses(g)[loss], read ? kNoValue : dz);
+
+    ParameterStore params;
+    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params));
+    std::vector<float> zs(6 * 37);
+    for (size_t i = 0; i < zs.size(); ++i) zs[i] = 0.37f * static_cast<float>(i % 17) - 2.0f;
+    ASSERT_OK_AND_ASSIGN(Tensor zt, Tensor::FromF32(z_shape, zs));
+    ASSERT_OK(exe->SetInput("z", zt));
+    ASSERT_OK_AND_ASSIGN(TensorView lv, exe->Input("labels"));
+    const int32_t label_values[] = {0, 36, 2, 5, 2, 17};
+    std::copy(std::begin(label_values), std::end(label_values), lv.i32());
+    ASSERT_OK_AND_ASSIGN(TensorView dv, exe->Input("dloss"));
+    dv.f32()[0] = 1.0f;
+    ASSERT_OK(exe->Run());
+    ASSERT_OK_AND_ASSIGN(TensorView got, exe->Output(loss));
+
+    // The loss's fast kernel on the same logits.
+    std::vector<float> logits(zs.size());
+    for (size_t i = 0; i < zs.size(); ++i) logits[i] = zs[i] * 3.0f;
+    Node node;
+    node.op = OpKind::kSoftmaxCrossEntropy;
+    node.attrs = attrs;
+    const Shape label_shape{6}, scalar{};
+    const TensorView operands[] = {{logits.data(), &z_shape}, {lv.data, &label_shape, DType::kI32}};
+    const TensorType types[] = {{DType::kF32, z_shape}, {DType::kI32, label_shape}};
+    const TensorType* type_ptrs[] = {&types[0], &types[1]};
+    const ops::OpDef& def = ops::GetOpDef(OpKind::kSoftmaxCrossEntropy);
+    std::vector<float> scratch(def.scratch_bytes(node, absl::MakeConstSpan(type_ptrs)) / 4 + 1);
+    float want = 0.0f;
+    ops::StepInfo step;
+    ops::KernelArgs args{&node, operands, 2, {&want, &scalar}, &step};
+    args.scratch = scratch.data();
+    def.fast(args);
+    EXPECT_EQ(got.f32()[0], want);
+    EXPECT_GT(want, 0.0f);
+  }
+}
+
 TEST(Executable, PlanArenaRejectsAWriterThatIsNotEarlier) {
   Graph g;
   ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {4}}));
