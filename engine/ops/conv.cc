@@ -409,12 +409,14 @@ void ChannelSums(const Geometry& g, const double* plane_sums, float* sums) {
   });
 }
 
-// The epilogue on dx[first, first + n), split over the team unless already
-// on one thread of it (a nested ParallelFor runs serially).
-void MaskBlock(kernels::PlaneEpilogue epilogue, float* first, int64_t n) {
+// The epilogue on `planes` whole planes of dx from `first`, split over the
+// team in whole planes (DxBlock sums planes) unless already on one thread of
+// it (a nested ParallelFor runs serially).
+void EpilogueOnPlanes(kernels::PlaneEpilogue epilogue, float* first, int64_t planes,
+                      int64_t plane) {
   if (epilogue.fn == nullptr) return;
-  kernels::ParallelFor(n, 2, [&](int64_t begin, int64_t end) {
-    epilogue.fn(epilogue.ctx, first + begin, end - begin);
+  kernels::ParallelFor(planes, 2 * plane, [&](int64_t begin, int64_t end) {
+    epilogue.fn(epilogue.ctx, first + begin * plane, (end - begin) * plane);
   });
 }
 
@@ -435,7 +437,7 @@ void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
         float* dxg = dx + (n * g.c + group * g.cg) * g.h * g.w;
         kernels::Sgemm(true, false, k, plane, g.og, 1.0f, w + group * g.og * k, k,
                        dy + (n * g.o + group * g.og) * plane, plane, 0.0f, dxg, plane);
-        MaskBlock(epilogue, dxg, g.cg * plane);
+        EpilogueOnPlanes(epilogue, dxg, g.cg, plane);
       }
     });
     return;
@@ -450,7 +452,7 @@ void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
                      plane);
       std::fill_n(dxg, g.cg * g.h * g.w, 0.0f);
       Col2ImAdd(g, args.scratch, dxg);
-      MaskBlock(epilogue, dxg, g.cg * g.h * g.w);
+      EpilogueOnPlanes(epilogue, dxg, g.cg, g.h * g.w);
     }
   }
 }

@@ -282,39 +282,48 @@ TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
 // A bias gradient (reduce_sum over N, H, W) of a convolution's input
 // gradient, summed by the convolution's fast kernel as it writes dx: the bits
 // reduce_sum's own fast kernel computes from that dx. Masked and unmasked,
-// depthwise and pointwise; 1×1 planes keep the reduce_sum node.
+// plain, grouped, depthwise and pointwise (60 channels of 24×24: the team
+// splits a sample's planes, so not 8 planes to a thread); 1×1 planes keep the
+// reduce_sum node.
 TEST(Executable, InputGradientsSumTheirChannels) {
   struct Case {
-    int64_t side, groups;
+    int64_t channels, side, kernel, groups;
     bool masked;
   };
-  for (const Case& c : {Case{8, 1, false}, Case{8, 4, true}, Case{5, 4, false}, Case{1, 1, true}}) {
-    SCOPED_TRACE(::testing::Message() << c.side << " " << c.groups << " " << c.masked);
+  for (const Case& c : {Case{4, 8, 3, 1, false}, Case{4, 8, 3, 4, true}, Case{4, 5, 3, 4, false},
+                        Case{4, 1, 3, 1, true}, Case{60, 24, 1, 1, true}}) {
+    SCOPED_TRACE(::testing::Message() << c.channels << "x" << c.side << "² k" << c.kernel << " g"
+                                      << c.groups << (c.masked ? " masked" : ""));
     Graph g;
-    const Shape x{3, 4, c.side, c.side};
-    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, {3, 4, c.side, c.side}}));
-    ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, {4, 4 / c.groups, 3, 3}}));
+    const Shape x{3, c.channels, c.side, c.side};
+    const Shape w_shape{c.channels, c.channels / c.groups, c.kernel, c.kernel};
+    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, x}));
+    ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, w_shape}));
     std::vector<ValueId> operands = {dy, w};
-    const int64_t words = (3 * 4 * c.side * c.side + 31) / 32;
+    const int64_t words = (3 * c.channels * c.side * c.side + 31) / 32;
     if (c.masked) {
       ASSERT_OK_AND_ASSIGN(ValueId m, g.AddInput("m", {DType::kI32, {words}}));
       operands.push_back(m);
     }
+    const int pad = static_cast<int>(c.kernel / 2);
     ASSERT_OK_AND_ASSIGN(
         ValueId dx,
-        g.AddNode(OpKind::kConv2dBackwardInput, operands,
-                  Conv2dGradAttrs{Conv2dAttrs{1, 1, 1, 1, 1, 1, static_cast<int>(c.groups)}, x}));
+        g.AddNode(
+            OpKind::kConv2dBackwardInput, operands,
+            Conv2dGradAttrs{Conv2dAttrs{1, 1, pad, pad, 1, 1, static_cast<int>(c.groups)}, x}));
     ASSERT_OK_AND_ASSIGN(ValueId db, g.AddNode(OpKind::kReduceSum, {dx}, ReduceAttrs{{0, 2, 3}}));
     g.MarkOutput(dx);
     g.MarkOutput(db);
     EXPECT_EQ(AbsorbedChannelSums(g)[db], c.side > 1 ? dx : kNoValue);
 
     ParameterStore params;
-    std::vector<float> wv(4 * (4 / c.groups) * 9);
+    std::vector<float> wv(c.channels * (c.channels / c.groups) * c.kernel * c.kernel);
     for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.07f * static_cast<float>(i % 13) - 0.4f;
-    ASSERT_OK_AND_ASSIGN(Tensor wt, Tensor::FromF32({4, 4 / c.groups, 3, 3}, wv));
+    ASSERT_OK_AND_ASSIGN(Tensor wt, Tensor::FromF32(w_shape, wv));
     ASSERT_OK(params.Set("w", wt));
-    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params));
+    CompileOptions options;
+    options.threads = 2;  // the team splits each sample's planes
+    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params, options));
     ASSERT_OK_AND_ASSIGN(TensorView dyv, exe->Input("dy"));
     for (int64_t i = 0; i < dyv.num_elements(); ++i) {
       dyv.f32()[i] = 0.013f * static_cast<float>(i % 97) - 0.6f;
@@ -335,13 +344,13 @@ TEST(Executable, InputGradientsSumTheirChannels) {
     const ops::OpDef& def = ops::GetOpDef(OpKind::kReduceSum);
     std::vector<float> scratch(def.scratch_bytes(sum, absl::MakeConstSpan(types)) / sizeof(float) +
                                1);
-    std::vector<float> want(4);
-    const Shape want_shape{4};
+    std::vector<float> want(c.channels);
+    const Shape want_shape{c.channels};
     ops::StepInfo step;
     ops::KernelArgs args{&sum, &dxv, 1, {want.data(), &want_shape}, &step};
     args.scratch = scratch.data();
     def.fast(args);
-    EXPECT_EQ(std::vector<float>(dbv.f32(), dbv.f32() + 4), want);
+    EXPECT_EQ(std::vector<float>(dbv.f32(), dbv.f32() + c.channels), want);
   }
 }
 
