@@ -255,6 +255,7 @@ TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
       ASSERT_OK(params.Set("b", bt));
       CompileOptions compile;
       compile.use_reference_kernels = reference;
+      compile.threads = 2;
       ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params, compile));
       std::vector<float> xv(2 * 3 * side * side);
       for (size_t i = 0; i < xv.size(); ++i) xv[i] = 0.1f * static_cast<float>(i % 23) - 1.0f;
@@ -380,7 +381,9 @@ TEST(Executable, CrossEntropyGradientsComputeTheirLoss) {
     EXPECT_EQ(AbsorbedLosses(g)[loss], read ? kNoValue : dz);
 
     ParameterStore params;
-    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params));
+    CompileOptions options;
+    options.threads = 2;
+    ASSERT_OK_AND_ASSIGN(auto exe, Executable::Compile(g, &params, options));
     std::vector<float> zs(6 * 37);
     for (size_t i = 0; i < zs.size(); ++i) zs[i] = 0.37f * static_cast<float>(i % 17) - 2.0f;
     ASSERT_OK_AND_ASSIGN(Tensor zt, Tensor::FromF32(z_shape, zs));
