@@ -11,6 +11,7 @@
 #ifndef FLEETTUNE_ENGINE_IR_GRAPH_H_
 #define FLEETTUNE_ENGINE_IR_GRAPH_H_
 
+#include <algorithm>
 #include <deque>
 #include <optional>
 #include <string>
@@ -56,6 +57,9 @@ class Graph {
   void MarkOutput(ValueId id);
   void UnmarkOutput(ValueId id);
   const std::vector<ValueId>& outputs() const { return outputs_; }
+  bool IsOutput(ValueId id) const {
+    return std::find(outputs_.begin(), outputs_.end(), id) != outputs_.end();
+  }
 
   // users[v] = ids of the nodes that read v, in increasing order.
   std::vector<std::vector<ValueId>> ComputeUsers() const;

@@ -48,9 +48,8 @@
 namespace fleettune::engine::ops {
 namespace {
 
-constexpr int64_t kBits = 32;
-
-int64_t Words(int64_t elements) { return (elements + kBits - 1) / kBits; }
+constexpr int64_t kBits = parts::kMaskBits;
+using parts::MaskWords;
 
 // The derivative of a ReLU clamped to [0, upper] at its output y (+inf: no
 // clamp). NaN fails every comparison, as in relu_grad and activation_grad.
@@ -69,14 +68,14 @@ absl::StatusOr<TensorType> InferMask(const Node& node, absl::Span<const TensorTy
     return OpError(node, "upper clamp must be > 0 (6 for ReLU6, inf for ReLU), got ", upper);
   }
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "y"));
-  return TensorType{DType::kI32, {Words(in[0]->num_elements())}};
+  return TensorType{DType::kI32, {MaskWords(in[0]->num_elements())}};
 }
 
 absl::StatusOr<TensorType> InferMaskedGrad(const Node& node,
                                            absl::Span<const TensorType* const> in) {
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "dy"));
   RETURN_IF_ERROR(ExpectDType(node, *in[1], DType::kI32, "mask"));
-  const Shape want{Words(in[0]->num_elements())};
+  const Shape want{MaskWords(in[0]->num_elements())};
   if (in[1]->shape != want) {
     return OpError(node, "mask for dy ", TypeToString(*in[0]), " must be i32[", want[0], "], got ",
                    TypeToString(*in[1]));
@@ -96,7 +95,7 @@ void PackReference(const KernelArgs& args) {
   const float* y = args.in(0).f32();
   int32_t* m = args.output.i32();
   const Derivative passes = DerivativeOf(args);
-  for (int64_t w = 0; w < Words(n); ++w) {
+  for (int64_t w = 0; w < MaskWords(n); ++w) {
     const uint32_t word = PackWord(passes, y + w * kBits, std::min(kBits, n - w * kBits));
     std::memcpy(m + w, &word, sizeof(word));
   }
@@ -107,10 +106,7 @@ void MaskedGradReference(const KernelArgs& args) {
   const float* dy = args.in(0).f32();
   const int32_t* m = args.in(1).i32();
   float* dx = args.output.f32();
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t word = static_cast<uint32_t>(m[i / kBits]);
-    dx[i] = (word >> (i % kBits)) & 1u ? dy[i] : 0.0f;
-  }
+  for (int64_t i = 0; i < n; ++i) dx[i] = parts::MaskBit(m, i) ? dy[i] : 0.0f;
 }
 
 #if defined(__x86_64__)
@@ -238,11 +234,11 @@ void MaskedGradFast(const KernelArgs& args) {
     }
 #endif
     for (int64_t i = begin * kBits; i < end * kBits; ++i) {
-      dx[i] = (static_cast<uint32_t>(m[i / kBits]) >> (i % kBits)) & 1u ? dy[i] : 0.0f;
+      dx[i] = parts::MaskBit(m, i) ? dy[i] : 0.0f;
     }
   });
   for (int64_t i = full * kBits; i < n; ++i) {
-    dx[i] = (static_cast<uint32_t>(m[full]) >> (i % kBits)) & 1u ? dy[i] : 0.0f;
+    dx[i] = parts::MaskBit(m, i) ? dy[i] : 0.0f;
   }
 }
 
@@ -266,8 +262,7 @@ void parts::PackMask(float upper, const float* y, int64_t first, int64_t n, int3
 void parts::MaskInPlace(const int32_t* mask, int64_t first, float* x, int64_t n) {
   auto scalar = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t e = first + i;
-      if (!((static_cast<uint32_t>(mask[e / kBits]) >> (e % kBits)) & 1u)) x[i] = 0.0f;
+      if (!parts::MaskBit(mask, first + i)) x[i] = 0.0f;
     }
   };
   // Up to the first word boundary, whole words, then the rest.

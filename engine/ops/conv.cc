@@ -201,7 +201,7 @@ void BackwardInputReference(const KernelArgs& args) {
   if (args.num_inputs == 3) {
     const int32_t* mask = args.in(2).i32();
     for (int64_t i = 0; i < args.output.num_elements(); ++i) {
-      if (!((static_cast<uint32_t>(mask[i / 32]) >> (i % 32)) & 1u)) dx[i] = 0.0f;
+      if (!parts::MaskBit(mask, i)) dx[i] = 0.0f;
     }
   }
 }

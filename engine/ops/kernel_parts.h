@@ -87,8 +87,12 @@ void MaskInPlace(const int32_t* mask, int64_t first, float* x, int64_t n);
 // at `y`; first and n multiples of 32. Single-threaded.
 void PackMask(float upper, const float* y, int64_t first, int64_t n, int32_t* mask);
 
-// The i32 words of a mask over `elements` elements.
-inline int64_t MaskWords(int64_t elements) { return (elements + 31) / 32; }
+// activation_mask's layout: element i is bit i % 32 of word i / 32.
+inline constexpr int64_t kMaskBits = 32;
+inline int64_t MaskWords(int64_t elements) { return (elements + kMaskBits - 1) / kMaskBits; }
+inline bool MaskBit(const int32_t* mask, int64_t i) {
+  return (static_cast<uint32_t>(mask[i / kMaskBits]) >> (i % kMaskBits)) & 1u;
+}
 
 }  // namespace fleettune::engine::ops::parts
 

@@ -16,8 +16,7 @@ ValueId FoldableConv(const Graph& g, ValueId bn, const std::vector<std::vector<V
   const Node& c = g.node(conv);
   if (c.op != OpKind::kConv2d || c.type.shape.size() != 4) return kNoValue;
   if (users[conv].size() != 1 || users[conv][0] != bn) return kNoValue;
-  const auto& outs = g.outputs();
-  if (std::find(outs.begin(), outs.end(), conv) != outs.end()) return kNoValue;
+  if (g.IsOutput(conv)) return kNoValue;
   return conv;
 }
 
@@ -84,8 +83,7 @@ bool AbsorbableGrad(const Graph& g, ValueId grad, const std::vector<std::vector<
   const Node& node = g.node(grad);
   if (node.op != OpKind::kBatchNormInferenceGrad || node.inputs.size() != 3) return false;
   if (node.type.shape.size() != 4 || users[grad].empty()) return false;
-  const auto& outs = g.outputs();
-  if (std::find(outs.begin(), outs.end(), grad) != outs.end()) return false;
+  if (g.IsOutput(grad)) return false;
   const int64_t dy_elements = NumElements(node.type.shape);
   for (ValueId u : users[grad]) {
     const Node& user = g.node(u);

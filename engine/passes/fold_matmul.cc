@@ -32,11 +32,6 @@ bool IsPowerOfTwoScale(const Node& node) {
 
 bool Foldable(const Node& node) { return IsHeadSwap(node) || IsPowerOfTwoScale(node); }
 
-bool IsOutput(const Graph& graph, ValueId id) {
-  const auto& outs = graph.outputs();
-  return std::find(outs.begin(), outs.end(), id) != outs.end();
-}
-
 // Folds `node` (a head swap or a scale) into a matmul's operand `slot` (0 =
 // a, 1 = b) or, with slot 2, its output; false when that operand already is
 // interleaved.
@@ -115,7 +110,7 @@ int PlanInputFolds(Round& round) {
   for (ValueId p = 0; p < graph.num_nodes(); ++p) {
     const Node& node = graph.node(p);
     const std::vector<ValueId>& readers = round.users[p];
-    if (!Foldable(node) || IsOutput(graph, p) || readers.empty()) continue;
+    if (!Foldable(node) || graph.IsOutput(p) || readers.empty()) continue;
     bool all = true;
     for (ValueId u : readers) all = all && graph.node(u).op == OpKind::kMatMul;
     if (!all) continue;
@@ -152,7 +147,7 @@ int PlanOutputFolds(Round& round) {
   int count = 0;
   for (ValueId m = 0; m < graph.num_nodes(); ++m) {
     const Node& node = graph.node(m);
-    if (node.op != OpKind::kMatMul || round.users[m].size() != 1 || IsOutput(graph, m)) continue;
+    if (node.op != OpKind::kMatMul || round.users[m].size() != 1 || graph.IsOutput(m)) continue;
     const ValueId u = round.users[m][0];
     if (!Foldable(graph.node(u))) continue;
     MatMulAttrs a = round.Attrs(m);

@@ -83,7 +83,6 @@ absl::StatusOr<ValueId> EmitUnfoldedMatMul(GraphRewriter& rw, const Node& node) 
 absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_new, int* fused) {
   const int n = graph.num_nodes();
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
-  const auto& outs = graph.outputs();
   std::vector<bool> skip(n, false);
   std::vector<std::optional<std::pair<OpKind, Attrs>>> replace(n);
   int count = 0;
@@ -93,7 +92,7 @@ absl::StatusOr<bool> FuseActivations(Graph& graph, std::vector<ValueId>* old_to_
     if (!act.has_value() || node.inputs.size() != 1) continue;
     const ValueId p = node.inputs[0];
     if (!graph.IsValid(p) || users[p].size() != 1) continue;
-    if (std::find(outs.begin(), outs.end(), p) != outs.end()) continue;
+    if (graph.IsOutput(p)) continue;
     std::optional<std::pair<OpKind, Attrs>> f = FusedFor(graph.node(p), *act);
     if (!f.has_value()) continue;
     replace[id] = std::move(f);

@@ -33,7 +33,6 @@ absl::StatusOr<bool> FuseElementwiseChains(Graph& graph, std::vector<ValueId>* o
                                            int* chains) {
   const int n = graph.num_nodes();
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
-  const auto& outs = graph.outputs();
   // prev[u]: the node whose value u continues (kNoValue: u starts a chain);
   // absorbed[p]: p's value lives only inside its user's chain.
   std::vector<ValueId> prev(n, kNoValue);
@@ -45,7 +44,7 @@ absl::StatusOr<bool> FuseElementwiseChains(Graph& graph, std::vector<ValueId>* o
     for (ValueId p : graph.node(u).inputs) {
       if (!chainable[p] || absorbed[p] || users[p].size() != 1) continue;
       if (length[p] >= kMaxElementwiseChainSteps) continue;
-      if (std::find(outs.begin(), outs.end(), p) != outs.end()) continue;
+      if (graph.IsOutput(p)) continue;
       prev[u] = p;
       length[u] = length[p] + 1;
       absorbed[p] = true;

@@ -16,8 +16,7 @@ bool Fusible(const Graph& graph, const std::vector<std::vector<ValueId>>& users,
   const Node& product = graph.node(g);
   if (product.op != OpKind::kMatMul || users[g].size() != 1) return false;
   if (std::get<MatMulAttrs>(product.attrs).folded()) return false;
-  const auto& outs = graph.outputs();
-  if (std::find(outs.begin(), outs.end(), g) != outs.end()) return false;
+  if (graph.IsOutput(g)) return false;
   for (ValueId factor : product.inputs) {
     if (graph.type(factor).shape.size() != 2) return false;
     // The update writes its parameter and buffer while the GEMM reads the

@@ -47,9 +47,7 @@ absl::StatusOr<bool> PackActivationMasks(Graph& graph, std::vector<ValueId>* old
   int count = 0;
   for (ValueId v = 0; v < n; ++v) {
     if (graph.type(v).dtype != DType::kF32) continue;
-    if (std::find(graph.outputs().begin(), graph.outputs().end(), v) != graph.outputs().end()) {
-      continue;
-    }
+    if (graph.IsOutput(v)) continue;
     float clamp = kNotAMaskGrad;
     bool one_kind = true, any = false;
     ValueId last_other = -1;
@@ -99,7 +97,6 @@ absl::StatusOr<bool> FoldMasksIntoConvGrads(Graph& graph, std::vector<ValueId>* 
                                             int* folded) {
   const int n = graph.num_nodes();
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
-  const auto& outs = graph.outputs();
   std::vector<ValueId> mask_for(n, kNoValue);  // per input gradient: the mask it takes
   std::vector<bool> fold(n, false);            // masked_grads that disappear
   int count = 0;
@@ -110,7 +107,7 @@ absl::StatusOr<bool> FoldMasksIntoConvGrads(Graph& graph, std::vector<ValueId>* 
     const Node& grad = graph.node(dx);
     if (grad.op != OpKind::kConv2dBackwardInput || grad.inputs.size() != 2) continue;
     if (users[dx].size() != 1 || mask > dx) continue;
-    if (std::find(outs.begin(), outs.end(), dx) != outs.end()) continue;
+    if (graph.IsOutput(dx)) continue;
     mask_for[dx] = mask;
     fold[id] = true;
     ++count;

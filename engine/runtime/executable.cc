@@ -37,8 +37,7 @@ size_t ScratchBytes(const Graph& g) {
 // as an output) reads it; the rest are prologue temporaries.
 bool PersistsAfterPrologue(const Graph& g, const std::vector<bool>& constant,
                            const std::vector<std::vector<ValueId>>& users, ValueId id) {
-  const auto& outs = g.outputs();
-  if (std::find(outs.begin(), outs.end(), id) != outs.end()) return true;
+  if (g.IsOutput(id)) return true;
   return std::any_of(users[id].begin(), users[id].end(), [&](ValueId u) { return !constant[u]; });
 }
 
@@ -278,11 +277,10 @@ std::vector<ValueId> AbsorbedLosses(const Graph& graph) {
   const int n = graph.num_nodes();
   std::vector<ValueId> by(n, kNoValue);
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
-  const auto& outs = graph.outputs();
   for (ValueId id = 0; id < n; ++id) {
     const Node& loss = graph.node(id);
     if (loss.op != OpKind::kSoftmaxCrossEntropy || !users[id].empty()) continue;
-    if (std::find(outs.begin(), outs.end(), id) == outs.end()) continue;
+    if (!graph.IsOutput(id)) continue;
     for (ValueId u : users[loss.inputs[0]]) {
       const Node& grad = graph.node(u);
       if (u > id && grad.op == OpKind::kSoftmaxCrossEntropyGrad &&
@@ -768,8 +766,7 @@ absl::Status Executable::SetInput(const std::string& name, const Tensor& value) 
 }
 
 absl::StatusOr<TensorView> Executable::Output(ValueId id) const {
-  const auto& outs = graph_.outputs();
-  if (std::find(outs.begin(), outs.end(), id) == outs.end()) {
+  if (!graph_.IsOutput(id)) {
     return absl::InvalidArgumentError(absl::StrCat("%", id, " is not a marked output"));
   }
   for (const Staged& s : staged_outputs_) {
