@@ -28,6 +28,7 @@
 #include "engine/kernels/depthwise_conv.h"
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/parallel.h"
+#include "engine/kernels/pointwise_conv.h"
 #include "engine/kernels/vec.h"
 #include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
@@ -336,6 +337,14 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
     return;
   }
   const int64_t k = g.k(), plane = g.out_plane();
+  if (g.pointwise() && g.groups == 1) {
+    // Y [o, plane] = W [o, c] · X [c, plane] per sample
+    const kernels::PointwiseGeometry pg{g.n, g.o, g.c, plane, g.c, 1};
+    if (kernels::PointwiseConvApplies(pg)) {
+      kernels::F32PointwiseConv(pg, w, x, b, y, epilogue);
+      return;
+    }
+  }
   ForEachSample(g, [&](int64_t n) {
     for (int64_t group = 0; group < g.groups; ++group) {
       const float* xg = x + (n * g.c + group * g.cg) * g.h * g.w;
@@ -429,6 +438,14 @@ void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
   if (g.depthwise()) {
     kernels::F32DepthwiseConvBackwardInput(Depthwise(g), dy, w, dx, epilogue);
     return;
+  }
+  if (g.pointwise() && g.groups == 1) {
+    // dX [c, plane] = Wᵀ [c, o] · dY [o, plane] per sample
+    const kernels::PointwiseGeometry pg{g.n, g.c, g.o, plane, 1, g.c};
+    if (kernels::PointwiseConvApplies(pg)) {
+      kernels::F32PointwiseConv(pg, w, dy, nullptr, dx, epilogue);
+      return;
+    }
   }
   if (g.pointwise()) {
     ForEachSample(g, [&](int64_t n) {

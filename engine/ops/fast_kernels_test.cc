@@ -13,6 +13,8 @@
 #include "engine/base/status_matchers.h"
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/isa.h"
+#include "engine/kernels/pointwise_conv.h"
+#include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/testing/gradcheck.h"
 #include "gmock/gmock.h"
@@ -26,6 +28,7 @@ struct Case {
   std::vector<TensorType> inputs;
   Attrs attrs = NoAttrs{};
   std::vector<int> positive_inputs = {};
+  int32_t int_upper = 1;  // i32 inputs are drawn from [0, int_upper)
 };
 
 // Runs `kernel` on copies of `inputs`; returns the output, or for ops without
@@ -73,7 +76,7 @@ void RunBoth(const Case& c, std::vector<std::vector<float>>* ref,
   std::mt19937_64 rng(7);
   std::vector<Tensor> inputs;
   for (size_t i = 0; i < c.inputs.size(); ++i) {
-    inputs.push_back(testing::RandomTensor(c.inputs[i], rng));
+    inputs.push_back(testing::RandomTensor(c.inputs[i], rng, c.int_upper));
     const bool positive = std::find(c.positive_inputs.begin(), c.positive_inputs.end(),
                                     static_cast<int>(i)) != c.positive_inputs.end();
     if (positive) {
@@ -235,6 +238,45 @@ TEST(FastKernels, PointwiseConvolutionPaths) {
        }) {
     ExpectConvolutionMatchesReference(c);
   }
+}
+
+// The direct pointwise kernel (kernels/pointwise_conv.h) at AVX-512: few
+// input channels on big planes, expand layers on planes narrower than a tile
+// (4×4: two samples to a tile; an odd batch leaves half a tile), a plane of 3
+// vectors (a tile repeating its last one), output channels leaving a block of
+// 1, 5 or 9 rows (the narrow tiles, repeating the last row), and a masked
+// input gradient.
+TEST(FastKernels, PointwiseConvolutionDirectPaths) {
+  if (!kernels::HostSupports(kernels::Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this host";
+  kernels::SetKernelIsa(kernels::Isa::kAvx512);
+  const Conv2dAttrs pointwise{1, 1, 0, 0, 1, 1, 1};
+  struct Direct {
+    Conv conv;
+    bool forward, input_gradient;  // which of the two take the direct kernel
+  };
+  for (const Direct& d : std::vector<Direct>{
+           {{{3, 16, 32, 32}, {96, 16, 1, 1}, pointwise}, true, false},
+           {{{2, 24, 32, 32}, {20, 24, 1, 1}, pointwise}, true, true},
+           {{{5, 40, 4, 4}, {160, 40, 1, 1}, pointwise}, true, false},
+           {{{4, 160, 4, 4}, {349, 160, 1, 1}, pointwise}, true, false},
+           {{{3, 8, 4, 12}, {13, 8, 1, 1}, pointwise}, true, false},
+           {{{2, 64, 8, 8}, {384, 64, 1, 1}, pointwise}, true, false},
+           {{{2, 96, 32, 32}, {33, 96, 1, 1}, pointwise}, false, true},
+       }) {
+    const Conv& c = d.conv;
+    SCOPED_TRACE(ShapeToString(c.x) + " to " + std::to_string(c.w[0]));
+    const int64_t plane = c.x[2] * c.x[3];
+    EXPECT_EQ(kernels::PointwiseConvApplies({c.x[0], c.w[0], c.x[1], plane, c.x[1], 1}), d.forward);
+    EXPECT_EQ(kernels::PointwiseConvApplies({c.x[0], c.x[1], c.w[0], plane, 1, c.x[1]}),
+              d.input_gradient);
+    ExpectConvolutionMatchesReference(c);
+    const TensorType dy = F32({c.x[0], c.w[0], c.x[2], c.x[3]});
+    const TensorType mask{DType::kI32, {parts::MaskWords(c.x[0] * c.x[1] * plane)}};
+    Case masked{OpKind::kConv2dBackwardInput, {dy, F32(c.w), mask}, Conv2dGradAttrs{c.attrs, c.x}};
+    masked.int_upper = 1 << 30;  // random bits in all but the top two of each word
+    ExpectFastMatchesReference(masked);
+  }
+  kernels::SetKernelIsa(kernels::Isa::kGeneric);
 }
 
 // 3×3 depthwise layers with padding 1 and stride 1 or 2 (flat-vector planes

@@ -212,17 +212,21 @@ TEST(Executable, ReshapesOfFrozenParametersAreViews) {
 // instead of its own node: the same bits as the reference kernels' separate
 // pass, and the mask's buffer is live from the convolution on (not free for
 // reuse while the convolution still reads its input). Planes of 16 elements
-// are not whole mask words, so that mask keeps its node.
+// are not whole mask words, so that mask keeps its node. The 1×1 one takes
+// the direct pointwise kernel at AVX-512 (kernels/pointwise_conv.h).
 TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
-  for (int64_t side : {8, 4}) {
-    SCOPED_TRACE(side);
+  for (const auto& [side, kernel] :
+       std::vector<std::pair<int64_t, int64_t>>{{8, 3}, {4, 3}, {32, 1}}) {
+    SCOPED_TRACE(::testing::Message() << side << "² k" << kernel);
+    const Shape w_shape{5, 3, kernel, kernel};
     Graph g;
     ASSERT_OK_AND_ASSIGN(ValueId in, g.AddInput("x", {DType::kF32, {2, 3, side, side}}));
-    ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, {5, 3, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, w_shape}));
     ASSERT_OK_AND_ASSIGN(ValueId b, g.AddParameter("b", {DType::kF32, {5}}));
     // x dies at the convolution.
     ASSERT_OK_AND_ASSIGN(ValueId x, g.AddNode(OpKind::kScale, {in}, ScalarAttrs{4.0f}));
-    Conv2dAttrs conv{1, 1, 1, 1, 1, 1, 1};
+    const int pad = static_cast<int>(kernel / 2);
+    Conv2dAttrs conv{1, 1, pad, pad, 1, 1, 1};
     ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kConv2dActivation, {x, w, b},
                                               FusedConvAttrs{conv, FusedActivationFn::kRelu6}));
     ASSERT_OK_AND_ASSIGN(ValueId m, g.AddNode(OpKind::kActivationMask, {y}, ScalarAttrs{6.0f}));
@@ -232,7 +236,7 @@ TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
     g.MarkOutput(m);
     g.MarkOutput(dx);
     const std::vector<ValueId> absorbed = AbsorbedMasks(g);
-    EXPECT_EQ(absorbed[m], side == 8 ? y : kNoValue);
+    EXPECT_EQ(absorbed[m], side != 4 ? y : kNoValue);
 
     ArenaOptions options;
     options.written_by = absorbed;
@@ -241,15 +245,15 @@ TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
       return layout.requests[std::find(layout.values.begin(), layout.values.end(), v) -
                              layout.values.begin()];
     };
-    EXPECT_EQ(request(m).first_use, side == 8 ? y : m);
+    EXPECT_EQ(request(m).first_use, side != 4 ? y : m);
 
     for (bool reference : {true, false}) {
       SCOPED_TRACE(reference ? "reference kernels" : "fast kernels");
       ParameterStore params;
-      std::vector<float> wv(5 * 27), bv(5);
+      std::vector<float> wv(5 * 3 * kernel * kernel), bv(5);
       for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.05f * static_cast<float>(i % 11) - 0.2f;
       for (size_t i = 0; i < bv.size(); ++i) bv[i] = 0.5f * static_cast<float>(i);
-      ASSERT_OK_AND_ASSIGN(Tensor wt, Tensor::FromF32({5, 3, 3, 3}, wv));
+      ASSERT_OK_AND_ASSIGN(Tensor wt, Tensor::FromF32(w_shape, wv));
       ASSERT_OK_AND_ASSIGN(Tensor bt, Tensor::FromF32({5}, bv));
       ASSERT_OK(params.Set("w", wt));
       ASSERT_OK(params.Set("b", bt));
@@ -284,15 +288,17 @@ TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
 // gradient, summed by the convolution's fast kernel as it writes dx: the bits
 // reduce_sum's own fast kernel computes from that dx. Masked and unmasked,
 // plain, grouped, depthwise and pointwise (60 channels of 24×24: the team
-// splits a sample's planes, so not 8 planes to a thread); 1×1 planes keep the
-// reduce_sum node.
+// splits a sample's planes, so not 8 planes to a thread; 20 of 32×32: the
+// direct pointwise kernel at AVX-512, 12 planes to a block); 1×1 planes keep
+// the reduce_sum node.
 TEST(Executable, InputGradientsSumTheirChannels) {
   struct Case {
     int64_t channels, side, kernel, groups;
     bool masked;
   };
   for (const Case& c : {Case{4, 8, 3, 1, false}, Case{4, 8, 3, 4, true}, Case{4, 5, 3, 4, false},
-                        Case{4, 1, 3, 1, true}, Case{60, 24, 1, 1, true}}) {
+                        Case{4, 1, 3, 1, true}, Case{60, 24, 1, 1, true}, Case{20, 32, 1, 1, true},
+                        Case{20, 32, 1, 1, false}}) {
     SCOPED_TRACE(::testing::Message() << c.channels << "x" << c.side << "² k" << c.kernel << " g"
                                       << c.groups << (c.masked ? " masked" : ""));
     Graph g;

@@ -1,0 +1,45 @@
+// f32 pointwise (1×1, stride 1) convolution over NCHW planes as a direct
+// register-tiled loop, for the shapes where a GEMM per sample leaves most of
+// the time on the table: few input channels (MobileNetV2's expand layers
+// read 16 to 32) or small planes (its last layers' 4×4 ones, where a
+// sample's GEMM is 16 columns wide).
+//
+//   y[s][r][p] = Σ_k A(r, k) · x[s][k][p] (+ bias[r])
+//
+// with A(r, k) = a[r·a_row_stride + k·a_k_stride]: the weight [rows, k] for
+// the forward pass, its transpose for the input gradient. Each tile of rows ×
+// columns sums k in order with fused multiply-adds, in registers; columns
+// come from one sample's plane, or from a few samples' when planes are
+// narrower than a tile. A block of rows is finished plane by plane, so the
+// epilogue (activation, mask, plane sums) runs on whole planes still in
+// cache. No allocation: each thread packs its rows of A on the stack.
+#ifndef FLEETTUNE_ENGINE_KERNELS_POINTWISE_CONV_H_
+#define FLEETTUNE_ENGINE_KERNELS_POINTWISE_CONV_H_
+
+#include <cstdint>
+
+#include "engine/kernels/epilogue.h"
+
+namespace fleettune::engine::kernels {
+
+struct PointwiseGeometry {
+  int64_t n;      // samples
+  int64_t rows;   // output channels of y
+  int64_t k;      // input channels of x
+  int64_t plane;  // h·w, the same for x and y
+  int64_t a_row_stride, a_k_stride;
+};
+
+// Whether F32PointwiseConv computes g at the kernel ISA's width (isa.h),
+// and is expected to beat a GEMM per sample on it (bench/pointwise_bench).
+bool PointwiseConvApplies(const PointwiseGeometry& g);
+
+// y [n, rows, plane] from x [n, k, plane]; bias may be null (added after the
+// sum, as a GEMM's caller would). The epilogue runs on blocks of whole planes
+// of y. y must not alias x or a.
+void F32PointwiseConv(const PointwiseGeometry& g, const float* a, const float* x, const float* bias,
+                      float* y, PlaneEpilogue epilogue = {});
+
+}  // namespace fleettune::engine::kernels
+
+#endif  // FLEETTUNE_ENGINE_KERNELS_POINTWISE_CONV_H_
