@@ -61,6 +61,12 @@ TEST(ProbeDevice, DescribesThisMachine) {
   if (cpuinfo_has_x86_fma3()) {
     EXPECT_THAT(profile.isa_features(), Contains("fma"));
   }
+  // The name the x86-avx512 device class requires (server/compiler/device_classes.cc).
+  if (cpuinfo_has_x86_avx512f()) {
+    EXPECT_THAT(profile.isa_features(), Contains("avx512f"));
+  } else {
+    EXPECT_THAT(profile.isa_features(), Not(Contains("avx512f")));
+  }
   EXPECT_THAT(profile.isa_features(), Not(Contains("neon")));
 #elif defined(__aarch64__)
   EXPECT_EQ(profile.arch(), "aarch64");

@@ -49,13 +49,19 @@ constexpr int64_t kGiB = int64_t{1} << 30;
 //   rpi5              3.5 MiB: full with SGD (with or without momentum); last-k:2 with AdamW.
 //   jetson-orin-nano  16 MiB: full with every optimizer.
 //   x86-avx2          64 MiB: full with every optimizer.
+//   x86-avx512        64 MiB: full with every optimizer.
 //
 // Training throughput (FLOP/s with the class's threads) feeds the scheme search's step-time
 // model only. x86-avx2's is measured: the engine sustained 44-53 GFLOP/s on 2 cores of this
 // project's CI machine across the zoo CNN's schemes (bench/search_acceptance --setting=fashion,
 // which also checks that FLOPs rank the schemes' measured step times: rank correlation 0.93),
-// so 4 threads get 90e9. The Arm classes have no hardware here: their figures are rough
-// estimates from the cores' NEON FMA width, count and clock, for a fleet to replace with its own
+// so 4 threads get 90e9. x86-avx512's 180e9 is not measured: it is x86-avx2's figure doubled
+// for AVX-512's twice as wide vectors, an estimate, and likely a generous one. That CI machine
+// has AVX-512 itself and oneDNN's GEMMs pick their kernels from the CPU, so the GEMMs behind the
+// 90e9 may already have run at AVX-512 width; and running the engine's own kernels at avx512
+// rather than avx2 changed MobileNetV2's step there by less than the noise (BENCHMARKS.md). The
+// Arm classes have no hardware here: their figures are rough estimates from the cores' NEON FMA
+// width, count and clock. The estimated figures are for a fleet to replace with its own
 // measurement (fleettune-train prints ms/step; `fleettune compile` prints FLOPs per step).
 //
 // Memory minimums sit below the nominal RAM because the kernel reports less than the board
@@ -91,6 +97,11 @@ const std::vector<DefaultClass>& DefaultTable() {
          "aarch64", {"asimd"}, 3 * kGiB, "cuda", 16 * kMiB, 6, 30, 10e9},
       {"x86-avx2", "x86-64 with AVX2 and FMA (Haswell and newer, Zen)",
          "x86_64", {"avx2", "fma"}, 2 * kGiB, "", 64 * kMiB, 4, 10, 90e9},
+      // avx512f sets AVX-512 machines apart (their plans get avx512 kernels, KernelIsaFor); such
+      // a machine matches x86-avx2 too, and the higher priority picks x86-avx512.
+      {"x86-avx512",
+         "x86-64 with AVX-512F, AVX2 and FMA (Skylake-SP, Ice Lake, Sapphire Rapids, Zen 4)",
+         "x86_64", {"avx512f", "avx2", "fma"}, 2 * kGiB, "", 64 * kMiB, 4, 15, 180e9},
   };
   // clang-format on
   return *table;

@@ -57,9 +57,9 @@ class DeviceClassRegistry {
   // -------------------------------------------------------------------------
   // Defaults()
   //
-  // The built-in classes: rpi4, rpi5, jetson-orin-nano, x86-avx2. Their table, with the
-  // reasoning behind each budget, is in device_classes.cc; deploy/device_classes.textproto is
-  // the same list as a config file to start editing from.
+  // The built-in classes: rpi4, rpi5, jetson-orin-nano, x86-avx2, x86-avx512. Their table,
+  // with the reasoning behind each budget, is in device_classes.cc;
+  // deploy/device_classes.textproto is the same list as a config file to start editing from.
   static DeviceClassRegistry Defaults();
 
   // -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #include "server/compiler/device_classes.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -50,10 +51,15 @@ const std::vector<std::string> kPi4Features = {"fp", "asimd", "evtstrm", "crc32"
 const std::vector<std::string> kPi5Features = {
     "fp",      "asimd", "evtstrm", "aes",   "pmull",    "sha1",  "sha2",  "crc32",
     "atomics", "fphp",  "asimdhp", "cpuid", "asimdrdm", "lrcpc", "dcpop", "asimddp"};
+// Some /proc/cpuinfo "flags" of an x86-64 server with AVX-512 (Sapphire Rapids).
+const std::vector<std::string> kAvx512Features = {
+    "sse4_2",  "avx",      "avx2",     "fma",         "bmi2",        "f16c",
+    "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_fp16", "amx_tile"};
 
 TEST(DeviceClassRegistry, DefaultsAreValidAndNamed) {
   const DeviceClassRegistry defaults = DeviceClassRegistry::Defaults();
-  EXPECT_THAT(Names(defaults), ElementsAre("rpi4", "rpi5", "jetson-orin-nano", "x86-avx2"));
+  EXPECT_THAT(Names(defaults),
+              ElementsAre("rpi4", "rpi5", "jetson-orin-nano", "x86-avx2", "x86-avx512"));
   EXPECT_OK(DeviceClassRegistry::FromConfig(defaults.ToConfig()).status());
   for (const v1::DeviceClass& c : defaults.classes()) {
     EXPECT_OK(ValidateDeviceClass(c));
@@ -83,9 +89,27 @@ TEST(DeviceClassRegistry, ClassifiesTheDefaultBoards) {
       {"x86, upper case", Profile("X86_64", {"AVX2", "FMA"}, 16 * kGiB), "x86-avx2"},
       {"x86 with a GPU still x86-avx2", Profile("x86_64", {"avx2", "fma"}, 16 * kGiB, "cuda:4090"),
        "x86-avx2"},
+      {"x86 with AVX-512 also matches x86-avx2; priority picks x86-avx512",
+       Profile("x86_64", kAvx512Features, 64 * kGiB), "x86-avx512"},
+      {"AVX-512, upper case", Profile("X86_64", {"AVX512F", "AVX2", "FMA"}, 16 * kGiB),
+       "x86-avx512"},
+      {"AVX-512 with a GPU", Profile("x86_64", kAvx512Features, 16 * kGiB, "cuda:h100"),
+       "x86-avx512"},
   };
   for (const ClassifyCase& c : cases) {
     EXPECT_THAT(registry.Classify(c.profile), IsOkAndHolds(std::string(c.want))) << c.what;
+  }
+}
+
+TEST(KernelIsaFor, FollowsTheRequiredIsa) {
+  const DeviceClassRegistry registry = DeviceClassRegistry::Defaults();
+  const std::vector<std::pair<std::string, std::string>> want = {
+      {"rpi4", "generic"},  {"rpi5", "generic"},      {"jetson-orin-nano", "generic"},
+      {"x86-avx2", "avx2"}, {"x86-avx512", "avx512"},
+  };
+  for (const auto& [name, isa] : want) {
+    ASSERT_OK_AND_ASSIGN(const v1::DeviceClass* c, registry.Find(name));
+    EXPECT_EQ(KernelIsaFor(*c), isa) << name;
   }
 }
 
@@ -96,10 +120,11 @@ TEST(DeviceClassRegistry, OverrideWinsAndMustExist) {
   EXPECT_THAT(registry.Classify(p), IsOkAndHolds(std::string("rpi4")));
 
   p.set_class_override("rpi9");
-  EXPECT_THAT(registry.Classify(p),
-              StatusIs(absl::StatusCode::kNotFound,
-                       AllOf(HasSubstr("class_override 'rpi9' names no device class"),
-                             HasSubstr("known: jetson-orin-nano, rpi4, rpi5, x86-avx2"))));
+  EXPECT_THAT(
+      registry.Classify(p),
+      StatusIs(absl::StatusCode::kNotFound,
+               AllOf(HasSubstr("class_override 'rpi9' names no device class"),
+                     HasSubstr("known: jetson-orin-nano, rpi4, rpi5, x86-avx2, x86-avx512)"))));
 
   p.set_class_override("Raspberry Pi");
   EXPECT_THAT(registry.Classify(p),
@@ -116,6 +141,10 @@ TEST(DeviceClassRegistry, NoMatchSaysWhy) {
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("no device class for x86_64 with 8 GiB; closest: x86-avx2 needs "
                                  "ISA avx2, fma")));
+  // Both x86 classes lack only fma here; the higher priority is named.
+  EXPECT_THAT(registry.Classify(Profile("x86_64", {"avx512f", "avx2"}, 8 * kGiB)),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("closest: x86-avx512 needs ISA fma")));
   EXPECT_THAT(registry.Classify(Profile("aarch64", {}, 1 * kGiB)),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("closest: rpi4 needs ISA asimd and 3.5 GiB of memory")));
@@ -168,7 +197,7 @@ TEST(DeviceClassRegistry, FindListsKnownClasses) {
   EXPECT_THAT(registry.Find("rpi3"),
               StatusIs(absl::StatusCode::kNotFound,
                        HasSubstr("no device class 'rpi3' (known: jetson-orin-nano, rpi4, rpi5, "
-                                 "x86-avx2)")));
+                                 "x86-avx2, x86-avx512)")));
 }
 
 TEST(DeviceClassRegistry, TextSyntaxErrorsNameLineAndColumn) {
@@ -253,7 +282,7 @@ TEST(DeviceClassRegistry, DuplicateNamesAreRejected) {
   *config.add_classes() = config.classes(0);
   EXPECT_THAT(DeviceClassRegistry::FromConfig(config),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("classes[4]: name 'rpi4' is already used by classes[0]")));
+                       HasSubstr("classes[5]: name 'rpi4' is already used by classes[0]")));
 }
 
 TEST(DeviceClassRegistry, RejectsEmptyAndOversizedConfigs) {

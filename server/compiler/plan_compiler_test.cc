@@ -107,15 +107,20 @@ TEST(PlanCompiler, FitsEveryDefaultClassRpi4GetsASparserScheme) {
     EXPECT_EQ(parsed.metadata().weight_bytes(), s.weight_bytes());
     EXPECT_EQ(parsed.metadata().optimizer_state_bytes(), s.optimizer_state_bytes());
     EXPECT_GT(parsed.metadata().flops_per_step(), 0u);
-    // Kernels at the width the class guarantees: x86-avx2 requires AVX2 and FMA.
-    EXPECT_EQ(parsed.metadata().kernel_isa(), c.name() == "x86-avx2" ? "avx2" : "generic");
+    // Kernels at the width the class guarantees: x86-avx2 requires AVX2 and FMA, x86-avx512
+    // AVX-512F too; the Arm classes get the generic (NEON) level.
+    const std::string want_isa =
+        c.name() == "x86-avx512" ? "avx512" : (c.name() == "x86-avx2" ? "avx2" : "generic");
+    EXPECT_EQ(parsed.metadata().kernel_isa(), want_isa) << c.name();
     summaries[c.name()] = s;
   }
+  ASSERT_EQ(summaries.size(), 5u);
   // The budgets documented in device_classes.cc: rpi4 is too small for full fine-tuning.
   EXPECT_EQ(summaries["rpi4"].scheme(), "last-k:2");
   EXPECT_EQ(summaries["rpi5"].scheme(), "full");
   EXPECT_EQ(summaries["jetson-orin-nano"].scheme(), "full");
   EXPECT_EQ(summaries["x86-avx2"].scheme(), "full");
+  EXPECT_EQ(summaries["x86-avx512"].scheme(), "full");
   EXPECT_GT(summaries["rpi4"].dense_total_bytes(), summaries["rpi4"].budget_bytes());
   EXPECT_LT(summaries["rpi4"].trainable_parameters(), summaries["x86-avx2"].trainable_parameters());
   EXPECT_LT(summaries["rpi4"].total_bytes(), summaries["x86-avx2"].total_bytes());
