@@ -28,6 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/base/status_macros.h"
 #include "engine/compile/compiler.h"
+#include "engine/kernels/isa.h"
 #include "engine/models/zoo.h"
 #include "engine/passes/pipeline.h"
 #include "engine/train/trainer.h"
@@ -36,9 +37,10 @@ ABSL_FLAG(std::string, model, "mobilenet_v2",
           "mobilenet_v2, bert_mini or llama_mini (engine/models/zoo.h).");
 ABSL_FLAG(std::string, schemes, "full,bias-only,sparse", "Update schemes to run.");
 ABSL_FLAG(int, threads, 2, "Kernel threads.");
-ABSL_FLAG(std::string, kernel_isa, "avx2",
+ABSL_FLAG(std::string, kernel_isa, "",
           "Kernel ISA level (engine/kernels/isa.h): generic, avx2 (the x86-avx2 class's) or "
-          "avx512.");
+          "avx512 (x86-avx512's). Empty: this host's widest, the level of the device class it "
+          "matches, as PyTorch also runs the widest its CPU has.");
 ABSL_FLAG(int, steps, 10, "Timed steps per scheme.");
 ABSL_FLAG(int, warmup, 3, "Untimed steps per scheme.");
 ABSL_FLAG(std::string, passes, "default",
@@ -77,6 +79,9 @@ absl::Status RunScheme(const std::string& model_name, const std::string& scheme)
   compile_options.optimizer = autodiff::OptimizerConfig::Sgd({0.01f, 0.9f, 0.0f});
   compile_options.threads = absl::GetFlag(FLAGS_threads);
   compile_options.kernel_isa = absl::GetFlag(FLAGS_kernel_isa);
+  if (compile_options.kernel_isa.empty()) {
+    compile_options.kernel_isa = std::string(kernels::IsaName(kernels::BestHostIsa()));
+  }
   compile_options.micro_batches = micro_batches;
   if (absl::GetFlag(FLAGS_passes) != "default") {
     ASSIGN_OR_RETURN(compile_options.passes,
