@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -358,6 +359,40 @@ TEST(FastKernels, ActivationsSplitOverThreads) {
     ExpectFastMatchesReference({OpKind::kActivation, {x}, ActivationAttrs{fn}});
     ExpectFastMatchesReference({OpKind::kActivationGrad, {x, x}, ActivationAttrs{fn}});
   }
+}
+
+// ReLU6 and its gradient, vectorized at every kernel ISA this host runs,
+// give the scalar definition's bits: edges (0, −0, 6), NaN passing through,
+// infinities, and a tail shorter than a vector.
+TEST(FastKernels, Relu6IsTheScalarDefinitionBitForBit) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> x = {0.0f, -0.0f, 6.0f, 5.9999995f, 6.0000005f,
+                          nan,  inf,   -inf, -1e-30f,    1e-30f};
+  for (int i = 0; x.size() < 77; ++i) x.push_back(0.37f * static_cast<float>(i) - 9.0f);
+  std::vector<float> dy(x.size());
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = 1.0f + static_cast<float>(i);
+  const auto bits = [](float v) {
+    uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return b;
+  };
+  for (kernels::Isa isa : {kernels::Isa::kGeneric, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (!kernels::HostSupports(isa)) continue;
+    SCOPED_TRACE(kernels::IsaName(isa));
+    kernels::SetKernelIsa(isa);
+    std::vector<float> y(x.size()), dx(x.size());
+    parts::ActivationFast(ActivationFn::kRelu6, x.data(), y.data(), static_cast<int64_t>(x.size()));
+    parts::ActivationGradFast(ActivationFn::kRelu6, dy.data(), y.data(), dx.data(),
+                              static_cast<int64_t>(x.size()));
+    for (size_t i = 0; i < x.size(); ++i) {
+      const float want = std::min(std::max(x[i], 0.0f), 6.0f);
+      EXPECT_EQ(bits(y[i]), bits(want)) << "x = " << x[i];
+      const float want_dx = want > 0.0f && want < 6.0f ? dy[i] : 0.0f;
+      EXPECT_EQ(bits(dx[i]), bits(want_dx)) << "x = " << x[i];
+    }
+  }
+  kernels::SetKernelIsa(kernels::Isa::kGeneric);
 }
 
 // Every kernel ISA this host runs (engine/kernels/isa.h) gives the generic
