@@ -38,11 +38,6 @@ FLEETTUNE_VEC_INLINE V Load(const float* p) {
   return v;
 }
 
-template <typename V>
-FLEETTUNE_VEC_INLINE void Store(V v, float* p) {
-  __builtin_memcpy(p, &v, sizeof v);
-}
-
 // One tile: R rows (A(r0 + i, kk) = panel[kk·panel_stride + i]) × NV vectors of columns
 // starting at x_col[j] (row 0 of x) and y_col[j] (row 0 of y); row i of the
 // tile is y's row at y_row[i] floats from there. Sums k in order.
@@ -74,7 +69,7 @@ FLEETTUNE_VEC_INLINE void Tile(const float* panel, int64_t panel_stride, int64_t
     for (int j = 0; j < NV; ++j) {
       V out = acc[i][j];
       if (bias_rows != nullptr) out += Splat<V>(bias_rows[i]);
-      Store<V>(out, y_col[j] + y_row[i]);
+      __builtin_memcpy(y_col[j] + y_row[i], &out, sizeof out);
     }
   }
 }

@@ -31,7 +31,8 @@ struct PointwiseGeometry {
 };
 
 // Whether F32PointwiseConv computes g at the kernel ISA's width (isa.h),
-// and is expected to beat a GEMM per sample on it (bench/pointwise_bench).
+// and beat a GEMM per sample on such shapes in a training step
+// (bench/pointwise_bench; BENCHMARKS.md, issue #6, tenth session).
 bool PointwiseConvApplies(const PointwiseGeometry& g);
 
 // y [n, rows, plane] from x [n, k, plane]; bias may be null (added after the
