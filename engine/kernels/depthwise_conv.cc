@@ -316,24 +316,6 @@ struct WeightGradBlocks {
   }
 };
 
-// (a0, a1, …) and (b0, b1, …) as their even lanes (a0, a2, …, b0, b2, …)
-// and odd ones.
-template <typename V>
-FLEETTUNE_VEC_INLINE void Deinterleave(V a, V b, V* even, V* odd) {
-  if constexpr (kWidthOf<V> == 4) {
-    *even = __builtin_shufflevector(a, b, 0, 2, 4, 6);
-    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7);
-  } else if constexpr (kWidthOf<V> == 8) {
-    *even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
-    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
-  } else {
-    static_assert(kWidthOf<V> == 16);
-    *even =
-        __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  }
-}
-
 // Input row ih of a plane h × w split into even columns e[j] = row[2j] and odd
 // ones o[j] = row[2j + 1], j < wo, zero past the row or outside the plane;
 // writes whole vectors (callers leave room).

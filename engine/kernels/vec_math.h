@@ -44,6 +44,24 @@ FLEETTUNE_VEC_INLINE V Splat(float v) {
   }
 }
 
+// (a0, a1, …) and (b0, b1, …) as their even lanes (a0, a2, …, b0, b2, …)
+// and odd ones: a stride-2 convolution's input columns.
+template <typename V>
+FLEETTUNE_VEC_INLINE void Deinterleave(V a, V b, V* even, V* odd) {
+  if constexpr (sizeof(V) == 4 * sizeof(float)) {
+    *even = __builtin_shufflevector(a, b, 0, 2, 4, 6);
+    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7);
+  } else if constexpr (sizeof(V) == 8 * sizeof(float)) {
+    *even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+  } else {
+    static_assert(sizeof(V) == 16 * sizeof(float));
+    *even =
+        __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    *odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  }
+}
+
 // e^x: x = k·ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial,
 // 2^k assembled in the exponent bits.
 template <typename V>

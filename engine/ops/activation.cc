@@ -164,19 +164,6 @@ int64_t CostPerElement(ActivationFn fn) { return fn == ActivationFn::kRelu6 ? 1 
 #pragma GCC diagnostic ignored "-Wpsabi"
 using kernels::Splat;
 
-// ReLU6 as Apply<kRelu6>'s std::max then std::min, lane by lane: the same
-// comparisons and operand order, so the same bits (NaN passes through, −0
-// stays −0). The scalar loop was 6× slower at AVX-512 (0.9 µs per 4096
-// floats), and every ReLU6 convolution's epilogue runs it.
-struct Relu6Op {
-  template <typename V>
-  static FLEETTUNE_VEC_INLINE V Apply(V x) {
-    const V zero = {};
-    const V six = Splat<V>(6.0f);
-    const V m = x < zero ? zero : x;
-    return six < m ? six : m;
-  }
-};
 template <typename V>
 FLEETTUNE_VEC_INLINE V SigmoidV(V x) {
   return Splat<V>(1.0f) / (Splat<V>(1.0f) + kernels::Exp(-x));
@@ -221,9 +208,6 @@ struct SiluGradOp {  // σ(x)·(1 + x·(1 − σ(x)))
 template <typename V>
 FLEETTUNE_VEC_INLINE bool ApplyV(ActivationFn fn, const float* x, float* y, int64_t n) {
   switch (fn) {
-    case ActivationFn::kRelu6:
-      kernels::MapV<V, Relu6Op>(x, y, n);
-      return true;
     case ActivationFn::kGeluErf:
       kernels::MapV<V, GeluOp>(x, y, n);
       return true;
@@ -280,7 +264,13 @@ __attribute__((target("avx512f"))) bool DerivativeAvx512(ActivationFn fn, const 
 }
 #endif
 
+void Relu6(const float* x, float* y, int64_t n);
+
 bool ApplyVectorized(ActivationFn fn, const float* x, float* y, int64_t n) {
+  if (fn == ActivationFn::kRelu6) {
+    Relu6(x, y, n);
+    return true;
+  }
 #if defined(__x86_64__)
   switch (kernels::KernelIsa()) {
     case kernels::Isa::kAvx512:
@@ -294,12 +284,31 @@ bool ApplyVectorized(ActivationFn fn, const float* x, float* y, int64_t n) {
   return ApplyGeneric(fn, x, y, n);
 }
 
-// Derivative<kRelu6> (dx = dy where 0 < y < 6, else 0) at each ISA. The
-// selects are written out in each ISA's function rather than in an inline
-// template like the ops above: GCC lowers a vector select on a comparison
-// of other operands before inlining, with the template's own (baseline)
-// target, to a compare per lane, which ran 13× slower than the scalar loop.
-#define FLEETTUNE_RELU6_GRAD(suffix, target, V)                                          \
+// ReLU6 and its derivative at each ISA, with the scalar definitions'
+// comparisons and operand order, so the same bits (NaN passes through, −0
+// stays −0): y = min(max(x, 0), 6) as Apply<kRelu6>'s std::max then
+// std::min, and dx = dy where 0 < y < 6 as Derivative<kRelu6>. The scalar
+// loop took 0.9 µs per 4096 floats at AVX-512, and every ReLU6
+// convolution's epilogue runs it. The selects are written out in each ISA's
+// function rather than in an inline template like the ops above: GCC lowers
+// a vector select on a comparison of other operands before inlining, with
+// the template's own (baseline) target, to a compare per lane, which ran
+// the derivative 13× slower than the scalar loop.
+#define FLEETTUNE_RELU6(suffix, target, V)                                               \
+  target void Relu6##suffix(const float* x, float* y, int64_t n) {                       \
+    constexpr int64_t kWidth = sizeof(V) / sizeof(float);                                \
+    const V zero = {};                                                                   \
+    const V six = Splat<V>(6.0f);                                                        \
+    int64_t i = 0;                                                                       \
+    for (; i + kWidth <= n; i += kWidth) {                                               \
+      V v;                                                                               \
+      __builtin_memcpy(&v, x + i, sizeof v);                                             \
+      const V m = v < zero ? zero : v;                                                   \
+      const V r = six < m ? six : m;                                                     \
+      __builtin_memcpy(y + i, &r, sizeof r);                                             \
+    }                                                                                    \
+    ApplyAll<ActivationFn::kRelu6>(x + i, y + i, n - i);                                 \
+  }                                                                                      \
   target void Relu6Grad##suffix(const float* dy, const float* y, float* dx, int64_t n) { \
     constexpr int64_t kWidth = sizeof(V) / sizeof(float);                                \
     const V zero = {};                                                                   \
@@ -315,12 +324,26 @@ bool ApplyVectorized(ActivationFn fn, const float* x, float* y, int64_t n) {
     }                                                                                    \
     DerivativeAll<ActivationFn::kRelu6>(dy + i, y + i, dx + i, n - i);                   \
   }
-FLEETTUNE_RELU6_GRAD(Generic, , kernels::F32x4)
+FLEETTUNE_RELU6(Generic, , kernels::F32x4)
 #if defined(__x86_64__)
-FLEETTUNE_RELU6_GRAD(Avx2, __attribute__((target("avx2,fma"))), kernels::F32x8)
-FLEETTUNE_RELU6_GRAD(Avx512, __attribute__((target("avx512f"))), kernels::F32x16)
+FLEETTUNE_RELU6(Avx2, __attribute__((target("avx2,fma"))), kernels::F32x8)
+FLEETTUNE_RELU6(Avx512, __attribute__((target("avx512f"))), kernels::F32x16)
 #endif
-#undef FLEETTUNE_RELU6_GRAD
+#undef FLEETTUNE_RELU6
+
+void Relu6(const float* x, float* y, int64_t n) {
+#if defined(__x86_64__)
+  switch (kernels::KernelIsa()) {
+    case kernels::Isa::kAvx512:
+      return Relu6Avx512(x, y, n);
+    case kernels::Isa::kAvx2:
+      return Relu6Avx2(x, y, n);
+    case kernels::Isa::kGeneric:
+      break;
+  }
+#endif
+  Relu6Generic(x, y, n);
+}
 
 void Relu6Grad(const float* dy, const float* y, float* dx, int64_t n) {
 #if defined(__x86_64__)

@@ -29,6 +29,7 @@
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/parallel.h"
 #include "engine/kernels/pointwise_conv.h"
+#include "engine/kernels/stem_conv.h"
 #include "engine/kernels/vec.h"
 #include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
@@ -324,6 +325,12 @@ void AddScalar(float v, float* __restrict row, int64_t n) {
   for (int64_t i = 0; i < n; ++i) row[i] += v;
 }
 
+// A 3×3 convolution with stride 2 and padding 1, one group (kernels/stem_conv.h).
+bool Stem(const Geometry& g) {
+  return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.ph == 1 && g.pw == 1 && g.dh == 1 &&
+         g.dw == 1 && g.groups == 1 && g.ho == (g.h + 1) / 2 && g.wo == (g.w + 1) / 2;
+}
+
 // The convolution, with `epilogue` called on each output plane: as soon as
 // it is written (depthwise), or on a sample's planes after its GEMM.
 void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
@@ -337,6 +344,13 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
     return;
   }
   const int64_t k = g.k(), plane = g.out_plane();
+  if (Stem(g)) {
+    const kernels::StemGeometry sg{g.n, g.c, g.h, g.w, g.o};
+    if (kernels::StemConvApplies(sg)) {
+      kernels::F32StemConv(sg, x, w, b, y, epilogue);
+      return;
+    }
+  }
   if (g.pointwise() && g.groups == 1) {
     // Y [o, plane] = W [o, c] · X [c, plane] per sample
     const kernels::PointwiseGeometry pg{g.n, g.o, g.c, plane, g.c, 1};

@@ -15,6 +15,7 @@
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/isa.h"
 #include "engine/kernels/pointwise_conv.h"
+#include "engine/kernels/stem_conv.h"
 #include "engine/ops/kernel_parts.h"
 #include "engine/ops/op_registry.h"
 #include "engine/testing/gradcheck.h"
@@ -276,6 +277,33 @@ TEST(FastKernels, PointwiseConvolutionDirectPaths) {
     Case masked{OpKind::kConv2dBackwardInput, {dy, F32(c.w), mask}, Conv2dGradAttrs{c.attrs, c.x}};
     masked.int_upper = 1 << 30;  // random bits in all but the top two of each word
     ExpectFastMatchesReference(masked);
+  }
+  kernels::SetKernelIsa(kernels::Isa::kGeneric);
+}
+
+// 3×3 stride-2 convolutions of few input channels (kernels/stem_conv.h) at
+// every kernel ISA this host runs: rows of whole vectors at each level,
+// odd heights and widths (a last output row or column reading past the
+// input), 1 to 4 input channels, and output channels leaving a partial
+// block (repeating the last channel).
+TEST(FastKernels, StemConvolutionPaths) {
+  const Conv2dAttrs stem{2, 2, 1, 1, 1, 1, 1};
+  for (kernels::Isa isa : {kernels::Isa::kGeneric, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (!kernels::HostSupports(isa)) continue;
+    SCOPED_TRACE(kernels::IsaName(isa));
+    kernels::SetKernelIsa(isa);
+    for (const Conv& c : std::vector<Conv>{
+             {{2, 3, 16, 64}, {32, 3, 3, 3}, stem},
+             {{3, 3, 33, 63}, {13, 3, 3, 3}, stem},
+             {{2, 1, 9, 32}, {40, 1, 3, 3}, stem},
+             {{1, 4, 20, 32}, {8, 4, 3, 3}, stem},
+         }) {
+      SCOPED_TRACE(ShapeToString(c.x));
+      const int64_t wo = (c.x[3] + 1) / 2;
+      ASSERT_TRUE(kernels::StemConvApplies({c.x[0], c.x[1], c.x[2], c.x[3], c.w[0]}) ||
+                  (isa == kernels::Isa::kAvx512 && wo % 16 != 0));
+      ExpectConvolutionMatchesReference(c);
+    }
   }
   kernels::SetKernelIsa(kernels::Isa::kGeneric);
 }

@@ -213,11 +213,15 @@ TEST(Executable, ReshapesOfFrozenParametersAreViews) {
 // pass, and the mask's buffer is live from the convolution on (not free for
 // reuse while the convolution still reads its input). Planes of 16 elements
 // are not whole mask words, so that mask keeps its node. The 1×1 one takes
-// the direct pointwise kernel at AVX-512 (kernels/pointwise_conv.h).
+// the direct pointwise kernel at AVX-512 (kernels/pointwise_conv.h), the
+// stride-2 one (64² to 32²) the stem kernel (kernels/stem_conv.h).
 TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
-  for (const auto& [side, kernel] :
-       std::vector<std::pair<int64_t, int64_t>>{{8, 3}, {4, 3}, {32, 1}}) {
-    SCOPED_TRACE(::testing::Message() << side << "² k" << kernel);
+  struct Case {
+    int64_t side, kernel, stride;
+  };
+  for (const auto& [side, kernel, stride] :
+       std::vector<Case>{{8, 3, 1}, {4, 3, 1}, {32, 1, 1}, {64, 3, 2}}) {
+    SCOPED_TRACE(::testing::Message() << side << "² k" << kernel << " s" << stride);
     const Shape w_shape{5, 3, kernel, kernel};
     Graph g;
     ASSERT_OK_AND_ASSIGN(ValueId in, g.AddInput("x", {DType::kF32, {2, 3, side, side}}));
@@ -225,8 +229,8 @@ TEST(Executable, ConvolutionsWriteTheirActivationMasks) {
     ASSERT_OK_AND_ASSIGN(ValueId b, g.AddParameter("b", {DType::kF32, {5}}));
     // x dies at the convolution.
     ASSERT_OK_AND_ASSIGN(ValueId x, g.AddNode(OpKind::kScale, {in}, ScalarAttrs{4.0f}));
-    const int pad = static_cast<int>(kernel / 2);
-    Conv2dAttrs conv{1, 1, pad, pad, 1, 1, 1};
+    const int pad = static_cast<int>(kernel / 2), s = static_cast<int>(stride);
+    Conv2dAttrs conv{s, s, pad, pad, 1, 1, 1};
     ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kConv2dActivation, {x, w, b},
                                               FusedConvAttrs{conv, FusedActivationFn::kRelu6}));
     ASSERT_OK_AND_ASSIGN(ValueId m, g.AddNode(OpKind::kActivationMask, {y}, ScalarAttrs{6.0f}));
