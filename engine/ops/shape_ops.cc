@@ -1,7 +1,9 @@
 // Shape ops: kReshape (same elements, new shape) and kBroadcastTo.
+#include <algorithm>
 #include <cstring>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/parallel.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -65,6 +67,49 @@ void BroadcastToKernel(const KernelArgs& args) {
                    [&](int64_t o, int64_t ix, int64_t) { y[o] = x[ix]; });
 }
 
+// Broadcasts that copy contiguous runs: x covering y's leading axes with
+// the rest broadcast (a pooled [N, C, 1, 1] back to [N, C, H, W]: each x
+// element `inner` times), or y's trailing axes with the leading ones
+// broadcast (a bias [C] to [N, C]: x whole, `outer` times). The rest take
+// the reference kernel's index walk.
+void BroadcastToFast(const KernelArgs& args) {
+  const Shape& in = *args.in(0).shape;
+  const Shape& out = *args.output.shape;
+  const int64_t pad = static_cast<int64_t>(out.size() - in.size());
+  auto dim = [&](int64_t axis) { return axis < pad ? int64_t{1} : in[axis - pad]; };
+  const int64_t rank = static_cast<int64_t>(out.size());
+  int64_t lead = 0;  // axes x covers from the front
+  while (lead < rank && dim(lead) == out[lead]) ++lead;
+  int64_t ones = lead;
+  while (ones < rank && dim(ones) == 1) ++ones;
+  const float* x = args.in(0).f32();
+  float* y = args.output.f32();
+  if (args.output.num_elements() == 0) return;
+  if (ones == rank) {  // y[i·inner + j] = x[i]
+    int64_t inner = 1;
+    for (int64_t a = lead; a < rank; ++a) inner *= out[a];
+    kernels::ParallelFor(args.in(0).num_elements(), inner, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) std::fill_n(y + i * inner, inner, x[i]);
+    });
+    return;
+  }
+  int64_t trail = rank;  // axes x covers from the back
+  while (trail > 0 && dim(trail - 1) == out[trail - 1]) --trail;
+  bool leading_ones = true;
+  for (int64_t a = 0; a < trail; ++a) leading_ones &= dim(a) == 1;
+  if (leading_ones) {  // y[o·block + j] = x[j]
+    const int64_t block = args.in(0).num_elements();
+    kernels::ParallelFor(args.output.num_elements() / block, block,
+                         [&](int64_t begin, int64_t end) {
+                           for (int64_t o = begin; o < end; ++o) {
+                             std::memcpy(y + o * block, x, block * sizeof(float));
+                           }
+                         });
+    return;
+  }
+  BroadcastToKernel(args);
+}
+
 // dx = Σ over the broadcast axes of dy
 absl::Status BroadcastToGradient(GradContext& ctx) {
   if (!ctx.NeedsGrad(0)) return absl::OkStatus();
@@ -80,7 +125,16 @@ std::vector<OpTestCase> BroadcastToTestCases() {
   OpTestCase mid;
   mid.inputs = {{DType::kF32, {2, 1, 3}}};
   mid.attrs = ShapeAttrs{{2, 4, 3}};
-  return {row, mid};
+  OpTestCase pooled;  // trailing axes broadcast
+  pooled.inputs = {{DType::kF32, {2, 3, 1, 1}}};
+  pooled.attrs = ShapeAttrs{{2, 3, 2, 2}};
+  OpTestCase leading;  // leading axes broadcast, one of them missing
+  leading.inputs = {{DType::kF32, {1, 3}}};
+  leading.attrs = ShapeAttrs{{2, 2, 3}};
+  OpTestCase same;  // nothing broadcast
+  same.inputs = {{DType::kF32, {2, 3}}};
+  same.attrs = ShapeAttrs{{2, 3}};
+  return {row, mid, pooled, leading, same};
 }
 
 }  // namespace
@@ -104,6 +158,7 @@ OpDef BroadcastToOpDef() {
   def.min_inputs = def.max_inputs = 1;
   def.infer = InferBroadcastTo;
   def.reference = BroadcastToKernel;
+  def.fast = BroadcastToFast;
   def.gradient = BroadcastToGradient;
   def.test_cases = BroadcastToTestCases;
   return def;
