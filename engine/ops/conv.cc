@@ -332,7 +332,9 @@ bool Stem(const Geometry& g) {
 }
 
 // The convolution, with `epilogue` called on each output plane: as soon as
-// it is written (depthwise), or on a sample's planes after its GEMM.
+// it is written (depthwise), on a sample's planes after its GEMM, on blocks
+// of whole planes (pointwise_conv.h), or on bands of 8 rows of each plane
+// (stem_conv.h; whole mask words where the planes are).
 void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
   const Geometry g = MakeGeometry(*args.in(0).shape, *args.in(1).shape, args.attrs<Conv2dAttrs>());
   const float* x = args.in(0).f32();
