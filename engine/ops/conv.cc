@@ -411,11 +411,12 @@ struct DxEpilogue {
   const int32_t* mask;  // or null
   int64_t plane;        // h·w
   double* plane_sums;   // [n·c], or null
+  int64_t offset = 0;   // dx[0]'s index in the whole dx (a slot of scratch's)
 };
 
 void DxBlock(const void* ctx, float* block, int64_t n) {
   const auto* e = static_cast<const DxEpilogue*>(ctx);
-  const int64_t first = block - e->dx;
+  const int64_t first = e->offset + (block - e->dx);
   if (e->mask != nullptr) parts::MaskInPlace(e->mask, first, block, n);
   if (e->plane_sums == nullptr) return;
   for (int64_t at = 0; at < n; at += e->plane) {
@@ -491,6 +492,7 @@ void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
 }
 
 void BackwardInputFast(const KernelArgs& args) {
+  if (args.producer != nullptr) return parts::DepthwiseExpandGradFast(*args.producer, args);
   const auto& a = args.attrs<Conv2dGradAttrs>();
   const Geometry g = MakeGeometry(a.shape, *args.in(1).shape, a.conv);
   double* plane_sums =
@@ -699,15 +701,141 @@ struct ActivateAndPack {
   float upper;
   const float* y;
   int32_t* mask;
+  int64_t offset = 0;  // y[0]'s index in the whole output (a slot of scratch's)
 };
 
 void ActivateAndPackBlock(const void* ctx, float* block, int64_t n) {
   const auto* c = static_cast<const ActivateAndPack*>(ctx);
   parts::FusedActivationInPlace(c->act, block, n);
-  parts::PackMask(c->upper, block, block - c->y, n, c->mask);
+  if (c->mask != nullptr) parts::PackMask(c->upper, block, c->offset + (block - c->y), n, c->mask);
+}
+
+float UpperOf(FusedActivationFn act) {
+  return act == FusedActivationFn::kRelu6 ? 6.0f : std::numeric_limits<float>::infinity();
+}
+
+// The fused convolutions' blocks: channels of the tensor between the two
+// convolutions per block, and per-thread scratch slots of that many planes
+// (threads past the slots idle).
+constexpr int64_t kFusedRows = 12;
+constexpr int64_t kFusedSlots = 4;
+
+// Runs fn(slot, item) for items [0, items) on min(kFusedSlots, threads)
+// threads, each with a slot of its own, items round robin.
+template <typename Fn>
+void ForEachItemWithSlot(int64_t items, const Fn& fn) {
+  const int64_t slots = std::min<int64_t>(kFusedSlots, kernels::MaxThreads());
+  kernels::ParallelFor(slots, kernels::kMinParallelWork, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      for (int64_t item = s; item < items; item += slots) fn(s, item);
+    }
+  });
 }
 
 }  // namespace
+
+size_t parts::FusedConvolutionScratchBytes(OpKind later, const Shape& between,
+                                           const Shape& later_output) {
+  const size_t slots =
+      static_cast<size_t>(kFusedSlots * kFusedRows * between[2] * between[3]) * sizeof(float);
+  if (later == OpKind::kConv2dActivation) return slots;
+  // Plane sums of both input gradients (the later's where BackwardInputFast
+  // keeps them: a pointwise convolution has no columns), then the slots.
+  const size_t sums = static_cast<size_t>(later_output[0] * (later_output[1] + between[1]));
+  return (sums * sizeof(double) + 63) / 64 * 64 + slots;
+}
+
+void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& depthwise) {
+  const auto& ea = std::get<FusedConvAttrs>(expand.node->attrs);
+  const auto& da = std::get<FusedConvAttrs>(depthwise.node->attrs);
+  const Geometry ge = MakeGeometry(*expand.in(0).shape, *expand.in(1).shape, ea.conv);
+  const Geometry gd = MakeGeometry({ge.n, ge.o, ge.ho, ge.wo}, *depthwise.in(1).shape, da.conv);
+  const float* x = expand.in(0).f32();
+  const float* w1 = expand.in(1).f32();
+  const float* b1 = expand.num_inputs == 3 ? expand.in(2).f32() : nullptr;
+  const float* w2 = depthwise.in(1).f32();
+  const float* b2 = depthwise.num_inputs == 3 ? depthwise.in(2).f32() : nullptr;
+  float* y = depthwise.output.f32();
+  const int64_t k = ge.c, plane = ge.out_plane(), taps = gd.kh * gd.kw;
+  const bool direct = kernels::PointwiseConvApplies({ge.n, ge.o, k, plane, k, 1});
+  // The depthwise layer's epilogue, as Conv2dActivationFast gives it.
+  const ActivateAndPack dw_pack{da.act, UpperOf(da.act), y, depthwise.activation_mask};
+  const kernels::PlaneEpilogue dw_epilogue{ActivateAndPackBlock, &dw_pack};
+  const int64_t blocks = (ge.o + kFusedRows - 1) / kFusedRows;
+  ForEachItemWithSlot(ge.n * blocks, [&](int64_t s, int64_t item) {
+    float* slot = depthwise.scratch + s * kFusedRows * plane;
+    const int64_t n = item / blocks, r0 = item % blocks * kFusedRows;
+    const int64_t rows = std::min(kFusedRows, ge.o - r0);
+    // Expanded channels [r0, r0 + rows) of sample n, activated, into the slot.
+    const ActivateAndPack pack{ea.act, UpperOf(ea.act), slot, expand.activation_mask,
+                               (n * ge.o + r0) * plane};
+    const kernels::PlaneEpilogue epilogue{ActivateAndPackBlock, &pack};
+    const float* xn = x + n * k * plane;
+    const float* bias = b1 != nullptr ? b1 + r0 : nullptr;
+    if (direct) {
+      kernels::F32PointwiseConv({1, rows, k, plane, k, 1}, w1 + r0 * k, xn, bias, slot, epilogue);
+    } else {
+      kernels::Sgemm(false, false, rows, plane, k, 1.0f, w1 + r0 * k, k, xn, plane, 0.0f, slot,
+                     plane);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (bias != nullptr) AddScalar(bias[r], slot + r * plane, plane);
+      }
+      epilogue.fn(epilogue.ctx, slot, rows * plane);
+    }
+    const kernels::DepthwiseGeometry dg{1,     rows,  gd.h,  gd.w,  1,     gd.kh, gd.kw, gd.ho,
+                                        gd.wo, gd.sh, gd.sw, gd.ph, gd.pw, gd.dh, gd.dw};
+    kernels::F32DepthwiseConv(dg, slot, w2 + r0 * taps, b2 != nullptr ? b2 + r0 : nullptr,
+                              y + (n * gd.o + r0) * gd.out_plane(), dw_epilogue);
+  });
+}
+
+void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand) {
+  const auto& da = std::get<Conv2dGradAttrs>(depthwise.node->attrs);
+  const auto& ea = std::get<Conv2dGradAttrs>(expand.node->attrs);
+  const Geometry gd = MakeGeometry(da.shape, *depthwise.in(1).shape, da.conv);
+  const Geometry ge = MakeGeometry(ea.shape, *expand.in(1).shape, ea.conv);
+  const float* dy = depthwise.in(0).f32();
+  const float* w_dw = depthwise.in(1).f32();
+  const int32_t* mask_dw = depthwise.num_inputs == 3 ? depthwise.in(2).i32() : nullptr;
+  const float* w_e = expand.in(1).f32();  // [c, k, 1, 1]: dX = Wᵀ · dY
+  float* dx = expand.output.f32();
+  const int64_t c = gd.c, k = ge.c, plane = gd.h * gd.w, taps = gd.kh * gd.kw;
+  // Scratch: the expand layer's plane sums (as BackwardInputFast keeps
+  // them), the depthwise layer's, then the slots.
+  double* sums_e = reinterpret_cast<double*>(expand.scratch);
+  double* sums_dw = sums_e + ge.n * k;
+  float* slots = reinterpret_cast<float*>(
+      reinterpret_cast<char*>(expand.scratch) +
+      (static_cast<size_t>(ge.n * (k + c)) * sizeof(double) + 63) / 64 * 64);
+  const DxEpilogue e_epilogue{dx, expand.num_inputs == 3 ? expand.in(2).i32() : nullptr, plane,
+                              expand.channel_sums != nullptr ? sums_e : nullptr};
+  const int64_t blocks = (c + kFusedRows - 1) / kFusedRows;
+  // A sample per item: its dx sums every block of channels in turn.
+  ForEachItemWithSlot(gd.n, [&](int64_t s, int64_t n) {
+    float* slot = slots + s * kFusedRows * plane;
+    float* dxn = dx + n * k * plane;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kFusedRows, rows = std::min(kFusedRows, c - r0);
+      // The depthwise layer's input gradient for channels [r0, r0 + rows),
+      // masked and summed per plane as BackwardInputFast would.
+      const DxEpilogue dw_epilogue{slot, mask_dw, plane,
+                                   depthwise.channel_sums != nullptr ? sums_dw : nullptr,
+                                   (n * c + r0) * plane};
+      const kernels::DepthwiseGeometry dg{1,     rows,  gd.h,  gd.w,  1,     gd.kh, gd.kw, gd.ho,
+                                          gd.wo, gd.sh, gd.sw, gd.ph, gd.pw, gd.dh, gd.dw};
+      kernels::F32DepthwiseConvBackwardInput(dg, dy + (n * c + r0) * gd.out_plane(),
+                                             w_dw + r0 * taps, slot, {DxBlock, &dw_epilogue});
+      // dX [k, plane] += Wᵀ [k, rows] · slot [rows, plane]
+      kernels::Sgemm(true, false, k, plane, rows, 1.0f, w_e + r0 * k, k, slot, plane,
+                     b == 0 ? 0.0f : 1.0f, dxn, plane);
+    }
+    if (e_epilogue.mask != nullptr || e_epilogue.plane_sums != nullptr) {
+      DxBlock(&e_epilogue, dxn, k * plane);
+    }
+  });
+  if (depthwise.channel_sums != nullptr) ChannelSums(gd, sums_dw, depthwise.channel_sums);
+  if (expand.channel_sums != nullptr) ChannelSums(ge, sums_e, expand.channel_sums);
+}
 
 void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act,
                                  int32_t* mask) {

@@ -71,6 +71,23 @@ void LinearFast(const KernelArgs& args, std::optional<FusedActivationFn> act);
 void Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act,
                           int32_t* mask = nullptr);
 
+// conv.cc: two convolutions in one pass, the tensor between them computed a
+// few channels at a time into per-thread scratch and consumed from there
+// (runtime::AbsorbedProducers):
+//  - ExpandDepthwiseFast: a pointwise conv2d_activation (`expand`, the later
+//    node's KernelArgs::producer) and the depthwise conv2d_activation reading
+//    it; both activations and absorbed masks as their own kernels write them
+//    (the same bits when the pointwise part takes the direct kernel).
+//  - DepthwiseExpandGradFast: a depthwise conv2d_backward_input and the
+//    pointwise conv2d_backward_input reading its dx, which sums the blocks of
+//    channels in turn (a GEMM per block; rounds unlike one GEMM); both masks
+//    and absorbed bias gradients (channel sums) as their kernels give them.
+// The later node's scratch holds FusedConvolutionScratchBytes(later's op,
+// the shape between, the later output's shape).
+void ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& depthwise);
+void DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand);
+size_t FusedConvolutionScratchBytes(OpKind later, const Shape& between, const Shape& later_output);
+
 // batch_norm.cc: kBatchNormInference's fast kernel for the node in `bn_args`,
 // with `act` applied to each row of a channel right after it is normalized,
 // while in cache: one pass over the tensor instead of two, the same bits.

@@ -63,6 +63,10 @@ struct KernelArgs {
   // bits softmax_cross_entropy's fast kernel computes, from the row
   // statistics the gradient needs anyway.
   float* cross_entropy_loss = nullptr;
+  // Set on a convolution that computes the convolution producing its input
+  // too (runtime::AbsorbedProducers): that node's kernel arguments (its
+  // operands and absorbed outputs; no output of its own).
+  const KernelArgs* producer = nullptr;
 
   const TensorView& in(int i) const { return inputs[i]; }
   template <typename T>

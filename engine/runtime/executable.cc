@@ -15,6 +15,7 @@
 #include "engine/ir/verifier.h"
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/parallel.h"
+#include "engine/ops/kernel_parts.h"
 
 namespace fleettune::engine::runtime {
 namespace {
@@ -71,6 +72,55 @@ std::vector<ValueId> WrittenEarlier(const std::vector<ValueId>& absorbed) {
     if (absorbed[id] != kNoValue && absorbed[id] < static_cast<ValueId>(id)) by[id] = absorbed[id];
   }
   return by;
+}
+
+// AbsorbedProducers under `options`: the fast kernels only, neither node
+// folded, and the producer's other readers absorbed by it (`absorbed`:
+// AbsorbedNodesFor), whose outputs the later kernel then writes.
+std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
+                                  const std::vector<bool>& constant,
+                                  const std::vector<ValueId>& absorbed) {
+  const int n = g.num_nodes();
+  std::vector<ValueId> by(n, kNoValue);
+  if (options.use_reference_kernels) return by;
+  const std::vector<ValueId> producers = AbsorbedProducers(g);
+  const std::vector<std::vector<ValueId>> users = g.ComputeUsers();
+  for (ValueId id = 0; id < n; ++id) {
+    const ValueId later = producers[id];
+    if (later == kNoValue || constant[id] || constant[later]) continue;
+    const bool others_absorbed = std::all_of(users[id].begin(), users[id].end(), [&](ValueId u) {
+      return u == later || absorbed[u] == id;
+    });
+    if (others_absorbed) by[id] = later;
+  }
+  return by;
+}
+
+// The arena's view of absorbed producers: no buffer for their output, and
+// their operands live until the node that computes them.
+void ApplyProducers(const Graph& g, const std::vector<ValueId>& producers, ArenaOptions* options) {
+  options->read_until.assign(g.num_nodes(), kNoValue);
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    const ValueId later = producers[id];
+    if (later == kNoValue) continue;
+    options->outside_arena[id] = true;
+    for (ValueId in : g.node(id).inputs) {
+      options->read_until[in] = std::max(options->read_until[in], later);
+    }
+  }
+}
+
+// Kernel scratch: the largest any op asks for, and what the kernels
+// computing a producer need.
+size_t ScratchBytesWith(const Graph& g, const std::vector<ValueId>& producers) {
+  size_t bytes = ScratchBytes(g);
+  for (ValueId id = 0; id < g.num_nodes(); ++id) {
+    const ValueId later = producers[id];
+    if (later == kNoValue) continue;
+    bytes = std::max(bytes, ops::parts::FusedConvolutionScratchBytes(
+                                g.node(later).op, g.type(id).shape, g.type(later).shape));
+  }
+  return bytes;
 }
 
 size_t ConstantSlotBytes(const Node& node) { return (node.type.bytes() + 63) / 64 * 64; }
@@ -295,6 +345,63 @@ std::vector<ValueId> AbsorbedLosses(const Graph& graph) {
   return by;
 }
 
+// Planes smaller than 32×32 (MobileNetV2's 16×16 to 4×4 blocks) ran slower
+// computed together: their tensors fit in cache anyway, and blocks of a few
+// small planes leave the kernels little work per call.
+constexpr int64_t kMinProducerPlane = 1024;
+
+std::vector<ValueId> AbsorbedProducers(const Graph& graph) {
+  const int n = graph.num_nodes();
+  std::vector<ValueId> by(n, kNoValue);
+  const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
+  const std::vector<ValueId> masks = AbsorbedMasks(graph), sums = AbsorbedChannelSums(graph);
+  auto pointwise = [&](const Conv2dAttrs& a, const Shape& w) {
+    return a == Conv2dAttrs{} && w.size() == 4 && w[2] == 1 && w[3] == 1;
+  };
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    if (graph.IsOutput(id) || node.type.shape.size() != 4) continue;
+    const Shape& y = node.type.shape;
+    if (y[2] * y[3] < kMinProducerPlane) continue;
+    if (node.op != OpKind::kConv2dActivation && node.op != OpKind::kConv2dBackwardInput) continue;
+    const Shape& w = graph.type(node.inputs[1]).shape;
+    bool producer = false;
+    if (node.op == OpKind::kConv2dActivation) {
+      const auto& a = std::get<FusedConvAttrs>(node.attrs);
+      producer = (a.act == FusedActivationFn::kRelu || a.act == FusedActivationFn::kRelu6) &&
+                 pointwise(a.conv, w);
+    } else if (node.op == OpKind::kConv2dBackwardInput) {
+      const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
+      producer = a.conv.groups == y[1] && w[0] == y[1] && w[1] == 1;  // depthwise
+    }
+    if (!producer) continue;
+    ValueId later = kNoValue;
+    bool only = true;
+    for (ValueId u : users[id]) {
+      if (masks[u] == id || sums[u] == id) continue;
+      const Node& user = graph.node(u);
+      bool fits = false;
+      if (user.op == node.op && user.inputs.size() >= 2) {
+        const Shape& uw = graph.type(user.inputs[1]).shape;
+        if (node.op == OpKind::kConv2dActivation) {
+          // the depthwise layer after an expand layer
+          fits = std::get<FusedConvAttrs>(user.attrs).conv.groups == y[1] && uw[0] == y[1] &&
+                 uw[1] == 1;
+        } else {
+          // the expand layer's input gradient after the depthwise layer's
+          fits = pointwise(std::get<Conv2dGradAttrs>(user.attrs).conv, uw) && uw[0] == y[1];
+        }
+      }
+      fits = fits && user.inputs[0] == id &&
+             std::count(user.inputs.begin(), user.inputs.end(), id) == 1;
+      if (!fits || later != kNoValue) only = false;
+      later = u;
+    }
+    if (only && later != kNoValue) by[id] = later;
+  }
+  return by;
+}
+
 std::vector<bool> FindConstants(const Graph& graph) {
   const int n = graph.num_nodes();
   std::vector<bool> written(n, false);
@@ -385,6 +492,21 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
       last_use[layout.alias_of[in]] = std::max(last_use[layout.alias_of[in]], id);
     }
   }
+  if (!options.read_until.empty()) {
+    if (static_cast<int>(options.read_until.size()) != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("read_until has ", options.read_until.size(), " entries for ", n, " nodes"));
+    }
+    for (ValueId id = 0; id < n; ++id) {
+      const ValueId until = options.read_until[id];
+      if (until == kNoValue) continue;
+      if (until <= id || until >= n) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("value ", id, " is read until node ", until, ", which is not later"));
+      }
+      last_use[layout.alias_of[id]] = std::max(last_use[layout.alias_of[id]], until);
+    }
+  }
   for (ValueId out : graph.outputs()) last_use[layout.alias_of[out]] = n;
   // In place: the output takes over the buffer of an operand whose whole
   // buffer (reshape aliases included) is last read by this node.
@@ -459,6 +581,8 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (const Staged& s : exe->staged_inputs_) arena_options.outside_arena[s.value] = true;
   const std::vector<ValueId> absorbed = AbsorbedNodesFor(g, options, constant);
   arena_options.written_by = WrittenEarlier(absorbed);
+  const std::vector<ValueId> producers = ProducersFor(g, options, constant, absorbed);
+  ApplyProducers(g, producers, &arena_options);
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
   exe->memory_.in_place_nodes = layout.in_place_nodes;
 
@@ -504,7 +628,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (!node.has_output || node.op == OpKind::kParameter || constant[id]) continue;
-    if (arena_options.outside_arena[id]) continue;  // staged
+    if (arena_options.outside_arena[id]) continue;  // staged, or an absorbed producer's
     if (layout.parameter_view[id]) {
       exe->views_[id] =
           TensorView{exe->views_[layout.alias_of[id]].data, &node.type.shape, node.type.dtype};
@@ -549,7 +673,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     exe->prologue_workspace_bytes_ = temp_plan.arena_bytes;
   }
 
-  exe->memory_.scratch_bytes = ScratchBytes(g);
+  exe->memory_.scratch_bytes = ScratchBytesWith(g, producers);
   if (exe->memory_.scratch_bytes > 0)
     exe->scratch_ = AlignedAllocZeroed(exe->memory_.scratch_bytes);
 
@@ -561,6 +685,9 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (ValueId id = 0; id < n; ++id) {
     if (absorbed[id] != kNoValue) absorbed_by[absorbed[id]] = id;
   }
+  std::vector<int> producer_args(n, -1);  // per computing node, in producer_args_
+  exe->producer_args_.reserve(
+      std::count_if(producers.begin(), producers.end(), [](ValueId v) { return v != kNoValue; }));
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (node.op == OpKind::kInput || node.op == OpKind::kParameter || constant[id]) continue;
@@ -591,6 +718,16 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     }
     instr.args.step = &exe->step_;
     if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
+    if (producers[id] != kNoValue) {  // the later node runs it
+      instr.args.output = TensorView{};
+      producer_args[producers[id]] = static_cast<int>(exe->producer_args_.size());
+      exe->producer_args_.push_back(instr.args);
+      continue;
+    }
+    if (producer_args[id] >= 0) {
+      instr.args.producer = &exe->producer_args_[producer_args[id]];
+      instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
+    }
     exe->program_.push_back(instr);
     // The step counter counts optimizer steps (AdamW bias correction, dropout
     // masks); a BatchNorm statistics update alone does not advance it.
@@ -839,13 +976,16 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   for (const StagedType& s : staged) {
     if (s.input) arena_options.outside_arena[s.value] = true;
   }
-  arena_options.written_by = WrittenEarlier(AbsorbedNodesFor(graph, options, constant));
+  const std::vector<ValueId> absorbed = AbsorbedNodesFor(graph, options, constant);
+  arena_options.written_by = WrittenEarlier(absorbed);
+  const std::vector<ValueId> producers = ProducersFor(graph, options, constant, absorbed);
+  ApplyProducers(graph, producers, &arena_options);
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
   MemoryStats m;
   for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();
   m.arena_bytes = layout.plan.arena_bytes;
   m.in_place_nodes = layout.in_place_nodes;
-  m.scratch_bytes = ScratchBytes(graph);
+  m.scratch_bytes = ScratchBytesWith(graph, producers);
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);

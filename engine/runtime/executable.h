@@ -208,6 +208,9 @@ class Executable {
   std::vector<TensorView> views_;     // one per value
   std::vector<TensorView> operands_;  // flat storage behind every KernelArgs::inputs
   std::vector<Instr> program_;
+  // Absorbed producers' kernel arguments (AbsorbedProducers), which the
+  // nodes computing them point at (KernelArgs::producer); never reallocated.
+  std::vector<ops::KernelArgs> producer_args_;
   std::map<std::string, ValueId> inputs_;
   ops::StepInfo step_;
   bool updates_ = false;
@@ -249,6 +252,10 @@ struct ArenaOptions {
   // output (AbsorbedMasks, AbsorbedChannelSums), so that its buffer is live
   // from that node on; kNoValue for the rest. Empty: none.
   std::vector<ValueId> written_by;
+  // Per value: a later node whose kernel reads it although it is not that
+  // node's operand (AbsorbedProducers: the producer's operands), so that its
+  // buffer stays live until that node; kNoValue for the rest. Empty: none.
+  std::vector<ValueId> read_until;
 };
 absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& options = {});
 
@@ -285,6 +292,21 @@ std::vector<ValueId> AbsorbedChannelSums(const Graph& graph);
 // kernel. Per node, that gradient, or kNoValue. The loss's buffer lives to
 // the end of the step as an output, so the later write is safe.
 std::vector<ValueId> AbsorbedLosses(const Graph& graph);
+
+// Convolutions a later convolution computes too, a few channels at a time
+// through per-thread scratch, so that the tensor between them (an inverted
+// residual block's expanded activations, or their gradient) never reaches
+// memory (ops::parts::ExpandDepthwiseFast, DepthwiseExpandGradFast):
+//  - a pointwise ReLU/ReLU6 conv2d_activation whose output only a depthwise
+//    conv2d_activation reads (besides its absorbed activation_mask), and
+//  - a depthwise conv2d_backward_input whose dx only a pointwise
+//    conv2d_backward_input reads (besides its absorbed bias gradient),
+// on planes of 32×32 and larger: smaller ones ran slower this way (their
+// tensors fit in cache anyway). Per node, the convolution that computes it,
+// or kNoValue. Compile() skips such a node's instruction, keeps its operands
+// live until the later node (ArenaOptions::read_until) and gives its output
+// no buffer.
+std::vector<ValueId> AbsorbedProducers(const Graph& graph);
 
 // Values computable once at compile time: kFill, parameters no update node
 // writes (weights and buffers; never optimizer state), and nodes whose inputs

@@ -6,6 +6,7 @@
 #include <new>
 
 #include "engine/base/status_matchers.h"
+#include "engine/kernels/isa.h"
 #include "engine/models/mlp.h"
 #include "engine/ops/op_registry.h"
 #include "engine/train/trainer.h"
@@ -362,6 +363,177 @@ TEST(Executable, InputGradientsSumTheirChannels) {
     args.scratch = scratch.data();
     def.fast(args);
     EXPECT_EQ(std::vector<float>(dbv.f32(), dbv.f32() + c.channels), want);
+  }
+}
+
+// Fills every f32 input of `exe` with a deterministic pattern, and every i32
+// one (masks) with random-looking bits.
+void FillInputs(const Graph& g, Executable* exe) {
+  for (const Node& node : g.nodes()) {
+    if (node.op != OpKind::kInput) continue;
+    absl::StatusOr<TensorView> v = exe->Input(node.name);
+    ASSERT_TRUE(v.ok());
+    for (int64_t i = 0; i < v->num_elements(); ++i) {
+      if (node.type.dtype == DType::kI32) {
+        v->i32()[i] = static_cast<int32_t>(0x5a3c96e1u * static_cast<uint32_t>(i + 1));
+      } else {
+        v->f32()[i] = 0.011f * static_cast<float>(i % 89) - 0.45f;
+      }
+    }
+  }
+}
+
+// Parameters named "w…" and "b…" of `g`, deterministic.
+ParameterStore PatternParameters(const Graph& g) {
+  ParameterStore params;
+  for (const Node& node : g.nodes()) {
+    if (node.op != OpKind::kParameter) continue;
+    std::vector<float> v(NumElements(node.type.shape));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = 0.05f * static_cast<float>(i % 13) - 0.3f;
+    absl::StatusOr<Tensor> t = Tensor::FromF32(node.type.shape, v);
+    EXPECT_TRUE(t.ok());
+    EXPECT_TRUE(params.Set(node.name, *t).ok());
+  }
+  return params;
+}
+
+// `g`'s outputs after one run on 2 threads, each as floats (masks' words
+// converted exactly).
+std::vector<std::vector<float>> RunOutputs(const Graph& g, bool reference) {
+  std::vector<std::vector<float>> out;
+  ParameterStore params = PatternParameters(g);
+  CompileOptions options;
+  options.use_reference_kernels = reference;
+  options.threads = 2;
+  absl::StatusOr<std::unique_ptr<Executable>> exe = Executable::Compile(g, &params, options);
+  EXPECT_TRUE(exe.ok()) << exe.status();
+  if (!exe.ok()) return out;
+  FillInputs(g, exe->get());
+  EXPECT_TRUE((*exe)->Run().ok());
+  for (ValueId o : g.outputs()) {
+    absl::StatusOr<TensorView> v = (*exe)->Output(o);
+    EXPECT_TRUE(v.ok());
+    if (!v.ok()) return out;
+    out.emplace_back();
+    for (int64_t i = 0; i < v->num_elements(); ++i) {
+      out.back().push_back(v->dtype == DType::kI32 ? static_cast<float>(v->i32()[i]) : v->f32()[i]);
+    }
+  }
+  return out;
+}
+
+// Outputs `which` of got and want within tol of the largest of want's.
+void ExpectNear(const std::vector<std::vector<float>>& got,
+                const std::vector<std::vector<float>>& want, std::vector<int> which, float tol) {
+  ASSERT_EQ(got.size(), want.size());
+  for (int o : which) {
+    float scale = 0.0f;
+    for (float w : want[o]) scale = std::max(scale, std::abs(w));
+    ASSERT_EQ(got[o].size(), want[o].size());
+    for (size_t i = 0; i < got[o].size(); ++i) {
+      ASSERT_NEAR(got[o][i], want[o][i], tol * scale) << "output " << o << " element " << i;
+    }
+  }
+}
+
+// An inverted residual block's expand layer computed by its depthwise layer
+// (AbsorbedProducers), 12 channels at a time: 20 channels leave a block of
+// 8; both masks absorbed; the expanded tensor gets no buffer. Planes of
+// 16×16 keep both nodes.
+TEST(Executable, DepthwiseConvolutionsComputeTheirExpandLayer) {
+  for (int64_t side : {32, 16}) {
+    SCOPED_TRACE(side);
+    Graph g;
+    ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {2, 6, side, side}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w1, g.AddParameter("w1", {DType::kF32, {20, 6, 1, 1}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b1, g.AddParameter("b1", {DType::kF32, {20}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w2, g.AddParameter("w2", {DType::kF32, {20, 1, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b2, g.AddParameter("b2", {DType::kF32, {20}}));
+    ASSERT_OK_AND_ASSIGN(ValueId a,
+                         g.AddNode(OpKind::kConv2dActivation, {x, w1, b1},
+                                   FusedConvAttrs{Conv2dAttrs{}, FusedActivationFn::kRelu6}));
+    ASSERT_OK_AND_ASSIGN(ValueId ma, g.AddNode(OpKind::kActivationMask, {a}, ScalarAttrs{6.0f}));
+    ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kConv2dActivation, {a, w2, b2},
+                                              FusedConvAttrs{Conv2dAttrs{2, 2, 1, 1, 1, 1, 20},
+                                                             FusedActivationFn::kRelu6}));
+    ASSERT_OK_AND_ASSIGN(ValueId my, g.AddNode(OpKind::kActivationMask, {y}, ScalarAttrs{6.0f}));
+    g.MarkOutput(y);
+    g.MarkOutput(ma);
+    g.MarkOutput(my);
+    EXPECT_EQ(AbsorbedProducers(g)[a], side == 32 ? y : kNoValue);
+    const std::vector<std::vector<float>> fused = RunOutputs(g, false);
+    // Against the reference kernels: y within rounding (masks may differ
+    // where rounding crosses 0 or 6).
+    ExpectNear(fused, RunOutputs(g, true), {0}, 1e-5f);
+    // Against the two nodes run apart (the expanded tensor made an output):
+    // the same kernels per plane, so the same bits, masks included, where the
+    // pointwise part takes the direct kernel (AVX-512).
+    Graph apart = g;
+    apart.MarkOutput(a);
+    EXPECT_EQ(AbsorbedProducers(apart)[a], kNoValue);
+    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
+    separate.pop_back();
+    if (kernels::BestHostIsa() == kernels::Isa::kAvx512) {
+      EXPECT_EQ(fused, separate);
+    } else {
+      ExpectNear(fused, separate, {0}, 1e-5f);
+    }
+  }
+}
+
+// The expand layer's input gradient computing the depthwise layer's it reads
+// (AbsorbedProducers): masked and unmasked, both bias gradients absorbed,
+// 20 channels in blocks of 12 and 8.
+TEST(Executable, ExpandInputGradientsComputeTheDepthwiseOne) {
+  for (bool masked : {true, false}) {
+    SCOPED_TRACE(masked ? "masked" : "unmasked");
+    Graph g;
+    const Shape between{2, 20, 32, 32}, dx_shape{2, 6, 32, 32};
+    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, {2, 20, 16, 16}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w_dw, g.AddParameter("w_dw", {DType::kF32, {20, 1, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w_e, g.AddParameter("w_e", {DType::kF32, {20, 6, 1, 1}}));
+    std::vector<ValueId> dw_in = {dy, w_dw};
+    if (masked) {
+      ASSERT_OK_AND_ASSIGN(ValueId m, g.AddInput("m", {DType::kI32, {2 * 20 * 32 * 32 / 32}}));
+      dw_in.push_back(m);
+    }
+    ASSERT_OK_AND_ASSIGN(ValueId dxe,
+                         g.AddNode(OpKind::kConv2dBackwardInput, dw_in,
+                                   Conv2dGradAttrs{Conv2dAttrs{2, 2, 1, 1, 1, 1, 20}, between}));
+    ASSERT_OK_AND_ASSIGN(ValueId db_dw,
+                         g.AddNode(OpKind::kReduceSum, {dxe}, ReduceAttrs{{0, 2, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId dx, g.AddNode(OpKind::kConv2dBackwardInput, {dxe, w_e},
+                                               Conv2dGradAttrs{Conv2dAttrs{}, dx_shape}));
+    ASSERT_OK_AND_ASSIGN(ValueId db_e, g.AddNode(OpKind::kReduceSum, {dx}, ReduceAttrs{{0, 2, 3}}));
+    g.MarkOutput(dx);
+    g.MarkOutput(db_dw);
+    g.MarkOutput(db_e);
+    EXPECT_EQ(AbsorbedProducers(g)[dxe], dx);
+    const std::vector<std::vector<float>> fused = RunOutputs(g, false);
+    ExpectNear(fused, RunOutputs(g, true), {0, 1, 2}, 1e-5f);
+    // Apart, the depthwise gradient and its channel sums are the same bits;
+    // the expand layer's gradient sums the channels in blocks, not in one GEMM.
+    Graph apart = g;
+    apart.MarkOutput(dxe);
+    EXPECT_EQ(AbsorbedProducers(apart)[dxe], kNoValue);
+    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
+    separate.pop_back();
+    EXPECT_EQ(fused[1], separate[1]);
+    ExpectNear(fused, separate, {0, 2}, 1e-6f);
+
+    // No buffer for the gradient between them; the depthwise operands live
+    // until the expand layer's node.
+    ArenaOptions options;
+    options.written_by = std::vector<ValueId>(g.num_nodes(), kNoValue);
+    options.outside_arena = std::vector<bool>(g.num_nodes(), false);
+    options.outside_arena[dxe] = true;
+    options.read_until = std::vector<ValueId>(g.num_nodes(), kNoValue);
+    options.read_until[dy] = dx;
+    ASSERT_OK_AND_ASSIGN(ArenaLayout layout, PlanArena(g, options));
+    EXPECT_EQ(std::count(layout.values.begin(), layout.values.end(), dxe), 0);
+    options.read_until[dy] = dy;
+    EXPECT_THAT(PlanArena(g, options).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not later")));
   }
 }
 
