@@ -716,8 +716,10 @@ float UpperOf(FusedActivationFn act) {
 
 // The fused convolutions' blocks: channels of the tensor between the two
 // convolutions per block, and per-thread scratch slots of that many planes
-// (threads past the slots idle).
-constexpr int64_t kFusedRows = 12;
+// (threads past the slots idle). 48 channels of MobileNetV2's 64×64 and
+// 32×32 planes ran its fused nodes 0.25 ms a step faster than 12 (fewer
+// calls into the two kernels), for 2.4 MB more scratch.
+constexpr int64_t kFusedRows = 48;
 constexpr int64_t kFusedSlots = 4;
 
 // Runs fn(slot, item) for items [0, items) on min(kFusedSlots, threads)

@@ -437,24 +437,23 @@ void ExpectNear(const std::vector<std::vector<float>>& got,
 }
 
 // An inverted residual block's expand layer computed by its depthwise layer
-// (AbsorbedProducers), 12 channels at a time: 20 channels leave a block of
-// 8; both masks absorbed; the expanded tensor gets no buffer. Planes of
-// 16×16 keep both nodes.
+// (AbsorbedProducers), 48 channels at a time: 60 channels leave a block of
+// 12; both masks absorbed. Planes of 16×16 keep both nodes.
 TEST(Executable, DepthwiseConvolutionsComputeTheirExpandLayer) {
   for (int64_t side : {32, 16}) {
     SCOPED_TRACE(side);
     Graph g;
     ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {2, 6, side, side}}));
-    ASSERT_OK_AND_ASSIGN(ValueId w1, g.AddParameter("w1", {DType::kF32, {20, 6, 1, 1}}));
-    ASSERT_OK_AND_ASSIGN(ValueId b1, g.AddParameter("b1", {DType::kF32, {20}}));
-    ASSERT_OK_AND_ASSIGN(ValueId w2, g.AddParameter("w2", {DType::kF32, {20, 1, 3, 3}}));
-    ASSERT_OK_AND_ASSIGN(ValueId b2, g.AddParameter("b2", {DType::kF32, {20}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w1, g.AddParameter("w1", {DType::kF32, {60, 6, 1, 1}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b1, g.AddParameter("b1", {DType::kF32, {60}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w2, g.AddParameter("w2", {DType::kF32, {60, 1, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b2, g.AddParameter("b2", {DType::kF32, {60}}));
     ASSERT_OK_AND_ASSIGN(ValueId a,
                          g.AddNode(OpKind::kConv2dActivation, {x, w1, b1},
                                    FusedConvAttrs{Conv2dAttrs{}, FusedActivationFn::kRelu6}));
     ASSERT_OK_AND_ASSIGN(ValueId ma, g.AddNode(OpKind::kActivationMask, {a}, ScalarAttrs{6.0f}));
     ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kConv2dActivation, {a, w2, b2},
-                                              FusedConvAttrs{Conv2dAttrs{2, 2, 1, 1, 1, 1, 20},
+                                              FusedConvAttrs{Conv2dAttrs{2, 2, 1, 1, 1, 1, 60},
                                                              FusedActivationFn::kRelu6}));
     ASSERT_OK_AND_ASSIGN(ValueId my, g.AddNode(OpKind::kActivationMask, {y}, ScalarAttrs{6.0f}));
     g.MarkOutput(y);
@@ -483,23 +482,23 @@ TEST(Executable, DepthwiseConvolutionsComputeTheirExpandLayer) {
 
 // The expand layer's input gradient computing the depthwise layer's it reads
 // (AbsorbedProducers): masked and unmasked, both bias gradients absorbed,
-// 20 channels in blocks of 12 and 8.
+// 60 channels in blocks of 48 and 12.
 TEST(Executable, ExpandInputGradientsComputeTheDepthwiseOne) {
   for (bool masked : {true, false}) {
     SCOPED_TRACE(masked ? "masked" : "unmasked");
     Graph g;
-    const Shape between{2, 20, 32, 32}, dx_shape{2, 6, 32, 32};
-    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, {2, 20, 16, 16}}));
-    ASSERT_OK_AND_ASSIGN(ValueId w_dw, g.AddParameter("w_dw", {DType::kF32, {20, 1, 3, 3}}));
-    ASSERT_OK_AND_ASSIGN(ValueId w_e, g.AddParameter("w_e", {DType::kF32, {20, 6, 1, 1}}));
+    const Shape between{2, 60, 32, 32}, dx_shape{2, 6, 32, 32};
+    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, {2, 60, 16, 16}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w_dw, g.AddParameter("w_dw", {DType::kF32, {60, 1, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w_e, g.AddParameter("w_e", {DType::kF32, {60, 6, 1, 1}}));
     std::vector<ValueId> dw_in = {dy, w_dw};
     if (masked) {
-      ASSERT_OK_AND_ASSIGN(ValueId m, g.AddInput("m", {DType::kI32, {2 * 20 * 32 * 32 / 32}}));
+      ASSERT_OK_AND_ASSIGN(ValueId m, g.AddInput("m", {DType::kI32, {2 * 60 * 32 * 32 / 32}}));
       dw_in.push_back(m);
     }
     ASSERT_OK_AND_ASSIGN(ValueId dxe,
                          g.AddNode(OpKind::kConv2dBackwardInput, dw_in,
-                                   Conv2dGradAttrs{Conv2dAttrs{2, 2, 1, 1, 1, 1, 20}, between}));
+                                   Conv2dGradAttrs{Conv2dAttrs{2, 2, 1, 1, 1, 1, 60}, between}));
     ASSERT_OK_AND_ASSIGN(ValueId db_dw,
                          g.AddNode(OpKind::kReduceSum, {dxe}, ReduceAttrs{{0, 2, 3}}));
     ASSERT_OK_AND_ASSIGN(ValueId dx, g.AddNode(OpKind::kConv2dBackwardInput, {dxe, w_e},
