@@ -724,6 +724,23 @@ constexpr int64_t kFusedSlots = 4;
 
 // Runs fn(slot, item) for items [0, items) on min(kFusedSlots, threads)
 // threads, each with a slot of its own, items round robin.
+// Where DepthwiseExpandGradFast's slots start in scratch: past the plane
+// sums of both input gradients (n samples of k and c channels; the expand
+// layer's first, where BackwardInputFast keeps them: a pointwise convolution
+// has no columns), 64-byte aligned.
+size_t GradSlotsOffset(int64_t n, int64_t k, int64_t c) {
+  return (static_cast<size_t>(n * (k + c)) * sizeof(double) + 63) / 64 * 64;
+}
+
+// A block of `rows` channels of one sample of depthwise convolution g (the
+// caller offsets the operands to the block's first channel).
+kernels::DepthwiseGeometry BlockOfChannels(const Geometry& g, int64_t rows) {
+  kernels::DepthwiseGeometry block = Depthwise(g);
+  block.n = 1;
+  block.c = rows;
+  return block;
+}
+
 template <typename Fn>
 void ForEachItemWithSlot(int64_t items, const Fn& fn) {
   const int64_t slots = std::min<int64_t>(kFusedSlots, kernels::MaxThreads());
@@ -741,10 +758,7 @@ size_t parts::FusedConvolutionScratchBytes(OpKind later, const Shape& between,
   const size_t slots =
       static_cast<size_t>(kFusedSlots * kFusedRows * between[2] * between[3]) * sizeof(float);
   if (later == OpKind::kConv2dActivation) return slots;
-  // Plane sums of both input gradients (the later's where BackwardInputFast
-  // keeps them: a pointwise convolution has no columns), then the slots.
-  const size_t sums = static_cast<size_t>(later_output[0] * (later_output[1] + between[1]));
-  return (sums * sizeof(double) + 63) / 64 * 64 + slots;
+  return GradSlotsOffset(later_output[0], later_output[1], between[1]) + slots;
 }
 
 void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& depthwise) {
@@ -779,14 +793,13 @@ void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& dept
     } else {
       kernels::Sgemm(false, false, rows, plane, k, 1.0f, w1 + r0 * k, k, xn, plane, 0.0f, slot,
                      plane);
-      for (int64_t r = 0; r < rows; ++r) {
-        if (bias != nullptr) AddScalar(bias[r], slot + r * plane, plane);
+      if (bias != nullptr) {
+        for (int64_t r = 0; r < rows; ++r) AddScalar(bias[r], slot + r * plane, plane);
       }
       epilogue.fn(epilogue.ctx, slot, rows * plane);
     }
-    const kernels::DepthwiseGeometry dg{1,     rows,  gd.h,  gd.w,  1,     gd.kh, gd.kw, gd.ho,
-                                        gd.wo, gd.sh, gd.sw, gd.ph, gd.pw, gd.dh, gd.dw};
-    kernels::F32DepthwiseConv(dg, slot, w2 + r0 * taps, b2 != nullptr ? b2 + r0 : nullptr,
+    kernels::F32DepthwiseConv(BlockOfChannels(gd, rows), slot, w2 + r0 * taps,
+                              b2 != nullptr ? b2 + r0 : nullptr,
                               y + (n * gd.o + r0) * gd.out_plane(), dw_epilogue);
   });
 }
@@ -806,9 +819,8 @@ void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArg
   // them), the depthwise layer's, then the slots.
   double* sums_e = reinterpret_cast<double*>(expand.scratch);
   double* sums_dw = sums_e + ge.n * k;
-  float* slots = reinterpret_cast<float*>(
-      reinterpret_cast<char*>(expand.scratch) +
-      (static_cast<size_t>(ge.n * (k + c)) * sizeof(double) + 63) / 64 * 64);
+  float* slots = reinterpret_cast<float*>(reinterpret_cast<char*>(expand.scratch) +
+                                          GradSlotsOffset(ge.n, k, c));
   const DxEpilogue e_epilogue{dx, expand.num_inputs == 3 ? expand.in(2).i32() : nullptr, plane,
                               expand.channel_sums != nullptr ? sums_e : nullptr};
   const int64_t blocks = (c + kFusedRows - 1) / kFusedRows;
@@ -823,10 +835,9 @@ void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArg
       const DxEpilogue dw_epilogue{slot, mask_dw, plane,
                                    depthwise.channel_sums != nullptr ? sums_dw : nullptr,
                                    (n * c + r0) * plane};
-      const kernels::DepthwiseGeometry dg{1,     rows,  gd.h,  gd.w,  1,     gd.kh, gd.kw, gd.ho,
-                                          gd.wo, gd.sh, gd.sw, gd.ph, gd.pw, gd.dh, gd.dw};
-      kernels::F32DepthwiseConvBackwardInput(dg, dy + (n * c + r0) * gd.out_plane(),
-                                             w_dw + r0 * taps, slot, {DxBlock, &dw_epilogue});
+      kernels::F32DepthwiseConvBackwardInput(BlockOfChannels(gd, rows),
+                                             dy + (n * c + r0) * gd.out_plane(), w_dw + r0 * taps,
+                                             slot, {DxBlock, &dw_epilogue});
       // dX [k, plane] += Wᵀ [k, rows] · slot [rows, plane]
       kernels::Sgemm(true, false, k, plane, rows, 1.0f, w_e + r0 * k, k, slot, plane,
                      b == 0 ? 0.0f : 1.0f, dxn, plane);
@@ -845,9 +856,7 @@ void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn 
     FastWithEpilogue(conv_args, parts::ActivationEpilogue(&act));
     return;
   }
-  const ActivateAndPack ctx{
-      act, act == FusedActivationFn::kRelu6 ? 6.0f : std::numeric_limits<float>::infinity(),
-      conv_args.output.f32(), mask};
+  const ActivateAndPack ctx{act, UpperOf(act), conv_args.output.f32(), mask};
   FastWithEpilogue(conv_args, {ActivateAndPackBlock, &ctx});
 }
 
