@@ -41,17 +41,68 @@ FLEETTUNE_VEC_INLINE float ExpShiftedSumV(const float* x, int64_t n, float shift
   return sum;
 }
 
-float Generic(const float* x, int64_t n, float shift, float* y) {
-  return ExpShiftedSumV<F32x4>(x, n, shift, y);
+// max_j x[j] with four independent vector maxima (a serial chain waits out
+// the compare's latency at every vector); n >= 1.
+template <typename V>
+FLEETTUNE_VEC_INLINE float MaxV(const float* x, int64_t n) {
+  constexpr int64_t kWidth = sizeof(V) / sizeof(float);
+  float m = x[0];
+  int64_t j = 0;
+  if (n >= 4 * kWidth) {
+    V a[4];
+    for (int q = 0; q < 4; ++q) __builtin_memcpy(&a[q], x + q * kWidth, sizeof(V));
+    for (j = 4 * kWidth; j + 4 * kWidth <= n; j += 4 * kWidth) {
+      for (int q = 0; q < 4; ++q) {
+        V v;
+        __builtin_memcpy(&v, x + j + q * kWidth, sizeof v);
+        a[q] = a[q] < v ? v : a[q];
+      }
+    }
+    a[0] = a[0] < a[1] ? a[1] : a[0];
+    a[2] = a[2] < a[3] ? a[3] : a[2];
+    a[0] = a[0] < a[2] ? a[2] : a[0];
+    for (int64_t l = 0; l < kWidth; ++l) m = m < a[0][l] ? a[0][l] : m;
+  }
+  for (; j < n; ++j) m = m < x[j] ? x[j] : m;
+  return m;
 }
+
+template <typename V>
+FLEETTUNE_VEC_INLINE SoftmaxRowStats ScaledSoftmaxRowV(const float* x, int64_t n, float scale,
+                                                       float* y) {
+  constexpr int64_t kWidth = sizeof(V) / sizeof(float);
+  const float m = MaxV<V>(x, n);
+  const float sum = ExpShiftedSumV<V>(x, n, m, y);
+  const float factor = scale / sum;
+  const V f = Splat<V>(factor);
+  int64_t j = 0;
+  for (; j + kWidth <= n; j += kWidth) {
+    V v;
+    __builtin_memcpy(&v, y + j, sizeof v);
+    v *= f;
+    __builtin_memcpy(y + j, &v, sizeof v);
+  }
+  for (; j < n; ++j) y[j] *= factor;
+  return {m, sum};
+}
+
+// Each function at every level: generic (4 lanes), AVX2 + FMA (8), AVX-512 (16).
+#define FLEETTUNE_EXP_SUM_LEVEL(suffix, target, V)                                        \
+  target float ExpShiftedSum##suffix(const float* x, int64_t n, float shift, float* y) {  \
+    return ExpShiftedSumV<V>(x, n, shift, y);                                             \
+  }                                                                                       \
+  target float RowMax##suffix(const float* x, int64_t n) { return MaxV<V>(x, n); }        \
+  target SoftmaxRowStats ScaledSoftmaxRow##suffix(const float* x, int64_t n, float scale, \
+                                                  float* y) {                             \
+    return ScaledSoftmaxRowV<V>(x, n, scale, y);                                          \
+  }
+
+FLEETTUNE_EXP_SUM_LEVEL(Generic, , F32x4)
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float Avx2(const float* x, int64_t n, float shift, float* y) {
-  return ExpShiftedSumV<F32x8>(x, n, shift, y);
-}
-__attribute__((target("avx512f"))) float Avx512(const float* x, int64_t n, float shift, float* y) {
-  return ExpShiftedSumV<F32x16>(x, n, shift, y);
-}
+FLEETTUNE_EXP_SUM_LEVEL(Avx2, __attribute__((target("avx2,fma"))), F32x8)
+FLEETTUNE_EXP_SUM_LEVEL(Avx512, __attribute__((target("avx512f"))), F32x16)
 #endif
+#undef FLEETTUNE_EXP_SUM_LEVEL
 
 }  // namespace
 
@@ -59,14 +110,42 @@ float ExpShiftedSum(const float* x, int64_t n, float shift, float* y) {
 #if defined(__x86_64__)
   switch (KernelIsa()) {
     case Isa::kAvx512:
-      return Avx512(x, n, shift, y);
+      return ExpShiftedSumAvx512(x, n, shift, y);
     case Isa::kAvx2:
-      return Avx2(x, n, shift, y);
+      return ExpShiftedSumAvx2(x, n, shift, y);
     case Isa::kGeneric:
       break;
   }
 #endif
-  return Generic(x, n, shift, y);
+  return ExpShiftedSumGeneric(x, n, shift, y);
+}
+
+float RowMax(const float* x, int64_t n) {
+#if defined(__x86_64__)
+  switch (KernelIsa()) {
+    case Isa::kAvx512:
+      return RowMaxAvx512(x, n);
+    case Isa::kAvx2:
+      return RowMaxAvx2(x, n);
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  return RowMaxGeneric(x, n);
+}
+
+SoftmaxRowStats ScaledSoftmaxRow(const float* x, int64_t n, float scale, float* y) {
+#if defined(__x86_64__)
+  switch (KernelIsa()) {
+    case Isa::kAvx512:
+      return ScaledSoftmaxRowAvx512(x, n, scale, y);
+    case Isa::kAvx2:
+      return ScaledSoftmaxRowAvx2(x, n, scale, y);
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  return ScaledSoftmaxRowGeneric(x, n, scale, y);
 }
 
 }  // namespace fleettune::engine::kernels

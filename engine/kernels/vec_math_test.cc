@@ -5,6 +5,8 @@
 #include <limits>
 #include <vector>
 
+#include "engine/kernels/exp_sum.h"
+#include "engine/kernels/isa.h"
 #include "engine/kernels/vec.h"
 #include "gtest/gtest.h"
 
@@ -64,6 +66,38 @@ TEST(Vec, MaxF32FindsTheMaximumAtEveryPositionAndLength) {
   EXPECT_EQ(MaxF32(x.data(), 33), -inf);
   x[32] = inf;
   EXPECT_EQ(MaxF32(x.data(), 33), inf);
+}
+
+// A scaled softmax row at every kernel ISA this host runs, in place and not,
+// against a double-precision one: every length through four vector blocks of
+// the widest ISA and a tail, the maximum at every position (it must be found
+// exactly, or e^(x − m) could overflow), all values negative.
+TEST(VecMath, ScaledSoftmaxRowMatchesDoublePrecision) {
+  for (Isa isa : {Isa::kGeneric, Isa::kAvx2, Isa::kAvx512}) {
+    if (!HostSupports(isa)) continue;
+    SCOPED_TRACE(IsaName(isa));
+    SetKernelIsa(isa);
+    for (int64_t n = 1; n <= 70; ++n) {
+      for (int64_t at = 0; at < n; at += 1 + n / 8) {
+        std::vector<float> x(n);
+        for (int64_t i = 0; i < n; ++i) x[i] = -30.0f - static_cast<float>((i * 37) % 11);
+        x[at] = -20.0f;
+        double sum = 0.0;
+        for (float v : x) sum += std::exp(static_cast<double>(v) + 20.0);
+        std::vector<float> y(n), in_place = x;
+        const SoftmaxRowStats stats = ScaledSoftmaxRow(x.data(), n, 0.25f, y.data());
+        ScaledSoftmaxRow(in_place.data(), n, 0.25f, in_place.data());
+        ASSERT_EQ(stats.max, -20.0f) << "n " << n << " at " << at;
+        EXPECT_NEAR(stats.sum, sum, 1e-6 * sum);
+        for (int64_t i = 0; i < n; ++i) {
+          const double want = 0.25 * std::exp(static_cast<double>(x[i]) + 20.0) / sum;
+          ASSERT_NEAR(y[i], want, 1e-6 * want + 1e-30) << "n " << n << " i " << i;
+          ASSERT_EQ(in_place[i], y[i]) << "n " << n << " i " << i;
+        }
+      }
+    }
+  }
+  SetKernelIsa(Isa::kGeneric);
 }
 
 }  // namespace

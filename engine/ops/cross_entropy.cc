@@ -11,8 +11,6 @@
 #include "engine/base/status_macros.h"
 #include "engine/kernels/exp_sum.h"
 #include "engine/kernels/parallel.h"
-#include "engine/kernels/vec.h"
-#include "engine/kernels/vec_math.h"
 #include "engine/ops/op_registry.h"
 #include "engine/ops/op_util.h"
 
@@ -81,12 +79,13 @@ void Kernel(const KernelArgs& args) {
 // are [B·T, vocab]: millions of exps per step, which libm's scalar exp made a
 // third of a Llama step.
 
-// Row maximum and log Σ exp(z − max), vectorized; with `exps`, the
-// exponentials are also stored there (c floats).
-void FastRowStats(const float* z, int64_t c, float* exps, float* max_out, float* log_sum_out) {
-  const float m = kernels::MaxF32(z, c);
+// Row maximum and log Σ exp(z − max), vectorized: the statistics
+// kernels::ScaledSoftmaxRow returns to the gradient, so that an absorbed
+// loss has these bits.
+void FastRowStats(const float* z, int64_t c, float* max_out, float* log_sum_out) {
+  const float m = kernels::RowMax(z, c);
   *max_out = m;
-  *log_sum_out = std::log(kernels::ExpShiftedSum(z, c, m, exps));
+  *log_sum_out = std::log(kernels::ExpShiftedSum(z, c, m, nullptr));
 }
 
 // Per-row losses go to scratch (one double per row), then one ordered sum:
@@ -116,7 +115,7 @@ void FastKernel(const KernelArgs& args) {
       row_loss[i] = 0.0;
       if (!Counted(labels[i], c, ignore)) continue;
       float m, log_sum;
-      FastRowStats(z + i * c, c, nullptr, &m, &log_sum);
+      FastRowStats(z + i * c, c, &m, &log_sum);
       row_loss[i] = static_cast<double>(m) + log_sum - z[i * c + labels[i]];
     }
   });
@@ -214,12 +213,11 @@ void FastGradKernel(const KernelArgs& args) {
       }
       // Read before the row's exps overwrite it (dz may be z).
       const float z_label = z[i * c + labels[i]];
-      // The row's exps land in dz itself, then scale to softmax · scale.
-      float m, log_sum;
-      FastRowStats(z + i * c, c, row, &m, &log_sum);
-      if (row_loss != nullptr) row_loss[i] = static_cast<double>(m) + log_sum - z_label;
-      const kernels::F32x4 k = kernels::SplatF32x4(scale / std::exp(log_sum));
-      kernels::MapF32x4(row, row, c, [k](kernels::F32x4 v) { return v * k; });
+      // softmax · scale, through the row's exps in dz itself.
+      const kernels::SoftmaxRowStats stats = kernels::ScaledSoftmaxRow(z + i * c, c, scale, row);
+      if (row_loss != nullptr) {
+        row_loss[i] = static_cast<double>(stats.max) + std::log(stats.sum) - z_label;
+      }
       row[labels[i]] -= scale;
     }
   });

@@ -49,17 +49,16 @@ void SoftmaxRows(const KernelArgs& args, int64_t begin, int64_t end, bool vector
     const int64_t n = causal ? std::clamp<int64_t>(r % l + 1 + (s - l), 0, s) : s;
     std::fill(yr + n, yr + s, 0.0f);
     if (n == 0) continue;
-    float m = xr[0];
-    double sum = 0.0;
     if (vectorized) {
-      m = kernels::MaxF32(xr, n);
-      sum = kernels::ExpShiftedSum(xr, n, m, yr);
-    } else {
-      for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
-      for (int64_t j = 0; j < n; ++j) {
-        yr[j] = std::exp(xr[j] - m);
-        sum += yr[j];
-      }
+      kernels::ScaledSoftmaxRow(xr, n, 1.0f, yr);
+      continue;
+    }
+    float m = xr[0];
+    for (int64_t j = 1; j < n; ++j) m = std::max(m, xr[j]);
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      yr[j] = std::exp(xr[j] - m);
+      sum += yr[j];
     }
     const float inv = static_cast<float>(1.0 / sum);
     for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
