@@ -42,6 +42,30 @@ TEST(VecMath, ErfMatchesLibm) {
             5e-7);
 }
 
+TEST(VecMath, SinCosMatchLibm) {
+  double worst_sin = 0.0, worst_cos = 0.0;
+  for (int i = 0; i <= 400003; ++i) {
+    const float x = -8192.0f + 16384.0f * static_cast<float>(i) / 400003;
+    const F32x4 v = SplatF32x4(x);
+    F32x4 s, c;
+    SinCos(v, &s, &c);
+    worst_sin = std::max(worst_sin, std::abs(s[0] - std::sin(static_cast<double>(x))));
+    worst_cos = std::max(worst_cos, std::abs(c[0] - std::cos(static_cast<double>(x))));
+  }
+  // Quadrant edges, both signs.
+  for (int q = -8; q <= 8; ++q) {
+    for (float d : {-1e-4f, 0.0f, 1e-4f}) {
+      const float x = static_cast<float>(q) * 1.5707963267948966f + d;
+      F32x4 s, c;
+      SinCos(SplatF32x4(x), &s, &c);
+      worst_sin = std::max(worst_sin, std::abs(s[0] - std::sin(static_cast<double>(x))));
+      worst_cos = std::max(worst_cos, std::abs(c[0] - std::cos(static_cast<double>(x))));
+    }
+  }
+  EXPECT_LT(worst_sin, 3e-7);
+  EXPECT_LT(worst_cos, 3e-7);
+}
+
 TEST(VecMath, MapHandlesTailsAndInPlace) {
   std::vector<float> x = {0.0f, 1.0f, -1.0f, 2.0f, 0.5f, -3.0f, 4.0f};
   MapF32x4(x.data(), x.data(), static_cast<int64_t>(x.size()), ExpF32x4);

@@ -157,6 +157,20 @@ TEST(FastKernels, CrossEntropyOverAWideVocabulary) {
   }
 }
 
+// Rotary embeddings at Llama's head size over a long sequence (positions up
+// to 4095, so that the table's angles need the full range reduction), both
+// directions, with a head size whose half is not a whole number of vectors.
+TEST(FastKernels, RopeOverALongSequence) {
+  for (bool inverse : {false, true}) {
+    Case c{OpKind::kRope, {F32({2, 3, 512, 64}), {DType::kI32, {512}}},
+           RopeAttrs{10000.0f, inverse}};
+    c.int_upper = 4096;
+    ExpectFastMatchesReference(c, 2e-6f);
+    c.inputs = {F32({3, 40, 12}), {DType::kI32, {40}}};
+    ExpectFastMatchesReference(c, 2e-6f);
+  }
+}
+
 // Matmuls with attention's transposes and scale folded in (fold_matmul.h):
 // interleaved operands and outputs, alpha, broadcast batch dimensions.
 TEST(FastKernels, FoldedMatMulLayouts) {
