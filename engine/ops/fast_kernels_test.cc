@@ -162,8 +162,8 @@ TEST(FastKernels, CrossEntropyOverAWideVocabulary) {
 // directions, with a head size whose half is not a whole number of vectors.
 TEST(FastKernels, RopeOverALongSequence) {
   for (bool inverse : {false, true}) {
-    Case c{OpKind::kRope, {F32({2, 3, 512, 64}), {DType::kI32, {512}}},
-           RopeAttrs{10000.0f, inverse}};
+    Case c{
+        OpKind::kRope, {F32({2, 3, 512, 64}), {DType::kI32, {512}}}, RopeAttrs{10000.0f, inverse}};
     c.int_upper = 4096;
     ExpectFastMatchesReference(c, 2e-6f);
     c.inputs = {F32({3, 40, 12}), {DType::kI32, {40}}};
