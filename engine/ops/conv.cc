@@ -507,6 +507,27 @@ void BackwardInputFast(const KernelArgs& args) {
   if (plane_sums != nullptr) ChannelSums(g, plane_sums, args.channel_sums);
 }
 
+// A pointwise weight gradient over small planes (MobileNetV2's 8×8 and 4×4
+// ones) runs as one GEMM over the whole batch, dW = dY·Xᵀ with dY and X
+// gathered into [o, n·plane] and [c, n·plane] in scratch: its inner dimension
+// is then n·plane, where a GEMM per sample has 16 or 64 and passes over all of
+// dW once per sample.
+bool GathersWeightGradient(const Geometry& g) {
+  return g.pointwise() && g.groups == 1 && g.n > 1 && g.out_plane() >= 16 && g.out_plane() < 256;
+}
+
+// rows [channels, n·plane] from x [n, channels, plane]: each sample's planes
+// side by side, split over the team by channel.
+void GatherPlanes(const float* x, int64_t n, int64_t channels, int64_t plane, float* rows) {
+  kernels::ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t s = 0; s < n; ++s) {
+        std::copy_n(x + (s * channels + c) * plane, plane, rows + (c * n + s) * plane);
+      }
+    }
+  });
+}
+
 void BackwardWeightFast(const KernelArgs& args) {
   const auto& a = args.attrs<Conv2dGradAttrs>();
   const Geometry g = MakeGeometry(*args.in(0).shape, a.shape, a.conv);
@@ -516,6 +537,17 @@ void BackwardWeightFast(const KernelArgs& args) {
   const int64_t k = g.k(), plane = g.out_plane();
   if (g.depthwise()) {
     kernels::F32DepthwiseConvBackwardWeight(Depthwise(g), x, dy, dw);
+    return;
+  }
+  if (GathersWeightGradient(g)) {
+    const int64_t columns = g.n * plane;
+    float* dy_rows = args.scratch;
+    float* x_rows = args.scratch + g.o * columns;
+    GatherPlanes(dy, g.n, g.o, plane, dy_rows);
+    GatherPlanes(x, g.n, g.c, plane, x_rows);
+    // dW [o, c] = dY [o, n·plane] · Xᵀ [n·plane, c]
+    kernels::Sgemm(false, true, g.o, g.c, columns, 1.0f, dy_rows, columns, x_rows, columns, 0.0f,
+                   dw, g.c);
     return;
   }
   std::fill_n(dw, g.o * k, 0.0f);
@@ -545,9 +577,14 @@ size_t BackwardInputScratchBytes(const Node& node, absl::Span<const TensorType* 
   return PlaneSumsOffset(g) + static_cast<size_t>(g.n * g.c) * sizeof(double);
 }
 
+// The im2col buffer, or the gathered dY and X of GathersWeightGradient.
 size_t BackwardWeightScratchBytes(const Node& node, absl::Span<const TensorType* const> in) {
   const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
-  return ColumnBytes(MakeGeometry(in[0]->shape, a.shape, a.conv));
+  const Geometry g = MakeGeometry(in[0]->shape, a.shape, a.conv);
+  if (GathersWeightGradient(g)) {
+    return static_cast<size_t>((g.o + g.c) * g.n * g.out_plane()) * sizeof(float);
+  }
+  return ColumnBytes(g);
 }
 
 // --- gradient ------------------------------------------------------------------

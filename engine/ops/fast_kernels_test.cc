@@ -243,7 +243,9 @@ void ExpectConvolutionMatchesReference(const Conv& c) {
 }
 
 // Small ones run a sample per thread (forward, input gradient); large ones
-// and weight gradients split each GEMM over the team.
+// split each GEMM over the team. Weight gradients on planes under 16×16 (the
+// first two) gather the batch into one GEMM, the others run
+// one GEMM per sample.
 TEST(FastKernels, PointwiseConvolutionPaths) {
   const Conv2dAttrs pointwise{1, 1, 0, 0, 1, 1, 1};
   for (const Conv& c : std::vector<Conv>{
