@@ -131,9 +131,9 @@ struct Split {
 // last vector or row: the repeat computes and stores the same value to the
 // same place, and spares a remainder kernel per shape.
 template <typename V>
-FLEETTUNE_VEC_INLINE void Run(const PointwiseGeometry& g, const float* a, const float* x,
-                              const float* bias, float* y, PlaneEpilogue epilogue, int64_t begin,
-                              int64_t end) {
+FLEETTUNE_VEC_INLINE void Run(const PointwiseGeometry& g, const float* a, const float* row_scale,
+                              const float* x, const float* bias, float* y, PlaneEpilogue epilogue,
+                              int64_t begin, int64_t end) {
   constexpr int R = TileShape<V>::kRows;
   constexpr int64_t L = kLanesOf<V>;
   const Split split(g, L, R, TileShape<V>::kVectors);
@@ -150,13 +150,19 @@ FLEETTUNE_VEC_INLINE void Run(const PointwiseGeometry& g, const float* a, const 
     // read in place unless the tile runs past the last row.
     const float* rows_of_a = panel;
     int64_t panel_stride = R;
-    if (g.a_row_stride == 1 && r0 + tile_rows <= g.rows) {
+    if (g.a_row_stride == 1 && r0 + tile_rows <= g.rows && row_scale == nullptr) {
       rows_of_a = a + r0;
       panel_stride = g.a_k_stride;
     } else if (packed != r0) {
       for (int i = 0; i < R; ++i) {
-        const float* ar = a + std::min(r0 + i, g.rows - 1) * g.a_row_stride;
-        for (int64_t kk = 0; kk < g.k; ++kk) panel[kk * R + i] = ar[kk * g.a_k_stride];
+        const int64_t r = std::min(r0 + i, g.rows - 1);
+        const float* ar = a + r * g.a_row_stride;
+        if (row_scale == nullptr) {
+          for (int64_t kk = 0; kk < g.k; ++kk) panel[kk * R + i] = ar[kk * g.a_k_stride];
+        } else {
+          const float scale = row_scale[r];
+          for (int64_t kk = 0; kk < g.k; ++kk) panel[kk * R + i] = ar[kk * g.a_k_stride] * scale;
+        }
       }
       packed = r0;
     }
@@ -179,15 +185,15 @@ FLEETTUNE_VEC_INLINE void Run(const PointwiseGeometry& g, const float* a, const 
   }
 }
 
-using RunFn = void (*)(const PointwiseGeometry&, const float*, const float*, const float*, float*,
-                       PlaneEpilogue, int64_t, int64_t);
+using RunFn = void (*)(const PointwiseGeometry&, const float*, const float*, const float*,
+                       const float*, float*, PlaneEpilogue, int64_t, int64_t);
 
 // Run at every level: generic (4 lanes), AVX2 + FMA (8), AVX-512 (16).
-#define FLEETTUNE_POINTWISE_LEVEL(suffix, target, V)                                          \
-  target void Run##suffix(const PointwiseGeometry& g, const float* a, const float* x,         \
-                          const float* bias, float* y, PlaneEpilogue epilogue, int64_t begin, \
-                          int64_t end) {                                                      \
-    Run<V>(g, a, x, bias, y, epilogue, begin, end);                                           \
+#define FLEETTUNE_POINTWISE_LEVEL(suffix, target, V)                                           \
+  target void Run##suffix(const PointwiseGeometry& g, const float* a, const float* row_scale,  \
+                          const float* x, const float* bias, float* y, PlaneEpilogue epilogue, \
+                          int64_t begin, int64_t end) {                                        \
+    Run<V>(g, a, row_scale, x, bias, y, epilogue, begin, end);                                 \
   }
 
 FLEETTUNE_POINTWISE_LEVEL(Generic, , F32x4)
@@ -244,12 +250,13 @@ bool PointwiseConvApplies(const PointwiseGeometry& g) {
 }
 
 void F32PointwiseConv(const PointwiseGeometry& g, const float* a, const float* x, const float* bias,
-                      float* y, PlaneEpilogue epilogue) {
+                      float* y, PlaneEpilogue epilogue, const float* row_scale) {
   const Level level = CurrentLevel();
   const Split split(g, level.lanes, level.rows, level.vectors);
-  ParallelFor(
-      split.items(), level.rows * split.group * g.plane * g.k / 8,
-      [&](int64_t begin, int64_t end) { level.run(g, a, x, bias, y, epilogue, begin, end); });
+  ParallelFor(split.items(), level.rows * split.group * g.plane * g.k / 8,
+              [&](int64_t begin, int64_t end) {
+                level.run(g, a, row_scale, x, bias, y, epilogue, begin, end);
+              });
 }
 
 }  // namespace fleettune::engine::kernels

@@ -37,9 +37,12 @@ bool PointwiseConvApplies(const PointwiseGeometry& g);
 
 // y [n, rows, plane] from x [n, k, plane]; bias may be null (added after the
 // sum, as a GEMM's caller would). The epilogue runs on blocks of whole planes
-// of y. y must not alias x or a.
+// of y. y must not alias x or a. With row_scale (rows floats), A's row r is
+// taken times row_scale[r] as it is packed, each element rounded as
+// a·row_scale alone would be: a frozen BatchNorm's scaling of a weight
+// (runtime::AbsorbedWeightScalings) at no extra pass.
 void F32PointwiseConv(const PointwiseGeometry& g, const float* a, const float* x, const float* bias,
-                      float* y, PlaneEpilogue epilogue = {});
+                      float* y, PlaneEpilogue epilogue = {}, const float* row_scale = nullptr);
 
 }  // namespace fleettune::engine::kernels
 

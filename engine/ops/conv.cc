@@ -331,6 +331,51 @@ bool Stem(const Geometry& g) {
          g.dw == 1 && g.groups == 1 && g.ho == (g.h + 1) / 2 && g.wo == (g.w + 1) / 2;
 }
 
+// The im2col buffer of one (sample, group); none for pointwise or depthwise.
+size_t ColumnBytes(const Geometry& g) {
+  if (g.pointwise() || g.depthwise()) return 0;
+  return static_cast<size_t>(g.k() * g.out_plane()) * sizeof(float);
+}
+
+// Where the per-plane sums of absorbed channel sums start in the input
+// gradient's scratch: past the im2col buffer, 64-byte aligned.
+size_t PlaneSumsOffset(const Geometry& g) { return (ColumnBytes(g) + 63) / 64 * 64; }
+
+// The scratch a convolution's own kernel uses (the im2col buffer; for an
+// input gradient, then a double per dx plane for absorbed channel sums),
+// rounded up to 64 bytes: an absorbed weight scaling's output goes after it.
+size_t OwnScratchBytes(OpKind op, const Geometry& g) {
+  const size_t bytes = op == OpKind::kConv2dBackwardInput
+                           ? PlaneSumsOffset(g) + static_cast<size_t>(g.n * g.c) * sizeof(double)
+                           : ColumnBytes(g);
+  return (bytes + 63) / 64 * 64;
+}
+
+// The convolution's weight: its operand, or with an absorbed weight scaling
+// (parts::IsWeightScaling) W·s, which that node's fast kernel writes into the
+// scratch past the convolution's own.
+const float* WeightOf(const KernelArgs& args, OpKind op, const Geometry& g) {
+  if (!parts::IsWeightScaling(args.producer)) return args.in(1).f32();
+  KernelArgs scaling = *args.producer;
+  float* w =
+      reinterpret_cast<float*>(reinterpret_cast<char*>(args.scratch) + OwnScratchBytes(op, g));
+  scaling.output = TensorView{w, scaling.output.shape, DType::kF32};
+  GetOpDef(OpKind::kBatchNormInference).fast(scaling);
+  return w;
+}
+
+// s[o] = γ[o]/√(σ²[o] + eps) of an absorbed weight scaling (its
+// batch_norm_inference's arguments), o < channels, as that node's kernel
+// computes each channel's scale.
+void WeightScales(const KernelArgs& scaling, int64_t channels, float* s) {
+  const float* var = scaling.in(2).f32();
+  const float* gamma = scaling.in(3).f32();
+  const double eps = scaling.attrs<BatchNormAttrs>().eps;
+  for (int64_t o = 0; o < channels; ++o) {
+    s[o] = static_cast<float>(gamma[o] / std::sqrt(static_cast<double>(var[o]) + eps));
+  }
+}
+
 // The convolution, with `epilogue` called on each output plane: as soon as
 // it is written (depthwise), on a sample's planes after its GEMM, on blocks
 // of whole planes (pointwise_conv.h), or on bands of 8 rows of each plane
@@ -338,9 +383,25 @@ bool Stem(const Geometry& g) {
 void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
   const Geometry g = MakeGeometry(*args.in(0).shape, *args.in(1).shape, args.attrs<Conv2dAttrs>());
   const float* x = args.in(0).f32();
-  const float* w = args.in(1).f32();
   const float* b = args.num_inputs == 3 ? args.in(2).f32() : nullptr;
   float* y = args.output.f32();
+  const kernels::PointwiseGeometry pg{g.n, g.o, g.c, g.out_plane(), g.c, 1};
+  const bool gemm_per_sample =
+      g.pointwise() && (g.groups > 1 || !kernels::PointwiseConvApplies(pg));
+  // An absorbed weight scaling, at no pass over W: on the GEMM path (W·x)·s,
+  // s in the epilogue with the bias; on the direct one, W·s as the kernel
+  // packs W (the values the scaling node writes). Elsewhere W·s in scratch.
+  const float* scales = nullptr;
+  const float* w;
+  if (parts::IsWeightScaling(args.producer) && g.pointwise() && g.groups == 1) {
+    float* s = reinterpret_cast<float*>(reinterpret_cast<char*>(args.scratch) +
+                                        OwnScratchBytes(OpKind::kConv2d, g));
+    WeightScales(*args.producer, g.o, s);
+    scales = s;
+    w = args.producer->in(0).f32();
+  } else {
+    w = WeightOf(args, OpKind::kConv2d, g);
+  }
   if (g.depthwise()) {
     kernels::F32DepthwiseConv(Depthwise(g), x, w, b, y, epilogue);
     return;
@@ -353,13 +414,10 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
       return;
     }
   }
-  if (g.pointwise() && g.groups == 1) {
+  if (g.pointwise() && !gemm_per_sample) {
     // Y [o, plane] = W [o, c] · X [c, plane] per sample
-    const kernels::PointwiseGeometry pg{g.n, g.o, g.c, plane, g.c, 1};
-    if (kernels::PointwiseConvApplies(pg)) {
-      kernels::F32PointwiseConv(pg, w, x, b, y, epilogue);
-      return;
-    }
+    kernels::F32PointwiseConv(pg, w, x, b, y, epilogue, scales);
+    return;
   }
   ForEachSample(g, [&](int64_t n) {
     for (int64_t group = 0; group < g.groups; ++group) {
@@ -373,7 +431,7 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
       kernels::Sgemm(false, false, g.og, plane, k, 1.0f, w + group * g.og * k, k, col, plane, 0.0f,
                      y + (n * g.o + group * g.og) * plane, plane);
     }
-    if (b == nullptr && epilogue.fn == nullptr) return;
+    if (b == nullptr && scales == nullptr && epilogue.fn == nullptr) return;
     // The sample's bias and epilogue while its output (at most a few MiB) is
     // still in cache, instead of a pass to fill the whole output with the
     // bias before the GEMMs and one to activate it after. Split over the
@@ -383,7 +441,12 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
     kernels::ParallelFor(g.o, 2 * plane, [&](int64_t begin, int64_t end) {
       for (int64_t o = begin; o < end; ++o) {
         float* row = yn + o * plane;
-        if (b != nullptr) AddScalar(b[o], row, plane);
+        if (scales != nullptr) {
+          const float so = scales[o], bo = b == nullptr ? 0.0f : b[o];
+          for (int64_t i = 0; i < plane; ++i) row[i] = row[i] * so + bo;
+        } else if (b != nullptr) {
+          AddScalar(b[o], row, plane);
+        }
         if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, row, plane);
       }
     });
@@ -391,16 +454,6 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
 }
 
 void Fast(const KernelArgs& args) { FastWithEpilogue(args, {}); }
-
-// The im2col buffer of one (sample, group); none for pointwise or depthwise.
-size_t ColumnBytes(const Geometry& g) {
-  if (g.pointwise() || g.depthwise()) return 0;
-  return static_cast<size_t>(g.k() * g.out_plane()) * sizeof(float);
-}
-
-// Where the per-plane sums of absorbed channel sums start in the input
-// gradient's scratch: past the im2col buffer, 64-byte aligned.
-size_t PlaneSumsOffset(const Geometry& g) { return (ColumnBytes(g) + 63) / 64 * 64; }
 
 // What the input gradient does to each block of whole dx planes once they
 // are written: the mask of a masked input gradient, then each plane's sum
@@ -449,20 +502,39 @@ void EpilogueOnPlanes(kernels::PlaneEpilogue epilogue, float* first, int64_t pla
 void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
                                kernels::PlaneEpilogue epilogue) {
   const float* dy = args.in(0).f32();
-  const float* w = args.in(1).f32();
   float* dx = args.output.f32();
   const int64_t k = g.k(), plane = g.out_plane();
+  const kernels::PointwiseGeometry pg{g.n, g.c, g.o, plane, 1, g.c};
+  const bool gemm_per_sample =
+      g.pointwise() && (g.groups > 1 || !kernels::PointwiseConvApplies(pg));
+  // An absorbed weight scaling (W·s)ᵀ·dY = Wᵀ·(s·dY): on the GEMM path, with
+  // dY smaller than W (small planes), s·dY in scratch; elsewhere W·s.
+  const float* w;
+  if (parts::IsWeightScaling(args.producer) && gemm_per_sample && g.groups == 1 &&
+      g.n * plane < g.c) {
+    float* s = reinterpret_cast<float*>(reinterpret_cast<char*>(args.scratch) +
+                                        OwnScratchBytes(OpKind::kConv2dBackwardInput, g));
+    float* scaled = s + g.o;  // n·o·plane floats: fewer than o·(c − 1)
+    WeightScales(*args.producer, g.o, s);
+    kernels::ParallelFor(g.n * g.o, plane, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float so = s[r % g.o];
+        for (int64_t i = 0; i < plane; ++i) scaled[r * plane + i] = dy[r * plane + i] * so;
+      }
+    });
+    dy = scaled;
+    w = args.producer->in(0).f32();
+  } else {
+    w = WeightOf(args, OpKind::kConv2dBackwardInput, g);
+  }
   if (g.depthwise()) {
     kernels::F32DepthwiseConvBackwardInput(Depthwise(g), dy, w, dx, epilogue);
     return;
   }
-  if (g.pointwise() && g.groups == 1) {
+  if (g.pointwise() && !gemm_per_sample) {
     // dX [c, plane] = Wᵀ [c, o] · dY [o, plane] per sample
-    const kernels::PointwiseGeometry pg{g.n, g.c, g.o, plane, 1, g.c};
-    if (kernels::PointwiseConvApplies(pg)) {
-      kernels::F32PointwiseConv(pg, w, dy, nullptr, dx, epilogue);
-      return;
-    }
+    kernels::F32PointwiseConv(pg, w, dy, nullptr, dx, epilogue);
+    return;
   }
   if (g.pointwise()) {
     ForEachSample(g, [&](int64_t n) {
@@ -492,7 +564,9 @@ void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
 }
 
 void BackwardInputFast(const KernelArgs& args) {
-  if (args.producer != nullptr) return parts::DepthwiseExpandGradFast(*args.producer, args);
+  if (args.producer != nullptr && !parts::IsWeightScaling(args.producer)) {
+    return parts::DepthwiseExpandGradFast(*args.producer, args);
+  }
   const auto& a = args.attrs<Conv2dGradAttrs>();
   const Geometry g = MakeGeometry(a.shape, *args.in(1).shape, a.conv);
   double* plane_sums =
@@ -885,6 +959,20 @@ void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArg
   });
   if (depthwise.channel_sums != nullptr) ChannelSums(gd, sums_dw, depthwise.channel_sums);
   if (expand.channel_sums != nullptr) ChannelSums(ge, sums_e, expand.channel_sums);
+}
+
+bool parts::IsWeightScaling(const KernelArgs* producer) {
+  return producer != nullptr && producer->node->op == OpKind::kBatchNormInference;
+}
+
+size_t parts::ScaledWeightOffset(const Node& conv, absl::Span<const TensorType* const> in) {
+  if (conv.op == OpKind::kConv2dBackwardInput) {
+    const auto& a = std::get<Conv2dGradAttrs>(conv.attrs);
+    return OwnScratchBytes(conv.op, MakeGeometry(a.shape, in[1]->shape, a.conv));
+  }
+  const Conv2dAttrs& a = conv.op == OpKind::kConv2d ? std::get<Conv2dAttrs>(conv.attrs)
+                                                    : std::get<FusedConvAttrs>(conv.attrs).conv;
+  return OwnScratchBytes(OpKind::kConv2d, MakeGeometry(in[0]->shape, in[1]->shape, a));
 }
 
 void parts::Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act,

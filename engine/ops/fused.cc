@@ -104,7 +104,9 @@ void Kernel(const KernelArgs& args) {
   KernelArgs a = args;
   a.node = &inner;
   if (kFast && args.node->op == OpKind::kConv2dActivation) {
-    if (args.producer != nullptr) return parts::ExpandDepthwiseFast(*args.producer, args);
+    if (args.producer != nullptr && !parts::IsWeightScaling(args.producer)) {
+      return parts::ExpandDepthwiseFast(*args.producer, args);
+    }
     return parts::Conv2dActivationFast(a, ActOf(*args.node), args.activation_mask);
   }
   if (kFast && args.node->op == OpKind::kLinearActivation) {

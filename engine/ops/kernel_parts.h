@@ -88,6 +88,15 @@ void ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& depthwise);
 void DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand);
 size_t FusedConvolutionScratchBytes(OpKind later, const Shape& between, const Shape& later_output);
 
+// conv.cc: a pointwise convolution whose weight scaling the runtime absorbed
+// (runtime::AbsorbedWeightScalings) gets that batch_norm_inference node as
+// KernelArgs::producer (IsWeightScaling), runs its fast kernel into its own
+// scratch at ScaledWeightOffset (the bits the node would write), and reads
+// the weight from there. ScaledWeightOffset + the weight's bytes is the
+// scratch such a convolution needs.
+bool IsWeightScaling(const KernelArgs* producer);
+size_t ScaledWeightOffset(const Node& conv, absl::Span<const TensorType* const> in);
+
 // batch_norm.cc: kBatchNormInference's fast kernel for the node in `bn_args`,
 // with `act` applied to each row of a channel right after it is normalized,
 // while in cache: one pass over the tensor instead of two, the same bits.

@@ -93,6 +93,18 @@ std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
     });
     if (others_absorbed) by[id] = later;
   }
+  // Weight scalings, for convolutions not already computing (or computed by)
+  // another convolution: a pair's kernels read their weights as given.
+  std::vector<bool> paired(n, false);
+  for (ValueId id = 0; id < n; ++id) {
+    if (by[id] != kNoValue) paired[id] = paired[by[id]] = true;
+  }
+  const std::vector<ValueId> scalings = AbsorbedWeightScalings(g);
+  for (ValueId id = 0; id < n; ++id) {
+    const ValueId conv = scalings[id];
+    if (conv == kNoValue || constant[id] || constant[conv] || paired[conv]) continue;
+    by[id] = conv;
+  }
   return by;
 }
 
@@ -117,6 +129,15 @@ size_t ScratchBytesWith(const Graph& g, const std::vector<ValueId>& producers) {
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
     const ValueId later = producers[id];
     if (later == kNoValue) continue;
+    const Node& node = g.node(id);
+    if (node.op == OpKind::kReshape) continue;
+    if (node.op == OpKind::kBatchNormInference) {  // a weight scaling
+      const Node& conv = g.node(later);
+      std::vector<const TensorType*> in;
+      for (ValueId v : conv.inputs) in.push_back(&g.type(v));
+      bytes = std::max(bytes, ops::parts::ScaledWeightOffset(conv, in) + node.type.bytes());
+      continue;
+    }
     bytes = std::max(bytes, ops::parts::FusedConvolutionScratchBytes(
                                 g.node(later).op, g.type(id).shape, g.type(later).shape));
   }
@@ -402,6 +423,46 @@ std::vector<ValueId> AbsorbedProducers(const Graph& graph) {
   return by;
 }
 
+std::vector<ValueId> AbsorbedWeightScalings(const Graph& graph) {
+  const int n = graph.num_nodes();
+  std::vector<ValueId> by(n, kNoValue);
+  const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
+  auto zeros = [&](ValueId v) {
+    const Node& node = graph.node(v);
+    return node.op == OpKind::kFill && std::get<FillAttrs>(node.attrs).value == 0.0f;
+  };
+  auto only_reader = [&](ValueId v) {
+    return graph.IsOutput(v) || users[v].size() != 1 ? kNoValue : users[v][0];
+  };
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    if (node.op != OpKind::kBatchNormInference || node.inputs.size() != 5) continue;
+    if (!zeros(node.inputs[1]) || !zeros(node.inputs[4])) continue;  // W·s alone
+    const ValueId reshape = only_reader(id);
+    if (reshape == kNoValue || graph.node(reshape).op != OpKind::kReshape) continue;
+    const ValueId conv = only_reader(reshape);
+    if (conv == kNoValue) continue;
+    const Node& c = graph.node(conv);
+    const Shape& w = graph.type(reshape).shape;
+    if (c.inputs.size() < 2 || c.inputs[0] == reshape || c.inputs[1] != reshape) continue;
+    if (w.size() != 4 || w[2] != 1 || w[3] != 1) continue;
+    Conv2dAttrs conv_attrs;
+    if (c.op == OpKind::kConv2d) {
+      conv_attrs = std::get<Conv2dAttrs>(c.attrs);
+    } else if (c.op == OpKind::kConv2dActivation) {
+      conv_attrs = std::get<FusedConvAttrs>(c.attrs).conv;
+    } else if (c.op == OpKind::kConv2dBackwardInput) {
+      conv_attrs = std::get<Conv2dGradAttrs>(c.attrs).conv;
+    } else {
+      continue;
+    }
+    if (!(conv_attrs == Conv2dAttrs{})) continue;  // pointwise, one group
+    by[id] = conv;
+    by[reshape] = conv;
+  }
+  return by;
+}
+
 std::vector<bool> FindConstants(const Graph& graph) {
   const int n = graph.num_nodes();
   std::vector<bool> written(n, false);
@@ -628,7 +689,11 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
     if (!node.has_output || node.op == OpKind::kParameter || constant[id]) continue;
-    if (arena_options.outside_arena[id]) continue;  // staged, or an absorbed producer's
+    if (producers[id] != kNoValue) {  // no data: the later node computes it
+      exe->views_[id] = TensorView{nullptr, &node.type.shape, node.type.dtype};
+      continue;
+    }
+    if (arena_options.outside_arena[id]) continue;  // staged
     if (layout.parameter_view[id]) {
       exe->views_[id] =
           TensorView{exe->views_[layout.alias_of[id]].data, &node.type.shape, node.type.dtype};
@@ -718,7 +783,8 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     }
     instr.args.step = &exe->step_;
     if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
-    if (producers[id] != kNoValue) {  // the later node runs it
+    if (producers[id] != kNoValue) {              // the later node runs it
+      if (node.op == OpKind::kReshape) continue;  // after a weight scaling: nothing to run
       instr.args.output = TensorView{};
       producer_args[producers[id]] = static_cast<int>(exe->producer_args_.size());
       exe->producer_args_.push_back(instr.args);

@@ -536,6 +536,71 @@ TEST(Executable, ExpandInputGradientsComputeTheDepthwiseOne) {
   }
 }
 
+// Frozen BatchNorm scalings of pointwise weights computed by the convolution
+// reading them (AbsorbedWeightScalings), on each path: forward through a GEMM
+// per sample (s with the bias after it) and through the direct kernel (W·s as
+// it packs W, ReLU6 after), input gradients with s·dY in scratch (dY smaller
+// than W) and with W·s in scratch. Against the reference kernels and against
+// the scaling run as its own node (made an output).
+TEST(Executable, PointwiseConvolutionsScaleTheirWeights) {
+  struct Case {
+    const char* name;
+    OpKind op;
+    Shape in, w;
+    bool same_bits;  // apart: the same values scaled and summed in the same order
+  };
+  const Case cases[] = {
+      {"forward, GEMM", OpKind::kConv2d, {3, 160, 8, 8}, {40, 160, 1, 1}, false},
+      {"forward, direct", OpKind::kConv2dActivation, {3, 24, 4, 4}, {96, 24, 1, 1}, true},
+      {"input gradient, s·dY", OpKind::kConv2dBackwardInput, {4, 64, 4, 4}, {64, 80, 1, 1}, false},
+      {"input gradient, W·s", OpKind::kConv2dBackwardInput, {2, 24, 8, 8}, {24, 16, 1, 1}, true},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int64_t o = c.w[0], k = c.w[1];
+    Graph g;
+    ASSERT_OK_AND_ASSIGN(ValueId in, g.AddInput("x", {DType::kF32, c.in}));
+    ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, c.w}));
+    ASSERT_OK_AND_ASSIGN(ValueId gamma, g.AddParameter("gamma", {DType::kF32, {o}}));
+    ASSERT_OK_AND_ASSIGN(ValueId zeros, g.AddNode(OpKind::kFill, {}, FillAttrs{0.0f, {o}}));
+    ASSERT_OK_AND_ASSIGN(ValueId var, g.AddNode(OpKind::kFill, {}, FillAttrs{0.7f, {o}}));
+    ASSERT_OK_AND_ASSIGN(ValueId rows, g.AddNode(OpKind::kReshape, {w}, ShapeAttrs{{1, o, k}}));
+    ASSERT_OK_AND_ASSIGN(
+        ValueId scaled,
+        g.AddNode(OpKind::kBatchNormInference, {rows, zeros, var, gamma, zeros}, BatchNormAttrs{}));
+    ASSERT_OK_AND_ASSIGN(ValueId wf, g.AddNode(OpKind::kReshape, {scaled}, ShapeAttrs{c.w}));
+    ValueId y;
+    if (c.op == OpKind::kConv2dBackwardInput) {
+      const Shape dx{c.in[0], k, c.in[2], c.in[3]};
+      ASSERT_OK_AND_ASSIGN(y, g.AddNode(c.op, {in, wf}, Conv2dGradAttrs{Conv2dAttrs{}, dx}));
+    } else {
+      ASSERT_OK_AND_ASSIGN(ValueId b, g.AddParameter("b", {DType::kF32, {o}}));
+      if (c.op == OpKind::kConv2d) {
+        ASSERT_OK_AND_ASSIGN(y, g.AddNode(c.op, {in, wf, b}, Conv2dAttrs{}));
+      } else {
+        ASSERT_OK_AND_ASSIGN(
+            y,
+            g.AddNode(c.op, {in, wf, b}, FusedConvAttrs{Conv2dAttrs{}, FusedActivationFn::kRelu6}));
+      }
+    }
+    g.MarkOutput(y);
+    EXPECT_EQ(AbsorbedWeightScalings(g)[scaled], y);
+    EXPECT_EQ(AbsorbedWeightScalings(g)[wf], y);
+    const std::vector<std::vector<float>> absorbed = RunOutputs(g, false);
+    ExpectNear(absorbed, RunOutputs(g, true), {0}, 1e-5f);
+    Graph apart = g;
+    apart.MarkOutput(scaled);
+    EXPECT_EQ(AbsorbedWeightScalings(apart)[scaled], kNoValue);
+    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
+    separate.pop_back();
+    if (c.same_bits && kernels::BestHostIsa() == kernels::Isa::kAvx512) {
+      EXPECT_EQ(absorbed, separate);
+    } else {
+      ExpectNear(absorbed, separate, {0}, 1e-5f);
+    }
+  }
+}
+
 // A cross-entropy loss its gradient computes: the bits the loss's own fast
 // kernel computes from the same logits, also when the gradient overwrites
 // the logits in place. A loss another node reads keeps its node.
