@@ -453,7 +453,13 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
   });
 }
 
-void Fast(const KernelArgs& args) { FastWithEpilogue(args, {}); }
+void Fast(const KernelArgs& args) {
+  if (args.producer != nullptr && !parts::IsWeightScaling(args.producer)) {
+    // an inverted residual block's depthwise layer, which computes its expand layer
+    return parts::InvertedResidualFast(*args.producer->producer, *args.producer, args);
+  }
+  FastWithEpilogue(args, {});
+}
 
 // What the input gradient does to each block of whole dx planes once they
 // are written: the mask of a masked input gradient, then each plane's sum
@@ -870,6 +876,72 @@ size_t parts::FusedConvolutionScratchBytes(OpKind later, const Shape& between,
       static_cast<size_t>(kFusedSlots * kFusedRows * between[2] * between[3]) * sizeof(float);
   if (later == OpKind::kConv2dActivation) return slots;
   return GradSlotsOffset(later_output[0], later_output[1], between[1]) + slots;
+}
+
+size_t parts::InvertedResidualScratchBytes(const Shape& expanded, const Shape& depthwise_output) {
+  return static_cast<size_t>(
+             kFusedSlots * kFusedRows *
+             (expanded[2] * expanded[3] + depthwise_output[2] * depthwise_output[3])) *
+         sizeof(float);
+}
+
+void parts::InvertedResidualFast(const KernelArgs& expand, const KernelArgs& depthwise,
+                                 const KernelArgs& project) {
+  const auto& ea = std::get<FusedConvAttrs>(expand.node->attrs);
+  const auto& da = std::get<FusedConvAttrs>(depthwise.node->attrs);
+  const Geometry ge = MakeGeometry(*expand.in(0).shape, *expand.in(1).shape, ea.conv);
+  const Geometry gd = MakeGeometry({ge.n, ge.o, ge.ho, ge.wo}, *depthwise.in(1).shape, da.conv);
+  const Geometry gp =
+      MakeGeometry({gd.n, gd.o, gd.ho, gd.wo}, *project.in(1).shape, project.attrs<Conv2dAttrs>());
+  const float* x = expand.in(0).f32();
+  const float* w1 = expand.in(1).f32();
+  const float* b1 = expand.num_inputs == 3 ? expand.in(2).f32() : nullptr;
+  const float* w2 = depthwise.in(1).f32();
+  const float* b2 = depthwise.num_inputs == 3 ? depthwise.in(2).f32() : nullptr;
+  const float* w3 = project.in(1).f32();
+  const float* b3 = project.num_inputs == 3 ? project.in(2).f32() : nullptr;
+  float* y = project.output.f32();
+  const int64_t k = ge.c, plane = ge.out_plane(), plane2 = gd.out_plane(), taps = gd.kh * gd.kw;
+  const bool direct = kernels::PointwiseConvApplies({ge.n, ge.o, k, plane, k, 1});
+  const int64_t blocks = (ge.o + kFusedRows - 1) / kFusedRows;
+  // One sample per item: its blocks of channels add into its projection in turn.
+  ForEachItemWithSlot(ge.n, [&](int64_t s, int64_t n) {
+    float* expanded = project.scratch + s * kFusedRows * (plane + plane2);
+    float* filtered = expanded + kFusedRows * plane;
+    float* yn = y + n * gp.o * plane2;
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t r0 = block * kFusedRows, rows = std::min(kFusedRows, ge.o - r0);
+      // Expanded channels [r0, r0 + rows), activated, as ExpandDepthwiseFast.
+      const ActivateAndPack pack{ea.act, UpperOf(ea.act), expanded, expand.activation_mask,
+                                 (n * ge.o + r0) * plane};
+      const kernels::PlaneEpilogue epilogue{ActivateAndPackBlock, &pack};
+      const float* xn = x + n * k * plane;
+      const float* bias = b1 != nullptr ? b1 + r0 : nullptr;
+      if (direct) {
+        kernels::F32PointwiseConv({1, rows, k, plane, k, 1}, w1 + r0 * k, xn, bias, expanded,
+                                  epilogue);
+      } else {
+        kernels::Sgemm(false, false, rows, plane, k, 1.0f, w1 + r0 * k, k, xn, plane, 0.0f,
+                       expanded, plane);
+        if (bias != nullptr) {
+          for (int64_t r = 0; r < rows; ++r) AddScalar(bias[r], expanded + r * plane, plane);
+        }
+        epilogue.fn(epilogue.ctx, expanded, rows * plane);
+      }
+      // Their depthwise convolution, activated, its mask packed.
+      const ActivateAndPack dw_pack{da.act, UpperOf(da.act), filtered, depthwise.activation_mask,
+                                    (n * gd.o + r0) * plane2};
+      kernels::F32DepthwiseConv(BlockOfChannels(gd, rows), expanded, w2 + r0 * taps,
+                                b2 != nullptr ? b2 + r0 : nullptr, filtered,
+                                {ActivateAndPackBlock, &dw_pack});
+      // Y_n [o, plane2] (+)= W3[:, r0 : r0 + rows] · filtered [rows, plane2]
+      kernels::Sgemm(false, false, gp.o, plane2, rows, 1.0f, w3 + r0, gp.c, filtered, plane2,
+                     block == 0 ? 0.0f : 1.0f, yn, plane2);
+    }
+    if (b3 != nullptr) {
+      for (int64_t o = 0; o < gp.o; ++o) AddScalar(b3[o], yn + o * plane2, plane2);
+    }
+  });
 }
 
 void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& depthwise) {

@@ -85,6 +85,16 @@ void Conv2dActivationFast(const KernelArgs& conv_args, FusedActivationFn act,
 // The later node's scratch holds FusedConvolutionScratchBytes(later's op,
 // the shape between, the later output's shape).
 void ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& depthwise);
+// A whole inverted residual block forward: ExpandDepthwiseFast's two layers,
+// then the projection (a pointwise conv2d, `project`, whose producer is the
+// depthwise layer, whose producer is the expand layer) summing each block of
+// depthwise channels into its output while they are in cache (GEMMs over
+// blocks of channels; rounds unlike one GEMM). The project node's scratch
+// holds InvertedResidualScratchBytes(the expand output's shape, the depthwise
+// output's shape).
+void InvertedResidualFast(const KernelArgs& expand, const KernelArgs& depthwise,
+                          const KernelArgs& project);
+size_t InvertedResidualScratchBytes(const Shape& expanded, const Shape& depthwise_output);
 void DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand);
 size_t FusedConvolutionScratchBytes(OpKind later, const Shape& between, const Shape& later_output);
 

@@ -93,6 +93,14 @@ std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
     });
     if (others_absorbed) by[id] = later;
   }
+  // A depthwise layer computed by its block's projection must itself be
+  // computing its expand layer (the kernel does all three).
+  for (ValueId id = 0; id < n; ++id) {
+    const ValueId later = by[id];
+    if (later == kNoValue || g.node(id).op != OpKind::kConv2dActivation) continue;
+    if (g.node(later).op != OpKind::kConv2d) continue;
+    if (by[g.node(id).inputs[0]] != id) by[id] = kNoValue;
+  }
   // Weight scalings, for convolutions not already computing (or computed by)
   // another convolution: a pair's kernels read their weights as given.
   std::vector<bool> paired(n, false);
@@ -113,11 +121,12 @@ std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
 void ApplyProducers(const Graph& g, const std::vector<ValueId>& producers, ArenaOptions* options) {
   options->read_until.assign(g.num_nodes(), kNoValue);
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
-    const ValueId later = producers[id];
-    if (later == kNoValue) continue;
+    if (producers[id] == kNoValue) continue;
+    ValueId runs_at = producers[id];  // a chain (expand → depthwise → projection) runs at its end
+    while (producers[runs_at] != kNoValue) runs_at = producers[runs_at];
     options->outside_arena[id] = true;
     for (ValueId in : g.node(id).inputs) {
-      options->read_until[in] = std::max(options->read_until[in], later);
+      options->read_until[in] = std::max(options->read_until[in], runs_at);
     }
   }
 }
@@ -131,6 +140,12 @@ size_t ScratchBytesWith(const Graph& g, const std::vector<ValueId>& producers) {
     if (later == kNoValue) continue;
     const Node& node = g.node(id);
     if (node.op == OpKind::kReshape) continue;
+    if (node.op == OpKind::kConv2dActivation && g.node(later).op == OpKind::kConv2d) {
+      // a depthwise layer its block's projection computes
+      bytes = std::max(bytes, ops::parts::InvertedResidualScratchBytes(g.type(node.inputs[0]).shape,
+                                                                       g.type(id).shape));
+      continue;
+    }
     if (node.op == OpKind::kBatchNormInference) {  // a weight scaling
       const Node& conv = g.node(later);
       std::vector<const TensorType*> in;
@@ -415,6 +430,28 @@ std::vector<ValueId> AbsorbedProducers(const Graph& graph) {
       }
       fits = fits && user.inputs[0] == id &&
              std::count(user.inputs.begin(), user.inputs.end(), id) == 1;
+      if (!fits || later != kNoValue) only = false;
+      later = u;
+    }
+    if (only && later != kNoValue) by[id] = later;
+  }
+  // A depthwise layer computing its expand layer, whose output only the
+  // block's projection reads (a plain pointwise conv2d; its weight gradient,
+  // which would read the output too, not computed): the projection computes
+  // both, block by block, and the depthwise output never reaches memory.
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    if (node.op != OpKind::kConv2dActivation || graph.IsOutput(id)) continue;
+    if (by[node.inputs[0]] != id) continue;
+    ValueId later = kNoValue;
+    bool only = true;
+    for (ValueId u : users[id]) {
+      if (masks[u] == id) continue;
+      const Node& user = graph.node(u);
+      const bool fits =
+          user.op == OpKind::kConv2d && user.inputs[0] == id &&
+          std::count(user.inputs.begin(), user.inputs.end(), id) == 1 &&
+          pointwise(std::get<Conv2dAttrs>(user.attrs), graph.type(user.inputs[1]).shape);
       if (!fits || later != kNoValue) only = false;
       later = u;
     }
@@ -783,16 +820,16 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     }
     instr.args.step = &exe->step_;
     if (def.scratch_bytes != nullptr) instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
+    if (producer_args[id] >= 0) {  // before a producer's own arguments are stored
+      instr.args.producer = &exe->producer_args_[producer_args[id]];
+      instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
+    }
     if (producers[id] != kNoValue) {              // the later node runs it
       if (node.op == OpKind::kReshape) continue;  // after a weight scaling: nothing to run
       instr.args.output = TensorView{};
       producer_args[producers[id]] = static_cast<int>(exe->producer_args_.size());
       exe->producer_args_.push_back(instr.args);
       continue;
-    }
-    if (producer_args[id] >= 0) {
-      instr.args.producer = &exe->producer_args_[producer_args[id]];
-      instr.args.scratch = reinterpret_cast<float*>(exe->scratch_);
     }
     exe->program_.push_back(instr);
     // The step counter counts optimizer steps (AdamW bias correction, dropout

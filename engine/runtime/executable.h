@@ -302,10 +302,13 @@ std::vector<ValueId> AbsorbedLosses(const Graph& graph);
 //  - a depthwise conv2d_backward_input whose dx only a pointwise
 //    conv2d_backward_input reads (besides its absorbed bias gradient),
 // on planes of 32×32 and larger: smaller ones ran slower this way (their
-// tensors fit in cache anyway). Per node, the convolution that computes it,
-// or kNoValue. Compile() skips such a node's instruction, keeps its operands
-// live until the later node (ArenaOptions::read_until) and gives its output
-// no buffer.
+// tensors fit in cache anyway); and
+//  - such a depthwise conv2d_activation (one computing its expand layer)
+//    whose output only the block's projection reads, a pointwise conv2d
+//    (ops::parts::InvertedResidualFast: all three layers).
+// Per node, the convolution that computes it, or kNoValue. Compile() skips
+// such a node's instruction, keeps its operands live until the node that
+// runs the chain (ArenaOptions::read_until) and gives its output no buffer.
 std::vector<ValueId> AbsorbedProducers(const Graph& graph);
 
 // Frozen BatchNorm scalings of a convolution weight, W·s (passes/

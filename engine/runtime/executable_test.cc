@@ -480,6 +480,51 @@ TEST(Executable, DepthwiseConvolutionsComputeTheirExpandLayer) {
   }
 }
 
+// A whole inverted residual block computed by its projection (AbsorbedProducers
+// twice: the expand layer by the depthwise one, that by the projection), 48
+// channels at a time with a block of 12 left, both masks absorbed, stride 1
+// and 2. The projection sums the blocks in turn, so against the nodes run
+// apart it matches within rounding; the masks are the same bits.
+TEST(Executable, ProjectionsComputeTheirInvertedResidualBlock) {
+  for (int32_t stride : {1, 2}) {
+    SCOPED_TRACE(stride);
+    Graph g;
+    ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {3, 6, 32, 32}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w1, g.AddParameter("w1", {DType::kF32, {60, 6, 1, 1}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b1, g.AddParameter("b1", {DType::kF32, {60}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w2, g.AddParameter("w2", {DType::kF32, {60, 1, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b2, g.AddParameter("b2", {DType::kF32, {60}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w3, g.AddParameter("w3", {DType::kF32, {10, 60, 1, 1}}));
+    ASSERT_OK_AND_ASSIGN(ValueId b3, g.AddParameter("b3", {DType::kF32, {10}}));
+    ASSERT_OK_AND_ASSIGN(ValueId a,
+                         g.AddNode(OpKind::kConv2dActivation, {x, w1, b1},
+                                   FusedConvAttrs{Conv2dAttrs{}, FusedActivationFn::kRelu6}));
+    ASSERT_OK_AND_ASSIGN(ValueId ma, g.AddNode(OpKind::kActivationMask, {a}, ScalarAttrs{6.0f}));
+    ASSERT_OK_AND_ASSIGN(ValueId d,
+                         g.AddNode(OpKind::kConv2dActivation, {a, w2, b2},
+                                   FusedConvAttrs{Conv2dAttrs{stride, stride, 1, 1, 1, 1, 60},
+                                                  FusedActivationFn::kRelu6}));
+    ASSERT_OK_AND_ASSIGN(ValueId md, g.AddNode(OpKind::kActivationMask, {d}, ScalarAttrs{6.0f}));
+    ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kConv2d, {d, w3, b3}, Conv2dAttrs{}));
+    g.MarkOutput(y);
+    g.MarkOutput(ma);
+    g.MarkOutput(md);
+    const std::vector<ValueId> producers = AbsorbedProducers(g);
+    EXPECT_EQ(producers[a], d);
+    EXPECT_EQ(producers[d], y);
+    const std::vector<std::vector<float>> fused = RunOutputs(g, false);
+    ExpectNear(fused, RunOutputs(g, true), {0}, 1e-5f);
+    Graph apart = g;
+    apart.MarkOutput(d);
+    EXPECT_EQ(AbsorbedProducers(apart)[d], kNoValue);
+    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
+    separate.pop_back();
+    ExpectNear(fused, separate, {0}, 1e-6f);
+    EXPECT_EQ(fused[1], separate[1]);
+    EXPECT_EQ(fused[2], separate[2]);
+  }
+}
+
 // The expand layer's input gradient computing the depthwise layer's it reads
 // (AbsorbedProducers): masked and unmasked, both bias gradients absorbed,
 // 60 channels in blocks of 48 and 12.
