@@ -37,9 +37,9 @@ void F32BatchNormWeightGrad(const ChannelLayout& l, const float* dy, const float
 void F32BatchNormStatsUpdate(const ChannelLayout& l, const float* x, float momentum,
                              float* running_mean, float* running_var);
 
-// y = (x − mean)/√(var + eps)·γ + β, then the epilogue on each sample's run
-// of consecutive channels' rows as soon as it is written (a block of up to
-// 256 channels · inner outputs). y may equal x.
+// y = (x − mean)/√(var + eps)·γ + β, then the epilogue on each row of `inner`
+// outputs as soon as it is written (rows under 64 floats: on each sample's
+// run of up to 256 channels' rows). y may equal x.
 void F32BatchNormFrozen(const ChannelLayout& l, const float* x, const float* mean, const float* var,
                         const float* gamma, const float* beta, float eps, float* y,
                         PlaneEpilogue epilogue = {});

@@ -243,9 +243,8 @@ void ExpectConvolutionMatchesReference(const Conv& c) {
 }
 
 // Small ones run a sample per thread (forward, input gradient); large ones
-// split each GEMM over the team. Weight gradients on planes under 16×16 (the
-// first two) gather the batch into one GEMM, the others run
-// one GEMM per sample.
+// split each GEMM over the team. Weight gradients on 4×4 planes (the second)
+// gather the batch into one GEMM, the others run one GEMM per sample.
 TEST(FastKernels, PointwiseConvolutionPaths) {
   const Conv2dAttrs pointwise{1, 1, 0, 0, 1, 1, 1};
   for (const Conv& c : std::vector<Conv>{
