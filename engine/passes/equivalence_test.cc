@@ -55,9 +55,10 @@ absl::StatusOr<testing::TestModel> ResNetFrozenBn() {
 const ModelCase kModels[] = {
     // Training-mode BatchNorm over 4 samples of 1×1 planes at the end
     // amplifies a rounding difference step by step: up to 2e-6 relative on
-    // the weights after 3 steps, 2e-4 on the projections' β buffers, whose
-    // gradients nearly cancel.
-    {"mobilenet_v2_train", MobileNetTrain, 3e-4, 1e-2},
+    // the weights after 3 steps. The projections' β buffers hold sums that
+    // cancel to 2e-6–3e-5 (the other buffers hold 1e-2 and up), and differ
+    // by up to 5e-6 from rounding alone, hence their floor.
+    {"mobilenet_v2_train", MobileNetTrain, 3e-4, 3e-2},
     {"mobilenet_v2_frozen_bn", MobileNetFrozenBn},
     {"mobilenet_v2_frozen_bn_full", MobileNetFrozenBnFull},
     {"mobilenet_v2_bias_only", MobileNetBiasOnly},
