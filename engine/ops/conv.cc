@@ -868,6 +868,31 @@ void ForEachItemWithSlot(int64_t items, const Fn& fn) {
   });
 }
 
+// Expanded channels [r0, r0 + rows) of sample n, activated and their mask
+// bits written, into `out` (rows planes): the expand layer's part of a fused
+// block (`expand`: its kernel arguments, `direct`: whether it takes the
+// direct pointwise kernel).
+void ExpandBlock(const KernelArgs& expand, const Geometry& ge, bool direct, int64_t n, int64_t r0,
+                 int64_t rows, float* out) {
+  const FusedActivationFn act = std::get<FusedConvAttrs>(expand.node->attrs).act;
+  const int64_t k = ge.c, plane = ge.out_plane();
+  const float* xn = expand.in(0).f32() + n * k * plane;
+  const float* w = expand.in(1).f32() + r0 * k;
+  const float* bias = expand.num_inputs == 3 ? expand.in(2).f32() + r0 : nullptr;
+  const ActivateAndPack pack{act, UpperOf(act), out, expand.activation_mask,
+                             (n * ge.o + r0) * plane};
+  const kernels::PlaneEpilogue epilogue{ActivateAndPackBlock, &pack};
+  if (direct) {
+    kernels::F32PointwiseConv({1, rows, k, plane, k, 1}, w, xn, bias, out, epilogue);
+    return;
+  }
+  kernels::Sgemm(false, false, rows, plane, k, 1.0f, w, k, xn, plane, 0.0f, out, plane);
+  if (bias != nullptr) {
+    for (int64_t r = 0; r < rows; ++r) AddScalar(bias[r], out + r * plane, plane);
+  }
+  epilogue.fn(epilogue.ctx, out, rows * plane);
+}
+
 }  // namespace
 
 size_t parts::FusedConvolutionScratchBytes(OpKind later, const Shape& between,
@@ -893,16 +918,13 @@ void parts::InvertedResidualFast(const KernelArgs& expand, const KernelArgs& dep
   const Geometry gd = MakeGeometry({ge.n, ge.o, ge.ho, ge.wo}, *depthwise.in(1).shape, da.conv);
   const Geometry gp =
       MakeGeometry({gd.n, gd.o, gd.ho, gd.wo}, *project.in(1).shape, project.attrs<Conv2dAttrs>());
-  const float* x = expand.in(0).f32();
-  const float* w1 = expand.in(1).f32();
-  const float* b1 = expand.num_inputs == 3 ? expand.in(2).f32() : nullptr;
   const float* w2 = depthwise.in(1).f32();
   const float* b2 = depthwise.num_inputs == 3 ? depthwise.in(2).f32() : nullptr;
   const float* w3 = project.in(1).f32();
   const float* b3 = project.num_inputs == 3 ? project.in(2).f32() : nullptr;
   float* y = project.output.f32();
-  const int64_t k = ge.c, plane = ge.out_plane(), plane2 = gd.out_plane(), taps = gd.kh * gd.kw;
-  const bool direct = kernels::PointwiseConvApplies({ge.n, ge.o, k, plane, k, 1});
+  const int64_t plane = ge.out_plane(), plane2 = gd.out_plane(), taps = gd.kh * gd.kw;
+  const bool direct = kernels::PointwiseConvApplies({ge.n, ge.o, ge.c, plane, ge.c, 1});
   const int64_t blocks = (ge.o + kFusedRows - 1) / kFusedRows;
   // One sample per item: its blocks of channels add into its projection in turn.
   ForEachItemWithSlot(ge.n, [&](int64_t s, int64_t n) {
@@ -911,23 +933,7 @@ void parts::InvertedResidualFast(const KernelArgs& expand, const KernelArgs& dep
     float* yn = y + n * gp.o * plane2;
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t r0 = block * kFusedRows, rows = std::min(kFusedRows, ge.o - r0);
-      // Expanded channels [r0, r0 + rows), activated, as ExpandDepthwiseFast.
-      const ActivateAndPack pack{ea.act, UpperOf(ea.act), expanded, expand.activation_mask,
-                                 (n * ge.o + r0) * plane};
-      const kernels::PlaneEpilogue epilogue{ActivateAndPackBlock, &pack};
-      const float* xn = x + n * k * plane;
-      const float* bias = b1 != nullptr ? b1 + r0 : nullptr;
-      if (direct) {
-        kernels::F32PointwiseConv({1, rows, k, plane, k, 1}, w1 + r0 * k, xn, bias, expanded,
-                                  epilogue);
-      } else {
-        kernels::Sgemm(false, false, rows, plane, k, 1.0f, w1 + r0 * k, k, xn, plane, 0.0f,
-                       expanded, plane);
-        if (bias != nullptr) {
-          for (int64_t r = 0; r < rows; ++r) AddScalar(bias[r], expanded + r * plane, plane);
-        }
-        epilogue.fn(epilogue.ctx, expanded, rows * plane);
-      }
+      ExpandBlock(expand, ge, direct, n, r0, rows, expanded);
       // Their depthwise convolution, activated, its mask packed.
       const ActivateAndPack dw_pack{da.act, UpperOf(da.act), filtered, depthwise.activation_mask,
                                     (n * gd.o + r0) * plane2};
@@ -949,14 +955,11 @@ void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& dept
   const auto& da = std::get<FusedConvAttrs>(depthwise.node->attrs);
   const Geometry ge = MakeGeometry(*expand.in(0).shape, *expand.in(1).shape, ea.conv);
   const Geometry gd = MakeGeometry({ge.n, ge.o, ge.ho, ge.wo}, *depthwise.in(1).shape, da.conv);
-  const float* x = expand.in(0).f32();
-  const float* w1 = expand.in(1).f32();
-  const float* b1 = expand.num_inputs == 3 ? expand.in(2).f32() : nullptr;
   const float* w2 = depthwise.in(1).f32();
   const float* b2 = depthwise.num_inputs == 3 ? depthwise.in(2).f32() : nullptr;
   float* y = depthwise.output.f32();
-  const int64_t k = ge.c, plane = ge.out_plane(), taps = gd.kh * gd.kw;
-  const bool direct = kernels::PointwiseConvApplies({ge.n, ge.o, k, plane, k, 1});
+  const int64_t plane = ge.out_plane(), taps = gd.kh * gd.kw;
+  const bool direct = kernels::PointwiseConvApplies({ge.n, ge.o, ge.c, plane, ge.c, 1});
   // The depthwise layer's epilogue, as Conv2dActivationFast gives it.
   const ActivateAndPack dw_pack{da.act, UpperOf(da.act), y, depthwise.activation_mask};
   const kernels::PlaneEpilogue dw_epilogue{ActivateAndPackBlock, &dw_pack};
@@ -965,22 +968,7 @@ void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& dept
     float* slot = depthwise.scratch + s * kFusedRows * plane;
     const int64_t n = item / blocks, r0 = item % blocks * kFusedRows;
     const int64_t rows = std::min(kFusedRows, ge.o - r0);
-    // Expanded channels [r0, r0 + rows) of sample n, activated, into the slot.
-    const ActivateAndPack pack{ea.act, UpperOf(ea.act), slot, expand.activation_mask,
-                               (n * ge.o + r0) * plane};
-    const kernels::PlaneEpilogue epilogue{ActivateAndPackBlock, &pack};
-    const float* xn = x + n * k * plane;
-    const float* bias = b1 != nullptr ? b1 + r0 : nullptr;
-    if (direct) {
-      kernels::F32PointwiseConv({1, rows, k, plane, k, 1}, w1 + r0 * k, xn, bias, slot, epilogue);
-    } else {
-      kernels::Sgemm(false, false, rows, plane, k, 1.0f, w1 + r0 * k, k, xn, plane, 0.0f, slot,
-                     plane);
-      if (bias != nullptr) {
-        for (int64_t r = 0; r < rows; ++r) AddScalar(bias[r], slot + r * plane, plane);
-      }
-      epilogue.fn(epilogue.ctx, slot, rows * plane);
-    }
+    ExpandBlock(expand, ge, direct, n, r0, rows, slot);
     kernels::F32DepthwiseConv(BlockOfChannels(gd, rows), slot, w2 + r0 * taps,
                               b2 != nullptr ? b2 + r0 : nullptr,
                               y + (n * gd.o + r0) * gd.out_plane(), dw_epilogue);

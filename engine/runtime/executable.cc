@@ -131,6 +131,86 @@ void ApplyProducers(const Graph& g, const std::vector<ValueId>& producers, Arena
   }
 }
 
+// The node that runs v's computation: v, or the end of its producer chain.
+ValueId RunsAt(const std::vector<ValueId>& producers, ValueId v) {
+  while (producers[v] != kNoValue) v = producers[v];
+  return v;
+}
+
+// Whether node r may run right after node `at` instead of in its place:
+// nothing its output feeds runs before `at`, and no node in between
+// overwrites one of its operands or reads or writes what it writes (an
+// update's parameter and optimizer state).
+bool CanWait(const Graph& g, const std::vector<std::vector<ValueId>>& users, ValueId r,
+             ValueId at) {
+  const Node& node = g.node(r);
+  for (ValueId u : users[r]) {
+    if (u <= at) return false;
+  }
+  std::vector<ValueId> writes;
+  for (int i = 0; i < static_cast<int>(node.inputs.size()); ++i) {
+    if (WritesOperand(node.op, i)) writes.push_back(node.inputs[i]);
+  }
+  for (ValueId m = r + 1; m <= at; ++m) {
+    const Node& between = g.node(m);
+    for (int i = 0; i < static_cast<int>(between.inputs.size()); ++i) {
+      const ValueId in = between.inputs[i];
+      if (std::count(writes.begin(), writes.end(), in) > 0) return false;
+      if (WritesOperand(between.op, i) &&
+          std::count(node.inputs.begin(), node.inputs.end(), in) > 0) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// A producer's absorbed values (its activation mask, its bias gradient's
+// sums) are written when the node at the end of its chain runs, not in the
+// producer's place. A node reading one in between (reorder_updates puts a
+// bias's SGD update right after its gradient) runs right after that node
+// instead: per node, the node it waits for, or kNoValue. A chain with a
+// reader that cannot wait (CanWait) is undone in `producers`, its nodes run
+// apart.
+std::vector<ValueId> DeferReaders(const Graph& g, const std::vector<ValueId>& absorbed,
+                                  std::vector<ValueId>* producers) {
+  const int n = g.num_nodes();
+  const std::vector<std::vector<ValueId>> users = g.ComputeUsers();
+  std::vector<ValueId> wait_for(n, kNoValue);
+  for (bool undone = true; undone;) {
+    undone = false;
+    std::fill(wait_for.begin(), wait_for.end(), kNoValue);
+    for (ValueId v = 0; v < n && !undone; ++v) {
+      if (absorbed[v] == kNoValue) continue;
+      const ValueId at = RunsAt(*producers, absorbed[v]);
+      for (ValueId r : users[v]) {
+        if (r > at) continue;
+        if (!CanWait(g, users, r, at)) {
+          for (ValueId p = 0; p < n; ++p) {
+            if ((*producers)[p] != kNoValue && RunsAt(*producers, p) == at) {
+              (*producers)[p] = kNoValue;
+            }
+          }
+          undone = true;
+          break;
+        }
+        wait_for[r] = std::max(wait_for[r] == kNoValue ? r : wait_for[r], at);
+      }
+    }
+  }
+  return wait_for;
+}
+
+// The arena's view of deferred readers: their operands live until they run.
+void ApplyDeferred(const Graph& g, const std::vector<ValueId>& wait_for, ArenaOptions* options) {
+  for (ValueId r = 0; r < g.num_nodes(); ++r) {
+    if (wait_for[r] == kNoValue) continue;
+    for (ValueId in : g.node(r).inputs) {
+      options->read_until[in] = std::max(options->read_until[in], wait_for[r]);
+    }
+  }
+}
+
 // Kernel scratch: the largest any op asks for, and what the kernels
 // computing a producer need.
 size_t ScratchBytesWith(const Graph& g, const std::vector<ValueId>& producers) {
@@ -483,6 +563,8 @@ std::vector<ValueId> AbsorbedWeightScalings(const Graph& graph) {
     const Shape& w = graph.type(reshape).shape;
     if (c.inputs.size() < 2 || c.inputs[0] == reshape || c.inputs[1] != reshape) continue;
     if (w.size() != 4 || w[2] != 1 || w[3] != 1) continue;
+    // The scaling's channels must be the convolution's output channels.
+    if (node.type.shape != Shape{1, w[0], w[1]}) continue;
     Conv2dAttrs conv_attrs;
     if (c.op == OpKind::kConv2d) {
       conv_attrs = std::get<Conv2dAttrs>(c.attrs);
@@ -679,8 +761,10 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (const Staged& s : exe->staged_inputs_) arena_options.outside_arena[s.value] = true;
   const std::vector<ValueId> absorbed = AbsorbedNodesFor(g, options, constant);
   arena_options.written_by = WrittenEarlier(absorbed);
-  const std::vector<ValueId> producers = ProducersFor(g, options, constant, absorbed);
+  std::vector<ValueId> producers = ProducersFor(g, options, constant, absorbed);
+  const std::vector<ValueId> wait_for = DeferReaders(g, absorbed, &producers);
   ApplyProducers(g, producers, &arena_options);
+  ApplyDeferred(g, wait_for, &arena_options);
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
   exe->memory_.in_place_nodes = layout.in_place_nodes;
 
@@ -787,7 +871,8 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
   for (ValueId id = 0; id < n; ++id) {
     if (absorbed[id] != kNoValue) absorbed_by[absorbed[id]] = id;
   }
-  std::vector<int> producer_args(n, -1);  // per computing node, in producer_args_
+  std::vector<std::vector<Instr>> waiting(n);  // per node, instructions to run right after it
+  std::vector<int> producer_args(n, -1);       // per computing node, in producer_args_
   exe->producer_args_.reserve(
       std::count_if(producers.begin(), producers.end(), [](ValueId v) { return v != kNoValue; }));
   for (ValueId id = 0; id < n; ++id) {
@@ -831,10 +916,17 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
       exe->producer_args_.push_back(instr.args);
       continue;
     }
-    exe->program_.push_back(instr);
     // The step counter counts optimizer steps (AdamW bias correction, dropout
     // masks); a BatchNorm statistics update alone does not advance it.
     if (IsUpdateOp(node.op) && node.op != OpKind::kBatchNormStatsUpdate) exe->updates_ = true;
+    if (wait_for[id] != kNoValue && wait_for[id] != id) {
+      std::vector<Instr>& after = waiting[wait_for[id]];
+      after.push_back(instr);
+      after.insert(after.end(), waiting[id].begin(), waiting[id].end());
+      continue;
+    }
+    exe->program_.push_back(instr);
+    for (const Instr& later : waiting[id]) exe->program_.push_back(later);
   }
   kernels::SetGemmThreads(options.threads);
   exe->profile_ = options.profile;
@@ -1081,8 +1173,10 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   }
   const std::vector<ValueId> absorbed = AbsorbedNodesFor(graph, options, constant);
   arena_options.written_by = WrittenEarlier(absorbed);
-  const std::vector<ValueId> producers = ProducersFor(graph, options, constant, absorbed);
+  std::vector<ValueId> producers = ProducersFor(graph, options, constant, absorbed);
+  const std::vector<ValueId> wait_for = DeferReaders(graph, absorbed, &producers);
   ApplyProducers(graph, producers, &arena_options);
+  ApplyDeferred(graph, wait_for, &arena_options);
   ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
   MemoryStats m;
   for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();

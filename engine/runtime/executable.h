@@ -309,6 +309,10 @@ std::vector<ValueId> AbsorbedLosses(const Graph& graph);
 // Per node, the convolution that computes it, or kNoValue. Compile() skips
 // such a node's instruction, keeps its operands live until the node that
 // runs the chain (ArenaOptions::read_until) and gives its output no buffer.
+// What a chain's kernels write for absorbed nodes (masks, bias gradients'
+// sums) is written when the chain runs: a node reading it before then (a
+// bias's SGD update, which reorder_updates puts right after its gradient)
+// runs right after the chain, or, where it cannot wait, the chain is undone.
 std::vector<ValueId> AbsorbedProducers(const Graph& graph);
 
 // Frozen BatchNorm scalings of a convolution weight, W·s (passes/

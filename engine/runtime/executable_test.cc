@@ -480,6 +480,64 @@ TEST(Executable, DepthwiseConvolutionsComputeTheirExpandLayer) {
   }
 }
 
+// An update reading a bias gradient that a fused pair writes (the depthwise
+// input gradient's channel sums, written when the expand layer's node runs
+// the pair) placed between the two nodes, as reorder_updates places it: it
+// must see this step's sums.
+TEST(Executable, UpdatesReadTheBiasGradientsAFusedPairWrites) {
+  Graph g;
+  const Shape between{2, 60, 32, 32}, dx_shape{2, 6, 32, 32};
+  ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, {2, 60, 32, 32}}));
+  ASSERT_OK_AND_ASSIGN(ValueId w_dw, g.AddParameter("w_dw", {DType::kF32, {60, 1, 3, 3}}));
+  ASSERT_OK_AND_ASSIGN(ValueId w_e, g.AddParameter("w_e", {DType::kF32, {60, 6, 1, 1}}));
+  ASSERT_OK_AND_ASSIGN(ValueId b, g.AddParameter("b_dw", {DType::kF32, {60}}));
+  ASSERT_OK_AND_ASSIGN(ValueId dxe,
+                       g.AddNode(OpKind::kConv2dBackwardInput, {dy, w_dw},
+                                 Conv2dGradAttrs{Conv2dAttrs{1, 1, 1, 1, 1, 1, 60}, between}));
+  ASSERT_OK_AND_ASSIGN(ValueId db, g.AddNode(OpKind::kReduceSum, {dxe}, ReduceAttrs{{0, 2, 3}}));
+  ASSERT_OK(g.AddNode(OpKind::kSgdUpdate, {b, db}, SgdAttrs{0.5f}).status());
+  ASSERT_OK_AND_ASSIGN(ValueId dx, g.AddNode(OpKind::kConv2dBackwardInput, {dxe, w_e},
+                                             Conv2dGradAttrs{Conv2dAttrs{}, dx_shape}));
+  g.MarkOutput(dx);
+  ASSERT_EQ(AbsorbedProducers(g)[dxe], dx);
+  std::vector<std::vector<float>> bias;
+  for (bool reference : {false, true}) {
+    ParameterStore params = PatternParameters(g);
+    CompileOptions options;
+    options.use_reference_kernels = reference;
+    options.threads = 2;
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Executable> exe, Executable::Compile(g, &params, options));
+    FillInputs(g, exe.get());
+    ASSERT_OK(exe->Run());
+    const Tensor* t = params.Find("b_dw");
+    ASSERT_NE(t, nullptr);
+    bias.emplace_back(t->f32(), t->f32() + t->num_elements());
+  }
+  ExpectNear({bias[0]}, {bias[1]}, {0}, 1e-5f);
+}
+
+// A scaling over other channels than the convolution's outputs (the weight
+// read as [1, in, out]) keeps its node: the convolution scales by output
+// channel.
+TEST(Executable, WeightScalingsOverOtherChannelsKeepTheirNode) {
+  Graph g;
+  ASSERT_OK_AND_ASSIGN(ValueId x, g.AddInput("x", {DType::kF32, {2, 6, 4, 4}}));
+  ASSERT_OK_AND_ASSIGN(ValueId w, g.AddParameter("w", {DType::kF32, {10, 6, 1, 1}}));
+  ASSERT_OK_AND_ASSIGN(ValueId gamma, g.AddParameter("gamma", {DType::kF32, {6}}));
+  ASSERT_OK_AND_ASSIGN(ValueId zeros, g.AddNode(OpKind::kFill, {}, FillAttrs{0.0f, {6}}));
+  ASSERT_OK_AND_ASSIGN(ValueId var, g.AddNode(OpKind::kFill, {}, FillAttrs{0.7f, {6}}));
+  ASSERT_OK_AND_ASSIGN(ValueId rows, g.AddNode(OpKind::kReshape, {w}, ShapeAttrs{{1, 6, 10}}));
+  ASSERT_OK_AND_ASSIGN(
+      ValueId scaled,
+      g.AddNode(OpKind::kBatchNormInference, {rows, zeros, var, gamma, zeros}, BatchNormAttrs{}));
+  ASSERT_OK_AND_ASSIGN(ValueId wf,
+                       g.AddNode(OpKind::kReshape, {scaled}, ShapeAttrs{{10, 6, 1, 1}}));
+  ASSERT_OK_AND_ASSIGN(ValueId y, g.AddNode(OpKind::kConv2d, {x, wf}, Conv2dAttrs{}));
+  g.MarkOutput(y);
+  EXPECT_EQ(AbsorbedWeightScalings(g)[scaled], kNoValue);
+  ExpectNear(RunOutputs(g, false), RunOutputs(g, true), {0}, 1e-5f);
+}
+
 // A whole inverted residual block computed by its projection (AbsorbedProducers
 // twice: the expand layer by the depthwise one, that by the projection), 48
 // channels at a time with a block of 12 left, both masks absorbed, stride 1
