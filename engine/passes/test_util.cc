@@ -57,10 +57,11 @@ absl::StatusOr<TestModel> Finish(models::Model model, const std::string& scheme,
 
 }  // namespace
 
-absl::StatusOr<TestModel> SmallMobileNetV2(models::Mode mode, const std::string& scheme) {
+absl::StatusOr<TestModel> SmallMobileNetV2(models::Mode mode, const std::string& scheme,
+                                           int64_t resolution) {
   models::MobileNetV2Config config;
   config.width_mult = 0.35;
-  config.resolution = 32;
+  config.resolution = resolution;
   config.num_classes = 4;
   // Training-mode BatchNorm over 2 samples of the last 1×1 planes normalizes
   // every channel to ±1 whatever its input, so the gradient below it would be

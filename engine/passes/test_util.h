@@ -27,9 +27,11 @@ struct TestModel {
   runtime::ParameterStore params;  // initial weights and buffers
 };
 
-// MobileNetV2 width 0.35, 32×32 inputs, batch 2 (4 in training mode), 4
-// classes, SGD with momentum; `scheme` as train::SelectTrainable.
-absl::StatusOr<TestModel> SmallMobileNetV2(models::Mode mode, const std::string& scheme);
+// MobileNetV2 width 0.35, 32×32 inputs (or `resolution`), batch 2 (4 in
+// training mode), 4 classes, SGD with momentum; `scheme` as
+// train::SelectTrainable.
+absl::StatusOr<TestModel> SmallMobileNetV2(models::Mode mode, const std::string& scheme,
+                                           int64_t resolution = 32);
 // BERT: 2 layers, hidden 32, 2 heads, seq 8, batch 2, no dropout; AdamW.
 absl::StatusOr<TestModel> SmallBert(const std::string& scheme);
 // Llama-style decoder: 2 layers, dim 32, 4 heads / 2 KV heads, SwiGLU 48,
