@@ -571,6 +571,9 @@ void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
 
 void BackwardInputFast(const KernelArgs& args) {
   if (args.producer != nullptr && !parts::IsWeightScaling(args.producer)) {
+    if (args.producer->producer != nullptr) {  // the projection's input gradient too
+      return parts::InvertedResidualGradFast(*args.producer->producer, *args.producer, args);
+    }
     return parts::DepthwiseExpandGradFast(*args.producer, args);
   }
   const auto& a = args.attrs<Conv2dGradAttrs>();
@@ -973,6 +976,91 @@ void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& dept
                               b2 != nullptr ? b2 + r0 : nullptr,
                               y + (n * gd.o + r0) * gd.out_plane(), dw_epilogue);
   });
+}
+
+// Where InvertedResidualGradFast's slots start in scratch: past the plane
+// sums of the three input gradients (n samples of k, c and c channels; the
+// expand layer's first, the depthwise layer's next, as in
+// DepthwiseExpandGradFast), 64-byte aligned.
+size_t TripleGradSlotsOffset(int64_t n, int64_t k, int64_t c) {
+  return (static_cast<size_t>(n * (k + 2 * c)) * sizeof(double) + 63) / 64 * 64;
+}
+
+size_t parts::InvertedResidualGradScratchBytes(const Shape& dx, const Shape& depthwise_dx,
+                                               const Shape& project_dx) {
+  const int64_t planes = depthwise_dx[2] * depthwise_dx[3] + project_dx[2] * project_dx[3];
+  return TripleGradSlotsOffset(dx[0], dx[1], depthwise_dx[1]) +
+         static_cast<size_t>(kFusedSlots * kFusedRows * planes) * sizeof(float);
+}
+
+void parts::InvertedResidualGradFast(const KernelArgs& project, const KernelArgs& depthwise,
+                                     const KernelArgs& expand) {
+  const auto& pa = std::get<Conv2dGradAttrs>(project.node->attrs);
+  const auto& da = std::get<Conv2dGradAttrs>(depthwise.node->attrs);
+  const auto& ea = std::get<Conv2dGradAttrs>(expand.node->attrs);
+  const Geometry gp = MakeGeometry(pa.shape, *project.in(1).shape, pa.conv);
+  const Geometry gd = MakeGeometry(da.shape, *depthwise.in(1).shape, da.conv);
+  const Geometry ge = MakeGeometry(ea.shape, *expand.in(1).shape, ea.conv);
+  const float* dy = project.in(0).f32();   // [n, o, plane2]
+  const float* w_p = project.in(1).f32();  // [o, c, 1, 1]: dX = Wᵀ · dY
+  const int32_t* mask_p = project.num_inputs == 3 ? project.in(2).i32() : nullptr;
+  const float* w_dw = depthwise.in(1).f32();
+  const int32_t* mask_dw = depthwise.num_inputs == 3 ? depthwise.in(2).i32() : nullptr;
+  const float* w_e = expand.in(1).f32();  // [c, k, 1, 1]
+  float* dx = expand.output.f32();
+  const int64_t o = gp.o, c = gd.c, k = ge.c, plane = gd.h * gd.w, plane2 = gp.h * gp.w;
+  const int64_t taps = gd.kh * gd.kw;
+  // Scratch: the plane sums of the expand, depthwise and projection input
+  // gradients, then the slots.
+  double* sums_e = reinterpret_cast<double*>(expand.scratch);
+  double* sums_dw = sums_e + ge.n * k;
+  double* sums_p = sums_dw + gd.n * c;
+  float* slots = reinterpret_cast<float*>(reinterpret_cast<char*>(expand.scratch) +
+                                          TripleGradSlotsOffset(ge.n, k, c));
+  const DxEpilogue e_epilogue{dx, expand.num_inputs == 3 ? expand.in(2).i32() : nullptr, plane,
+                              expand.channel_sums != nullptr ? sums_e : nullptr};
+  const int64_t blocks = (c + kFusedRows - 1) / kFusedRows;
+  // A sample per item: its dx sums every block of channels in turn.
+  ForEachItemWithSlot(gd.n, [&](int64_t s, int64_t n) {
+    float* slot = slots + s * kFusedRows * (plane + plane2);
+    float* filtered = slot + kFusedRows * plane;  // the projection's dx, rows × plane2
+    float* dxn = dx + n * k * plane;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kFusedRows, rows = std::min(kFusedRows, c - r0);
+      // The projection's input gradient for channels [r0, r0 + rows):
+      // Wᵀ [rows, o] · dY_n [o, plane2], masked and summed per plane, as
+      // BackwardInputFast takes it (the direct kernel where it applies).
+      const DxEpilogue p_epilogue{filtered, mask_p, plane2,
+                                  project.channel_sums != nullptr ? sums_p : nullptr,
+                                  (n * c + r0) * plane2};
+      const bool p_masked = mask_p != nullptr || p_epilogue.plane_sums != nullptr;
+      const kernels::PointwiseGeometry pg{1, rows, o, plane2, 1, c};
+      if (kernels::PointwiseConvApplies(pg)) {
+        kernels::F32PointwiseConv(
+            pg, w_p + r0, dy + n * o * plane2, nullptr, filtered,
+            p_masked ? kernels::PlaneEpilogue{DxBlock, &p_epilogue} : kernels::PlaneEpilogue{});
+      } else {
+        kernels::Sgemm(true, false, rows, plane2, o, 1.0f, w_p + r0, c, dy + n * o * plane2, plane2,
+                       0.0f, filtered, plane2);
+        if (p_masked) DxBlock(&p_epilogue, filtered, rows * plane2);
+      }
+      // The depthwise layer's, as DepthwiseExpandGradFast.
+      const DxEpilogue dw_epilogue{slot, mask_dw, plane,
+                                   depthwise.channel_sums != nullptr ? sums_dw : nullptr,
+                                   (n * c + r0) * plane};
+      kernels::F32DepthwiseConvBackwardInput(BlockOfChannels(gd, rows), filtered, w_dw + r0 * taps,
+                                             slot, {DxBlock, &dw_epilogue});
+      // dX [k, plane] += Wᵀ [k, rows] · slot [rows, plane]
+      kernels::Sgemm(true, false, k, plane, rows, 1.0f, w_e + r0 * k, k, slot, plane,
+                     b == 0 ? 0.0f : 1.0f, dxn, plane);
+    }
+    if (e_epilogue.mask != nullptr || e_epilogue.plane_sums != nullptr) {
+      DxBlock(&e_epilogue, dxn, k * plane);
+    }
+  });
+  if (project.channel_sums != nullptr) ChannelSums(gp, sums_p, project.channel_sums);
+  if (depthwise.channel_sums != nullptr) ChannelSums(gd, sums_dw, depthwise.channel_sums);
+  if (expand.channel_sums != nullptr) ChannelSums(ge, sums_e, expand.channel_sums);
 }
 
 void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand) {

@@ -95,6 +95,16 @@ void ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& depthwise);
 void InvertedResidualFast(const KernelArgs& expand, const KernelArgs& depthwise,
                           const KernelArgs& project);
 size_t InvertedResidualScratchBytes(const Shape& expanded, const Shape& depthwise_output);
+// Its input gradients likewise: the projection's (`project`, the producer of
+// `depthwise`, masked and summed per plane for its absorbed bias gradient),
+// then DepthwiseExpandGradFast's two, a block of channels at a time, so that
+// the projection's dx never reaches memory either. The expand node's scratch
+// holds InvertedResidualGradScratchBytes(its dx's shape, the depthwise dx's
+// shape, the projection dx's shape).
+void InvertedResidualGradFast(const KernelArgs& project, const KernelArgs& depthwise,
+                              const KernelArgs& expand);
+size_t InvertedResidualGradScratchBytes(const Shape& dx, const Shape& depthwise_dx,
+                                        const Shape& project_dx);
 void DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand);
 size_t FusedConvolutionScratchBytes(OpKind later, const Shape& between, const Shape& later_output);
 

@@ -93,13 +93,28 @@ std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
     });
     if (others_absorbed) by[id] = later;
   }
-  // A depthwise layer computed by its block's projection must itself be
-  // computing its expand layer (the kernel does all three).
+  // Three layers run together or not at all (their kernel does all three):
+  // a depthwise layer computed by its block's projection must be computing
+  // its expand layer, and one computing a projection's input gradient must
+  // be computed by the expand layer's.
   for (ValueId id = 0; id < n; ++id) {
     const ValueId later = by[id];
-    if (later == kNoValue || g.node(id).op != OpKind::kConv2dActivation) continue;
-    if (g.node(later).op != OpKind::kConv2d) continue;
-    if (by[g.node(id).inputs[0]] != id) by[id] = kNoValue;
+    if (later == kNoValue) continue;
+    const OpKind op = g.node(id).op, later_op = g.node(later).op;
+    if (op == OpKind::kConv2dActivation && later_op == OpKind::kConv2d &&
+        by[g.node(id).inputs[0]] != id) {
+      by[id] = kNoValue;
+    }
+  }
+  for (ValueId id = 0; id < n; ++id) {
+    const ValueId later = by[id];
+    if (later == kNoValue) continue;
+    const Node& later_node = g.node(later);
+    const bool into_depthwise = later_node.op == OpKind::kConv2dBackwardInput &&
+                                std::get<Conv2dGradAttrs>(later_node.attrs).conv.groups > 1;
+    if (g.node(id).op == OpKind::kConv2dBackwardInput && into_depthwise && by[later] == kNoValue) {
+      by[id] = kNoValue;
+    }
   }
   // Weight scalings, for convolutions not already computing (or computed by)
   // another convolution: a pair's kernels read their weights as given.
@@ -224,6 +239,13 @@ size_t ScratchBytesWith(const Graph& g, const std::vector<ValueId>& producers) {
       // a depthwise layer its block's projection computes
       bytes = std::max(bytes, ops::parts::InvertedResidualScratchBytes(g.type(node.inputs[0]).shape,
                                                                        g.type(id).shape));
+      continue;
+    }
+    if (node.op == OpKind::kConv2dBackwardInput && producers[later] != kNoValue) {
+      // a projection's input gradient the expand layer's computes
+      const ValueId end = producers[later];
+      bytes = std::max(bytes, ops::parts::InvertedResidualGradScratchBytes(
+                                  g.type(end).shape, g.type(later).shape, g.type(id).shape));
       continue;
     }
     if (node.op == OpKind::kBatchNormInference) {  // a weight scaling
@@ -532,6 +554,29 @@ std::vector<ValueId> AbsorbedProducers(const Graph& graph) {
           user.op == OpKind::kConv2d && user.inputs[0] == id &&
           std::count(user.inputs.begin(), user.inputs.end(), id) == 1 &&
           pointwise(std::get<Conv2dAttrs>(user.attrs), graph.type(user.inputs[1]).shape);
+      if (!fits || later != kNoValue) only = false;
+      later = u;
+    }
+    if (only && later != kNoValue) by[id] = later;
+  }
+  // Backward, a projection's input gradient (a pointwise
+  // conv2d_backward_input) whose dx only the input gradient of a depthwise
+  // layer computed by its expand layer's reads (besides its absorbed bias
+  // gradient): the expand layer's input gradient computes all three.
+  for (ValueId id = 0; id < n; ++id) {
+    const Node& node = graph.node(id);
+    if (node.op != OpKind::kConv2dBackwardInput || graph.IsOutput(id)) continue;
+    if (!pointwise(std::get<Conv2dGradAttrs>(node.attrs).conv, graph.type(node.inputs[1]).shape)) {
+      continue;
+    }
+    ValueId later = kNoValue;
+    bool only = true;
+    for (ValueId u : users[id]) {
+      if (sums[u] == id) continue;
+      const Node& user = graph.node(u);
+      const bool fits = user.op == OpKind::kConv2dBackwardInput && by[u] != kNoValue &&
+                        user.inputs[0] == id &&
+                        std::count(user.inputs.begin(), user.inputs.end(), id) == 1;
       if (!fits || later != kNoValue) only = false;
       later = u;
     }

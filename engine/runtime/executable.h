@@ -305,7 +305,11 @@ std::vector<ValueId> AbsorbedLosses(const Graph& graph);
 // tensors fit in cache anyway); and
 //  - such a depthwise conv2d_activation (one computing its expand layer)
 //    whose output only the block's projection reads, a pointwise conv2d
-//    (ops::parts::InvertedResidualFast: all three layers).
+//    (ops::parts::InvertedResidualFast: all three layers), and
+//  - the projection's input gradient, a pointwise conv2d_backward_input,
+//    whose dx only such a depthwise input gradient (one the expand layer's
+//    computes) reads, besides its absorbed bias gradient
+//    (ops::parts::InvertedResidualGradFast).
 // Per node, the convolution that computes it, or kNoValue. Compile() skips
 // such a node's instruction, keeps its operands live until the node that
 // runs the chain (ArenaOptions::read_until) and gives its output no buffer.

@@ -480,6 +480,56 @@ TEST(Executable, DepthwiseConvolutionsComputeTheirExpandLayer) {
   }
 }
 
+// The input gradients of a whole inverted residual block computed by the
+// expand layer's (AbsorbedProducers twice: the projection's by the depthwise
+// layer's, that by the expand layer's): masks applied and every bias gradient
+// absorbed, 60 channels in blocks of 48 and 12, stride 1 and 2 (the
+// projection's dx on 32×32 planes takes the direct kernel at AVX-512, on
+// 16×16 ones a GEMM). Against the reference kernels and the nodes run apart.
+TEST(Executable, ExpandInputGradientsComputeTheirWholeBlock) {
+  for (int32_t stride : {1, 2}) {
+    SCOPED_TRACE(stride);
+    Graph g;
+    const int64_t side = 32 / stride;
+    const Shape filtered{2, 60, side, side}, between{2, 60, 32, 32}, dx_shape{2, 6, 32, 32};
+    ASSERT_OK_AND_ASSIGN(ValueId dy, g.AddInput("dy", {DType::kF32, {2, 10, side, side}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w_p, g.AddParameter("w_p", {DType::kF32, {10, 60, 1, 1}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w_dw, g.AddParameter("w_dw", {DType::kF32, {60, 1, 3, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId w_e, g.AddParameter("w_e", {DType::kF32, {60, 6, 1, 1}}));
+    ASSERT_OK_AND_ASSIGN(ValueId m_p,
+                         g.AddInput("m_p", {DType::kI32, {2 * 60 * side * side / 32}}));
+    ASSERT_OK_AND_ASSIGN(ValueId m_dw, g.AddInput("m_dw", {DType::kI32, {2 * 60 * 32 * 32 / 32}}));
+    ASSERT_OK_AND_ASSIGN(ValueId dxp, g.AddNode(OpKind::kConv2dBackwardInput, {dy, w_p, m_p},
+                                                Conv2dGradAttrs{Conv2dAttrs{}, filtered}));
+    ASSERT_OK_AND_ASSIGN(ValueId db_p,
+                         g.AddNode(OpKind::kReduceSum, {dxp}, ReduceAttrs{{0, 2, 3}}));
+    ASSERT_OK_AND_ASSIGN(
+        ValueId dxe,
+        g.AddNode(OpKind::kConv2dBackwardInput, {dxp, w_dw, m_dw},
+                  Conv2dGradAttrs{Conv2dAttrs{stride, stride, 1, 1, 1, 1, 60}, between}));
+    ASSERT_OK_AND_ASSIGN(ValueId db_dw,
+                         g.AddNode(OpKind::kReduceSum, {dxe}, ReduceAttrs{{0, 2, 3}}));
+    ASSERT_OK_AND_ASSIGN(ValueId dx, g.AddNode(OpKind::kConv2dBackwardInput, {dxe, w_e},
+                                               Conv2dGradAttrs{Conv2dAttrs{}, dx_shape}));
+    ASSERT_OK_AND_ASSIGN(ValueId db_e, g.AddNode(OpKind::kReduceSum, {dx}, ReduceAttrs{{0, 2, 3}}));
+    g.MarkOutput(dx);
+    g.MarkOutput(db_p);
+    g.MarkOutput(db_dw);
+    g.MarkOutput(db_e);
+    const std::vector<ValueId> producers = AbsorbedProducers(g);
+    EXPECT_EQ(producers[dxp], dxe);
+    EXPECT_EQ(producers[dxe], dx);
+    const std::vector<std::vector<float>> fused = RunOutputs(g, false);
+    ExpectNear(fused, RunOutputs(g, true), {0, 1, 2, 3}, 1e-5f);
+    Graph apart = g;
+    apart.MarkOutput(dxp);
+    EXPECT_EQ(AbsorbedProducers(apart)[dxp], kNoValue);
+    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
+    separate.pop_back();
+    ExpectNear(fused, separate, {0, 1, 2, 3}, 1e-6f);
+  }
+}
+
 // An update reading a bias gradient that a fused pair writes (the depthwise
 // input gradient's channel sums, written when the expand layer's node runs
 // the pair) placed between the two nodes, as reorder_updates places it: it
