@@ -842,14 +842,13 @@ float UpperOf(FusedActivationFn act) {
 constexpr int64_t kFusedRows = 48;
 constexpr int64_t kFusedSlots = 4;
 
-// Runs fn(slot, item) for items [0, items) on min(kFusedSlots, threads)
-// threads, each with a slot of its own, items round robin.
-// Where DepthwiseExpandGradFast's slots start in scratch: past the plane
-// sums of both input gradients (n samples of k and c channels; the expand
-// layer's first, where BackwardInputFast keeps them: a pointwise convolution
-// has no columns), 64-byte aligned.
-size_t GradSlotsOffset(int64_t n, int64_t k, int64_t c) {
-  return (static_cast<size_t>(n * (k + c)) * sizeof(double) + 63) / 64 * 64;
+// Where the fused input gradients' slots start in scratch: past the plane
+// sums of each input gradient (n samples of k channels for the expand
+// layer's, first, where BackwardInputFast keeps them: a pointwise
+// convolution has no columns; c for the depthwise layer's; with the
+// projection's, c more), 64-byte aligned.
+size_t GradSlotsOffset(int64_t n, int64_t k, int64_t c, bool projection) {
+  return (static_cast<size_t>(n * (k + c + (projection ? c : 0))) * sizeof(double) + 63) / 64 * 64;
 }
 
 // A block of `rows` channels of one sample of depthwise convolution g (the
@@ -861,6 +860,8 @@ kernels::DepthwiseGeometry BlockOfChannels(const Geometry& g, int64_t rows) {
   return block;
 }
 
+// Runs fn(slot, item) for items [0, items) on min(kFusedSlots, threads)
+// threads, each with a slot of its own, items round robin.
 template <typename Fn>
 void ForEachItemWithSlot(int64_t items, const Fn& fn) {
   const int64_t slots = std::min<int64_t>(kFusedSlots, kernels::MaxThreads());
@@ -903,7 +904,7 @@ size_t parts::FusedConvolutionScratchBytes(OpKind later, const Shape& between,
   const size_t slots =
       static_cast<size_t>(kFusedSlots * kFusedRows * between[2] * between[3]) * sizeof(float);
   if (later == OpKind::kConv2dActivation) return slots;
-  return GradSlotsOffset(later_output[0], later_output[1], between[1]) + slots;
+  return GradSlotsOffset(later_output[0], later_output[1], between[1], false) + slots;
 }
 
 size_t parts::InvertedResidualScratchBytes(const Shape& expanded, const Shape& depthwise_output) {
@@ -978,125 +979,81 @@ void parts::ExpandDepthwiseFast(const KernelArgs& expand, const KernelArgs& dept
   });
 }
 
-// Where InvertedResidualGradFast's slots start in scratch: past the plane
-// sums of the three input gradients (n samples of k, c and c channels; the
-// expand layer's first, the depthwise layer's next, as in
-// DepthwiseExpandGradFast), 64-byte aligned.
-size_t TripleGradSlotsOffset(int64_t n, int64_t k, int64_t c) {
-  return (static_cast<size_t>(n * (k + 2 * c)) * sizeof(double) + 63) / 64 * 64;
-}
-
 size_t parts::InvertedResidualGradScratchBytes(const Shape& dx, const Shape& depthwise_dx,
                                                const Shape& project_dx) {
   const int64_t planes = depthwise_dx[2] * depthwise_dx[3] + project_dx[2] * project_dx[3];
-  return TripleGradSlotsOffset(dx[0], dx[1], depthwise_dx[1]) +
+  return GradSlotsOffset(dx[0], dx[1], depthwise_dx[1], true) +
          static_cast<size_t>(kFusedSlots * kFusedRows * planes) * sizeof(float);
 }
 
-void parts::InvertedResidualGradFast(const KernelArgs& project, const KernelArgs& depthwise,
-                                     const KernelArgs& expand) {
-  const auto& pa = std::get<Conv2dGradAttrs>(project.node->attrs);
-  const auto& da = std::get<Conv2dGradAttrs>(depthwise.node->attrs);
-  const auto& ea = std::get<Conv2dGradAttrs>(expand.node->attrs);
-  const Geometry gp = MakeGeometry(pa.shape, *project.in(1).shape, pa.conv);
-  const Geometry gd = MakeGeometry(da.shape, *depthwise.in(1).shape, da.conv);
-  const Geometry ge = MakeGeometry(ea.shape, *expand.in(1).shape, ea.conv);
-  const float* dy = project.in(0).f32();   // [n, o, plane2]
-  const float* w_p = project.in(1).f32();  // [o, c, 1, 1]: dX = Wᵀ · dY
-  const int32_t* mask_p = project.num_inputs == 3 ? project.in(2).i32() : nullptr;
-  const float* w_dw = depthwise.in(1).f32();
-  const int32_t* mask_dw = depthwise.num_inputs == 3 ? depthwise.in(2).i32() : nullptr;
-  const float* w_e = expand.in(1).f32();  // [c, k, 1, 1]
-  float* dx = expand.output.f32();
-  const int64_t o = gp.o, c = gd.c, k = ge.c, plane = gd.h * gd.w, plane2 = gp.h * gp.w;
-  const int64_t taps = gd.kh * gd.kw;
-  // Scratch: the plane sums of the expand, depthwise and projection input
-  // gradients, then the slots.
-  double* sums_e = reinterpret_cast<double*>(expand.scratch);
-  double* sums_dw = sums_e + ge.n * k;
-  double* sums_p = sums_dw + gd.n * c;
-  float* slots = reinterpret_cast<float*>(reinterpret_cast<char*>(expand.scratch) +
-                                          TripleGradSlotsOffset(ge.n, k, c));
-  const DxEpilogue e_epilogue{dx, expand.num_inputs == 3 ? expand.in(2).i32() : nullptr, plane,
-                              expand.channel_sums != nullptr ? sums_e : nullptr};
-  const int64_t blocks = (c + kFusedRows - 1) / kFusedRows;
-  // A sample per item: its dx sums every block of channels in turn.
-  ForEachItemWithSlot(gd.n, [&](int64_t s, int64_t n) {
-    float* slot = slots + s * kFusedRows * (plane + plane2);
-    float* filtered = slot + kFusedRows * plane;  // the projection's dx, rows × plane2
-    float* dxn = dx + n * k * plane;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t r0 = b * kFusedRows, rows = std::min(kFusedRows, c - r0);
-      // The projection's input gradient for channels [r0, r0 + rows):
-      // Wᵀ [rows, o] · dY_n [o, plane2], masked and summed per plane, as
-      // BackwardInputFast takes it (the direct kernel where it applies).
-      const DxEpilogue p_epilogue{filtered, mask_p, plane2,
-                                  project.channel_sums != nullptr ? sums_p : nullptr,
-                                  (n * c + r0) * plane2};
-      const bool p_masked = mask_p != nullptr || p_epilogue.plane_sums != nullptr;
-      const kernels::PointwiseGeometry pg{1, rows, o, plane2, 1, c};
-      if (kernels::PointwiseConvApplies(pg)) {
-        kernels::F32PointwiseConv(
-            pg, w_p + r0, dy + n * o * plane2, nullptr, filtered,
-            p_masked ? kernels::PlaneEpilogue{DxBlock, &p_epilogue} : kernels::PlaneEpilogue{});
-      } else {
-        kernels::Sgemm(true, false, rows, plane2, o, 1.0f, w_p + r0, c, dy + n * o * plane2, plane2,
-                       0.0f, filtered, plane2);
-        if (p_masked) DxBlock(&p_epilogue, filtered, rows * plane2);
-      }
-      // The depthwise layer's, as DepthwiseExpandGradFast.
-      const DxEpilogue dw_epilogue{slot, mask_dw, plane,
-                                   depthwise.channel_sums != nullptr ? sums_dw : nullptr,
-                                   (n * c + r0) * plane};
-      kernels::F32DepthwiseConvBackwardInput(BlockOfChannels(gd, rows), filtered, w_dw + r0 * taps,
-                                             slot, {DxBlock, &dw_epilogue});
-      // dX [k, plane] += Wᵀ [k, rows] · slot [rows, plane]
-      kernels::Sgemm(true, false, k, plane, rows, 1.0f, w_e + r0 * k, k, slot, plane,
-                     b == 0 ? 0.0f : 1.0f, dxn, plane);
-    }
-    if (e_epilogue.mask != nullptr || e_epilogue.plane_sums != nullptr) {
-      DxBlock(&e_epilogue, dxn, k * plane);
-    }
-  });
-  if (project.channel_sums != nullptr) ChannelSums(gp, sums_p, project.channel_sums);
-  if (depthwise.channel_sums != nullptr) ChannelSums(gd, sums_dw, depthwise.channel_sums);
-  if (expand.channel_sums != nullptr) ChannelSums(ge, sums_e, expand.channel_sums);
-}
+namespace {
 
-void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand) {
+// DepthwiseExpandGradFast, and with `project` InvertedResidualGradFast: the
+// input gradients block of channels by block, into the expand node's dx.
+void ExpandGradInBlocks(const KernelArgs* project, const KernelArgs& depthwise,
+                        const KernelArgs& expand) {
   const auto& da = std::get<Conv2dGradAttrs>(depthwise.node->attrs);
   const auto& ea = std::get<Conv2dGradAttrs>(expand.node->attrs);
   const Geometry gd = MakeGeometry(da.shape, *depthwise.in(1).shape, da.conv);
   const Geometry ge = MakeGeometry(ea.shape, *expand.in(1).shape, ea.conv);
-  const float* dy = depthwise.in(0).f32();
   const float* w_dw = depthwise.in(1).f32();
   const int32_t* mask_dw = depthwise.num_inputs == 3 ? depthwise.in(2).i32() : nullptr;
   const float* w_e = expand.in(1).f32();  // [c, k, 1, 1]: dX = Wᵀ · dY
   float* dx = expand.output.f32();
-  const int64_t c = gd.c, k = ge.c, plane = gd.h * gd.w, taps = gd.kh * gd.kw;
-  // Scratch: the expand layer's plane sums (as BackwardInputFast keeps
-  // them), the depthwise layer's, then the slots.
+  const int64_t c = gd.c, k = ge.c, plane = gd.h * gd.w, plane2 = gd.out_plane();
+  const int64_t taps = gd.kh * gd.kw;
+  // Scratch: the plane sums of the expand layer's, the depthwise layer's and
+  // the projection's input gradients, then the slots: a block's depthwise dx,
+  // then (with the projection) its dY.
   double* sums_e = reinterpret_cast<double*>(expand.scratch);
   double* sums_dw = sums_e + ge.n * k;
+  double* sums_p = sums_dw + gd.n * c;
   float* slots = reinterpret_cast<float*>(reinterpret_cast<char*>(expand.scratch) +
-                                          GradSlotsOffset(ge.n, k, c));
+                                          GradSlotsOffset(ge.n, k, c, project != nullptr));
+  const int64_t slot_floats = kFusedRows * (plane + (project != nullptr ? plane2 : 0));
   const DxEpilogue e_epilogue{dx, expand.num_inputs == 3 ? expand.in(2).i32() : nullptr, plane,
                               expand.channel_sums != nullptr ? sums_e : nullptr};
   const int64_t blocks = (c + kFusedRows - 1) / kFusedRows;
   // A sample per item: its dx sums every block of channels in turn.
   ForEachItemWithSlot(gd.n, [&](int64_t s, int64_t n) {
-    float* slot = slots + s * kFusedRows * plane;
+    float* slot = slots + s * slot_floats;
     float* dxn = dx + n * k * plane;
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * kFusedRows, rows = std::min(kFusedRows, c - r0);
-      // The depthwise layer's input gradient for channels [r0, r0 + rows),
-      // masked and summed per plane as BackwardInputFast would.
+      // The depthwise layer's dY for channels [r0, r0 + rows): in memory, or
+      // the projection's input gradient Wᵀ [rows, o] · dY_n [o, plane2],
+      // masked and summed per plane as BackwardInputFast would (the direct
+      // kernel where it applies).
+      const float* dy = depthwise.in(0).f32() + (n * c + r0) * plane2;
+      if (project != nullptr) {
+        const int64_t o = project->in(1).shape->front();
+        const float* w_p = project->in(1).f32() + r0;  // [o, c, 1, 1]
+        const float* dy_p = project->in(0).f32() + n * o * plane2;
+        const int32_t* mask_p = project->num_inputs == 3 ? project->in(2).i32() : nullptr;
+        float* filtered = slot + kFusedRows * plane;
+        const DxEpilogue p_epilogue{filtered, mask_p, plane2,
+                                    project->channel_sums != nullptr ? sums_p : nullptr,
+                                    (n * c + r0) * plane2};
+        const kernels::PlaneEpilogue epilogue =
+            mask_p != nullptr || p_epilogue.plane_sums != nullptr
+                ? kernels::PlaneEpilogue{DxBlock, &p_epilogue}
+                : kernels::PlaneEpilogue{};
+        const kernels::PointwiseGeometry pg{1, rows, o, plane2, 1, c};
+        if (kernels::PointwiseConvApplies(pg)) {
+          kernels::F32PointwiseConv(pg, w_p, dy_p, nullptr, filtered, epilogue);
+        } else {
+          kernels::Sgemm(true, false, rows, plane2, o, 1.0f, w_p, c, dy_p, plane2, 0.0f, filtered,
+                         plane2);
+          if (epilogue.fn != nullptr) epilogue.fn(epilogue.ctx, filtered, rows * plane2);
+        }
+        dy = filtered;
+      }
+      // The depthwise layer's input gradient, masked and summed per plane.
       const DxEpilogue dw_epilogue{slot, mask_dw, plane,
                                    depthwise.channel_sums != nullptr ? sums_dw : nullptr,
                                    (n * c + r0) * plane};
-      kernels::F32DepthwiseConvBackwardInput(BlockOfChannels(gd, rows),
-                                             dy + (n * c + r0) * gd.out_plane(), w_dw + r0 * taps,
-                                             slot, {DxBlock, &dw_epilogue});
+      kernels::F32DepthwiseConvBackwardInput(BlockOfChannels(gd, rows), dy, w_dw + r0 * taps, slot,
+                                             {DxBlock, &dw_epilogue});
       // dX [k, plane] += Wᵀ [k, rows] · slot [rows, plane]
       kernels::Sgemm(true, false, k, plane, rows, 1.0f, w_e + r0 * k, k, slot, plane,
                      b == 0 ? 0.0f : 1.0f, dxn, plane);
@@ -1105,8 +1062,24 @@ void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArg
       DxBlock(&e_epilogue, dxn, k * plane);
     }
   });
+  if (project != nullptr && project->channel_sums != nullptr) {
+    const auto& pa = std::get<Conv2dGradAttrs>(project->node->attrs);
+    ChannelSums(MakeGeometry(pa.shape, *project->in(1).shape, pa.conv), sums_p,
+                project->channel_sums);
+  }
   if (depthwise.channel_sums != nullptr) ChannelSums(gd, sums_dw, depthwise.channel_sums);
   if (expand.channel_sums != nullptr) ChannelSums(ge, sums_e, expand.channel_sums);
+}
+
+}  // namespace
+
+void parts::InvertedResidualGradFast(const KernelArgs& project, const KernelArgs& depthwise,
+                                     const KernelArgs& expand) {
+  ExpandGradInBlocks(&project, depthwise, expand);
+}
+
+void parts::DepthwiseExpandGradFast(const KernelArgs& depthwise, const KernelArgs& expand) {
+  ExpandGradInBlocks(nullptr, depthwise, expand);
 }
 
 bool parts::IsWeightScaling(const KernelArgs* producer) {
