@@ -110,10 +110,12 @@ size_t FusedConvolutionScratchBytes(OpKind later, const Shape& between, const Sh
 
 // conv.cc: a pointwise convolution whose weight scaling the runtime absorbed
 // (runtime::AbsorbedWeightScalings) gets that batch_norm_inference node as
-// KernelArgs::producer (IsWeightScaling), runs its fast kernel into its own
-// scratch at ScaledWeightOffset (the bits the node would write), and reads
-// the weight from there. ScaledWeightOffset + the weight's bytes is the
-// scratch such a convolution needs.
+// KernelArgs::producer (IsWeightScaling) and applies its scale s per output
+// channel itself: through a GEMM as (W·x)·s with the bias after it; in the
+// direct kernel as it packs W (the node's values); for an input gradient with
+// dY smaller than W as Wᵀ·(s·dY); otherwise with W·s written by the node's
+// fast kernel into scratch. Its scratch starts at ScaledWeightOffset, and
+// ScaledWeightOffset + the weight's bytes is what such a convolution needs.
 bool IsWeightScaling(const KernelArgs* producer);
 size_t ScaledWeightOffset(const Node& conv, absl::Span<const TensorType* const> in);
 

@@ -321,14 +321,14 @@ std::vector<ValueId> AbsorbedProducers(const Graph& graph);
 
 // Frozen BatchNorm scalings of a convolution weight, W·s (passes/
 // fold_batch_norm.h: batch_norm_inference(reshape(W), 0, σ², γ, 0), then a
-// reshape back), whose only reader is a pointwise conv2d, conv2d_activation or
-// conv2d_backward_input: that convolution scales the weight into its own
-// scratch (ops::parts::ScaledWeight), where it stays in cache for the GEMM,
-// instead of a node writing it to the arena for the convolution to read back.
-// MobileNetV2 has two a layer (forward and backward), 1.3 MB for its largest.
-// Per node, for the scaling and the reshape after it, the convolution, or
-// kNoValue. Compile() treats both as AbsorbedProducers do theirs, except that
-// the reshape has no kernel arguments of its own.
+// reshape back), over the output channels of its only reader, a pointwise
+// conv2d, conv2d_activation or conv2d_backward_input: that convolution applies
+// s itself (ops::parts::IsWeightScaling; in its epilogue, as it packs W, on
+// dY, or W·s into its scratch), instead of a node writing W·s to the arena
+// for it to read back. MobileNetV2 has two a layer (forward and backward),
+// 1.6 MB for its largest. Per node, for the scaling and the reshape after it,
+// the convolution, or kNoValue. Compile() treats both as AbsorbedProducers do
+// theirs, except that the reshape has no kernel arguments of its own.
 std::vector<ValueId> AbsorbedWeightScalings(const Graph& graph);
 
 // Values computable once at compile time: kFill, parameters no update node
