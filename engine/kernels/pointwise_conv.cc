@@ -40,11 +40,13 @@ FLEETTUNE_VEC_INLINE V Load(const float* p) {
 
 // One tile: R rows (A(r0 + i, kk) = panel[kk·panel_stride + i]) × NV vectors of columns
 // starting at x_col[j] (row 0 of x) and y_col[j] (row 0 of y); row i of the
-// tile is y's row at y_row[i] floats from there. Sums k in order.
+// tile is y's row at y_row[i] floats from there. Sums k in order; with
+// `accumulate`, adds the sum to y, every y of the tile read before any is
+// written (a repeated row or vector then stores the same value twice).
 template <typename V, int R, int NV>
 FLEETTUNE_VEC_INLINE void Tile(const float* panel, int64_t panel_stride, int64_t k, int64_t plane,
                                const float* const* x_col, const float* bias_rows,
-                               const int64_t* y_row, float* const* y_col) {
+                               const int64_t* y_row, float* const* y_col, bool accumulate) {
   V acc[R][NV] = {};
   const float* xp[NV];
   for (int j = 0; j < NV; ++j) xp[j] = x_col[j];
@@ -61,6 +63,13 @@ FLEETTUNE_VEC_INLINE void Tile(const float* panel, int64_t panel_stride, int64_t
       const V wi = Splat<V>(w[i]);
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] += wi * xv[j];
+    }
+  }
+  if (accumulate) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = Load<V>(y_col[j] + y_row[i]) + acc[i][j];
     }
   }
 #pragma GCC unroll 16
@@ -100,7 +109,7 @@ FLEETTUNE_VEC_INLINE void Block(const PointwiseGeometry& g, const float* panel,
       y_col[j] = y + s * g.rows * g.plane + p;
     }
     Tile<V, R, NV>(panel, panel_stride, g.k, g.plane, x_col, bias != nullptr ? bias_rows : nullptr,
-                   y_row, y_col);
+                   y_row, y_col, g.accumulate);
   }
 }
 

@@ -28,6 +28,7 @@ struct PointwiseGeometry {
   int64_t k;      // input channels of x
   int64_t plane;  // h·w, the same for x and y
   int64_t a_row_stride, a_k_stride;
+  bool accumulate = false;  // y += A·x (+ bias) instead of y = A·x (+ bias)
 };
 
 // Whether F32PointwiseConv computes g at the kernel ISA's width (isa.h),
@@ -35,8 +36,9 @@ struct PointwiseGeometry {
 // (bench/pointwise_bench; BENCHMARKS.md, issue #6, tenth session).
 bool PointwiseConvApplies(const PointwiseGeometry& g);
 
-// y [n, rows, plane] from x [n, k, plane]; bias may be null (added after the
-// sum, as a GEMM's caller would). The epilogue runs on blocks of whole planes
+// y [n, rows, plane] from x [n, k, plane] (with g.accumulate, added to y,
+// as a GEMM with β = 1); bias may be null (added after the sum, as a GEMM's
+// caller would). The epilogue runs on blocks of whole planes
 // of y. y must not alias x or a. With row_scale (rows floats), A's row r is
 // taken times row_scale[r] as it is packed, each element rounded as
 // a·row_scale alone would be: a frozen BatchNorm's scaling of a weight

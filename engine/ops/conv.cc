@@ -944,12 +944,18 @@ void parts::InvertedResidualFast(const KernelArgs& expand, const KernelArgs& dep
       kernels::F32DepthwiseConv(BlockOfChannels(gd, rows), expanded, w2 + r0 * taps,
                                 b2 != nullptr ? b2 + r0 : nullptr, filtered,
                                 {ActivateAndPackBlock, &dw_pack});
-      // Y_n [o, plane2] (+)= W3[:, r0 : r0 + rows] · filtered [rows, plane2]
+      // Y_n [o, plane2] (+)= W3[:, r0 : r0 + rows] · filtered [rows, plane2],
+      // the bias with the first block (the direct kernel where it applies).
+      kernels::PointwiseGeometry pg{1, gp.o, rows, plane2, gp.c, 1, block > 0};
+      if (kernels::PointwiseConvApplies(pg)) {
+        kernels::F32PointwiseConv(pg, w3 + r0, filtered, block == 0 ? b3 : nullptr, yn);
+        continue;
+      }
       kernels::Sgemm(false, false, gp.o, plane2, rows, 1.0f, w3 + r0, gp.c, filtered, plane2,
                      block == 0 ? 0.0f : 1.0f, yn, plane2);
-    }
-    if (b3 != nullptr) {
-      for (int64_t o = 0; o < gp.o; ++o) AddScalar(b3[o], yn + o * plane2, plane2);
+      if (block == 0 && b3 != nullptr) {
+        for (int64_t o = 0; o < gp.o; ++o) AddScalar(b3[o], yn + o * plane2, plane2);
+      }
     }
   });
 }
@@ -987,7 +993,6 @@ size_t parts::InvertedResidualGradScratchBytes(const Shape& dx, const Shape& dep
 }
 
 namespace {
-
 // DepthwiseExpandGradFast, and with `project` InvertedResidualGradFast: the
 // input gradients block of channels by block, into the expand node's dx.
 void ExpandGradInBlocks(const KernelArgs* project, const KernelArgs& depthwise,
