@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -292,6 +293,47 @@ TEST(FastKernels, PointwiseConvolutionDirectPaths) {
     Case masked{OpKind::kConv2dBackwardInput, {dy, F32(c.w), mask}, Conv2dGradAttrs{c.attrs, c.x}};
     masked.int_upper = 1 << 30;  // random bits in all but the top two of each word
     ExpectFastMatchesReference(masked);
+  }
+  kernels::SetKernelIsa(kernels::Isa::kGeneric);
+}
+
+// The direct pointwise kernel adding into y (PointwiseGeometry::accumulate),
+// against y plus the product in double: a block of 5 rows (a tile repeating
+// its last row), planes of 3 vectors (a tile repeating its last vector), and
+// 4×4 planes two samples to a tile; forward (A packed) and transposed A.
+TEST(FastKernels, PointwiseConvolutionDirectAccumulates) {
+  if (!kernels::HostSupports(kernels::Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this host";
+  kernels::SetKernelIsa(kernels::Isa::kAvx512);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (const auto& [n, rows, k, plane, transposed] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>>{
+           {1, 5, 48, 48, false}, {3, 17, 24, 16, false}, {2, 5, 40, 1024, true}}) {
+    SCOPED_TRACE(absl::StrCat(n, " ", rows, " ", k, " ", plane, transposed ? " transposed" : ""));
+    const kernels::PointwiseGeometry g{
+        n, rows, k, plane, transposed ? 1 : k, transposed ? rows : 1, true};
+    ASSERT_TRUE(kernels::PointwiseConvApplies(g));
+    auto random = [&](int64_t size) {
+      std::vector<float> v(size);
+      for (float& e : v) e = u(rng);
+      return v;
+    };
+    const std::vector<float> a = random(rows * k), x = random(n * k * plane), bias = random(rows),
+                             y = random(n * rows * plane);
+    std::vector<float> got = y;
+    kernels::F32PointwiseConv(g, a.data(), x.data(), bias.data(), got.data());
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t p = 0; p < plane; ++p) {
+          double want = y[(s * rows + r) * plane + p] + bias[r];
+          for (int64_t q = 0; q < k; ++q) {
+            want += static_cast<double>(a[r * g.a_row_stride + q * g.a_k_stride]) *
+                    x[(s * k + q) * plane + p];
+          }
+          ASSERT_NEAR(got[(s * rows + r) * plane + p], want, 1e-5) << s << " " << r << " " << p;
+        }
+      }
+    }
   }
   kernels::SetKernelIsa(kernels::Isa::kGeneric);
 }
