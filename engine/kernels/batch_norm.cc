@@ -209,9 +209,7 @@ void F32BatchNormStatsUpdate(const ChannelLayout& l, const float* x, float momen
 void F32BatchNormFrozen(const ChannelLayout& l, const float* x, const float* mean, const float* var,
                         const float* gamma, const float* beta, float eps, float* y,
                         PlaneEpilogue epilogue) {
-  auto scale_of = [&](int64_t c) {
-    return static_cast<float>(gamma[c] / std::sqrt(static_cast<double>(var[c]) + eps));
-  };
+  auto scale_of = [&](int64_t c) { return FrozenScale(gamma[c], var[c], eps); };
   if (l.inner >= 64) {
     ForChannels(l, 1, [&](int64_t c) {
       const float scale = scale_of(c);
@@ -247,7 +245,7 @@ void F32BatchNormFrozen(const ChannelLayout& l, const float* x, const float* mea
 void F32BatchNormFrozenGrad(const ChannelLayout& l, const float* dy, const float* var,
                             const float* gamma, float eps, float* dx) {
   ForChannels(l, 1, [&](int64_t c) {
-    const float scale = static_cast<float>(gamma[c] / std::sqrt(static_cast<double>(var[c]) + eps));
+    const float scale = FrozenScale(gamma[c], var[c], eps);
     for (int64_t n = 0; n < l.outer; ++n) {
       ScaleShiftF32(Row(l, dy, n, c), l.inner, scale, 0.0f, Row(l, dx, n, c));
     }

@@ -8,6 +8,7 @@
 #ifndef FLEETTUNE_ENGINE_KERNELS_BATCH_NORM_H_
 #define FLEETTUNE_ENGINE_KERNELS_BATCH_NORM_H_
 
+#include <cmath>
 #include <cstdint>
 
 #include "engine/kernels/epilogue.h"
@@ -18,6 +19,13 @@ struct ChannelLayout {
   int64_t outer, channels, inner;
   int64_t per_channel() const { return outer * inner; }
 };
+
+// A frozen BatchNorm's scale of one channel, γ/√(σ² + eps) in double, then
+// rounded: what F32BatchNormFrozen and F32BatchNormFrozenGrad multiply by,
+// and what a convolution applying a folded scaling itself must use to agree.
+inline float FrozenScale(float gamma, float var, float eps) {
+  return static_cast<float>(gamma / std::sqrt(static_cast<double>(var) + eps));
+}
 
 // y = (x − μ_B)/√(σ²_B + eps)·γ + β with batch statistics. y may equal x.
 void F32BatchNormTrain(const ChannelLayout& l, const float* x, const float* gamma,

@@ -86,7 +86,13 @@ FLEETTUNE_VEC_INLINE SoftmaxRowStats ScaledSoftmaxRowV(const float* x, int64_t n
   return {m, sum};
 }
 
-// Each function at every level: generic (4 lanes), AVX2 + FMA (8), AVX-512 (16).
+// The functions at one level: generic (4 lanes), AVX2 + FMA (8), AVX-512 (16).
+struct Level {
+  float (*exp_shifted_sum)(const float*, int64_t, float, float*);
+  float (*row_max)(const float*, int64_t);
+  SoftmaxRowStats (*scaled_softmax_row)(const float*, int64_t, float, float*);
+};
+
 #define FLEETTUNE_EXP_SUM_LEVEL(suffix, target, V)                                        \
   target float ExpShiftedSum##suffix(const float* x, int64_t n, float shift, float* y) {  \
     return ExpShiftedSumV<V>(x, n, shift, y);                                             \
@@ -95,7 +101,8 @@ FLEETTUNE_VEC_INLINE SoftmaxRowStats ScaledSoftmaxRowV(const float* x, int64_t n
   target SoftmaxRowStats ScaledSoftmaxRow##suffix(const float* x, int64_t n, float scale, \
                                                   float* y) {                             \
     return ScaledSoftmaxRowV<V>(x, n, scale, y);                                          \
-  }
+  }                                                                                       \
+  constexpr Level k##suffix = {ExpShiftedSum##suffix, RowMax##suffix, ScaledSoftmaxRow##suffix};
 
 FLEETTUNE_EXP_SUM_LEVEL(Generic, , F32x4)
 #if defined(__x86_64__)
@@ -104,48 +111,30 @@ FLEETTUNE_EXP_SUM_LEVEL(Avx512, __attribute__((target("avx512f"))), F32x16)
 #endif
 #undef FLEETTUNE_EXP_SUM_LEVEL
 
+const Level& CurrentLevel() {
+#if defined(__x86_64__)
+  switch (KernelIsa()) {
+    case Isa::kAvx512:
+      return kAvx512;
+    case Isa::kAvx2:
+      return kAvx2;
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  return kGeneric;
+}
+
 }  // namespace
 
 float ExpShiftedSum(const float* x, int64_t n, float shift, float* y) {
-#if defined(__x86_64__)
-  switch (KernelIsa()) {
-    case Isa::kAvx512:
-      return ExpShiftedSumAvx512(x, n, shift, y);
-    case Isa::kAvx2:
-      return ExpShiftedSumAvx2(x, n, shift, y);
-    case Isa::kGeneric:
-      break;
-  }
-#endif
-  return ExpShiftedSumGeneric(x, n, shift, y);
+  return CurrentLevel().exp_shifted_sum(x, n, shift, y);
 }
 
-float RowMax(const float* x, int64_t n) {
-#if defined(__x86_64__)
-  switch (KernelIsa()) {
-    case Isa::kAvx512:
-      return RowMaxAvx512(x, n);
-    case Isa::kAvx2:
-      return RowMaxAvx2(x, n);
-    case Isa::kGeneric:
-      break;
-  }
-#endif
-  return RowMaxGeneric(x, n);
-}
+float RowMax(const float* x, int64_t n) { return CurrentLevel().row_max(x, n); }
 
 SoftmaxRowStats ScaledSoftmaxRow(const float* x, int64_t n, float scale, float* y) {
-#if defined(__x86_64__)
-  switch (KernelIsa()) {
-    case Isa::kAvx512:
-      return ScaledSoftmaxRowAvx512(x, n, scale, y);
-    case Isa::kAvx2:
-      return ScaledSoftmaxRowAvx2(x, n, scale, y);
-    case Isa::kGeneric:
-      break;
-  }
-#endif
-  return ScaledSoftmaxRowGeneric(x, n, scale, y);
+  return CurrentLevel().scaled_softmax_row(x, n, scale, y);
 }
 
 }  // namespace fleettune::engine::kernels

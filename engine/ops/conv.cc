@@ -25,6 +25,7 @@
 #include <limits>
 
 #include "engine/base/status_macros.h"
+#include "engine/kernels/batch_norm.h"
 #include "engine/kernels/depthwise_conv.h"
 #include "engine/kernels/gemm.h"
 #include "engine/kernels/parallel.h"
@@ -351,14 +352,19 @@ size_t OwnScratchBytes(OpKind op, const Geometry& g) {
   return (bytes + 63) / 64 * 64;
 }
 
+// The scratch past the convolution's own, where an absorbed weight
+// scaling's scales, s·dY or W·s go.
+float* ScalingScratch(const KernelArgs& args, OpKind op, const Geometry& g) {
+  return reinterpret_cast<float*>(reinterpret_cast<char*>(args.scratch) + OwnScratchBytes(op, g));
+}
+
 // The convolution's weight: its operand, or with an absorbed weight scaling
-// (parts::IsWeightScaling) W·s, which that node's fast kernel writes into the
-// scratch past the convolution's own.
+// (parts::IsWeightScaling) W·s, which that node's fast kernel writes into
+// ScalingScratch.
 const float* WeightOf(const KernelArgs& args, OpKind op, const Geometry& g) {
   if (!parts::IsWeightScaling(args.producer)) return args.in(1).f32();
   KernelArgs scaling = *args.producer;
-  float* w =
-      reinterpret_cast<float*>(reinterpret_cast<char*>(args.scratch) + OwnScratchBytes(op, g));
+  float* w = ScalingScratch(args, op, g);
   scaling.output = TensorView{w, scaling.output.shape, DType::kF32};
   GetOpDef(OpKind::kBatchNormInference).fast(scaling);
   return w;
@@ -370,10 +376,8 @@ const float* WeightOf(const KernelArgs& args, OpKind op, const Geometry& g) {
 void WeightScales(const KernelArgs& scaling, int64_t channels, float* s) {
   const float* var = scaling.in(2).f32();
   const float* gamma = scaling.in(3).f32();
-  const double eps = scaling.attrs<BatchNormAttrs>().eps;
-  for (int64_t o = 0; o < channels; ++o) {
-    s[o] = static_cast<float>(gamma[o] / std::sqrt(static_cast<double>(var[o]) + eps));
-  }
+  const float eps = scaling.attrs<BatchNormAttrs>().eps;
+  for (int64_t o = 0; o < channels; ++o) s[o] = kernels::FrozenScale(gamma[o], var[o], eps);
 }
 
 // The convolution, with `epilogue` called on each output plane: as soon as
@@ -394,8 +398,7 @@ void FastWithEpilogue(const KernelArgs& args, kernels::PlaneEpilogue epilogue) {
   const float* scales = nullptr;
   const float* w;
   if (parts::IsWeightScaling(args.producer) && g.pointwise() && g.groups == 1) {
-    float* s = reinterpret_cast<float*>(reinterpret_cast<char*>(args.scratch) +
-                                        OwnScratchBytes(OpKind::kConv2d, g));
+    float* s = ScalingScratch(args, OpKind::kConv2d, g);
     WeightScales(*args.producer, g.o, s);
     scales = s;
     w = args.producer->in(0).f32();
@@ -518,8 +521,7 @@ void BackwardInputWithEpilogue(const KernelArgs& args, const Geometry& g,
   const float* w;
   if (parts::IsWeightScaling(args.producer) && gemm_per_sample && g.groups == 1 &&
       g.n * plane < g.c) {
-    float* s = reinterpret_cast<float*>(reinterpret_cast<char*>(args.scratch) +
-                                        OwnScratchBytes(OpKind::kConv2dBackwardInput, g));
+    float* s = ScalingScratch(args, OpKind::kConv2dBackwardInput, g);
     float* scaled = s + g.o;  // n·o·plane floats: fewer than o·(c − 1)
     WeightScales(*args.producer, g.o, s);
     kernels::ParallelFor(g.n * g.o, plane, [&](int64_t begin, int64_t end) {

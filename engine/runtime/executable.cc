@@ -96,23 +96,18 @@ std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
   // Three layers run together or not at all (their kernel does all three):
   // a depthwise layer computed by its block's projection must be computing
   // its expand layer, and one computing a projection's input gradient must
-  // be computed by the expand layer's.
+  // be computed by the expand layer's. Neither of those links is undone here.
   for (ValueId id = 0; id < n; ++id) {
     const ValueId later = by[id];
     if (later == kNoValue) continue;
-    const OpKind op = g.node(id).op, later_op = g.node(later).op;
-    if (op == OpKind::kConv2dActivation && later_op == OpKind::kConv2d &&
-        by[g.node(id).inputs[0]] != id) {
-      by[id] = kNoValue;
-    }
-  }
-  for (ValueId id = 0; id < n; ++id) {
-    const ValueId later = by[id];
-    if (later == kNoValue) continue;
+    const Node& node = g.node(id);
     const Node& later_node = g.node(later);
-    const bool into_depthwise = later_node.op == OpKind::kConv2dBackwardInput &&
+    const bool block_forward =
+        node.op == OpKind::kConv2dActivation && later_node.op == OpKind::kConv2d;
+    const bool block_backward = node.op == OpKind::kConv2dBackwardInput &&
+                                later_node.op == OpKind::kConv2dBackwardInput &&
                                 std::get<Conv2dGradAttrs>(later_node.attrs).conv.groups > 1;
-    if (g.node(id).op == OpKind::kConv2dBackwardInput && into_depthwise && by[later] == kNoValue) {
+    if ((block_forward && by[node.inputs[0]] != id) || (block_backward && by[later] == kNoValue)) {
       by[id] = kNoValue;
     }
   }
@@ -131,25 +126,24 @@ std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
   return by;
 }
 
+// The node that runs v's computation: v, or the end of its producer chain.
+ValueId RunsAt(const std::vector<ValueId>& producers, ValueId v) {
+  while (producers[v] != kNoValue) v = producers[v];
+  return v;
+}
+
 // The arena's view of absorbed producers: no buffer for their output, and
-// their operands live until the node that computes them.
+// their operands live until the node that computes them (a chain's last).
 void ApplyProducers(const Graph& g, const std::vector<ValueId>& producers, ArenaOptions* options) {
   options->read_until.assign(g.num_nodes(), kNoValue);
   for (ValueId id = 0; id < g.num_nodes(); ++id) {
     if (producers[id] == kNoValue) continue;
-    ValueId runs_at = producers[id];  // a chain (expand → depthwise → projection) runs at its end
-    while (producers[runs_at] != kNoValue) runs_at = producers[runs_at];
+    const ValueId runs_at = RunsAt(producers, id);
     options->outside_arena[id] = true;
     for (ValueId in : g.node(id).inputs) {
       options->read_until[in] = std::max(options->read_until[in], runs_at);
     }
   }
-}
-
-// The node that runs v's computation: v, or the end of its producer chain.
-ValueId RunsAt(const std::vector<ValueId>& producers, ValueId v) {
-  while (producers[v] != kNoValue) v = producers[v];
-  return v;
 }
 
 // Whether node r may run right after node `at` instead of in its place:
@@ -199,7 +193,7 @@ std::vector<ValueId> DeferReaders(const Graph& g, const std::vector<ValueId>& ab
       if (absorbed[v] == kNoValue) continue;
       const ValueId at = RunsAt(*producers, absorbed[v]);
       for (ValueId r : users[v]) {
-        if (r > at) continue;
+        if (r >= at) continue;
         if (!CanWait(g, users, r, at)) {
           for (ValueId p = 0; p < n; ++p) {
             if ((*producers)[p] != kNoValue && RunsAt(*producers, p) == at) {
@@ -209,7 +203,7 @@ std::vector<ValueId> DeferReaders(const Graph& g, const std::vector<ValueId>& ab
           undone = true;
           break;
         }
-        wait_for[r] = std::max(wait_for[r] == kNoValue ? r : wait_for[r], at);
+        wait_for[r] = wait_for[r] == kNoValue ? at : std::max(wait_for[r], at);
       }
     }
   }
@@ -496,46 +490,54 @@ std::vector<ValueId> AbsorbedProducers(const Graph& graph) {
   auto pointwise = [&](const Conv2dAttrs& a, const Shape& w) {
     return a == Conv2dAttrs{} && w.size() == 4 && w[2] == 1 && w[3] == 1;
   };
+  // The one reader of id's output besides its absorbed mask or channel sums,
+  // if it reads it once, as its first operand, and fits(reader); else
+  // kNoValue.
+  auto sole_reader = [&](ValueId id, const auto& fits) {
+    ValueId later = kNoValue;
+    for (ValueId u : users[id]) {
+      if (masks[u] == id || sums[u] == id) continue;
+      const Node& user = graph.node(u);
+      if (later != kNoValue || user.inputs[0] != id ||
+          std::count(user.inputs.begin(), user.inputs.end(), id) != 1 || !fits(u)) {
+        return kNoValue;
+      }
+      later = u;
+    }
+    return later;
+  };
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);
     if (graph.IsOutput(id) || node.type.shape.size() != 4) continue;
     const Shape& y = node.type.shape;
     if (y[2] * y[3] < kMinProducerPlane) continue;
-    if (node.op != OpKind::kConv2dActivation && node.op != OpKind::kConv2dBackwardInput) continue;
-    const Shape& w = graph.type(node.inputs[1]).shape;
-    bool producer = false;
     if (node.op == OpKind::kConv2dActivation) {
       const auto& a = std::get<FusedConvAttrs>(node.attrs);
-      producer = (a.act == FusedActivationFn::kRelu || a.act == FusedActivationFn::kRelu6) &&
-                 pointwise(a.conv, w);
+      const Shape& w = graph.type(node.inputs[1]).shape;
+      if ((a.act != FusedActivationFn::kRelu && a.act != FusedActivationFn::kRelu6) ||
+          !pointwise(a.conv, w)) {
+        continue;
+      }
+      // the depthwise layer after an expand layer
+      by[id] = sole_reader(id, [&](ValueId u) {
+        const Node& user = graph.node(u);
+        if (user.op != node.op || user.inputs.size() < 2) return false;
+        const Shape& uw = graph.type(user.inputs[1]).shape;
+        return std::get<FusedConvAttrs>(user.attrs).conv.groups == y[1] && uw[0] == y[1] &&
+               uw[1] == 1;
+      });
     } else if (node.op == OpKind::kConv2dBackwardInput) {
       const auto& a = std::get<Conv2dGradAttrs>(node.attrs);
-      producer = a.conv.groups == y[1] && w[0] == y[1] && w[1] == 1;  // depthwise
-    }
-    if (!producer) continue;
-    ValueId later = kNoValue;
-    bool only = true;
-    for (ValueId u : users[id]) {
-      if (masks[u] == id || sums[u] == id) continue;
-      const Node& user = graph.node(u);
-      bool fits = false;
-      if (user.op == node.op && user.inputs.size() >= 2) {
+      const Shape& w = graph.type(node.inputs[1]).shape;
+      if (a.conv.groups != y[1] || w[0] != y[1] || w[1] != 1) continue;  // depthwise
+      // the expand layer's input gradient after the depthwise layer's
+      by[id] = sole_reader(id, [&](ValueId u) {
+        const Node& user = graph.node(u);
+        if (user.op != node.op || user.inputs.size() < 2) return false;
         const Shape& uw = graph.type(user.inputs[1]).shape;
-        if (node.op == OpKind::kConv2dActivation) {
-          // the depthwise layer after an expand layer
-          fits = std::get<FusedConvAttrs>(user.attrs).conv.groups == y[1] && uw[0] == y[1] &&
-                 uw[1] == 1;
-        } else {
-          // the expand layer's input gradient after the depthwise layer's
-          fits = pointwise(std::get<Conv2dGradAttrs>(user.attrs).conv, uw) && uw[0] == y[1];
-        }
-      }
-      fits = fits && user.inputs[0] == id &&
-             std::count(user.inputs.begin(), user.inputs.end(), id) == 1;
-      if (!fits || later != kNoValue) only = false;
-      later = u;
+        return pointwise(std::get<Conv2dGradAttrs>(user.attrs).conv, uw) && uw[0] == y[1];
+      });
     }
-    if (only && later != kNoValue) by[id] = later;
   }
   // A depthwise layer computing its expand layer, whose output only the
   // block's projection reads (a plain pointwise conv2d; its weight gradient,
@@ -545,19 +547,11 @@ std::vector<ValueId> AbsorbedProducers(const Graph& graph) {
     const Node& node = graph.node(id);
     if (node.op != OpKind::kConv2dActivation || graph.IsOutput(id)) continue;
     if (by[node.inputs[0]] != id) continue;
-    ValueId later = kNoValue;
-    bool only = true;
-    for (ValueId u : users[id]) {
-      if (masks[u] == id) continue;
+    by[id] = sole_reader(id, [&](ValueId u) {
       const Node& user = graph.node(u);
-      const bool fits =
-          user.op == OpKind::kConv2d && user.inputs[0] == id &&
-          std::count(user.inputs.begin(), user.inputs.end(), id) == 1 &&
-          pointwise(std::get<Conv2dAttrs>(user.attrs), graph.type(user.inputs[1]).shape);
-      if (!fits || later != kNoValue) only = false;
-      later = u;
-    }
-    if (only && later != kNoValue) by[id] = later;
+      return user.op == OpKind::kConv2d &&
+             pointwise(std::get<Conv2dAttrs>(user.attrs), graph.type(user.inputs[1]).shape);
+    });
   }
   // Backward, a projection's input gradient (a pointwise
   // conv2d_backward_input) whose dx only the input gradient of a depthwise
@@ -569,18 +563,9 @@ std::vector<ValueId> AbsorbedProducers(const Graph& graph) {
     if (!pointwise(std::get<Conv2dGradAttrs>(node.attrs).conv, graph.type(node.inputs[1]).shape)) {
       continue;
     }
-    ValueId later = kNoValue;
-    bool only = true;
-    for (ValueId u : users[id]) {
-      if (sums[u] == id) continue;
-      const Node& user = graph.node(u);
-      const bool fits = user.op == OpKind::kConv2dBackwardInput && by[u] != kNoValue &&
-                        user.inputs[0] == id &&
-                        std::count(user.inputs.begin(), user.inputs.end(), id) == 1;
-      if (!fits || later != kNoValue) only = false;
-      later = u;
-    }
-    if (only && later != kNoValue) by[id] = later;
+    by[id] = sole_reader(id, [&](ValueId u) {
+      return graph.node(u).op == OpKind::kConv2dBackwardInput && by[u] != kNoValue;
+    });
   }
   return by;
 }
@@ -964,7 +949,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     // The step counter counts optimizer steps (AdamW bias correction, dropout
     // masks); a BatchNorm statistics update alone does not advance it.
     if (IsUpdateOp(node.op) && node.op != OpKind::kBatchNormStatsUpdate) exe->updates_ = true;
-    if (wait_for[id] != kNoValue && wait_for[id] != id) {
+    if (wait_for[id] != kNoValue) {
       std::vector<Instr>& after = waiting[wait_for[id]];
       after.push_back(instr);
       after.insert(after.end(), waiting[id].begin(), waiting[id].end());
