@@ -37,24 +37,45 @@ struct ParameterAttrs {
 // The fuse pass (engine/passes/fold_matmul.h) also folds neighbours into a
 // matmul, after autodiff (such a matmul has no gradient rule):
 //   alpha            y = alpha · op(a) · op(b) (a power-of-two scale);
-//   interleaved_*    that operand, or y, is stored [..., T, H, D] and taken
-//                    as [..., H, T, D]: attention's heads interleaved in each
-//                    token's row, so the transposes that split and merge the
-//                    heads are never copied. Needs rank >= 3.
+//   interleaved_* = k > 0   that operand, or y, is stored [..., T, H1..Hk, D]
+//                    and taken as [..., H1..Hk, T, D]: attention's heads
+//                    interleaved in each token's row, so the transposes that
+//                    split and merge the heads are never copied. k = 2 takes
+//                    grouped-query attention's [B, T, Hkv, G, D] as
+//                    [B, Hkv, G, T, D]. Needs rank >= k + 2.
 struct MatMulAttrs {
   bool transpose_a = false;
   bool transpose_b = false;
   float alpha = 1.0f;
-  bool interleaved_a = false;
-  bool interleaved_b = false;
-  bool interleaved_y = false;
-  bool folded() const { return alpha != 1.0f || interleaved_a || interleaved_b || interleaved_y; }
+  int interleaved_a = 0;
+  int interleaved_b = 0;
+  int interleaved_y = 0;
+  bool folded() const {
+    return alpha != 1.0f || interleaved_a != 0 || interleaved_b != 0 || interleaved_y != 0;
+  }
   bool operator==(const MatMulAttrs& o) const {
     return transpose_a == o.transpose_a && transpose_b == o.transpose_b && alpha == o.alpha &&
            interleaved_a == o.interleaved_a && interleaved_b == o.interleaved_b &&
            interleaved_y == o.interleaved_y;
   }
 };
+
+// The stored dimension of a rank-`rank` value interleaved over `heads` head
+// dimensions (MatMulAttrs) that its logical dimension d is: T (logical
+// rank − 2) is stored before the heads, each head one later; d itself when
+// heads == 0. As a kTranspose's perm over d, it takes the stored value to
+// the logical one.
+constexpr int InterleavedStoredDim(int rank, int heads, int d) {
+  if (heads <= 0 || d < rank - 2 - heads || d == rank - 1) return d;
+  return d == rank - 2 ? rank - 2 - heads : d + 1;
+}
+
+// The inverse: the logical dimension stored dimension s holds. As a perm, it
+// takes the logical value to the stored one.
+constexpr int InterleavedLogicalDim(int rank, int heads, int s) {
+  if (heads <= 0 || s < rank - 2 - heads || s == rank - 1) return s;
+  return s == rank - 2 - heads ? rank - 2 : s - 1;
+}
 
 // Target shape for kReshape and kBroadcastTo; the table's shape for
 // kEmbeddingGrad.

@@ -66,9 +66,9 @@ std::string MatMulFields(const MatMulAttrs& a) {
   std::string out =
       absl::StrCat("transpose_a=", Bool(a.transpose_a), ", transpose_b=", Bool(a.transpose_b));
   if (a.alpha != 1.0f) absl::StrAppend(&out, ", alpha=", a.alpha);
-  if (a.interleaved_a) absl::StrAppend(&out, ", interleaved_a=true");
-  if (a.interleaved_b) absl::StrAppend(&out, ", interleaved_b=true");
-  if (a.interleaved_y) absl::StrAppend(&out, ", interleaved_y=true");
+  if (a.interleaved_a != 0) absl::StrAppend(&out, ", interleaved_a=", a.interleaved_a);
+  if (a.interleaved_b != 0) absl::StrAppend(&out, ", interleaved_b=", a.interleaved_b);
+  if (a.interleaved_y != 0) absl::StrAppend(&out, ", interleaved_y=", a.interleaved_y);
   return out;
 }
 

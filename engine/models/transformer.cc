@@ -19,13 +19,23 @@ absl::Status ExpectRank(const Graph& g, ValueId v, size_t rank, const char* what
   return absl::OkStatus();
 }
 
-// [B, T, heads·dim] → [B, heads, T, dim].
-absl::StatusOr<ValueId> SplitHeads(Graph& g, ValueId x, int64_t heads, int64_t dim,
-                                   const std::string& name) {
-  const Shape& s = g.type(x).shape;
-  ASSIGN_OR_RETURN(ValueId r, g.AddNode(OpKind::kReshape, {x}, ShapeAttrs{{s[0], s[1], heads, dim}},
-                                        name + ".heads"));
-  return g.AddNode(OpKind::kTranspose, {r}, PermuteAttrs{{0, 2, 1, 3}}, name + ".transpose");
+// Positions broadcastable to [B, heads, T] ([T], or [B, 1, T]) as the same
+// positions for the heads-in-rows layout [B, T, Hkv, G]: [T, 1, 1] or
+// [B, T, 1, 1].
+absl::StatusOr<ValueId> PositionsPerToken(Graph& g, ValueId positions) {
+  if (!g.IsValid(positions)) {
+    return absl::InvalidArgumentError(absl::StrCat("decoder layer: no positions %", positions));
+  }
+  const Shape& ps = g.type(positions).shape;
+  const size_t r = ps.size();
+  if (r == 0 || r > 3 || (r >= 2 && ps[r - 2] != 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decoder layer positions must be [T], [1, T] or [B, 1, T], got ",
+                     TypeToString(g.type(positions))));
+  }
+  Shape per_token = {ps[r - 1], 1, 1};
+  if (r == 3) per_token.insert(per_token.begin(), ps[0]);
+  return g.AddNode(OpKind::kReshape, {positions}, ShapeAttrs{std::move(per_token)});
 }
 
 }  // namespace
@@ -70,6 +80,27 @@ absl::StatusOr<ValueId> SwiGlu(Graph& g, ValueId a, ValueId b) {
   return g.AddNode(OpKind::kMul, {silu, b});
 }
 
+namespace {
+
+// softmax(q·kᵀ / √D [+ causal mask]) · v for q [..., T, D] and k, v
+// [..., S, D] whose batch dimensions broadcast to q's.
+absl::StatusOr<ValueId> Attend(Graph& g, ValueId q, ValueId k, ValueId v, bool causal) {
+  const int64_t dim = g.type(q).shape.back();
+  // Scaling q rather than the scores touches T·D instead of T·S elements;
+  // next to the matmul, a power of two folds into it (fold_matmul.h).
+  ASSIGN_OR_RETURN(
+      ValueId scaled,
+      g.AddNode(OpKind::kScale, {q}, ScalarAttrs{static_cast<float>(1.0 / std::sqrt(double(dim)))},
+                "attention.scale"));
+  ASSIGN_OR_RETURN(ValueId scores, g.AddNode(OpKind::kMatMul, {scaled, k}, MatMulAttrs{false, true},
+                                             "attention.scores"));
+  ASSIGN_OR_RETURN(ValueId probs,
+                   g.AddNode(OpKind::kSoftmax, {scores}, SoftmaxAttrs{causal}, "attention.probs"));
+  return g.AddNode(OpKind::kMatMul, {probs, v}, MatMulAttrs{}, "attention.out");
+}
+
+}  // namespace
+
 absl::StatusOr<ValueId> ScaledDotProductAttention(Graph& g, ValueId q, ValueId k, ValueId v,
                                                   bool causal) {
   RETURN_IF_ERROR(ExpectRank(g, q, 4, "attention q"));
@@ -88,27 +119,15 @@ absl::StatusOr<ValueId> ScaledDotProductAttention(Graph& g, ValueId q, ValueId k
         "attention: ", heads, " query heads are not a multiple of ", kv_heads, " key/value heads"));
   }
   const int64_t group = heads / kv_heads;
-  // Scaling q rather than the scores touches T·D instead of T·S elements.
-  ASSIGN_OR_RETURN(
-      ValueId scaled,
-      g.AddNode(OpKind::kScale, {q}, ScalarAttrs{static_cast<float>(1.0 / std::sqrt(double(dim)))},
-                "attention.scale"));
-  ValueId q5 = scaled, k5 = k, v5 = v;
-  if (group > 1) {
-    ASSIGN_OR_RETURN(
-        q5, g.AddNode(OpKind::kReshape, {scaled}, ShapeAttrs{{batch, kv_heads, group, t, dim}}));
-    ASSIGN_OR_RETURN(k5,
-                     g.AddNode(OpKind::kReshape, {k}, ShapeAttrs{{batch, kv_heads, 1, s, dim}}));
-    ASSIGN_OR_RETURN(v5,
-                     g.AddNode(OpKind::kReshape, {v}, ShapeAttrs{{batch, kv_heads, 1, s, dim}}));
-  }
-  ASSIGN_OR_RETURN(ValueId scores, g.AddNode(OpKind::kMatMul, {q5, k5}, MatMulAttrs{false, true},
-                                             "attention.scores"));
-  ASSIGN_OR_RETURN(ValueId probs,
-                   g.AddNode(OpKind::kSoftmax, {scores}, SoftmaxAttrs{causal}, "attention.probs"));
-  ASSIGN_OR_RETURN(ValueId out,
-                   g.AddNode(OpKind::kMatMul, {probs, v5}, MatMulAttrs{}, "attention.out"));
-  if (group == 1) return out;
+  if (group == 1) return Attend(g, q, k, v, causal);
+  // Query heads h = kv·G + g meet kv head kv by broadcasting along G.
+  ASSIGN_OR_RETURN(ValueId q5,
+                   g.AddNode(OpKind::kReshape, {q}, ShapeAttrs{{batch, kv_heads, group, t, dim}}));
+  ASSIGN_OR_RETURN(ValueId k5,
+                   g.AddNode(OpKind::kReshape, {k}, ShapeAttrs{{batch, kv_heads, 1, s, dim}}));
+  ASSIGN_OR_RETURN(ValueId v5,
+                   g.AddNode(OpKind::kReshape, {v}, ShapeAttrs{{batch, kv_heads, 1, s, dim}}));
+  ASSIGN_OR_RETURN(ValueId out, Attend(g, q5, k5, v5, causal));
   return g.AddNode(OpKind::kReshape, {out}, ShapeAttrs{qs});
 }
 
@@ -163,19 +182,34 @@ absl::StatusOr<ValueId> AddLlamaDecoderLayer(Graph& g, const std::string& prefix
     return g.AddNode(OpKind::kRmsNorm, {in, w}, NormAttrs{config.rms_eps}, prefix + name);
   };
   const RopeAttrs rope{config.rope_base, false};
+  const int64_t group = heads / kv_heads;
 
-  // Attention block.
+  // Attention block. The heads stay in each token's row, [B, T, Hkv, G, D]
+  // (k and v with G = 1): rope rotates them there, and the transposes to
+  // [B, Hkv, G, T, D], where query heads kv·G + g meet kv head kv by
+  // broadcasting, fold into the attention's matmuls (fold_matmul.h).
   ASSIGN_OR_RETURN(ValueId n, rms_norm(x, "input_layernorm"));
   ASSIGN_OR_RETURN(ValueId q, linear(n, "self_attn.q_proj", heads * head_dim));
   ASSIGN_OR_RETURN(ValueId k, linear(n, "self_attn.k_proj", kv_heads * head_dim));
   ASSIGN_OR_RETURN(ValueId v, linear(n, "self_attn.v_proj", kv_heads * head_dim));
-  ASSIGN_OR_RETURN(q, SplitHeads(g, q, heads, head_dim, prefix + "self_attn.q"));
-  ASSIGN_OR_RETURN(k, SplitHeads(g, k, kv_heads, head_dim, prefix + "self_attn.k"));
-  ASSIGN_OR_RETURN(v, SplitHeads(g, v, kv_heads, head_dim, prefix + "self_attn.v"));
-  ASSIGN_OR_RETURN(q, g.AddNode(OpKind::kRope, {q, positions}, rope, prefix + "self_attn.q.rope"));
-  ASSIGN_OR_RETURN(k, g.AddNode(OpKind::kRope, {k, positions}, rope, prefix + "self_attn.k.rope"));
-  ASSIGN_OR_RETURN(ValueId a, ScaledDotProductAttention(g, q, k, v, /*causal=*/true));
-  ASSIGN_OR_RETURN(a, g.AddNode(OpKind::kTranspose, {a}, PermuteAttrs{{0, 2, 1, 3}}));
+  ASSIGN_OR_RETURN(ValueId token_positions, PositionsPerToken(g, positions));
+  auto heads_of = [&](ValueId in, int64_t per_kv, const std::string& name,
+                      bool rotate) -> absl::StatusOr<ValueId> {
+    ASSIGN_OR_RETURN(ValueId r, g.AddNode(OpKind::kReshape, {in},
+                                          ShapeAttrs{{xs[0], xs[1], kv_heads, per_kv, head_dim}},
+                                          prefix + name + ".heads"));
+    if (rotate) {
+      ASSIGN_OR_RETURN(
+          r, g.AddNode(OpKind::kRope, {r, token_positions}, rope, prefix + name + ".rope"));
+    }
+    return g.AddNode(OpKind::kTranspose, {r}, PermuteAttrs{{0, 2, 3, 1, 4}},
+                     prefix + name + ".transpose");
+  };
+  ASSIGN_OR_RETURN(q, heads_of(q, group, "self_attn.q", /*rotate=*/true));
+  ASSIGN_OR_RETURN(k, heads_of(k, 1, "self_attn.k", /*rotate=*/true));
+  ASSIGN_OR_RETURN(v, heads_of(v, 1, "self_attn.v", /*rotate=*/false));
+  ASSIGN_OR_RETURN(ValueId a, Attend(g, q, k, v, /*causal=*/true));
+  ASSIGN_OR_RETURN(a, g.AddNode(OpKind::kTranspose, {a}, PermuteAttrs{{0, 3, 1, 2, 4}}));
   ASSIGN_OR_RETURN(a,
                    g.AddNode(OpKind::kReshape, {a}, ShapeAttrs{{xs[0], xs[1], heads * head_dim}}));
   ASSIGN_OR_RETURN(a, linear(a, "self_attn.o_proj", hidden));

@@ -67,8 +67,8 @@ struct DecoderLayerConfig {
 // `prefix` (e.g. "model.layers.0."): input_layernorm.weight [hidden],
 // self_attn.{q,k,v,o}_proj.weight, post_attention_layernorm.weight,
 // mlp.{gate,up,down}_proj.weight ([out, in], nn.Linear layout).
-// x [B, T, hidden]; positions i32 broadcastable to [B, heads, T] ([T], or
-// [B, 1, T] per sequence). Returns y [B, T, hidden].
+// x [B, T, hidden]; positions i32 [T], [1, T] or [B, 1, T] (the same for every
+// head). Returns y [B, T, hidden].
 absl::StatusOr<ValueId> AddLlamaDecoderLayer(Graph& g, const std::string& prefix,
                                              const DecoderLayerConfig& config, ValueId x,
                                              ValueId positions);

@@ -175,7 +175,7 @@ TEST(FastKernels, RopeOverALongSequence) {
 // Matmuls with attention's transposes and scale folded in (fold_matmul.h):
 // interleaved operands and outputs, alpha, broadcast batch dimensions.
 TEST(FastKernels, FoldedMatMulLayouts) {
-  auto folded = [](bool ta, bool tb, float alpha, bool ia, bool ib, bool iy) {
+  auto folded = [](bool ta, bool tb, float alpha, int ia, int ib, int iy) {
     MatMulAttrs a{ta, tb};
     a.alpha = alpha;
     a.interleaved_a = ia;
@@ -200,6 +200,16 @@ TEST(FastKernels, FoldedMatMulLayouts) {
            // Rank 5 with broadcast batch dims on b; alpha alone on plain operands.
            {{2, 2, 7, 3, 4}, {2, 1, 1, 4, 5}, folded(false, false, 1.0f, true, false, false)},
            {{2, 3, 5, 4}, {4, 6}, folded(false, false, 0.25f, false, false, false)},
+           // Grouped-query attention over two head dims: q [B, T, Hkv, G, D] against
+           // k [B, S, Hkv, 1, D], then probs · v written as [B, T, Hkv, G, D].
+           {{2, 5, 2, 3, 4}, {2, 6, 2, 1, 4}, folded(false, true, 0.125f, 2, 2, 0)},
+           {{2, 2, 3, 5, 6}, {2, 6, 2, 1, 4}, folded(false, false, 1.0f, 0, 2, 2)},
+           // dq = ds · k, and dk's per-group products dsᵀ · q.
+           {{2, 2, 3, 5, 6}, {2, 6, 2, 1, 4}, folded(false, false, 0.5f, 0, 2, 2)},
+           {{2, 2, 3, 5, 6}, {2, 5, 2, 3, 4}, folded(true, false, 1.0f, 0, 2, 2)},
+           // Plain a and y, so the G query heads stack into one GEMM's rows
+           // against the interleaved b they share.
+           {{2, 2, 3, 5, 6}, {2, 6, 2, 1, 4}, folded(false, false, 1.0f, 0, 2, 0)},
        }) {
     ExpectFastMatchesReference({OpKind::kMatMul, {F32(c.a), F32(c.b)}, c.attrs});
   }

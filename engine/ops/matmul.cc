@@ -33,21 +33,36 @@ struct Dims {
   int64_t m, k, n;
 };
 
-// The shape a matmul takes an operand (or y) as: with `interleaved` the
-// stored [..., T, H, D] is taken as [..., H, T, D]. Shape inference only:
-// kernels must not allocate, they use LogicalDim.
-Shape Logical(Shape stored, bool interleaved) {
-  const size_t r = stored.size();
-  if (interleaved && r >= 3) std::swap(stored[r - 3], stored[r - 2]);
+// The shape a matmul takes an operand (or y) as: interleaved over k heads,
+// the stored [..., T, H1..Hk, D] is taken as [..., H1..Hk, T, D]. Shape
+// inference only: kernels must not allocate, they use LogicalDim.
+Shape Logical(const Shape& stored, int heads) {
+  const int r = static_cast<int>(stored.size());
+  Shape logical(stored.size());
+  for (int d = 0; d < r; ++d) logical[d] = stored[InterleavedStoredDim(r, heads, d)];
+  return logical;
+}
+
+// The inverse: how a logical shape (y's) is stored.
+Shape Stored(const Shape& logical, int heads) {
+  const int r = static_cast<int>(logical.size());
+  Shape stored(logical.size());
+  for (int d = 0; d < r; ++d) stored[d] = logical[InterleavedLogicalDim(r, heads, d)];
   return stored;
 }
 
 // Logical dimension d of `stored` (see Logical).
-int64_t LogicalDim(const Shape& stored, bool interleaved, int d) {
-  const int r = static_cast<int>(stored.size());
-  if (interleaved && r >= 3 && (d == r - 3 || d == r - 2))
-    return stored[d == r - 3 ? r - 2 : r - 3];
-  return stored[d];
+int64_t LogicalDim(const Shape& stored, int heads, int d) {
+  return stored[InterleavedStoredDim(static_cast<int>(stored.size()), heads, d)];
+}
+
+// An operand (or y) of rank r interleaved over k heads needs r >= k + 2.
+absl::Status CheckInterleaving(const Node& node, const char* what, int heads, size_t rank) {
+  if (heads < 0 || (heads > 0 && static_cast<size_t>(heads) + 2 > rank)) {
+    return OpError(node, what, " interleaved over ", heads, " head dims needs rank >= ", heads + 2,
+                   ", got rank ", rank);
+  }
+  return absl::OkStatus();
 }
 
 // m, k, n of a matmul from its operands' stored shapes (rank >= 2).
@@ -64,12 +79,8 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   if (attrs == nullptr) return OpError(node, "needs MatMulAttrs");
   RETURN_IF_ERROR(ExpectDType(node, *in[0], DType::kF32, "a"));
   RETURN_IF_ERROR(ExpectDType(node, *in[1], DType::kF32, "b"));
-  if (attrs->interleaved_a && in[0]->shape.size() < 3) {
-    return OpError(node, "interleaved a must have rank >= 3, got ", TypeToString(*in[0]));
-  }
-  if (attrs->interleaved_b && in[1]->shape.size() < 3) {
-    return OpError(node, "interleaved b must have rank >= 3, got ", TypeToString(*in[1]));
-  }
+  RETURN_IF_ERROR(CheckInterleaving(node, "a", attrs->interleaved_a, in[0]->shape.size()));
+  RETURN_IF_ERROR(CheckInterleaving(node, "b", attrs->interleaved_b, in[1]->shape.size()));
   if (!std::isfinite(attrs->alpha)) return OpError(node, "alpha must be finite");
   const Shape as = Logical(in[0]->shape, attrs->interleaved_a);
   const Shape bs = Logical(in[1]->shape, attrs->interleaved_b);
@@ -87,10 +98,8 @@ absl::StatusOr<TensorType> Infer(const Node& node, absl::Span<const TensorType* 
   Shape out = *std::move(batch);
   out.push_back(d.m);
   out.push_back(d.n);
-  if (attrs->interleaved_y && out.size() < 3) {
-    return OpError(node, "interleaved y needs rank >= 3, got ", ShapeToString(out));
-  }
-  out = Logical(std::move(out), attrs->interleaved_y);  // swapping back is the same swap
+  RETURN_IF_ERROR(CheckInterleaving(node, "y", attrs->interleaved_y, out.size()));
+  out = Stored(out, attrs->interleaved_y);
   if (absl::Status s = ValidateShape(out); !s.ok()) return OpError(node, s.message());
   return TensorType{DType::kF32, out};
 }
@@ -106,7 +115,7 @@ struct MatrixLayout {
 // `stored` is the tensor's shape; `y_batch_rank` the rank of y's batch
 // dimensions, which the operand's align to from the right (numpy
 // broadcasting; the operand may have fewer).
-MatrixLayout LayoutOf(const Shape& stored, bool interleaved, int y_batch_rank) {
+MatrixLayout LayoutOf(const Shape& stored, int heads, int y_batch_rank) {
   const int r = static_cast<int>(stored.size());
   std::array<int64_t, kMaxRank> stride{};  // row-major strides of the storage
   int64_t s = 1;
@@ -115,15 +124,12 @@ MatrixLayout LayoutOf(const Shape& stored, bool interleaved, int y_batch_rank) {
     s *= stored[d];
   }
   // Logical dimension d is stored dimension perm(d).
-  auto perm = [&](int d) {
-    if (!interleaved) return d;
-    return d == r - 3 ? r - 2 : d == r - 2 ? r - 3 : d;
-  };
+  auto perm = [&](int d) { return InterleavedStoredDim(r, heads, d); };
   MatrixLayout l;
   l.ld = stride[perm(r - 2)];
   for (int k = 0; k < y_batch_rank; ++k) {
     const int d = r - 3 - k;  // the operand's batch dim under y's batch dim y_batch_rank-1-k
-    if (d >= 0 && LogicalDim(stored, interleaved, d) != 1) {
+    if (d >= 0 && LogicalDim(stored, heads, d) != 1) {
       l.batch_stride[y_batch_rank - 1 - k] = stride[perm(d)];
     }
   }
@@ -168,18 +174,16 @@ struct Batch {
 // along which b is broadcast while a is not (nor transposed), so the a (and
 // y) matrices along them are consecutive rows multiplying the same b. Covers
 // x [B, T, K] · W [K, N] and grouped-query attention's q [.., R, T, D] against
-// k [.., 1, S, D]. None with interleaved operands, whose rows are not
-// consecutive.
+// k [.., 1, S, D] (which may be interleaved: its matrix is shared). None
+// with a or y interleaved, whose rows are then not consecutive.
 int FoldableBatchDims(const Shape& as, const Shape& bs, const Shape& ys, const MatMulAttrs& attrs) {
-  if (attrs.transpose_a || attrs.interleaved_a || attrs.interleaved_b || attrs.interleaved_y) {
-    return 0;
-  }
+  if (attrs.transpose_a || attrs.interleaved_a != 0 || attrs.interleaved_y != 0) return 0;
   const int rank = static_cast<int>(ys.size()) - 2;
   int folded = 0;
   for (int k = 0; k < rank; ++k) {
     const int da = static_cast<int>(as.size()) - 3 - k;
     const int db = static_cast<int>(bs.size()) - 3 - k;
-    const int64_t nb = db >= 0 ? bs[db] : 1;
+    const int64_t nb = db >= 0 ? LogicalDim(bs, attrs.interleaved_b, db) : 1;
     if (da < 0 || as[da] != ys[rank - 1 - k] || nb != 1) break;
     ++folded;
   }

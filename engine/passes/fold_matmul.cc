@@ -9,17 +9,23 @@
 namespace fleettune::engine::passes {
 namespace {
 
-// [..., T, H, D] ↔ [..., H, T, D]: the last axis stays, the two before it swap.
-bool IsHeadSwap(const Node& node) {
-  if (node.op != OpKind::kTranspose) return false;
+// The head dims k > 0 of a transpose that takes a value stored
+// [..., T, H1..Hk, D] to [..., H1..Hk, T, D] (as an input fold reads it) or,
+// with `to_stored`, back (as an output fold writes it); 0 for any other
+// node. For k = 1 both are the swap of the two axes before the last.
+int InterleavedHeads(const Node& node, bool to_stored) {
+  if (node.op != OpKind::kTranspose) return 0;
   const std::vector<int>& perm = std::get<PermuteAttrs>(node.attrs).perm;
   const int r = static_cast<int>(perm.size());
-  if (r < 3) return false;
-  for (int i = 0; i < r; ++i) {
-    const int want = i == r - 3 ? r - 2 : i == r - 2 ? r - 3 : i;
-    if (perm[i] != want) return false;
+  for (int heads = 1; heads + 2 <= r; ++heads) {
+    bool match = true;
+    for (int i = 0; i < r && match; ++i) {
+      match = perm[i] ==
+              (to_stored ? InterleavedLogicalDim(r, heads, i) : InterleavedStoredDim(r, heads, i));
+    }
+    if (match) return heads;
   }
-  return true;
+  return 0;
 }
 
 // Scaling by this value is exact (short of overflow and underflow).
@@ -30,21 +36,20 @@ bool IsPowerOfTwoScale(const Node& node) {
   return std::isfinite(v) && std::fabs(std::frexp(v, &exponent)) == 0.5f;
 }
 
-bool Foldable(const Node& node) { return IsHeadSwap(node) || IsPowerOfTwoScale(node); }
-
-// Folds `node` (a head swap or a scale) into a matmul's operand `slot` (0 =
-// a, 1 = b) or, with slot 2, its output; false when that operand already is
-// interleaved.
+// Folds `node` (a head transpose or a scale) into a matmul's operand `slot`
+// (0 = a, 1 = b) or, with slot 2, its output; false when it is neither or
+// that operand already is interleaved.
 bool FoldInto(const Node& node, int slot, MatMulAttrs* attrs) {
-  if (node.op == OpKind::kScale) {
+  if (IsPowerOfTwoScale(node)) {
     attrs->alpha *= std::get<ScalarAttrs>(node.attrs).value;
     return true;
   }
-  bool* flag = slot == 0   ? &attrs->interleaved_a
-               : slot == 1 ? &attrs->interleaved_b
-                           : &attrs->interleaved_y;
-  if (*flag) return false;
-  *flag = true;
+  const int heads = InterleavedHeads(node, /*to_stored=*/slot == 2);
+  int* flag = slot == 0   ? &attrs->interleaved_a
+              : slot == 1 ? &attrs->interleaved_b
+                          : &attrs->interleaved_y;
+  if (heads == 0 || *flag != 0) return false;
+  *flag = heads;
   return true;
 }
 
@@ -110,7 +115,8 @@ int PlanInputFolds(Round& round) {
   for (ValueId p = 0; p < graph.num_nodes(); ++p) {
     const Node& node = graph.node(p);
     const std::vector<ValueId>& readers = round.users[p];
-    if (!Foldable(node) || graph.IsOutput(p) || readers.empty()) continue;
+    if (graph.IsOutput(p) || readers.empty()) continue;
+    if (InterleavedHeads(node, /*to_stored=*/false) == 0 && !IsPowerOfTwoScale(node)) continue;
     bool all = true;
     for (ValueId u : readers) all = all && graph.node(u).op == OpKind::kMatMul;
     if (!all) continue;
@@ -149,7 +155,6 @@ int PlanOutputFolds(Round& round) {
     const Node& node = graph.node(m);
     if (node.op != OpKind::kMatMul || round.users[m].size() != 1 || graph.IsOutput(m)) continue;
     const ValueId u = round.users[m][0];
-    if (!Foldable(graph.node(u))) continue;
     MatMulAttrs a = round.Attrs(m);
     if (!FoldInto(graph.node(u), 2, &a)) continue;
     round.Rewrite(m, a);

@@ -10,10 +10,14 @@
 // matrix: head h of token rows t is at offset h·D with row stride H·D. So
 // MatMulAttrs takes the stored layout (interleaved_a / _b / _y) and a scalar
 // alpha, and this pass folds
-//   transpose (the head swap) → matmul     ⇒ the matmul reads it interleaved,
-//   matmul → transpose (the head swap)     ⇒ the matmul writes it interleaved,
+//   transpose (heads before T) → matmul    ⇒ the matmul reads it interleaved,
+//   matmul → transpose (T before heads)    ⇒ the matmul writes it interleaved,
 //   scale by a power of two → matmul,
 //   matmul → scale by a power of two       ⇒ alpha,
+// where "heads" may be several dims: grouped-query attention takes
+// [B, T, Hkv, G, D] as [B, Hkv, G, T, D], so that q's G heads meet their
+// key/value head's single one by broadcasting; each head's rows are still at
+// offset (kv·G + g)·D with row stride Hkv·G·D. Either fold applies
 // when the transpose or scale has no other reader than matmuls (an input
 // fold) or the matmul no other reader than it (an output fold), and neither
 // is a marked output. Only powers of two fold: scaling by them is exact, so

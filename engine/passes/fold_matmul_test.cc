@@ -25,8 +25,10 @@ int HeadSwaps(const Graph& g) {
 }
 
 // The folded graph trains to the same bits as the original with either
-// kernel set, in no more memory.
-void ExpectFoldedTrainsTheSame(const testing::TestModel& m, int min_folds) {
+// kernel set (the fast kernels within `fast_tolerance`, where folding splits
+// GEMMs), in no more memory.
+void ExpectFoldedTrainsTheSame(const testing::TestModel& m, int min_folds,
+                               double fast_tolerance = 0.0) {
   Graph g = m.graph;
   std::vector<ValueId> map;
   int folded = 0;
@@ -43,7 +45,7 @@ void ExpectFoldedTrainsTheSame(const testing::TestModel& m, int min_folds) {
                          testing::TrainSteps(m.graph, m.model.loss, m, 3, options));
     ASSERT_OK_AND_ASSIGN(testing::TrainResult got,
                          testing::TrainSteps(g, map[m.model.loss], m, 3, options));
-    testing::ExpectSameTraining(want, got, 0.0);
+    testing::ExpectSameTraining(want, got, reference ? 0.0 : fast_tolerance);
     EXPECT_LE(got.memory.arena_bytes, want.memory.arena_bytes);
   }
 }
@@ -63,16 +65,38 @@ TEST(FoldIntoMatMuls, BertsHeadTransposesAndScalesBecomeMatMulLayouts) {
   EXPECT_EQ(testing::CountOps(g, OpKind::kScale), 0);
 }
 
-TEST(FoldIntoMatMuls, LeavesGroupedQueryAttentionAsItIs) {
-  // Llama's heads pass through rope and a reshape to [B, Hkv, R, T, D]
-  // between the transpose and the matmul: nothing folds.
+// Transposes between [B, T, Hkv, G, D] and [B, Hkv, G, T, D], either way.
+int GroupedHeadTransposes(const Graph& g) {
+  int n = 0;
+  for (const Node& node : g.nodes()) {
+    if (node.op != OpKind::kTranspose) continue;
+    const std::vector<int>& perm = std::get<PermuteAttrs>(node.attrs).perm;
+    n += perm == std::vector<int>{0, 2, 3, 1, 4} || perm == std::vector<int>{0, 3, 1, 2, 4};
+  }
+  return n;
+}
+
+TEST(FoldIntoMatMuls, GroupedQueryAttentionFoldsOverTwoHeadDims) {
+  // Llama's heads stay in each token's row, [B, T, Hkv, G, D], through rope;
+  // the attention's matmuls take them as [B, Hkv, G, T, D].
   ASSERT_OK_AND_ASSIGN(testing::TestModel m, testing::SmallLlama("full"));
+  const int layers = 2;
+  const int transposes = GroupedHeadTransposes(m.graph);
+  const int scales = testing::CountOps(m.graph, OpKind::kScale);
+  // Per layer: q, k, v split and the context merge forward, their inverses
+  // backward; the scale of q and of its gradient.
+  EXPECT_EQ(transposes, layers * 8);
+  EXPECT_EQ(scales, layers * 2);
+  // The key and value gradients are summed over their query heads
+  // (reduce_sum) before their transposes, which therefore stay.
+  const int stay = layers * 2;
+  // oneDNN sums the split GEMMs in another order; three AdamW steps (m/√v)
+  // carry that to 2e-5 relative on some weights.
+  ExpectFoldedTrainsTheSame(m, transposes - stay + scales, /*fast_tolerance=*/5e-5);
   Graph g = m.graph;
-  int folded = -1;
-  ASSERT_OK_AND_ASSIGN(bool changed, FoldIntoMatMuls(g, nullptr, &folded));
-  EXPECT_FALSE(changed);
-  EXPECT_EQ(folded, 0);
-  EXPECT_EQ(g.num_nodes(), m.graph.num_nodes());
+  ASSERT_OK(FoldIntoMatMuls(g).status());
+  EXPECT_EQ(GroupedHeadTransposes(g), stay);
+  EXPECT_EQ(testing::CountOps(g, OpKind::kScale), 0);
 }
 
 // x [2, 4, 3, 8] (tokens, heads, dims) taken as heads: y = (x' · x'ᵀ) · s,

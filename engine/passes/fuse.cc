@@ -44,12 +44,15 @@ std::optional<std::pair<OpKind, Attrs>> FusedFor(const Node& p, FusedActivationF
   }
 }
 
-// [..., T, H, D] ↔ [..., H, T, D] of a rank-r value.
-PermuteAttrs HeadSwap(int rank) {
-  PermuteAttrs swap;
-  for (int i = 0; i < rank; ++i) swap.perm.push_back(i);
-  std::swap(swap.perm[rank - 3], swap.perm[rank - 2]);
-  return swap;
+// The transpose a matmul operand (or, with `to_stored`, y) interleaved over
+// `heads` head dims stands for (MatMulAttrs), for a rank-r value.
+PermuteAttrs HeadTranspose(int rank, int heads, bool to_stored) {
+  PermuteAttrs t;
+  for (int i = 0; i < rank; ++i) {
+    t.perm.push_back(to_stored ? InterleavedLogicalDim(rank, heads, i)
+                               : InterleavedStoredDim(rank, heads, i));
+  }
+  return t;
 }
 
 // A folded matmul as the transposes, plain matmul and scale fold_matmul.h
@@ -60,9 +63,11 @@ absl::StatusOr<ValueId> EmitUnfoldedMatMul(GraphRewriter& rw, const Node& node) 
   std::vector<ValueId> operands;
   for (int slot : {0, 1}) {
     ValueId v = rw.New(node.inputs[slot]);
-    if (slot == 0 ? folded.interleaved_a : folded.interleaved_b) {
+    const int heads = slot == 0 ? folded.interleaved_a : folded.interleaved_b;
+    if (heads != 0) {
       ASSIGN_OR_RETURN(v, rw.Emit(OpKind::kTranspose, {v},
-                                  HeadSwap(static_cast<int>(out.type(v).shape.size()))));
+                                  HeadTranspose(static_cast<int>(out.type(v).shape.size()), heads,
+                                                /*to_stored=*/false)));
     }
     operands.push_back(v);
   }
@@ -71,9 +76,10 @@ absl::StatusOr<ValueId> EmitUnfoldedMatMul(GraphRewriter& rw, const Node& node) 
   if (folded.alpha != 1.0f) {
     ASSIGN_OR_RETURN(y, rw.Emit(OpKind::kScale, {y}, ScalarAttrs{folded.alpha}));
   }
-  if (folded.interleaved_y) {
-    ASSIGN_OR_RETURN(
-        y, rw.Emit(OpKind::kTranspose, {y}, HeadSwap(static_cast<int>(out.type(y).shape.size()))));
+  if (folded.interleaved_y != 0) {
+    ASSIGN_OR_RETURN(y, rw.Emit(OpKind::kTranspose, {y},
+                                HeadTranspose(static_cast<int>(out.type(y).shape.size()),
+                                              folded.interleaved_y, /*to_stored=*/true)));
   }
   return y;
 }

@@ -299,9 +299,11 @@ MatMulAttrs MatMulFromProto(const v1::MatMulAttrs& m) {
   a.transpose_a = m.transpose_a();
   a.transpose_b = m.transpose_b();
   a.alpha = m.alpha() == 0.0f ? 1.0f : m.alpha();
-  a.interleaved_a = m.interleaved_a();
-  a.interleaved_b = m.interleaved_b();
-  a.interleaved_y = m.interleaved_y();
+  // Past kMaxRank no shape fits; kMatMul's shape inference rejects the node.
+  auto heads = [](uint32_t k) { return static_cast<int>(std::min<uint32_t>(k, kMaxRank + 1)); };
+  a.interleaved_a = heads(m.interleaved_a());
+  a.interleaved_b = heads(m.interleaved_b());
+  a.interleaved_y = heads(m.interleaved_y());
   return a;
 }
 

@@ -521,9 +521,18 @@ TEST(PlanIo, FoldedMatMulsAndFusedUpdatesRoundTrip) {
       *g.AddParameter("w.momentum_buffer", {DType::kF32, {2, 3}}, ParamRole::kOptimizerState);
   MatMulAttrs folded{false, true};
   folded.alpha = 0.125f;
-  folded.interleaved_a = folded.interleaved_b = folded.interleaved_y = true;
+  folded.interleaved_a = folded.interleaved_b = folded.interleaved_y = 1;
   ASSERT_OK_AND_ASSIGN(ValueId scores, g.AddNode(OpKind::kMatMul, {q, q}, folded));
   EXPECT_EQ(g.type(scores).shape, (Shape{2, 5, 3, 5}));
+  // Grouped-query heads over two head dims: q [B, T, Hkv, G, D] against
+  // k [B, T, Hkv, 1, D].
+  const ValueId gq = *g.AddInput("gq", {DType::kF32, {2, 5, 2, 3, 4}});
+  const ValueId gk = *g.AddInput("gk", {DType::kF32, {2, 5, 2, 1, 4}});
+  MatMulAttrs grouped{false, true};
+  grouped.interleaved_a = grouped.interleaved_b = 2;
+  ASSERT_OK_AND_ASSIGN(ValueId grouped_scores, g.AddNode(OpKind::kMatMul, {gq, gk}, grouped));
+  EXPECT_EQ(g.type(grouped_scores).shape, (Shape{2, 2, 3, 5, 5}));
+  g.MarkOutput(grouped_scores);
   ASSERT_OK(g.AddNode(OpKind::kSgdMatMulUpdate, {w, dy, x, buf},
                       FusedSgdAttrs{SgdAttrs{0.1f, 0.9f, 1e-4f}, MatMulAttrs{true, false}})
                 .status());
@@ -536,6 +545,14 @@ TEST(PlanIo, FoldedMatMulsAndFusedUpdatesRoundTrip) {
   proto.mutable_nodes(mm)->mutable_matmul()->clear_alpha();
   ASSERT_OK_AND_ASSIGN(Graph old, GraphFromProto(proto));
   EXPECT_EQ(std::get<MatMulAttrs>(old.node(scores).attrs).alpha, 1.0f);
+  // An interleaving over more head dims than the operand has is refused,
+  // however large the wire value.
+  for (uint32_t heads : {4u, 0xffffffffu}) {
+    v1::Graph bad = proto;
+    bad.mutable_nodes(mm)->mutable_matmul()->set_interleaved_b(heads);
+    EXPECT_THAT(GraphFromProto(bad),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("head dims needs rank >=")));
+  }
   // The fused update's product takes no folded layout.
   const int update = FindOp(proto, v1::OP_KIND_SGD_MATMUL_UPDATE);
   proto.mutable_nodes(update)->mutable_fused_sgd()->mutable_product()->set_alpha(2.0f);
