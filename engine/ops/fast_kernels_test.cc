@@ -381,7 +381,7 @@ TEST(FastKernels, StemConvolutionPaths) {
 // sizes, and rows wide enough to take several bands per plane.
 std::vector<Conv> FlatDepthwiseConvs() {
   std::vector<Conv> out;
-  for (int64_t stride : {1, 2}) {
+  for (int32_t stride : {1, 2}) {
     const Conv2dAttrs a{stride, stride, 1, 1, 1, 1, 0};
     for (const auto& [c, h, w] : std::vector<std::array<int64_t, 3>>{{96, 4, 4},
                                                                      {40, 8, 8},
@@ -394,7 +394,7 @@ std::vector<Conv> FlatDepthwiseConvs() {
                                                                      {3, 5, 2100},
                                                                      {2, 4, 4099}}) {
       Conv2dAttrs attrs = a;
-      attrs.groups = c;
+      attrs.groups = static_cast<int32_t>(c);
       out.push_back({{3, c, h, w}, {c, 1, 3, 3}, attrs});
     }
   }
