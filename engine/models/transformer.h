@@ -12,7 +12,9 @@
 // softmax output is the only [.., T, S] buffer the backward keeps, and
 // autodiff prunes per piece (a frozen q_proj costs no dq). Grouped-query
 // attention costs no copy of k or v: q is viewed as [B, Hkv, R, T, D] and the
-// batched matmul broadcasts k and v [B, Hkv, 1, S, D] over R.
+// batched matmul broadcasts k and v [B, Hkv, 1, S, D] over R. The decoder
+// layer keeps the heads in each token's row ([B, T, Hkv, R, D]) through rope,
+// so that its head transposes fold into those matmuls (fold_matmul.h).
 //
 // Errors: InvalidArgument (from the ops' shape inference or the config
 // checks) naming the op or field. Not thread-safe (they append to a Graph).

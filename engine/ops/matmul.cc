@@ -13,9 +13,10 @@
 //
 // After autodiff the fuse pass may fold neighbours in (MatMulAttrs, and
 // engine/passes/fold_matmul.h): y = alpha · op(a) · op(b), with an operand or
-// y stored [..., T, H, D] and taken as [..., H, T, D]. Shapes above are the
-// taken ones; each matrix is then a strided view (MatrixLayout) handed to the
-// same GEMM, so nothing is copied. Such a matmul has no gradient rule.
+// y stored [..., T, H1..Hk, D] and taken as [..., H1..Hk, T, D] (k head dims,
+// MatMulAttrs). Shapes above are the taken ones; each matrix is then a
+// strided view (MatrixLayout) handed to the same GEMM, so nothing is copied.
+// Such a matmul has no gradient rule.
 #include <array>
 #include <cmath>
 #include <utility>
