@@ -3,7 +3,8 @@
 Each benchmark has a fleettune binary and a PyTorch script that print one JSON
 line per mode with at least "mode", "ms_per_step" and "train_bytes". They run
 alternately for a number of rounds so both see the same machine conditions;
-the report is the median of the per-round medians and the ratios. PyTorch also
+the report is the median of the per-round medians, the ratios, and the
+speedup over PyTorch's faster configuration, also round by round. PyTorch also
 runs with OPENBLAS_CORETYPE=SkylakeX on CPUs with AVX-512: Debian's OpenBLAS
 0.3.21 does not know newer Intel models and falls back to its Prescott
 kernels, which would flatter fleettune, so the forced core type is the fair
@@ -79,3 +80,15 @@ def compare(title, ours_cmd, torch_cmd, modes, rounds, profile=False):
             print("%-10s fleettune/%-12s time %.2fx  memory %.2fx" % (
                 mode, name, ms[("fleettune", mode)] / ms[(name, mode)],
                 memory[("fleettune", mode)] / memory[(name, mode)]))
+    # The targets' measure: speedup over PyTorch's faster configuration, and
+    # the same ratio round by round (both sides of a round saw the same
+    # machine), which shows how much of it is the machine's drift.
+    print()
+    others = [name for name, _, _ in contenders[1:]]
+    for mode in modes:
+        ours = samples["fleettune"][mode]  # without a profiled round
+        per_round = [min(samples[name][mode][r] for name in others) / ours[r]
+                     for r in range(len(ours))]
+        best = min(ms[(name, mode)] for name in others)
+        print("%-10s speedup over PyTorch's faster configuration %.2fx (per round %s)" % (
+            mode, best / ms[("fleettune", mode)], ", ".join("%.2fx" % x for x in per_round)))
