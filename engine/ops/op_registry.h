@@ -67,6 +67,13 @@ struct KernelArgs {
   // too (runtime::AbsorbedProducers): that node's kernel arguments (its
   // operands and absorbed outputs; no output of its own).
   const KernelArgs* producer = nullptr;
+  // Set on rope nodes that rotate by the same positions (runtime::RopeTables):
+  // their cos/sin table ([positions][D/2] cosines, then as many sines),
+  // which the first of them in the program (`rope_table_owner`) computes each
+  // time it runs and the others read, instead of each computing its own in
+  // scratch.
+  float* rope_table = nullptr;
+  bool rope_table_owner = false;
 
   const TensorView& in(int i) const { return inputs[i]; }
   template <typename T>

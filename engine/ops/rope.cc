@@ -139,74 +139,100 @@ void Kernel(const KernelArgs& args) {
 }
 
 // The fast kernel computes cos θ and sin θ once per position element and
-// frequency into a table in the scratch buffer ([positions][h] cosines, then
-// as many sines), four frequencies at a time (kernels::SinCos: within 3e-7 of
-// libm's, which Kernel calls, for θ up to 8192); rows then rotate with table
-// lookups, split over the threads. Rows of every head and example share a
-// position's table row, so the sin/cos calls drop by B·H. libm's sinf and
-// cosf, one pair per table entry, took most of Llama-mini's rope time.
+// frequency into a table ([positions][h] cosines, then as many sines), four
+// frequencies at a time (kernels::SinCos: within 3e-7 of libm's, which Kernel
+// calls, for θ up to 8192); rows then rotate with table lookups, split over
+// the threads. Rows of every head and example share a position's table row,
+// so the sin/cos calls drop by B·H. libm's sinf and cosf, one pair per table
+// entry, took most of Llama-mini's rope time. The table is in scratch, or,
+// where the runtime gives rope nodes of the same positions one table
+// (KernelArgs::rope_table), computed by the first of them only: a decoder's
+// layers, forward and backward, rotate by the same positions.
 size_t FastScratchBytes(const Node&, absl::Span<const TensorType* const> in) {
   return static_cast<size_t>(in[1]->num_elements()) * static_cast<size_t>(in[0]->shape.back()) *
          sizeof(float);  // 2 tables of h = D/2 floats per position element
 }
 
-void Fast(const KernelArgs& args) {
-  const auto& attrs = args.attrs<RopeAttrs>();
-  const Shape& xs = *args.in(0).shape;
-  const Shape& ps = *args.in(1).shape;
-  const int64_t d = xs.back(), h = d / 2;
-  const int64_t num_pos = args.in(1).num_elements();
-  const float* x = args.in(0).f32();
-  const int32_t* pos = args.in(1).i32();
-  float* y = args.output.f32();
-  float* cos_table = args.scratch;
-  float* sin_table = args.scratch + num_pos * h;
-  const float sign = attrs.inverse ? -1.0f : 1.0f;
+// The table of `num_pos` positions for head dim d: cosines, then sines.
+void FillTable(const int32_t* pos, int64_t num_pos, int64_t d, float base, float* table) {
+  const int64_t h = d / 2;
+  float* cos_table = table;
+  float* sin_table = table + num_pos * h;
   // One pow per frequency, not per table entry (they cost more than the
   // sines and cosines).
   constexpr int64_t kMaxHalf = 256;
   std::array<float, kMaxHalf> inv_freq_table;
   const bool tabled = h <= kMaxHalf;
   if (tabled) {
-    for (int64_t j = 0; j < h; ++j) inv_freq_table[j] = InvFreq(j, d, attrs.base);
+    for (int64_t j = 0; j < h; ++j) inv_freq_table[j] = InvFreq(j, d, base);
   }
   kernels::ParallelFor(num_pos, 10 * h, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float p = static_cast<float>(pos[i]);
       int64_t j = 0;
       if (tabled) {
-        const kernels::F32x4 pv = kernels::SplatF32x4(p), signv = kernels::SplatF32x4(sign);
+        const kernels::F32x4 pv = kernels::SplatF32x4(p);
         for (; j + 4 <= h; j += 4) {
           kernels::F32x4 sin_theta, cos_theta;
           kernels::SinCos(pv * kernels::LoadF32x4(inv_freq_table.data() + j), &sin_theta,
                           &cos_theta);
-          sin_theta *= signv;
           __builtin_memcpy(cos_table + i * h + j, &cos_theta, sizeof cos_theta);
           __builtin_memcpy(sin_table + i * h + j, &sin_theta, sizeof sin_theta);
         }
       }
       for (; j < h; ++j) {
-        const float theta = p * (tabled ? inv_freq_table[j] : InvFreq(j, d, attrs.base));
+        const float theta = p * (tabled ? inv_freq_table[j] : InvFreq(j, d, base));
         cos_table[i * h + j] = std::cos(theta);
-        sin_table[i * h + j] = sign * std::sin(theta);
+        sin_table[i * h + j] = std::sin(theta);
       }
     }
   });
-  Strides pos_stride;
-  const int64_t num_rows = PositionStrides(xs, ps, &pos_stride);
-  kernels::ParallelFor(num_rows, 4 * d, [&](int64_t begin, int64_t end) {
-    RowPositions positions(xs, pos_stride, begin);
-    for (int64_t r = begin; r < end; ++r, positions.Next()) {
-      const float* __restrict xr = x + r * d;
-      float* __restrict yr = y + r * d;
-      const float* __restrict c = cos_table + positions.offset() * h;
-      const float* __restrict sn = sin_table + positions.offset() * h;
-      for (int64_t j = 0; j < h; ++j) {
-        const float a = xr[j], b = xr[j + h];
+}
+
+// Rows [begin, end) of x rotated by the table's angles, or by their negatives
+// (kInverse): y_j = a·c ∓ b·s, y_{j+h} = b·c ± a·s for (a, b) = (x_j, x_{j+h}).
+template <bool kInverse>
+void RotateRows(const float* x, const Shape& xs, const Strides& pos_stride, const float* table,
+                int64_t num_pos, float* y, int64_t begin, int64_t end) {
+  const int64_t d = xs.back(), h = d / 2;
+  const float* cos_table = table;
+  const float* sin_table = table + num_pos * h;
+  RowPositions positions(xs, pos_stride, begin);
+  for (int64_t r = begin; r < end; ++r, positions.Next()) {
+    const float* __restrict xr = x + r * d;
+    float* __restrict yr = y + r * d;
+    const float* __restrict c = cos_table + positions.offset() * h;
+    const float* __restrict sn = sin_table + positions.offset() * h;
+    for (int64_t j = 0; j < h; ++j) {
+      const float a = xr[j], b = xr[j + h];
+      if constexpr (kInverse) {
+        yr[j] = a * c[j] + b * sn[j];
+        yr[j + h] = b * c[j] - a * sn[j];
+      } else {
         yr[j] = a * c[j] - b * sn[j];
         yr[j + h] = b * c[j] + a * sn[j];
       }
     }
+  }
+}
+
+void Fast(const KernelArgs& args) {
+  const auto& attrs = args.attrs<RopeAttrs>();
+  const Shape& xs = *args.in(0).shape;
+  const Shape& ps = *args.in(1).shape;
+  const int64_t d = xs.back();
+  const int64_t num_pos = args.in(1).num_elements();
+  float* table = args.rope_table != nullptr ? args.rope_table : args.scratch;
+  if (args.rope_table == nullptr || args.rope_table_owner) {
+    FillTable(args.in(1).i32(), num_pos, d, attrs.base, table);
+  }
+  Strides pos_stride;
+  const int64_t num_rows = PositionStrides(xs, ps, &pos_stride);
+  const float* x = args.in(0).f32();
+  float* y = args.output.f32();
+  kernels::ParallelFor(num_rows, 4 * d, [&](int64_t begin, int64_t end) {
+    (attrs.inverse ? RotateRows<true> : RotateRows<false>)(x, xs, pos_stride, table, num_pos, y,
+                                                           begin, end);
   });
 }
 

@@ -958,6 +958,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     exe->program_.push_back(instr);
     for (const Instr& later : waiting[id]) exe->program_.push_back(later);
   }
+  exe->ShareRopeTables();
   kernels::SetGemmThreads(options.threads);
   exe->profile_ = options.profile;
   if (exe->profile_) exe->instr_seconds_.assign(exe->program_.size(), 0.0);
@@ -1056,6 +1057,50 @@ Executable::~Executable() {
   AlignedFree(arena_);
   AlignedFree(scratch_);
   AlignedFree(constants_);
+  AlignedFree(rope_tables_);
+}
+
+// Rope nodes whose positions are one value (through reshapes), with one
+// base and head dim, rotate by one cos/sin table: the first in the program
+// computes it each time it runs, the rest read it (KernelArgs::rope_table).
+// Values are computed once per run, so the table cannot go stale between
+// them. Only for the fast kernel, which builds the table.
+void Executable::ShareRopeTables() {
+  struct Group {
+    ValueId positions;
+    float base;
+    int64_t dim;
+    size_t offset;  // in floats
+  };
+  std::vector<Group> groups;
+  std::vector<std::pair<Instr*, size_t>> readers;  // instruction, group
+  size_t floats = 0;
+  for (Instr& instr : program_) {
+    const Node& node = *instr.args.node;
+    if (node.op != OpKind::kRope || instr.fn != ops::GetOpDef(OpKind::kRope).fast) continue;
+    ValueId positions = node.inputs[1];
+    while (graph_.node(positions).op == OpKind::kReshape)
+      positions = graph_.node(positions).inputs[0];
+    const float base = std::get<RopeAttrs>(node.attrs).base;
+    const int64_t dim = graph_.type(node.inputs[0]).shape.back();
+    size_t g = 0;
+    while (g < groups.size() &&
+           !(groups[g].positions == positions && groups[g].base == base && groups[g].dim == dim)) {
+      ++g;
+    }
+    if (g == groups.size()) {
+      groups.push_back({positions, base, dim, floats});
+      floats += static_cast<size_t>(graph_.type(positions).num_elements() * dim);
+      instr.args.rope_table_owner = true;
+    }
+    readers.emplace_back(&instr, g);
+  }
+  if (readers.size() == groups.size()) return;  // no table read twice
+  rope_tables_ = AlignedAllocZeroed(floats * sizeof(float));
+  memory_.scratch_bytes += floats * sizeof(float);
+  for (const auto& [instr, g] : readers) {
+    instr->args.rope_table = reinterpret_cast<float*>(rope_tables_) + groups[g].offset;
+  }
 }
 
 void Executable::ResetProfile() {

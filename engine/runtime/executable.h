@@ -191,6 +191,7 @@ class Executable {
   // Each slice's share of the loss's counted examples.
   void WeighMicroBatches();
   void RunProgram();
+  void ShareRopeTables();
 
   Graph graph_;
   std::byte* arena_ = nullptr;
@@ -204,7 +205,10 @@ class Executable {
   size_t prologue_workspace_bytes_ = 0;
   bool use_reference_kernels_ = false;
   kernels::Isa isa_ = kernels::Isa::kGeneric;
-  std::byte* scratch_ = nullptr;      // kernel workspace, MemoryStats::scratch_bytes
+  std::byte* scratch_ = nullptr;  // kernel workspace, MemoryStats::scratch_bytes
+  // Cos/sin tables that rope nodes share (ShareRopeTables), counted in
+  // MemoryStats::scratch_bytes.
+  std::byte* rope_tables_ = nullptr;
   std::vector<TensorView> views_;     // one per value
   std::vector<TensorView> operands_;  // flat storage behind every KernelArgs::inputs
   std::vector<Instr> program_;

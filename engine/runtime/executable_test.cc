@@ -436,6 +436,47 @@ void ExpectNear(const std::vector<std::vector<float>>& got,
   }
 }
 
+// Rope nodes of one positions value (also through a reshape) and base share
+// one cos/sin table, which the first of them computes each run: forward and
+// inverse rotations, over two layouts, give the reference kernels' values,
+// and positions set anew are honored on the next run.
+TEST(Executable, RopesShareOnePositionsTable) {
+  Graph g;
+  const ValueId x = *g.AddInput("x", {DType::kF32, {2, 5, 3, 8}});  // [B, T, H, D]
+  const ValueId pos = *g.AddInput("pos", {DType::kI32, {5}});
+  const ValueId per_token = *g.AddNode(OpKind::kReshape, {pos}, ShapeAttrs{{5, 1}});
+  const ValueId a = *g.AddNode(OpKind::kRope, {x, per_token}, RopeAttrs{});
+  const ValueId back = *g.AddNode(OpKind::kRope, {a, per_token}, RopeAttrs{10000.0f, true});
+  const ValueId heads = *g.AddNode(OpKind::kTranspose, {x}, PermuteAttrs{{0, 2, 1, 3}});
+  const ValueId b = *g.AddNode(OpKind::kRope, {heads, pos}, RopeAttrs{});
+  const ValueId other_base = *g.AddNode(OpKind::kRope, {heads, pos}, RopeAttrs{500.0f, false});
+  for (ValueId v : {a, back, b, other_base}) g.MarkOutput(v);
+  const std::vector<std::vector<int32_t>> steps = {{0, 1, 2, 3, 4}, {7, 300, 2, 4095, 11}};
+  auto run = [&](bool reference) {
+    std::vector<std::vector<float>> out;
+    ParameterStore params;
+    CompileOptions options;
+    options.use_reference_kernels = reference;
+    options.threads = 2;
+    absl::StatusOr<std::unique_ptr<Executable>> exe = Executable::Compile(g, &params, options);
+    EXPECT_TRUE(exe.ok()) << exe.status();
+    if (!exe.ok()) return out;
+    FillInputs(g, exe->get());
+    for (const std::vector<int32_t>& positions : steps) {
+      TensorView p = *(*exe)->Input("pos");
+      std::copy(positions.begin(), positions.end(), p.i32());
+      EXPECT_TRUE((*exe)->Run().ok());
+      for (ValueId o : g.outputs()) {
+        TensorView v = *(*exe)->Output(o);
+        out.emplace_back(v.f32(), v.f32() + v.num_elements());
+      }
+    }
+    return out;
+  };
+  const std::vector<std::vector<float>> want = run(true), got = run(false);
+  ExpectNear(got, want, {0, 1, 2, 3, 4, 5, 6, 7}, 1e-6f);
+}
+
 // An inverted residual block's expand layer computed by its depthwise layer
 // (AbsorbedProducers), 48 channels at a time: 60 channels leave a block of
 // 12; both masks absorbed. Planes of 16×16 keep both nodes.
