@@ -160,7 +160,9 @@ TEST(FoldIntoMatMuls, UnfuseGivesBackPlainMatMulsThatComputeTheSame) {
   EXPECT_TRUE(changed);
   ASSERT_OK(VerifyGraph(g));
   for (const Node& node : g.nodes()) {
-    if (node.op == OpKind::kMatMul) EXPECT_FALSE(std::get<MatMulAttrs>(node.attrs).folded());
+    if (node.op == OpKind::kMatMul) {
+      EXPECT_FALSE(std::get<MatMulAttrs>(node.attrs).folded());
+    }
   }
   EXPECT_EQ(HeadSwaps(g), 4);  // the split once per read operand, and the merge
   EXPECT_EQ(Outputs(original), Outputs(g));

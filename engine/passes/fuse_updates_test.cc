@@ -205,7 +205,9 @@ TEST_P(SgdMatMulKernels, FastAndReferenceMatchTheUnfusedPair) {
     const TensorType* type_ptrs[] = {&types[0], &types[1], &types[2], &types[3]};
     std::vector<float> scratch(
         def.scratch_bytes(node, absl::MakeConstSpan(type_ptrs, momentum ? 4 : 3)) / sizeof(float));
-    if (c.param_rows > 1000) EXPECT_FALSE(scratch.empty()) << "a tall gradient takes slots";
+    if (c.param_rows > 1000) {
+      EXPECT_FALSE(scratch.empty()) << "a tall gradient takes slots";
+    }
     ops::KernelArgs args{&node, in, momentum ? 4 : 3, {}, &step};
     args.scratch = scratch.data();
     kernel(args);

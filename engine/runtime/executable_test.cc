@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <functional>
 #include <new>
 
 #include "engine/base/status_matchers.h"
@@ -398,8 +399,11 @@ ParameterStore PatternParameters(const Graph& g) {
 }
 
 // `g`'s outputs after one run on 2 threads, each as floats (masks' words
-// converted exactly).
-std::vector<std::vector<float>> RunOutputs(const Graph& g, bool reference) {
+// converted exactly). With `before_run`, once per run k in [0, runs), each
+// run's outputs in turn.
+std::vector<std::vector<float>> RunOutputs(
+    const Graph& g, bool reference, int runs = 1,
+    const std::function<void(Executable&, int)>& before_run = nullptr) {
   std::vector<std::vector<float>> out;
   ParameterStore params = PatternParameters(g);
   CompileOptions options;
@@ -409,14 +413,18 @@ std::vector<std::vector<float>> RunOutputs(const Graph& g, bool reference) {
   EXPECT_TRUE(exe.ok()) << exe.status();
   if (!exe.ok()) return out;
   FillInputs(g, exe->get());
-  EXPECT_TRUE((*exe)->Run().ok());
-  for (ValueId o : g.outputs()) {
-    absl::StatusOr<TensorView> v = (*exe)->Output(o);
-    EXPECT_TRUE(v.ok());
-    if (!v.ok()) return out;
-    out.emplace_back();
-    for (int64_t i = 0; i < v->num_elements(); ++i) {
-      out.back().push_back(v->dtype == DType::kI32 ? static_cast<float>(v->i32()[i]) : v->f32()[i]);
+  for (int k = 0; k < runs; ++k) {
+    if (before_run) before_run(**exe, k);
+    EXPECT_TRUE((*exe)->Run().ok());
+    for (ValueId o : g.outputs()) {
+      absl::StatusOr<TensorView> v = (*exe)->Output(o);
+      EXPECT_TRUE(v.ok());
+      if (!v.ok()) return out;
+      out.emplace_back();
+      for (int64_t i = 0; i < v->num_elements(); ++i) {
+        out.back().push_back(v->dtype == DType::kI32 ? static_cast<float>(v->i32()[i])
+                                                     : v->f32()[i]);
+      }
     }
   }
   return out;
@@ -452,28 +460,12 @@ TEST(Executable, RopesShareOnePositionsTable) {
   const ValueId other_base = *g.AddNode(OpKind::kRope, {heads, pos}, RopeAttrs{500.0f, false});
   for (ValueId v : {a, back, b, other_base}) g.MarkOutput(v);
   const std::vector<std::vector<int32_t>> steps = {{0, 1, 2, 3, 4}, {7, 300, 2, 4095, 11}};
-  auto run = [&](bool reference) {
-    std::vector<std::vector<float>> out;
-    ParameterStore params;
-    CompileOptions options;
-    options.use_reference_kernels = reference;
-    options.threads = 2;
-    absl::StatusOr<std::unique_ptr<Executable>> exe = Executable::Compile(g, &params, options);
-    EXPECT_TRUE(exe.ok()) << exe.status();
-    if (!exe.ok()) return out;
-    FillInputs(g, exe->get());
-    for (const std::vector<int32_t>& positions : steps) {
-      TensorView p = *(*exe)->Input("pos");
-      std::copy(positions.begin(), positions.end(), p.i32());
-      EXPECT_TRUE((*exe)->Run().ok());
-      for (ValueId o : g.outputs()) {
-        TensorView v = *(*exe)->Output(o);
-        out.emplace_back(v.f32(), v.f32() + v.num_elements());
-      }
-    }
-    return out;
+  auto set_positions = [&](Executable& exe, int k) {
+    TensorView p = *exe.Input("pos");
+    std::copy(steps[k].begin(), steps[k].end(), p.i32());
   };
-  const std::vector<std::vector<float>> want = run(true), got = run(false);
+  const std::vector<std::vector<float>> want = RunOutputs(g, true, 2, set_positions);
+  const std::vector<std::vector<float>> got = RunOutputs(g, false, 2, set_positions);
   ExpectNear(got, want, {0, 1, 2, 3, 4, 5, 6, 7}, 1e-6f);
 }
 
