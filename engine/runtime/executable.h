@@ -106,7 +106,7 @@ struct MemoryStats {
   size_t arena_bytes = 0;            // activations, gradients, inputs: the static arena
   size_t weight_bytes = 0;           // weights and buffers bound by this executable
   size_t optimizer_state_bytes = 0;  // momentum / Adam moments bound by this executable
-  size_t scratch_bytes = 0;          // kernel workspace (im2col), one buffer shared by all ops
+  size_t scratch_bytes = 0;          // kernel workspace (im2col) shared by all ops, rope tables
   size_t constant_bytes = 0;         // folded constants the step reads (fold_constants)
   int constant_nodes = 0;            // nodes the prologue computes instead of every step
   int in_place_nodes = 0;            // nodes writing over a dying input (in_place)
