@@ -126,6 +126,47 @@ std::vector<ValueId> ProducersFor(const Graph& g, const CompileOptions& options,
   return by;
 }
 
+// Rope nodes whose positions are one value (through reshapes), with one
+// base and head dim, rotate by one cos/sin table: the first of them in the
+// program computes it each time it runs, the rest read it
+// (KernelArgs::rope_table). Values are computed once per run, so the table
+// cannot go stale between them. `ropes`: the rope nodes the fast kernel
+// runs, in program order.
+struct RopeTablePlan {
+  std::vector<size_t> offset;  // per rope node, its table's, in floats
+  std::vector<bool> owner;     // per rope node, whether it computes the table
+  size_t floats = 0;           // 0 when no table has two readers
+};
+
+RopeTablePlan PlanRopeTables(const Graph& g, const std::vector<ValueId>& ropes) {
+  struct Table {
+    ValueId positions;
+    float base;
+    int64_t dim;
+    size_t offset;
+  };
+  std::vector<Table> tables;
+  RopeTablePlan plan;
+  for (ValueId id : ropes) {
+    const Node& node = g.node(id);
+    ValueId positions = node.inputs[1];
+    while (g.node(positions).op == OpKind::kReshape) positions = g.node(positions).inputs[0];
+    const float base = std::get<RopeAttrs>(node.attrs).base;
+    const int64_t dim = g.type(node.inputs[0]).shape.back();
+    auto t = std::find_if(tables.begin(), tables.end(), [&](const Table& t) {
+      return t.positions == positions && t.base == base && t.dim == dim;
+    });
+    plan.owner.push_back(t == tables.end());
+    if (t == tables.end()) {
+      t = tables.insert(tables.end(), Table{positions, base, dim, plan.floats});
+      plan.floats += static_cast<size_t>(g.type(positions).num_elements() * dim);
+    }
+    plan.offset.push_back(t->offset);
+  }
+  if (tables.size() == ropes.size()) plan.floats = 0;
+  return plan;
+}
+
 // The node that runs v's computation: v, or the end of its producer chain.
 ValueId RunsAt(const std::vector<ValueId>& producers, ValueId v) {
   while (producers[v] != kNoValue) v = producers[v];
@@ -917,6 +958,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     }
     Instr instr;
     instr.fn = fn;
+    instr.node = id;
     instr.args.node = &node;
     instr.args.inputs = exe->operands_.data() + exe->operands_.size();
     instr.args.num_inputs = static_cast<int>(node.inputs.size());
@@ -1060,46 +1102,22 @@ Executable::~Executable() {
   AlignedFree(rope_tables_);
 }
 
-// Rope nodes whose positions are one value (through reshapes), with one
-// base and head dim, rotate by one cos/sin table: the first in the program
-// computes it each time it runs, the rest read it (KernelArgs::rope_table).
-// Values are computed once per run, so the table cannot go stale between
-// them. Only for the fast kernel, which builds the table.
 void Executable::ShareRopeTables() {
-  struct Group {
-    ValueId positions;
-    float base;
-    int64_t dim;
-    size_t offset;  // in floats
-  };
-  std::vector<Group> groups;
-  std::vector<std::pair<Instr*, size_t>> readers;  // instruction, group
-  size_t floats = 0;
+  std::vector<Instr*> ropes;
+  std::vector<ValueId> ids;
   for (Instr& instr : program_) {
-    const Node& node = *instr.args.node;
-    if (node.op != OpKind::kRope || instr.fn != ops::GetOpDef(OpKind::kRope).fast) continue;
-    ValueId positions = node.inputs[1];
-    while (graph_.node(positions).op == OpKind::kReshape)
-      positions = graph_.node(positions).inputs[0];
-    const float base = std::get<RopeAttrs>(node.attrs).base;
-    const int64_t dim = graph_.type(node.inputs[0]).shape.back();
-    size_t g = 0;
-    while (g < groups.size() &&
-           !(groups[g].positions == positions && groups[g].base == base && groups[g].dim == dim)) {
-      ++g;
-    }
-    if (g == groups.size()) {
-      groups.push_back({positions, base, dim, floats});
-      floats += static_cast<size_t>(graph_.type(positions).num_elements() * dim);
-      instr.args.rope_table_owner = true;
-    }
-    readers.emplace_back(&instr, g);
+    if (instr.args.node->op != OpKind::kRope) continue;
+    if (instr.fn != ops::GetOpDef(OpKind::kRope).fast) continue;
+    ropes.push_back(&instr);
+    ids.push_back(instr.node);
   }
-  if (readers.size() == groups.size()) return;  // no table read twice
-  rope_tables_ = AlignedAllocZeroed(floats * sizeof(float));
-  memory_.scratch_bytes += floats * sizeof(float);
-  for (const auto& [instr, g] : readers) {
-    instr->args.rope_table = reinterpret_cast<float*>(rope_tables_) + groups[g].offset;
+  const RopeTablePlan plan = PlanRopeTables(graph_, ids);
+  if (plan.floats == 0) return;
+  rope_tables_ = AlignedAllocZeroed(plan.floats * sizeof(float));
+  memory_.scratch_bytes += plan.floats * sizeof(float);
+  for (size_t i = 0; i < ropes.size(); ++i) {
+    ropes[i]->args.rope_table = reinterpret_cast<float*>(rope_tables_) + plan.offset[i];
+    ropes[i]->args.rope_table_owner = plan.owner[i];
   }
 }
 
@@ -1258,6 +1276,13 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   m.arena_bytes = layout.plan.arena_bytes;
   m.in_place_nodes = layout.in_place_nodes;
   m.scratch_bytes = ScratchBytesWith(graph, producers);
+  if (!options.use_reference_kernels) {
+    std::vector<ValueId> ropes;
+    for (ValueId id = 0; id < n; ++id) {
+      if (graph.node(id).op == OpKind::kRope && !constant[id]) ropes.push_back(id);
+    }
+    m.scratch_bytes += PlanRopeTables(graph, ropes).floats * sizeof(float);
+  }
   const std::vector<std::vector<ValueId>> users = graph.ComputeUsers();
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = graph.node(id);

@@ -173,6 +173,7 @@ class Executable {
   struct Instr {
     ops::KernelFn fn;
     ops::KernelArgs args;
+    ValueId node = kNoValue;  // the node it runs
   };
   // A value of one slice and the whole batch's. An input's slice is read in
   // place in the batch (operand_slots: where its view is in operands_); an

@@ -466,6 +466,16 @@ TEST(Executable, RopesShareOnePositionsTable) {
   };
   const std::vector<std::vector<float>> want = RunOutputs(g, true, 2, set_positions);
   const std::vector<std::vector<float>> got = RunOutputs(g, false, 2, set_positions);
+  // The tables (10000 and 500 as bases, 5 positions of 8 floats each) are
+  // kernel workspace, which EstimateMemory foresees.
+  ParameterStore params;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Executable> exe, Executable::Compile(g, &params));
+  ASSERT_OK_AND_ASSIGN(MemoryStats estimate, EstimateMemory(g));
+  EXPECT_EQ(exe->memory().scratch_bytes, estimate.scratch_bytes);
+  CompileOptions reference;
+  reference.use_reference_kernels = true;
+  ASSERT_OK_AND_ASSIGN(MemoryStats unshared, EstimateMemory(g, reference));
+  EXPECT_EQ(estimate.scratch_bytes - unshared.scratch_bytes, 2 * 5 * 8 * sizeof(float));
   ExpectNear(got, want, {0, 1, 2, 3, 4, 5, 6, 7}, 1e-6f);
 }
 
