@@ -31,6 +31,7 @@ bool IsPerExampleOp(OpKind op) {
     case OpKind::kLayerNorm:
     case OpKind::kRmsNorm:
     case OpKind::kEmbedding:
+    case OpKind::kRope:
     case OpKind::kSoftmax:
     case OpKind::kReshape:
     case OpKind::kTranspose:
@@ -53,10 +54,18 @@ bool KeepsBatchAxis(const Node& node) {
 
 }  // namespace
 
-absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(const Graph& g, ValueId data_input) {
-  if (!g.IsValid(data_input) || g.node(data_input).op != OpKind::kInput) {
+absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(
+    const Graph& g, ValueId data_input, const std::vector<ValueId>& shared_inputs) {
+  auto is_input = [&](ValueId v) { return g.IsValid(v) && g.node(v).op == OpKind::kInput; };
+  if (!is_input(data_input)) {
     return absl::InvalidArgumentError(
         absl::StrCat("value ", data_input, " is not an input of the graph"));
+  }
+  for (ValueId v : shared_inputs) {
+    if (!is_input(v) || v == data_input) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shared input ", v, " is not an input of the graph besides the data"));
+    }
   }
   const Shape& data_shape = g.type(data_input).shape;
   if (data_shape.empty() || data_shape[0] <= 0) {
@@ -65,8 +74,9 @@ absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(const Graph& g, ValueId
   const int64_t batch = data_shape[0];
   const int n = g.num_nodes();
 
-  // Constants: fills and parameters nothing writes (updates and statistics
-  // updates write their parameter inputs in place).
+  // Constants: fills, parameters nothing writes (updates and statistics
+  // updates write their parameter inputs in place) and the shared inputs,
+  // whose values are the same for every example.
   std::vector<bool> written(n, false), constant(n, false), prefix(n, false);
   for (const Node& node : g.nodes()) {
     if (node.has_output) continue;
@@ -76,10 +86,19 @@ absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(const Graph& g, ValueId
     const Node& node = g.node(id);
     constant[id] = node.op == OpKind::kFill || (node.op == OpKind::kParameter && !written[id]);
   }
+  for (ValueId v : shared_inputs) constant[v] = true;
   prefix[data_input] = true;
   for (ValueId id = 0; id < n; ++id) {
     const Node& node = g.node(id);
-    if (!node.has_output || !IsPerExampleOp(node.op) || !KeepsBatchAxis(node)) continue;
+    if (!node.has_output || !IsPerExampleOp(node.op)) continue;
+    // Pure ops on constants alone give constants (the positions as rope
+    // reads them, reshaped).
+    if (!node.inputs.empty() && std::all_of(node.inputs.begin(), node.inputs.end(),
+                                            [&](ValueId in) { return constant[in]; })) {
+      constant[id] = true;
+      continue;
+    }
+    if (!KeepsBatchAxis(node)) continue;
     if (node.type.shape.empty() || node.type.shape[0] != batch) continue;
     bool reads_prefix = false, ok = true;
     for (ValueId in : node.inputs) {
@@ -127,12 +146,12 @@ absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(const Graph& g, ValueId
     return absl::OkStatus();
   };
 
-  // Prefix: the data input, the constants the prefix reads, the prefix.
+  // Prefix: the data input, the constants the prefix reads (and what they
+  // are computed from), the prefix.
   std::vector<ValueId> map(n, kNoValue);
-  std::vector<bool> needed(n, false);
-  for (ValueId id = 0; id < n; ++id) {
-    if (!prefix[id]) continue;
-    needed[id] = true;
+  std::vector<bool> needed(prefix);
+  for (ValueId id = n - 1; id >= 0; --id) {
+    if (!needed[id]) continue;
     for (ValueId in : g.node(id).inputs) needed[in] = true;
   }
   for (ValueId id = 0; id < n; ++id) {
@@ -155,7 +174,7 @@ absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(const Graph& g, ValueId
     if (prefix[id] && id != data_input) continue;
     const Node& node = g.node(id);
     const bool source = node.op == OpKind::kInput || node.op == OpKind::kParameter;
-    if (source && !is_output[id] &&
+    if ((source || constant[id]) && !is_output[id] &&
         std::all_of(users[id].begin(), users[id].end(), [&](ValueId u) { return prefix[u]; })) {
       continue;  // read by the prefix alone
     }

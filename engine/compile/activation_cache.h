@@ -16,13 +16,13 @@
 //
 // A value belongs to the cacheable prefix when it is a function of one
 // example alone: computed by a per-example op (elementwise, convolution,
-// linear, pooling, frozen-statistics BatchNorm, activation, embedding...)
-// whose inputs are the data input, other prefix values and frozen constants
-// (parameters no update writes, fills), with the batch as its leading
-// dimension. Ops that mix examples (training-mode BatchNorm), depend on the
-// step (dropout) or read labels stop the prefix. The caller must also feed
-// the same examples in every epoch (no random augmentation): the input
-// pipeline, not the graph, decides that.
+// linear, pooling, frozen-statistics BatchNorm, activation, embedding, rope...)
+// whose inputs are the data input, other prefix values, frozen constants
+// (parameters no update writes, fills) and shared inputs (the same for every
+// example, such as a decoder's token positions: models::Model::shared_inputs),
+// with the batch as its leading dimension. Ops that mix examples (training-mode BatchNorm), depend
+// on the step (dropout) or read labels stop the prefix. The caller must also feed the same examples
+// in every epoch (no random augmentation): the input pipeline, not the graph, decides that.
 //
 // Thread-safe (pure function).
 #ifndef FLEETTUNE_ENGINE_COMPILE_ACTIVATION_CACHE_H_
@@ -52,10 +52,13 @@ struct PrefixCut {
 
 // nullopt when nothing can be cached: the first op on the data input already
 // depends on a trained parameter (e.g. bias-only schemes), or the prefix
-// would be the data input itself. InvalidArgument if `data_input` is not an
-// input of the graph or its leading dimension is not positive.
-absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(const Graph& training_graph,
-                                                         ValueId data_input);
+// would be the data input itself. A shared input the prefix reads is an
+// input of both graphs. InvalidArgument if `data_input` or a shared input is
+// not an input of the graph, or the data input's leading dimension is not
+// positive.
+absl::StatusOr<std::optional<PrefixCut>> CutFrozenPrefix(
+    const Graph& training_graph, ValueId data_input,
+    const std::vector<ValueId>& shared_inputs = {});
 
 }  // namespace fleettune::engine::compile
 

@@ -9,6 +9,7 @@
 #include "engine/models/zoo.h"
 #include "engine/runtime/executable.h"
 #include "engine/train/trainer.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace fleettune::engine::compile {
@@ -130,6 +131,46 @@ TEST(CutFrozenPrefix, FrozenStatisticsCnnCachesThroughBatchNorm) {
                        CutFrozenPrefix(train_graph, train.input));
   ASSERT_TRUE(short_cut.has_value());
   EXPECT_EQ(short_cut->prefix_nodes, 1);
+}
+
+// The token positions are an input, the same for every example: read as a
+// shared input, they let the prefix run through rope, so a Llama-style
+// decoder whose first layers are frozen caches them whole.
+TEST(CutFrozenPrefix, DecoderCachesItsFrozenLayersThroughRope) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* zoo, models::FindZooModel("llama_mini"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, zoo->build(2, models::Mode::kEval));
+  const Graph graph = TrainingGraph(model, "sparse");
+  ASSERT_EQ(model.shared_inputs.size(), 1u);
+  const ValueId positions = *graph.FindByName(model.shared_inputs[0]);
+  ASSERT_OK_AND_ASSIGN(std::optional<PrefixCut> without, CutFrozenPrefix(graph, model.input));
+  ASSERT_OK_AND_ASSIGN(std::optional<PrefixCut> cut,
+                       CutFrozenPrefix(graph, model.input, {positions}));
+  ASSERT_TRUE(without.has_value() && cut.has_value());
+  // Without the positions the prefix stops at the first layer's rope (1% of
+  // the step's FLOPs); with them it is the embedding and layers 0 and 1 (the
+  // vocabulary head is most of the rest).
+  EXPECT_LT(without->prefix_flops * 50, StepFlops(graph));
+  EXPECT_GT(cut->prefix_flops * 10, StepFlops(graph));
+  int ropes = 0;
+  for (const Node& node : cut->prefix.nodes()) ropes += node.op == OpKind::kRope;
+  EXPECT_EQ(ropes, 4);  // q and k of the two frozen layers
+  // The boundary includes the residual stream entering layer 2: one
+  // [T, dim] row per example.
+  bool residual = false;
+  for (ValueId f : cut->frontier) residual |= graph.node(f).name == "model.layers.1.mlp_residual";
+  EXPECT_TRUE(residual);
+  EXPECT_GE(cut->bytes_per_example, 128u * 256 * 4);
+  ExpectSameTraining(RunWhole(*zoo, model, graph), RunCached(*zoo, model, graph, *cut));
+}
+
+TEST(CutFrozenPrefix, RejectsASharedInputThatIsNotAnInput) {
+  ASSERT_OK_AND_ASSIGN(const models::ZooEntry* zoo, models::FindZooModel("mlp"));
+  ASSERT_OK_AND_ASSIGN(models::Model model, zoo->build(8, models::Mode::kTrain));
+  const Graph graph = TrainingGraph(model, "last-k:1");
+  EXPECT_THAT(CutFrozenPrefix(graph, model.input, {model.loss}),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("shared input")));
+  EXPECT_THAT(CutFrozenPrefix(graph, model.input, {model.input}),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("shared input")));
 }
 
 TEST(CutFrozenPrefix, NothingToCacheWhenTheFirstLayerTrains) {

@@ -61,7 +61,16 @@ absl::StatusOr<CompiledTraining> CompileTraining(const models::Model& model,
   // primitive, per-example ones the cut understands.
   std::optional<PrefixCut> cut;
   if (model.input != kNoValue) {
-    ASSIGN_OR_RETURN(cut, CutFrozenPrefix(graph, model.input));
+    std::vector<ValueId> shared;
+    for (const std::string& name : model.shared_inputs) {
+      const std::optional<ValueId> v = graph.FindByName(name);
+      if (!v.has_value()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("shared input '", name, "' not in the graph"));
+      }
+      shared.push_back(*v);
+    }
+    ASSIGN_OR_RETURN(cut, CutFrozenPrefix(graph, model.input, shared));
   }
   ASSIGN_OR_RETURN(passes::PassReport report, passes::RunPasses(graph, options.passes));
   out.loss = report.Map(model.loss);
