@@ -261,6 +261,32 @@ void ApplyDeferred(const Graph& g, const std::vector<ValueId>& wait_for, ArenaOp
   }
 }
 
+// How the runtime lays out a graph's arena, which Compile() does and
+// EstimateMemory foresees: the nodes kernels absorb, producer chains,
+// deferred readers, and the plan that keeps their operands live.
+struct ArenaSchedule {
+  std::vector<ValueId> absorbed, producers, wait_for;
+  ArenaOptions arena;
+  ArenaLayout layout;
+};
+
+absl::StatusOr<ArenaSchedule> ScheduleArena(const Graph& g, const CompileOptions& options,
+                                            const std::vector<bool>& constant,
+                                            const std::vector<ValueId>& staged_inputs) {
+  ArenaSchedule s;
+  s.arena.in_place = options.in_place;
+  s.arena.outside_arena = constant;
+  for (ValueId v : staged_inputs) s.arena.outside_arena[v] = true;
+  s.absorbed = AbsorbedNodesFor(g, options, constant);
+  s.arena.written_by = WrittenEarlier(s.absorbed);
+  s.producers = ProducersFor(g, options, constant, s.absorbed);
+  s.wait_for = DeferReaders(g, s.absorbed, &s.producers);
+  ApplyProducers(g, s.producers, &s.arena);
+  ApplyDeferred(g, s.wait_for, &s.arena);
+  ASSIGN_OR_RETURN(s.layout, PlanArena(g, s.arena));
+  return s;
+}
+
 // Kernel scratch: the largest any op asks for, and what the kernels
 // computing a producer need.
 size_t ScratchBytesWith(const Graph& g, const std::vector<ValueId>& producers) {
@@ -690,17 +716,24 @@ std::vector<bool> FindConstants(const Graph& graph) {
   return constant;
 }
 
+namespace {
+
+// A per-node ArenaOptions vector is empty (unused) or has an entry per node.
+template <typename T>
+absl::Status CheckPerNode(const std::vector<T>& entries, const char* name, int n) {
+  if (entries.empty() || static_cast<int>(entries.size()) == n) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, " has ", entries.size(), " entries for ", n, " nodes"));
+}
+
+}  // namespace
+
 absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& options) {
   const int n = graph.num_nodes();
-  if (!options.outside_arena.empty() && static_cast<int>(options.outside_arena.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "outside_arena has ", options.outside_arena.size(), " entries for ", n, " nodes"));
-  }
+  RETURN_IF_ERROR(CheckPerNode(options.outside_arena, "outside_arena", n));
+  RETURN_IF_ERROR(CheckPerNode(options.written_by, "written_by", n));
+  RETURN_IF_ERROR(CheckPerNode(options.read_until, "read_until", n));
   if (!options.written_by.empty()) {
-    if (static_cast<int>(options.written_by.size()) != n) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("written_by has ", options.written_by.size(), " entries for ", n, " nodes"));
-    }
     for (ValueId id = 0; id < n; ++id) {
       const ValueId by = options.written_by[id];
       if (by != kNoValue && (by < 0 || by >= id)) {
@@ -744,10 +777,6 @@ absl::StatusOr<ArenaLayout> PlanArena(const Graph& graph, const ArenaOptions& op
     }
   }
   if (!options.read_until.empty()) {
-    if (static_cast<int>(options.read_until.size()) != n) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("read_until has ", options.read_until.size(), " entries for ", n, " nodes"));
-    }
     for (ValueId id = 0; id < n; ++id) {
       const ValueId until = options.read_until[id];
       if (until == kNoValue) continue;
@@ -826,17 +855,14 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
     for (const StagedType& s : staged) (s.input ? inputs : outputs).emplace_back(s.value, s.batch);
     exe->SetUpMicroBatches(options.micro_batches, inputs, outputs);
   }
-  ArenaOptions arena_options;
-  arena_options.in_place = options.in_place;
-  arena_options.outside_arena = constant;
-  for (const Staged& s : exe->staged_inputs_) arena_options.outside_arena[s.value] = true;
-  const std::vector<ValueId> absorbed = AbsorbedNodesFor(g, options, constant);
-  arena_options.written_by = WrittenEarlier(absorbed);
-  std::vector<ValueId> producers = ProducersFor(g, options, constant, absorbed);
-  const std::vector<ValueId> wait_for = DeferReaders(g, absorbed, &producers);
-  ApplyProducers(g, producers, &arena_options);
-  ApplyDeferred(g, wait_for, &arena_options);
-  ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(g, arena_options));
+  std::vector<ValueId> staged_inputs;
+  for (const Staged& s : exe->staged_inputs_) staged_inputs.push_back(s.value);
+  ASSIGN_OR_RETURN(const ArenaSchedule schedule,
+                   ScheduleArena(g, options, constant, staged_inputs));
+  const std::vector<ValueId>& absorbed = schedule.absorbed;
+  const std::vector<ValueId>& producers = schedule.producers;
+  const std::vector<ValueId>& wait_for = schedule.wait_for;
+  const ArenaLayout& layout = schedule.layout;
   exe->memory_.in_place_nodes = layout.in_place_nodes;
 
   // Bind parameters.
@@ -885,7 +911,7 @@ absl::StatusOr<std::unique_ptr<Executable>> Executable::Compile(const Graph& gra
       exe->views_[id] = TensorView{nullptr, &node.type.shape, node.type.dtype};
       continue;
     }
-    if (arena_options.outside_arena[id]) continue;  // staged
+    if (schedule.arena.outside_arena[id]) continue;  // staged
     if (layout.parameter_view[id]) {
       exe->views_[id] =
           TensorView{exe->views_[layout.alias_of[id]].data, &node.type.shape, node.type.dtype};
@@ -1258,19 +1284,14 @@ absl::StatusOr<MemoryStats> EstimateMemory(const Graph& graph, const CompileOpti
   const std::vector<bool> constant =
       options.fold_constants ? FindConstants(graph) : std::vector<bool>(n, false);
   ASSIGN_OR_RETURN(std::vector<StagedType> staged, PlanStaging(graph, options));
-  ArenaOptions arena_options;
-  arena_options.in_place = options.in_place;
-  arena_options.outside_arena = constant;
+  std::vector<ValueId> staged_inputs;
   for (const StagedType& s : staged) {
-    if (s.input) arena_options.outside_arena[s.value] = true;
+    if (s.input) staged_inputs.push_back(s.value);
   }
-  const std::vector<ValueId> absorbed = AbsorbedNodesFor(graph, options, constant);
-  arena_options.written_by = WrittenEarlier(absorbed);
-  std::vector<ValueId> producers = ProducersFor(graph, options, constant, absorbed);
-  const std::vector<ValueId> wait_for = DeferReaders(graph, absorbed, &producers);
-  ApplyProducers(graph, producers, &arena_options);
-  ApplyDeferred(graph, wait_for, &arena_options);
-  ASSIGN_OR_RETURN(ArenaLayout layout, PlanArena(graph, arena_options));
+  ASSIGN_OR_RETURN(const ArenaSchedule schedule,
+                   ScheduleArena(graph, options, constant, staged_inputs));
+  const std::vector<ValueId>& producers = schedule.producers;
+  const ArenaLayout& layout = schedule.layout;
   MemoryStats m;
   for (const StagedType& s : staged) m.staging_bytes += s.batch.bytes();
   m.arena_bytes = layout.plan.arena_bytes;

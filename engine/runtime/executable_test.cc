@@ -430,6 +430,19 @@ std::vector<std::vector<float>> RunOutputs(
   return out;
 }
 
+// `g`'s outputs from the fast kernels with `v` made an output too, so that
+// nothing may absorb it (`absorbed_by`, e.g. AbsorbedProducers, must then
+// give it no absorbing node); v's own output is left out.
+std::vector<std::vector<float>> RunApart(const Graph& g, ValueId v,
+                                         std::vector<ValueId> (*absorbed_by)(const Graph&)) {
+  Graph apart = g;
+  apart.MarkOutput(v);
+  EXPECT_EQ(absorbed_by(apart)[v], kNoValue);
+  std::vector<std::vector<float>> out = RunOutputs(apart, false);
+  if (!out.empty()) out.pop_back();
+  return out;
+}
+
 // Outputs `which` of got and want within tol of the largest of want's.
 void ExpectNear(const std::vector<std::vector<float>>& got,
                 const std::vector<std::vector<float>>& want, std::vector<int> which, float tol) {
@@ -510,11 +523,7 @@ TEST(Executable, DepthwiseConvolutionsComputeTheirExpandLayer) {
     // Against the two nodes run apart (the expanded tensor made an output):
     // the same kernels per plane, so the same bits, masks included, where the
     // pointwise part takes the direct kernel (AVX-512).
-    Graph apart = g;
-    apart.MarkOutput(a);
-    EXPECT_EQ(AbsorbedProducers(apart)[a], kNoValue);
-    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
-    separate.pop_back();
+    const std::vector<std::vector<float>> separate = RunApart(g, a, AbsorbedProducers);
     if (kernels::BestHostIsa() == kernels::Isa::kAvx512) {
       EXPECT_EQ(fused, separate);
     } else {
@@ -564,11 +573,7 @@ TEST(Executable, ExpandInputGradientsComputeTheirWholeBlock) {
     EXPECT_EQ(producers[dxe], dx);
     const std::vector<std::vector<float>> fused = RunOutputs(g, false);
     ExpectNear(fused, RunOutputs(g, true), {0, 1, 2, 3}, 1e-5f);
-    Graph apart = g;
-    apart.MarkOutput(dxp);
-    EXPECT_EQ(AbsorbedProducers(apart)[dxp], kNoValue);
-    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
-    separate.pop_back();
+    const std::vector<std::vector<float>> separate = RunApart(g, dxp, AbsorbedProducers);
     ExpectNear(fused, separate, {0, 1, 2, 3}, 1e-6f);
   }
 }
@@ -665,11 +670,7 @@ TEST(Executable, ProjectionsComputeTheirInvertedResidualBlock) {
     EXPECT_EQ(producers[d], y);
     const std::vector<std::vector<float>> fused = RunOutputs(g, false);
     ExpectNear(fused, RunOutputs(g, true), {0}, 1e-5f);
-    Graph apart = g;
-    apart.MarkOutput(d);
-    EXPECT_EQ(AbsorbedProducers(apart)[d], kNoValue);
-    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
-    separate.pop_back();
+    const std::vector<std::vector<float>> separate = RunApart(g, d, AbsorbedProducers);
     ExpectNear(fused, separate, {0}, 1e-6f);
     EXPECT_EQ(fused[1], separate[1]);
     EXPECT_EQ(fused[2], separate[2]);
@@ -708,11 +709,7 @@ TEST(Executable, ExpandInputGradientsComputeTheDepthwiseOne) {
     ExpectNear(fused, RunOutputs(g, true), {0, 1, 2}, 1e-5f);
     // Apart, the depthwise gradient and its channel sums are the same bits;
     // the expand layer's gradient sums the channels in blocks, not in one GEMM.
-    Graph apart = g;
-    apart.MarkOutput(dxe);
-    EXPECT_EQ(AbsorbedProducers(apart)[dxe], kNoValue);
-    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
-    separate.pop_back();
+    const std::vector<std::vector<float>> separate = RunApart(g, dxe, AbsorbedProducers);
     EXPECT_EQ(fused[1], separate[1]);
     ExpectNear(fused, separate, {0, 2}, 1e-6f);
 
@@ -784,11 +781,7 @@ TEST(Executable, PointwiseConvolutionsScaleTheirWeights) {
     EXPECT_EQ(AbsorbedWeightScalings(g)[wf], y);
     const std::vector<std::vector<float>> absorbed = RunOutputs(g, false);
     ExpectNear(absorbed, RunOutputs(g, true), {0}, 1e-5f);
-    Graph apart = g;
-    apart.MarkOutput(scaled);
-    EXPECT_EQ(AbsorbedWeightScalings(apart)[scaled], kNoValue);
-    std::vector<std::vector<float>> separate = RunOutputs(apart, false);
-    separate.pop_back();
+    const std::vector<std::vector<float>> separate = RunApart(g, scaled, AbsorbedWeightScalings);
     if (c.same_bits && kernels::BestHostIsa() == kernels::Isa::kAvx512) {
       EXPECT_EQ(absorbed, separate);
     } else {
