@@ -2,7 +2,10 @@
 // process: oneDNN's dnnl_sgemm and OpenBLAS's cblas_sgemm. This is the
 // measurement behind engine/kernels/gemm.h's choice. A second table times a
 // tall weight gradient in both orientations, the measurement behind the fused
-// SGD update's transposed path (engine/ops/optimizer.cc).
+// SGD update's transposed path (engine/ops/optimizer.cc). A third times
+// Llama-mini's GEMMs with warm and with cold caches, through dnnl_sgemm and
+// through oneDNN's matmul primitive with its weights packed ahead of time: the
+// ceiling its training step runs against (BENCHMARKS.md, issue #6).
 //
 //   bazel run //bench:gemm_bench -- --threads=2
 //   OPENBLAS_CORETYPE=SkylakeX bazel run //bench:gemm_bench   # OpenBLAS with a forced core
@@ -16,7 +19,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <dnnl.hpp>  // the matmul primitive: this bench only, which may throw
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -88,6 +94,104 @@ void TallGradients(int threads) {
   }
 }
 
+// Llama-mini's GEMMs for one micro-batch of 256 tokens (dim 256, FFN 704,
+// vocabulary 8192), C = op(A)·op(B) with B the weight where there is one.
+struct DecoderGemm {
+  const char* name;
+  bool ta, tb;
+  int64_t m, n, k;
+  bool b_is_weight;
+};
+
+const DecoderGemm kDecoderGemms[] = {
+    {"head forward      X.WT", false, true, 256, 8192, 256, true},
+    {"head input grad   dY.W", false, false, 256, 256, 8192, true},
+    {"head weight grad dYT.X", true, false, 8192, 256, 256, false},
+    {"FFN up/gate       X.WT", false, true, 256, 704, 256, true},
+    {"FFN down          H.WT", false, true, 256, 256, 704, true},
+};
+
+// GFLOP/s of `gemm(set)` over kSets operand sets: warm is the best of 20
+// calls on set 0; cold is the mean over calls that each find the caches
+// holding 64 MiB of other data (the step touches about 55 MB).
+constexpr int kSets = 8;
+
+template <typename F>
+std::pair<double, double> WarmCold(double flops, F&& gemm) {
+  using Clock = std::chrono::steady_clock;
+  double warm = 1e30, cold = 0.0;
+  for (int r = 0; r < 20; ++r) {
+    const auto start = Clock::now();
+    gemm(0);
+    warm = std::min(warm, std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  std::vector<float> other(size_t{16} << 20, 1.0f);
+  constexpr int kRounds = 6;
+  for (int r = 0; r < kRounds; ++r) {
+    for (int set = 0; set < kSets; ++set) {
+      for (size_t i = 0; i < other.size(); i += 16) other[i] += 1.0f;
+      const auto start = Clock::now();
+      gemm(set);
+      cold += std::chrono::duration<double>(Clock::now() - start).count();
+    }
+  }
+  return {flops / warm / 1e9, flops / (cold / (kRounds * kSets)) / 1e9};
+}
+
+void DecoderCeiling(int threads) {
+  omp_set_num_threads(threads);
+  std::printf(
+      "Llama-mini's GEMMs (256 tokens), %d threads, GFLOP/s: warm (best of 20) and cold\n"
+      "(mean, 64 MiB written between calls); packed = oneDNN matmul, weights packed ahead\n",
+      threads);
+  std::printf("  %-24s %8s %8s %8s %8s\n", "", "sgemm", "sgemm", "packed", "packed");
+  std::printf("  %-24s %8s %8s %8s %8s\n", "", "warm", "cold", "warm", "cold");
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  using dnnl::memory;
+  for (const DecoderGemm& g : kDecoderGemms) {
+    const int64_t lda = g.ta ? g.m : g.k, ldb = g.tb ? g.k : g.n;
+    std::vector<std::vector<float>> a(kSets, std::vector<float>(g.m * g.k, 0.5f));
+    std::vector<std::vector<float>> b(kSets, std::vector<float>(g.k * g.n, 0.25f));
+    std::vector<std::vector<float>> c(kSets, std::vector<float>(g.m * g.n, 0.0f));
+    const double flops = 2.0 * g.m * g.n * g.k;
+    const auto [sgemm_warm, sgemm_cold] = WarmCold(flops, [&](int set) {
+      dnnl_sgemm(g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', g.m, g.n, g.k, 1.0f, a[set].data(), lda,
+                 b[set].data(), ldb, 0.0f, c[set].data(), g.n);
+    });
+    std::printf("  %-24s %8.0f %8.0f", g.name, sgemm_warm, sgemm_cold);
+    if (!g.b_is_weight) {
+      std::printf(" %8s %8s\n", "-", "-");
+      continue;
+    }
+    const memory::desc a_md({g.m, g.k}, memory::data_type::f32, memory::dims{lda, 1});
+    const memory::desc b_md({g.k, g.n}, memory::data_type::f32,
+                            g.tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
+    const memory::desc c_md({g.m, g.n}, memory::data_type::f32, memory::dims{g.n, 1});
+    const memory::desc b_any({g.k, g.n}, memory::data_type::f32, memory::format_tag::any);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), engine);
+    const dnnl::matmul matmul(pd);
+    std::vector<memory> packed;
+    for (int set = 0; set < kSets; ++set) {
+      memory plain(b_md, engine, b[set].data());
+      packed.emplace_back(pd.weights_desc(), engine);
+      dnnl::reorder(plain, packed.back()).execute(stream, plain, packed.back());
+    }
+    std::vector<memory> as, cs;
+    for (int set = 0; set < kSets; ++set) {
+      as.emplace_back(a_md, engine, a[set].data());
+      cs.emplace_back(c_md, engine, c[set].data());
+    }
+    const auto [packed_warm, packed_cold] = WarmCold(flops, [&](int set) {
+      matmul.execute(
+          stream,
+          {{DNNL_ARG_SRC, as[set]}, {DNNL_ARG_WEIGHTS, packed[set]}, {DNNL_ARG_DST, cs[set]}});
+      stream.wait();
+    });
+    std::printf(" %8.0f %8.0f\n", packed_warm, packed_cold);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -114,5 +218,6 @@ int main(int argc, char** argv) {
               openblas_get_corename());
   std::printf("  OpenBLAS / oneDNN         %7.2fx\n", openblas / dnnl);
   TallGradients(threads);
+  DecoderCeiling(threads);
   return 0;
 }

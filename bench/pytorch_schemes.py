@@ -36,7 +36,10 @@ parameter elements, so the two rule sets cannot drift apart silently.
 
 A timed step: optimizer.zero_grad(set_to_none=True); forward; cross-entropy;
 backward; SGD(lr=0.01, momentum=0.9).step(). `ms_per_step` is the median over
---steps timed steps after --warmup.
+--steps timed steps after --warmup. With --autocast bf16 the forward runs under
+torch.autocast (bfloat16 matmuls); that is not float32 training, so the
+side-by-side comparison never uses it: it is there to measure what bfloat16
+would give PyTorch on a CPU with AMX (BENCHMARKS.md, issue #6).
 
 Memory, from one extra untimed step under torch.profiler(profile_memory=True):
 `peak_bytes` is the highest sum of live tensor allocations made during the
@@ -245,7 +248,9 @@ def bench(model_name, scheme, args):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(*inputs)).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            loss = loss_fn(model(*inputs))
+        loss.backward()
         opt.step()
 
     for _ in range(args.warmup):
@@ -269,6 +274,7 @@ def bench(model_name, scheme, args):
         "optim_bytes": optim_bytes,
         "trainable_elements": sum(p.numel() for p in params),
         "threads": args.threads,
+        "autocast": args.autocast,
         "steps": args.steps,
         "warmup": args.warmup,
         "torch_version": torch.__version__,
@@ -284,6 +290,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="one JSON object per scheme per line")
+    ap.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                    help="bf16: forward under torch.autocast (bfloat16 matmuls, on AMX where the "
+                         "CPU has it); compare_schemes.py never passes it, its sides both run "
+                         "float32")
     args = ap.parse_args()
     schemes = [s for s in args.schemes.split(",") if s]
     for s in schemes:
