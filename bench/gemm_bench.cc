@@ -115,6 +115,7 @@ const DecoderGemm kDecoderGemms[] = {
 // calls on set 0; cold is the mean over calls that each find the caches
 // holding 64 MiB of other data (the step touches about 55 MB).
 constexpr int kSets = 8;
+using dnnl::memory;
 
 template <typename F>
 std::pair<double, double> WarmCold(double flops, F&& gemm) {
@@ -138,57 +139,77 @@ std::pair<double, double> WarmCold(double flops, F&& gemm) {
   return {flops / warm / 1e9, flops / (cold / (kRounds * kSets)) / 1e9};
 }
 
+// oneDNN's matmul for one of kDecoderGemms: f32 with the weights packed ahead
+// of time, or bfloat16 (AMX where the CPU has it) into an f32 C, the f32
+// operands converted in each call except a weight, converted and packed ahead
+// as a plan would once per step.
+std::pair<double, double> MatmulWarmCold(const DecoderGemm& g, memory::data_type type,
+                                         std::vector<std::vector<float>>& a,
+                                         std::vector<std::vector<float>>& b,
+                                         std::vector<std::vector<float>>& c) {
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const int64_t lda = g.ta ? g.m : g.k, ldb = g.tb ? g.k : g.n;
+  const memory::dims a_strides = g.ta ? memory::dims{1, lda} : memory::dims{lda, 1};
+  const memory::dims b_strides = g.tb ? memory::dims{1, ldb} : memory::dims{ldb, 1};
+  const memory::desc a_f32({g.m, g.k}, memory::data_type::f32, a_strides);
+  const memory::desc b_f32({g.k, g.n}, memory::data_type::f32, b_strides);
+  const memory::desc a_md({g.m, g.k}, type, a_strides);
+  const memory::desc b_md = g.b_is_weight ? memory::desc({g.k, g.n}, type, memory::format_tag::any)
+                                          : memory::desc({g.k, g.n}, type, b_strides);
+  const memory::desc c_md({g.m, g.n}, memory::data_type::f32, memory::dims{g.n, 1});
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine);
+  const dnnl::matmul matmul(pd);
+  struct Set {
+    memory a_f32, b_f32, a, b, c;
+  };
+  std::vector<Set> sets;
+  for (int i = 0; i < kSets; ++i) {
+    Set set{memory(a_f32, engine, a[i].data()), memory(b_f32, engine, b[i].data()),
+            memory(a_md, engine), memory(pd.weights_desc(), engine),
+            memory(c_md, engine, c[i].data())};
+    if (type == memory::data_type::f32) set.a = set.a_f32;
+    if (g.b_is_weight) dnnl::reorder(set.b_f32, set.b).execute(stream, set.b_f32, set.b);
+    sets.push_back(set);
+  }
+  return WarmCold(2.0 * g.m * g.n * g.k, [&](int i) {
+    Set& set = sets[i];
+    if (type != memory::data_type::f32) {
+      dnnl::reorder(set.a_f32, set.a).execute(stream, set.a_f32, set.a);
+      if (!g.b_is_weight) dnnl::reorder(set.b_f32, set.b).execute(stream, set.b_f32, set.b);
+    }
+    matmul.execute(stream,
+                   {{DNNL_ARG_SRC, set.a}, {DNNL_ARG_WEIGHTS, set.b}, {DNNL_ARG_DST, set.c}});
+    stream.wait();
+  });
+}
+
 void DecoderCeiling(int threads) {
   omp_set_num_threads(threads);
   std::printf(
-      "Llama-mini's GEMMs (256 tokens), %d threads, GFLOP/s: warm (best of 20) and cold\n"
-      "(mean, 64 MiB written between calls); packed = oneDNN matmul, weights packed ahead\n",
+      "Llama-mini's GEMMs (256 tokens), %d threads, GFLOP/s, warm (best of 20) / cold (mean,\n"
+      "64 MiB written between calls): dnnl_sgemm; oneDNN matmul with packed f32 weights;\n"
+      "the same in bfloat16 into f32, operands converted in the call (weights ahead)\n",
       threads);
-  std::printf("  %-24s %8s %8s %8s %8s\n", "", "sgemm", "sgemm", "packed", "packed");
-  std::printf("  %-24s %8s %8s %8s %8s\n", "", "warm", "cold", "warm", "cold");
-  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  dnnl::stream stream(engine);
-  using dnnl::memory;
+  std::printf("  %-24s %13s %13s %13s\n", "", "sgemm", "packed f32", "bf16");
   for (const DecoderGemm& g : kDecoderGemms) {
     const int64_t lda = g.ta ? g.m : g.k, ldb = g.tb ? g.k : g.n;
     std::vector<std::vector<float>> a(kSets, std::vector<float>(g.m * g.k, 0.5f));
     std::vector<std::vector<float>> b(kSets, std::vector<float>(g.k * g.n, 0.25f));
     std::vector<std::vector<float>> c(kSets, std::vector<float>(g.m * g.n, 0.0f));
-    const double flops = 2.0 * g.m * g.n * g.k;
-    const auto [sgemm_warm, sgemm_cold] = WarmCold(flops, [&](int set) {
+    const auto [sgemm_warm, sgemm_cold] = WarmCold(2.0 * g.m * g.n * g.k, [&](int set) {
       dnnl_sgemm(g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', g.m, g.n, g.k, 1.0f, a[set].data(), lda,
                  b[set].data(), ldb, 0.0f, c[set].data(), g.n);
     });
-    std::printf("  %-24s %8.0f %8.0f", g.name, sgemm_warm, sgemm_cold);
-    if (!g.b_is_weight) {
-      std::printf(" %8s %8s\n", "-", "-");
-      continue;
+    std::printf("  %-24s %6.0f/%-6.0f", g.name, sgemm_warm, sgemm_cold);
+    if (g.b_is_weight) {
+      const auto [warm, cold] = MatmulWarmCold(g, memory::data_type::f32, a, b, c);
+      std::printf(" %6.0f/%-6.0f", warm, cold);
+    } else {
+      std::printf(" %13s", "-");
     }
-    const memory::desc a_md({g.m, g.k}, memory::data_type::f32, memory::dims{lda, 1});
-    const memory::desc b_md({g.k, g.n}, memory::data_type::f32,
-                            g.tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
-    const memory::desc c_md({g.m, g.n}, memory::data_type::f32, memory::dims{g.n, 1});
-    const memory::desc b_any({g.k, g.n}, memory::data_type::f32, memory::format_tag::any);
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), engine);
-    const dnnl::matmul matmul(pd);
-    std::vector<memory> packed;
-    for (int set = 0; set < kSets; ++set) {
-      memory plain(b_md, engine, b[set].data());
-      packed.emplace_back(pd.weights_desc(), engine);
-      dnnl::reorder(plain, packed.back()).execute(stream, plain, packed.back());
-    }
-    std::vector<memory> as, cs;
-    for (int set = 0; set < kSets; ++set) {
-      as.emplace_back(a_md, engine, a[set].data());
-      cs.emplace_back(c_md, engine, c[set].data());
-    }
-    const auto [packed_warm, packed_cold] = WarmCold(flops, [&](int set) {
-      matmul.execute(
-          stream,
-          {{DNNL_ARG_SRC, as[set]}, {DNNL_ARG_WEIGHTS, packed[set]}, {DNNL_ARG_DST, cs[set]}});
-      stream.wait();
-    });
-    std::printf(" %8.0f %8.0f\n", packed_warm, packed_cold);
+    const auto [warm, cold] = MatmulWarmCold(g, memory::data_type::bf16, a, b, c);
+    std::printf(" %6.0f/%-6.0f\n", warm, cold);
   }
 }
 
