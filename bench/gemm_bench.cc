@@ -3,9 +3,10 @@
 // measurement behind engine/kernels/gemm.h's choice. A second table times a
 // tall weight gradient in both orientations, the measurement behind the fused
 // SGD update's transposed path (engine/ops/optimizer.cc). A third times
-// Llama-mini's GEMMs with warm and with cold caches, through dnnl_sgemm and
-// through oneDNN's matmul primitive with its weights packed ahead of time: the
-// ceiling its training step runs against (BENCHMARKS.md, issue #6).
+// Llama-mini's GEMMs with warm and with cold caches, through dnnl_sgemm,
+// through oneDNN's matmul primitive with its weights packed ahead of time, and
+// in bfloat16: the ceiling its training step runs against (BENCHMARKS.md,
+// issue #6).
 //
 //   bazel run //bench:gemm_bench -- --threads=2
 //   OPENBLAS_CORETYPE=SkylakeX bazel run //bench:gemm_bench   # OpenBLAS with a forced core
@@ -101,6 +102,10 @@ struct DecoderGemm {
   bool ta, tb;
   int64_t m, n, k;
   bool b_is_weight;
+
+  int64_t lda() const { return ta ? m : k; }
+  int64_t ldb() const { return tb ? k : n; }
+  double flops() const { return 2.0 * m * n * k; }
 };
 
 const DecoderGemm kDecoderGemms[] = {
@@ -149,9 +154,8 @@ std::pair<double, double> MatmulWarmCold(const DecoderGemm& g, memory::data_type
                                          std::vector<std::vector<float>>& c) {
   dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
-  const int64_t lda = g.ta ? g.m : g.k, ldb = g.tb ? g.k : g.n;
-  const memory::dims a_strides = g.ta ? memory::dims{1, lda} : memory::dims{lda, 1};
-  const memory::dims b_strides = g.tb ? memory::dims{1, ldb} : memory::dims{ldb, 1};
+  const memory::dims a_strides = g.ta ? memory::dims{1, g.lda()} : memory::dims{g.lda(), 1};
+  const memory::dims b_strides = g.tb ? memory::dims{1, g.ldb()} : memory::dims{g.ldb(), 1};
   const memory::desc a_f32({g.m, g.k}, memory::data_type::f32, a_strides);
   const memory::desc b_f32({g.k, g.n}, memory::data_type::f32, b_strides);
   const memory::desc a_md({g.m, g.k}, type, a_strides);
@@ -172,7 +176,7 @@ std::pair<double, double> MatmulWarmCold(const DecoderGemm& g, memory::data_type
     if (g.b_is_weight) dnnl::reorder(set.b_f32, set.b).execute(stream, set.b_f32, set.b);
     sets.push_back(set);
   }
-  return WarmCold(2.0 * g.m * g.n * g.k, [&](int i) {
+  return WarmCold(g.flops(), [&](int i) {
     Set& set = sets[i];
     if (type != memory::data_type::f32) {
       dnnl::reorder(set.a_f32, set.a).execute(stream, set.a_f32, set.a);
@@ -193,13 +197,12 @@ void DecoderCeiling(int threads) {
       threads);
   std::printf("  %-24s %13s %13s %13s\n", "", "sgemm", "packed f32", "bf16");
   for (const DecoderGemm& g : kDecoderGemms) {
-    const int64_t lda = g.ta ? g.m : g.k, ldb = g.tb ? g.k : g.n;
     std::vector<std::vector<float>> a(kSets, std::vector<float>(g.m * g.k, 0.5f));
     std::vector<std::vector<float>> b(kSets, std::vector<float>(g.k * g.n, 0.25f));
     std::vector<std::vector<float>> c(kSets, std::vector<float>(g.m * g.n, 0.0f));
-    const auto [sgemm_warm, sgemm_cold] = WarmCold(2.0 * g.m * g.n * g.k, [&](int set) {
-      dnnl_sgemm(g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', g.m, g.n, g.k, 1.0f, a[set].data(), lda,
-                 b[set].data(), ldb, 0.0f, c[set].data(), g.n);
+    const auto [sgemm_warm, sgemm_cold] = WarmCold(g.flops(), [&](int set) {
+      dnnl_sgemm(g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', g.m, g.n, g.k, 1.0f, a[set].data(), g.lda(),
+                 b[set].data(), g.ldb(), 0.0f, c[set].data(), g.n);
     });
     std::printf("  %-24s %6.0f/%-6.0f", g.name, sgemm_warm, sgemm_cold);
     if (g.b_is_weight) {
